@@ -1,0 +1,237 @@
+"""One trainer for every study: `make_train(config)` returns pure functions of a seed.
+
+    trainer = make_train(TrainConfig(arch="pyramid", epochs=10))
+    data = device_data(dataset)                     # the images go to the device once, as uint8
+    states, stats = jax.jit(jax.vmap(trainer.train, in_axes=(0, None)))(jnp.arange(16), data)
+
+is the whole multi-seed story: a plain `jax.vmap` over a pure function whose per-seed pytree
+(`SeedState`) holds params, batch statistics, optimizer state and RNG keys (Flax's lifted vmap with
+BatchNorm has open bugs; this avoids it). `train_seeds` runs the same functions one epoch per call,
+for a progress bar, and returns a Keras-style History with a leading seed axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from flaxray.errors import FlaxrayError
+from flaxray.metrics import NUM_BINS, history_from_counts
+from flaxray.models import build_model, parse_arch
+
+SOURCES = ("init", "dropout", "order")  # the sources of randomness `vary` chooses from
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "pyramid"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    vary: tuple[str, ...] = SOURCES  # what differs between seeds; the rest comes from `shared_seed`
+    shared_seed: int = 0
+    class_weight: tuple[float, float] | None = None  # loss weight of (NORMAL, PNEUMONIA), as Keras's
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        parse_arch(self.arch)  # unknown names and bad spec strings fail here, before any work
+        if unknown := set(self.vary) - set(SOURCES):
+            raise FlaxrayError(f"--vary: unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise FlaxrayError(f"learning rate must be > 0, got {self.lr}")
+
+
+def keras_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7):
+    """Adam as Keras computes it.
+
+    Keras adds `eps` to sqrt(v) *before* bias correction, which is optax's Adam with
+    eps_t = eps / sqrt(1 - b2**t): larger than optax's placement in the first steps.
+    `inject_hyperparams` also keeps the learning rate in the optimizer state, per seed.
+    """
+    return optax.inject_hyperparams(optax.adam)(
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=lambda count: eps / jnp.sqrt(1.0 - b2 ** (count + 1))
+    )
+
+
+class SeedState(NamedTuple):
+    """Everything one seed's training carries from epoch to epoch."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    dropout_key: jax.Array
+    order_key: jax.Array
+    epoch: jax.Array  # epochs done
+
+
+class DeviceData(NamedTuple):
+    """Images as uint8 on the device; val padded to whole eval batches (`val_mask` 0 on padding)."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array
+    y_val: jax.Array
+    val_mask: jax.Array
+
+
+class Counts(NamedTuple):
+    """Sufficient statistics of one split's metrics (see `flaxray.metrics.binary_metrics`)."""
+
+    loss_sum: jax.Array
+    count: jax.Array
+    pos_hist: jax.Array
+    neg_hist: jax.Array
+
+    @classmethod
+    def zeros(cls):
+        return cls(jnp.float32(0), jnp.float32(0), jnp.zeros(NUM_BINS), jnp.zeros(NUM_BINS))
+
+    def add(self, losses, logits, labels, mask):
+        bins = jnp.clip((jax.nn.sigmoid(logits) * NUM_BINS).astype(jnp.int32), 0, NUM_BINS - 1)
+        return Counts(
+            self.loss_sum + jnp.sum(mask * losses),
+            self.count + jnp.sum(mask),
+            self.pos_hist.at[bins].add(mask * labels),
+            self.neg_hist.at[bins].add(mask * (1 - labels)),
+        )
+
+
+def device_data(dataset, eval_batch_size: int = 256) -> DeviceData:
+    """Put a `flaxray.data.Dataset`'s train and val splits on the device once, as uint8."""
+    n_val = len(dataset.val.y)
+    if len(dataset.train.y) == 0 or n_val == 0:
+        raise FlaxrayError("the data has an empty train or validation split; add images or lower --val-fraction")
+    pad = -n_val % eval_batch_size
+    x_val = np.concatenate([dataset.val.x, np.zeros((pad, *dataset.val.x.shape[1:]), np.uint8)])
+    return DeviceData(
+        x_train=jnp.asarray(dataset.train.x, jnp.uint8),
+        y_train=jnp.asarray(dataset.train.y, jnp.float32),
+        x_val=jnp.asarray(x_val, jnp.uint8),
+        y_val=jnp.asarray(np.concatenate([dataset.val.y, np.zeros(pad)]), jnp.float32),
+        val_mask=jnp.asarray(np.arange(n_val + pad) < n_val, jnp.float32),
+    )
+
+
+def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.Array]:
+    """One key per source of randomness: from `seed` if the source varies, else from `shared_seed`."""
+    return {
+        source: jax.random.fold_in(jax.random.key(seed if source in vary else shared_seed), i)
+        for i, source in enumerate(SOURCES)
+    }
+
+
+class Trainer(NamedTuple):
+    """Pure functions of one seed; `jax.vmap` them over seeds."""
+
+    init: Any  # (seed, data) -> SeedState
+    run_epoch: Any  # (SeedState, data) -> (SeedState, {"train": Counts, "val": Counts})
+    train: Any  # (seed, data) -> (SeedState, counts with a leading epoch axis)
+    evaluate: Any  # (params, batch_stats, x, y, mask) -> Counts
+
+
+def make_train(config: TrainConfig) -> Trainer:
+    tx = keras_adam(config.lr)
+    class_weight = jnp.asarray(config.class_weight or (1.0, 1.0), jnp.float32)
+
+    @functools.lru_cache(maxsize=None)
+    def graphdef(input_shape):
+        return nnx.graphdef(nnx.eval_shape(lambda: build_model(config.arch, input_shape)))
+
+    def forward(params, batch_stats, x, *, train, dropout_key=None):
+        model = nnx.merge(graphdef(x.shape[1:]), params, batch_stats)
+        logits = model(x, train=train, dropout_key=dropout_key)
+        return logits, nnx.pure(nnx.state(model, nnx.BatchStat))
+
+    def init(seed, data: DeviceData) -> SeedState:
+        keys = seed_keys(seed, config.vary, config.shared_seed)
+        model = build_model(config.arch, data.x_train.shape[1:], key=keys["init"])
+        # Pure arrays, not Variables: the state crosses jit, vmap and grad as a plain pytree.
+        _, params, batch_stats = nnx.pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+        return SeedState(params, batch_stats, tx.init(params), keys["dropout"], keys["order"], jnp.int32(0))
+
+    def loss_fn(params, batch_stats, x, y, dropout_key):
+        logits, batch_stats = forward(params, batch_stats, x, train=True, dropout_key=dropout_key)
+        # Keras's class_weight scales each sample's loss; the batch loss is their mean.
+        losses = class_weight[y.astype(jnp.int32)] * optax.sigmoid_binary_cross_entropy(logits, y)
+        return jnp.mean(losses), (losses, logits, batch_stats)
+
+    def evaluate(params, batch_stats, x, y, mask) -> Counts:
+        size = config.eval_batch_size
+        batches = (x.reshape(-1, size, *x.shape[1:]), y.reshape(-1, size), mask.reshape(-1, size))
+
+        def body(counts, batch):
+            xb, yb, mb = batch
+            logits, _ = forward(params, batch_stats, xb, train=False)
+            return counts.add(optax.sigmoid_binary_cross_entropy(logits, yb), logits, yb, mb), None
+
+        return jax.lax.scan(body, Counts.zeros(), batches)[0]
+
+    def run_epoch(state: SeedState, data: DeviceData):
+        n, size = data.x_train.shape[0], config.batch_size
+        steps = n // size  # the last partial batch is dropped; each epoch draws a fresh order
+        if steps == 0:
+            raise FlaxrayError(f"batch size {size} is larger than the training split ({n} images)")
+        order = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), n)
+        order = order[: steps * size].reshape(steps, size)
+        epoch_key = jax.random.fold_in(state.dropout_key, state.epoch)
+
+        def step(carry, inputs):
+            params, batch_stats, opt_state, counts = carry
+            i, idx = inputs
+            x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
+            grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+                params, batch_stats, x, y, jax.random.fold_in(epoch_key, i)
+            )
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, batch_stats, opt_state, counts.add(losses, logits, y, jnp.ones_like(y))), None
+
+        carry = (state.params, state.batch_stats, state.opt_state, Counts.zeros())
+        (params, batch_stats, opt_state, train_counts), _ = jax.lax.scan(step, carry, (jnp.arange(steps), order))
+        val_counts = evaluate(params, batch_stats, data.x_val, data.y_val, data.val_mask)
+        state = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, epoch=state.epoch + 1)
+        return state, {"train": train_counts, "val": val_counts}
+
+    def train(seed, data: DeviceData):
+        state = init(seed, data)
+        return jax.lax.scan(lambda s, _: run_epoch(s, data), state, None, length=config.epochs)
+
+    return Trainer(init, run_epoch, train, evaluate)
+
+
+def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
+    """{"train": Counts, "val": Counts} of device arrays -> nested dict of numpy arrays."""
+    return {split: {k: np.asarray(v) for k, v in c._asdict().items()} for split, c in counts.items()}
+
+
+def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, progress: bool = True, desc=None):
+    """Train `seeds` together, one jitted call per epoch (for the progress bar).
+
+    Returns the final per-seed `SeedState` (leading seed axis) and a Keras-style History whose values
+    have shape (seeds, epochs). Same functions as `make_train(config).train`, so the same curves.
+    """
+    from tqdm.auto import tqdm
+
+    trainer = make_train(config)
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
+    run_epoch = jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0)
+    states = init(jnp.asarray(seeds, jnp.int32), data)
+    epochs = []
+    with tqdm(range(config.epochs), desc=desc or config.arch, unit="epoch", disable=not progress) as bar:
+        for _ in bar:
+            states, counts = run_epoch(states, data)
+            epochs.append(counts_to_numpy(counts))
+            val = epochs[-1]["val"]
+            bar.set_postfix(val_loss=f"{np.mean(val['loss_sum'] / val['count']):.4f}", seeds=len(seeds))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *epochs)  # (seeds, epochs, ...)
+    return states, history_from_counts(stacked)
