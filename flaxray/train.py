@@ -150,13 +150,13 @@ def make_train(config: TrainConfig) -> Trainer:
     def forward(params, batch_stats, x, *, train, dropout_key=None):
         model = nnx.merge(graphdef(x.shape[1:]), params, batch_stats)
         logits = model(x, train=train, dropout_key=dropout_key)
-        return logits, nnx.pure(nnx.state(model, nnx.BatchStat))
+        return logits, nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
     def init(seed, data: DeviceData) -> SeedState:
         keys = seed_keys(seed, config.vary, config.shared_seed)
         model = build_model(config.arch, data.x_train.shape[1:], key=keys["init"])
         # Pure arrays, not Variables: the state crosses jit, vmap and grad as a plain pytree.
-        _, params, batch_stats = nnx.pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+        _, params, batch_stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
         return SeedState(params, batch_stats, tx.init(params), keys["dropout"], keys["order"], jnp.int32(0))
 
     def loss_fn(params, batch_stats, x, y, dropout_key):
