@@ -275,3 +275,11 @@ def test_format_summary_table_single_arch_single_seed_and_custom_ranking():
     ranking = stats.rank(summ, key="best_val_auc", lower_is_better=False)
     text = stats.format_summary_table(summ, ranking)
     assert "Ranking by best val AUC" in text and "higher is better" in text
+
+
+def test_format_summary_table_warns_about_few_seeds():
+    rng = np.random.default_rng(0)
+    few = {"a": stats.summarize_history(_history(rng.normal(0.5, 0.1, (4, 3))))}
+    many = {"a": stats.summarize_history(_history(rng.normal(0.5, 0.1, (12, 3))))}
+    assert "with 4 seeds" in stats.format_summary_table(few)
+    assert "note:" not in stats.format_summary_table(many)

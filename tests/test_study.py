@@ -1,0 +1,131 @@
+"""The seed_variance study as a user runs it: files written, summary printed, bad input = one line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from PIL import Image
+
+from flaxray.results import read_curves_csv
+from studies import seed_variance
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_folder(root: Path, n=12, size=20):
+    """A tiny Kaggle-layout folder: a few patients per class, several images each."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls, name in (("NORMAL", "IM-{:04d}-{:04d}.jpeg"), ("PNEUMONIA", "person{}_bacteria_{}.jpeg")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                patient = i // 2 + (100 if split == "test" else 0)
+                pixels = rng.integers(0, 255, (size, size), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / name.format(patient, i))
+    return root
+
+
+def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
+    data = make_folder(tmp_path / "xray")
+    out = tmp_path / "run"
+    argv = ["--arch", "dense:8@0.5", "dense:4", "--data", str(data), "--image-size", "8", "--seeds", "3",
+            "--first-seed", "5", "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert seed_variance.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "dense:8@0.5" in printed and "dense:4" in printed and "rank" in printed.lower()
+
+    histories, seeds = read_curves_csv(out / "curves.csv")
+    assert seeds == {"dense:8@0.5": [5, 6, 7], "dense:4": [5, 6, 7]}
+    for metric in ("loss", "accuracy", "precision", "recall", "auc"):
+        assert histories["dense:4"][metric].shape == (3, 2)
+        assert histories["dense:4"][f"val_{metric}"].shape == (3, 2)
+    assert np.isfinite(histories["dense:8@0.5"]["val_loss"]).all()
+
+    study = json.loads((out / "study.json").read_text())
+    assert study["configs"]["dense:4"]["epochs"] == 2
+    assert study["environment"]["versions"]["jax"] and study["environment"]["device"]
+    assert study["data"]["image_size"] == 8
+    assert set(study["summary"]) == {"dense:8@0.5", "dense:4"}
+    assert study["summary"]["dense:4"]["final_val_loss"]["n"] == 3
+    assert [row["arch"] for row in study["ranking"]]
+
+    image = matplotlib.image.imread(out / "bands.png")
+    assert image.shape[0] > 400 and image.shape[1] > 600
+
+    # Refuses to overwrite a finished study unless asked.
+    assert seed_variance.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_seed_rerun_alone_matches_its_curve_in_the_study(tmp_path):
+    data = make_folder(tmp_path / "xray")
+    common = ["--arch", "dense:8@0.5", "--data", str(data), "--image-size", "8", "--epochs", "2",
+              "--batch-size", "4", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert seed_variance.main([*common, "--seeds", "4", "--out", str(tmp_path / "all")]) == 0
+    assert seed_variance.main([*common, "--first-seed", "2", "--seeds", "1", "--out", str(tmp_path / "one")]) == 0
+    batch, _ = read_curves_csv(tmp_path / "all" / "curves.csv")
+    alone, _ = read_curves_csv(tmp_path / "one" / "curves.csv")
+    for key, values in alone["dense:8@0.5"].items():
+        np.testing.assert_allclose(batch["dense:8@0.5"][key][2], values[0], rtol=1e-4, atol=1e-6)
+
+
+def test_default_study_runs_on_the_embedded_data(tmp_path, capsys):
+    """The README's first command, shrunk: no --data, the embedded 28x28 set."""
+    out = tmp_path / "run"
+    argv = ["--arch", "dense:8@0.5", "--seeds", "2", "--epochs", "1", "--batch-size", "128", "--channels", "1",
+            "--out", str(out), "--no-progress"]
+    assert seed_variance.main(argv) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert study["data"]["image_size"] == 28 and study["data"]["channels"] == 1
+    assert "embedded" in study["data"]["source"]
+    assert study["data"]["train"]["n"] > 3000 and study["data"]["val"]["n"] > 500
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "studies.seed_variance", *args, "--no-progress"],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line_no_traceback(tmp_path):
+    data = make_folder(tmp_path / "xray", n=4)
+    empty_class = make_folder(tmp_path / "empty", n=4)
+    for f in (empty_class / "train" / "NORMAL").iterdir():
+        f.unlink()
+    (tmp_path / "flat").mkdir()
+    cases = [
+        (["--data", str(tmp_path / "missing")], [str(tmp_path / "missing")]),
+        (["--data", str(tmp_path / "flat")], [str(tmp_path / "flat"), "train"]),
+        (["--data", str(empty_class), "--image-size", "8"], ["NORMAL"]),
+        (["--arch", "resnet9000"], ["resnet9000", "pyramid_plain"]),
+        (["--arch", "dense:12@2"], ["dense:12@2"]),
+        (["--seeds", "0"], ["--seeds"]),
+        (["--data", str(data), "--image-size", "2"], ["image"]),
+        (["--vary", "init,luck"], ["luck"]),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(cli(*args, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")),
+                              *needles)
+
+
+def test_help_lists_every_flag_with_its_default():
+    result = cli("--help")
+    assert result.returncode == 0
+    for flag in ("--arch", "--seeds", "--first-seed", "--epochs", "--batch-size", "--lr", "--image-size",
+                 "--channels", "--data", "--out", "--vary", "--class-weight", "--strict"):
+        assert flag in result.stdout
+    assert "default: 16" in result.stdout and "default: 32" in result.stdout
