@@ -34,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "'dense:1024@0.5,512@0.2'")
     p.add_argument("--seeds", type=int, default=16, help="number of seeds trained together")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are K..K+N-1, so any seed can be re-run alone")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=20, help="epochs per seed")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size per seed")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (Keras's Adam, epsilon 1e-7)")
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "

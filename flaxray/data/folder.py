@@ -1,0 +1,152 @@
+"""Scan and validate a Kaggle-layout chest X-ray folder; patient ids; cache fingerprint.
+
+The expected layout is the Kaggle "chest_xray" one::
+
+    ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+
+``train/`` is required, ``val/`` and ``test/`` are optional, and every split that is present
+must have both class folders. Everything here is cheap: it lists directories and calls
+``stat``, it never opens an image (decoding happens in :mod:`flaxray.data.builder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from flaxray.errors import FlaxrayError
+
+SPLITS = ("train", "val", "test")
+CLASSES = ("NORMAL", "PNEUMONIA")  # label = index: 0 = NORMAL, 1 = PNEUMONIA
+# Extensions read as images (case-insensitive); anything else in a class folder is skipped.
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+LAYOUT = "{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg"
+
+# personNNN_bacteria_MMM / personNNN_virus_MMM (one file in the real data has an extra "_1":
+# person447_virus_921_1, whose patient person447 also has other images, so the suffix is allowed).
+_PERSON = re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE)
+# IM-NNNN-MMMM, IM-NNNN-MMMM-KKKK, NORMAL2-IM-NNNN-MMMM(-KKKK)
+_NORMAL_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)*$", re.IGNORECASE)
+
+
+def patient_id(filename: str) -> tuple[str, bool]:
+    """Patient of one image from its file name: ``(patient, matched_a_known_pattern)``.
+
+    ``personNNN_bacteria_MMM.jpeg`` / ``personNNN_virus_MMM.jpeg`` -> ``personNNN``;
+    ``IM-NNNN-MMMM[-KKKK].jpeg`` -> ``IM-NNNN``; ``NORMAL2-IM-NNNN-MMMM[-KKKK].jpeg`` ->
+    ``NORMAL2-IM-NNNN``. Any other name is its own patient (its stem), with ``False``.
+    """
+    stem = Path(filename).stem
+    for pattern in (_PERSON, _NORMAL_IM):
+        m = pattern.match(stem)
+        if m:
+            return m.group(1), True
+    return stem, False
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One file found in a class folder."""
+
+    rel: str  # POSIX path relative to the data root, e.g. "train/NORMAL/IM-0115-0001.jpeg"
+    split: str  # official split: "train", "val" or "test"
+    label: int  # 0 = NORMAL, 1 = PNEUMONIA
+    size: int
+    mtime_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    """What :func:`scan_folder` found: image candidates plus stray entries to skip."""
+
+    root: Path  # absolute
+    splits: tuple[str, ...]  # official splits present, in SPLITS order
+    images: tuple[FileEntry, ...]  # files with an image extension, sorted by rel
+    stray: tuple[dict, ...]  # [{"file": rel, "reason": ...}] non-image entries, sorted by file
+    entries: tuple[FileEntry, ...]  # every entry (images + stray) for the fingerprint
+
+
+def _fail(msg: str):
+    raise FlaxrayError(msg)
+
+
+def _nested_hint(root: Path) -> str:
+    """' (did you mean ROOT/x?)' when a direct sub-folder has the layout (Kaggle zips nest it)."""
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "train").is_dir())
+    except OSError:
+        return ""
+    return f" (did you mean {subs[0]}?)" if subs else ""
+
+
+def scan_folder(path: str | os.PathLike) -> FolderScan:
+    """List and validate a Kaggle-layout folder; raise a one-line FlaxrayError if it is wrong."""
+    root = Path(path).expanduser()
+    try:
+        root = root.resolve()
+    except OSError:
+        root = root.absolute()
+    if not root.exists():
+        _fail(f"data folder not found: {root}")
+    if not root.is_dir():
+        _fail(f"data path is not a directory: {root}")
+    if not (root / "train").exists():
+        _fail(f"no train/ folder in {root}: expected the layout {LAYOUT}{_nested_hint(root)}")
+    images: list[FileEntry] = []
+    stray: list[dict] = []
+    entries: list[FileEntry] = []
+    present = []
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.exists():
+            continue
+        if not split_dir.is_dir():
+            _fail(f"{split_dir} is not a directory: expected the layout {LAYOUT}")
+        present.append(split)
+        for label, cls in enumerate(CLASSES):
+            cls_dir = split_dir / cls
+            if not cls_dir.is_dir():
+                _fail(f"missing class folder {cls_dir}: each split needs NORMAL/ and PNEUMONIA/ ({LAYOUT})")
+            n_images = 0
+            with os.scandir(cls_dir) as it:
+                dir_entries = sorted(it, key=lambda e: e.name)
+            for e in dir_entries:
+                rel = f"{split}/{cls}/{e.name}"
+                try:
+                    st = e.stat()
+                except OSError as err:  # broken symbolic link, vanished file
+                    stray.append({"file": rel, "reason": f"cannot stat ({err.strerror or err})"})
+                    continue
+                entry = FileEntry(rel, split, label, int(st.st_size), int(st.st_mtime_ns))
+                entries.append(entry)
+                if e.is_dir():
+                    stray.append({"file": rel, "reason": "a sub-folder (only files directly in a class folder are read)"})
+                elif Path(e.name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    ext = Path(e.name).suffix or "no extension"
+                    stray.append({"file": rel, "reason": f"not an image file ({ext})"})
+                else:
+                    images.append(entry)
+                    n_images += 1
+            if n_images == 0:
+                _fail(f"no images in {cls_dir}: expected *.jpeg files ({LAYOUT})")
+    images.sort(key=lambda f: f.rel)
+    stray.sort(key=lambda s: s["file"])
+    entries.sort(key=lambda f: f.rel)
+    return FolderScan(root, tuple(present), tuple(images), tuple(stray), tuple(entries))
+
+
+def fingerprint(scan: FolderScan, **settings) -> str:
+    """Hex key of the folder's contents (sorted relative paths, sizes, mtimes) and the settings.
+
+    Only ``stat`` results are hashed, never file contents, so it costs milliseconds; touching or
+    replacing any file in a class folder changes it.
+    """
+    h = hashlib.sha256()
+    for key in sorted(settings):
+        h.update(f"{key}={settings[key]!r}\n".encode())
+    for e in scan.entries:
+        h.update(f"{e.rel}\t{e.size}\t{e.mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
