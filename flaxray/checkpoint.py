@@ -85,7 +85,8 @@ class Checkpoints:
             "history": {k: np.zeros((n_seeds, epoch)) for k in HISTORY_KEYS},  # numpy: restored as float64
         }
         tree = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-        return _unsavable(tree["states"], template), tree["history"]
+        history = {k: tree["history"][k] for k in HISTORY_KEYS}  # in the trainer's order (orbax sorts keys)
+        return _unsavable(tree["states"], template), history
 
 
 @contextlib.contextmanager

@@ -249,6 +249,15 @@ def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
     return {split: {k: np.asarray(v) for k, v in c._asdict().items()} for split, c in counts.items()}
 
 
+@functools.lru_cache(maxsize=16)
+def _vmapped(config: TrainConfig):
+    """`init` and `run_epoch`, vmapped over seeds and jitted, once per config and process: a resume
+    or a study run again in the same notebook reuses the compiled programs."""
+    trainer = make_train(config)
+    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))),
+            jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0))
+
+
 def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
                 progress: bool = True, desc=None, checkpoint_dir=None, checkpoint_every: int = 1):
     """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
@@ -274,9 +283,7 @@ def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, 
     for lr in lrs:
         check_lr(lr)
     check_batch_size(config, data.x_train.shape[0])
-    trainer = make_train(config)
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0)))
-    run_epoch = jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0)
+    init, run_epoch = _vmapped(dataclasses.replace(config, lr=1.0))  # the rate is state, not program
     states = init(jnp.asarray(seeds, jnp.int32), data, jnp.asarray(lrs, jnp.float32))
     epochs = []  # per epoch, a History of (seeds,) arrays: computed the same way fresh or resumed
     saver = None
