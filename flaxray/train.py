@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -57,7 +58,8 @@ class TrainConfig:
 
 
 def check_lr(lr) -> None:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    ok = isinstance(lr, numbers.Real) and not isinstance(lr, bool)  # numpy scalars too
+    if not (ok and math.isfinite(lr) and lr > 0):
         raise FlaxrayError(f"learning rate must be a finite number > 0, got {lr!r}")
 
 
@@ -292,7 +294,7 @@ def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, 
         saver = checkpoint.Checkpoints(checkpoint_dir, meta)
         if saver.latest() is not None:
             states, done = saver.restore(states)
-            epochs = [{k: v[:, e] for k, v in done.items()} for e in range(saver.latest())]
+            epochs = [{k: v[:, e] for k, v in done.items()} for e in range(next(iter(done.values())).shape[1])]
     start = len(epochs)
     with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
         range(start, config.epochs), initial=start, total=config.epochs, desc=desc or config.arch, unit="epoch",
