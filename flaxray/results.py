@@ -86,13 +86,16 @@ def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None 
     """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`)
     and the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not)."""
     lr = {a: repr(float(lrs[a])) if lrs and a in lrs else "" for a in histories}
-    died = {a: {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], (diverged or {}).get(a, [0] * len(seeds[a])))}
-            for a in histories}
+    died = {}  # arch -> seed -> the epoch it diverged in, or ""
+    for a in histories:
+        epochs = (diverged or {}).get(a, [0] * len(seeds[a]))
+        died[a] = {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], epochs)}
 
     def write(f):
         out = csv.writer(f)
         out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch"])
-        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s]) for a, s, e, sp, m, v in curves_rows(histories, seeds))
+        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s])
+                      for a, s, e, sp, m, v in curves_rows(histories, seeds))
 
     return _atomic_write(path, write)
 

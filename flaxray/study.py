@@ -96,8 +96,9 @@ def diverged_seeds(groups: Mapping[str, Group]) -> dict[str, dict[int, int]]:
     return {name: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for name, g in groups.items()}
 
 
-def save_study(out, *, histories=None, seeds: Sequence[int] | None = None, configs: Mapping[str, TrainConfig] | None = None,
-               data_summary: dict, groups: Mapping[str, Group] | None = None, **extra) -> dict:
+def save_study(out, *, histories=None, seeds: Sequence[int] | None = None,
+               configs: Mapping[str, TrainConfig] | None = None, data_summary: dict,
+               groups: Mapping[str, Group] | None = None, **extra) -> dict:
     """Write curves.csv, bands.png and study.json into `out`; return what study.json holds.
 
     Pass `groups` (from `train_groups`), or `histories`, `seeds` and `configs` as `train_archs`

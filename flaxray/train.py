@@ -305,7 +305,8 @@ def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, 
             epochs.append(history_from_counts(counts_to_numpy(counts)))
             bar.set_postfix(val_loss=f"{np.mean(epochs[-1]['val_loss']):.4f}", seeds=len(seeds),
                             diverged=int(np.count_nonzero(states.diverged)))
-            if saver is not None and (interrupted() or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs):
+            due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+            if saver is not None and (due or interrupted()):
                 saver.save(epoch + 1, states, stack_epochs(epochs))
             if interrupted():
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")

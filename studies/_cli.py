@@ -57,8 +57,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    "curves an uninterrupted run gives; only --no-progress, --checkpoint-every and --cache-dir may "
                    "be given with it")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="save every seed's training state in DIR/checkpoints every N epochs and after the last "
-                   "(0: never, then --resume starts over)")
+                   help="save every seed's training state in the --out folder's checkpoints/ every N epochs and "
+                   "after the last (0: never, then --resume starts over)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

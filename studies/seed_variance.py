@@ -25,7 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m studies.seed_variance",
         description="Train every --arch with --seeds random seeds at once (jax.vmap) and report the "
-        "spread of their train/val curves: curves.csv, study.json, bands.png and a summary table.",
+        "spread of their train/val curves: curves.csv, study.json, bands.png and a summary table; "
+        "run.json says whether the study finished, and --resume continues one that did not.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--arch", nargs="+", default=["pyramid"], metavar="NAME",

@@ -107,7 +107,7 @@ def test_a_truncated_file_is_skipped_or_loads_whole(scratch, mode, data, cut, se
     """A cut file must not come out as a partly grey or black image: skipped, or what the whole file gives."""
     fmt = data.draw(st.sampled_from(NATIVE[mode]))
     noise = np.random.default_rng(seed).integers(0, 256, (24, 31), dtype=np.uint8)
-    img = Image.fromarray(noise.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(noise, "L").convert(mode)
+    img = Image.fromarray(noise, "L").convert(mode) if mode != "I;16" else Image.fromarray(noise.astype(np.uint16) * 257)
     whole = encode(img, fmt)
     full, reason = decode(scratch, whole, "t.png", 12, 1)
     assert reason is None, reason
@@ -118,7 +118,8 @@ def test_a_truncated_file_is_skipped_or_loads_whole(scratch, mode, data, cut, se
         np.testing.assert_array_equal(array, full)
 
 
-MAGIC = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF89a", b"II*\x00", b"MM\x00*", b"RIFF\x10\0\0\0WEBPVP8 "]
+MAGIC = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF89a", b"II*\x00", b"MM\x00*",
+         b"RIFF\x10\0\0\0WEBPVP8 "]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL notes on broken files; the outcome is what counts
@@ -179,7 +180,8 @@ def folders(draw):
                 layout[split][cls] = (kind, ["good"] * (draw(st.integers(0, 9)) < 8) + entries)
         elif draw(st.integers(0, 3)) == 0:
             layout[split] = "file"
-    extra = draw(st.sets(st.sampled_from(["README.txt", "__MACOSX/x.jpeg", "train/OTHER/a.jpeg", "Train/NORMAL/b.jpeg"])))
+    extra = draw(st.sets(st.sampled_from(["README.txt", "__MACOSX/x.jpeg", "train/OTHER/a.jpeg",
+                                          "Train/NORMAL/b.jpeg"])))
     return layout, sorted(extra), draw(st.sampled_from([1, 3])), draw(st.data())
 
 
@@ -336,7 +338,8 @@ def absurd_flags(tmp: Path):
         st.tuples(st.just("--split-seed"), below(-1).map(lambda v: [v])),
         st.tuples(st.just("--first-seed"), st.one_of(below(-1), st.integers(2**31).map(str)).map(lambda v: [v])),
         st.tuples(st.just("--checkpoint-every"), below(-1).map(lambda v: [v])),
-        st.tuples(st.just("--vary"), st.sampled_from(["luck", "init,colour", "dropout;order", "all"]).map(lambda v: [v])),
+        st.tuples(st.just("--vary"), st.sampled_from(["luck", "init,colour", "dropout;order", "all"]).map(
+            lambda v: [v])),
         st.tuples(st.just("--arch"), st.lists(st.sampled_from(["dense:", "dense:0", "dense:8@1.5", "dense:8@", "resnet",
                                                                "dense:8,,4", "dense:x"]), min_size=1, max_size=2)),
         st.tuples(st.just("--data"), st.sampled_from([str(tmp / "missing"), str(a_file), str(tmp / "empty_dir")]).map(

@@ -94,7 +94,8 @@ def test_sigkill_mid_checkpoint_then_resume_gives_the_same_curves(clean, tmp_pat
                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
-            assert any(line.strip() == "WRITING CHECKPOINT" for line in proc.stdout), (tmp_path / "stderr.txt").read_text()
+            stalled = any(line.strip() == "WRITING CHECKPOINT" for line in proc.stdout)
+            assert stalled, (tmp_path / "stderr.txt").read_text()
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.kill()
