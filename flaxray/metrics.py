@@ -49,3 +49,18 @@ def history_from_counts(counts: dict[str, dict[str, np.ndarray]]) -> dict[str, n
         for name, values in binary_metrics(c["loss_sum"], c["count"], c["pos_hist"], c["neg_hist"]).items():
             history[prefix + name] = values
     return history
+
+
+def mask_diverged(history: dict[str, np.ndarray], diverged) -> dict[str, np.ndarray]:
+    """NaN from the epoch each seed diverged in (`diverged[s]`, 1-based; 0 = never) onwards.
+
+    A diverged seed stopped updating, so its later numbers describe a frozen model, not training:
+    NaN keeps them out of means and bands (the stats count them as non-finite seeds).
+    """
+    diverged = np.asarray(diverged)
+    out = {}
+    for key, values in history.items():
+        epochs = np.arange(1, values.shape[1] + 1)
+        dead = (diverged[:, None] > 0) & (epochs[None, :] >= diverged[:, None])
+        out[key] = np.where(dead, np.nan, values)
+    return out

@@ -1,9 +1,12 @@
-"""A study's files: `curves.csv` (tidy, every seed's every epoch) and `study.json` (config, versions,
-device, data summary, per-arch summary). Files are written to a temporary name and renamed, so a
-result file is either complete or absent."""
+"""A study's folder: `curves.csv` (tidy, every seed's every epoch), `study.json` (config, versions,
+device, data summary, per-arch summary), `bands.png`, `checkpoints/` and `run.json`, whose `status`
+says whether the study finished ("complete"), stopped ("interrupted", "failed") or is running or
+was killed ("running"). Every file is written to a temporary name and renamed, so a result file is
+either complete or absent, and a folder without a complete run.json is recognisably unfinished."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import importlib.metadata
@@ -11,12 +14,17 @@ import json
 import os
 import platform
 import re
+import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-PACKAGES = ("flaxray", "jax", "jaxlib", "flax", "optax", "tensorflow-datasets", "numpy", "scipy", "matplotlib")
+PACKAGES = ("flaxray", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy", "scipy",
+            "matplotlib")
+RUN_JSON = "run.json"
+CHECKPOINTS = "checkpoints"
+OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", CHECKPOINTS)  # what a study writes into its folder
 
 
 def environment() -> dict:
@@ -42,13 +50,25 @@ def environment() -> dict:
     }
 
 
-def _atomic_write(path: Path, write) -> Path:
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` (same suffix, for writers that go by it) to write to;
+    renamed to `path` only when the block completes, removed if it fails."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name says the file is complete
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, write) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         write(f)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def curves_rows(histories: Mapping[str, Mapping[str, np.ndarray]], seeds: Mapping[str, Sequence[int]]):
@@ -61,11 +81,21 @@ def curves_rows(histories: Mapping[str, Mapping[str, np.ndarray]], seeds: Mappin
                     yield arch, int(seed), e, split, metric, float(value)
 
 
-def write_curves_csv(path, histories, seeds) -> Path:
+def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None = None,
+                     diverged: Mapping[str, Sequence[int]] | None = None) -> Path:
+    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`)
+    and the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not)."""
+    lr = {a: repr(float(lrs[a])) if lrs and a in lrs else "" for a in histories}
+    died = {}  # arch -> seed -> the epoch it diverged in, or ""
+    for a in histories:
+        epochs = (diverged or {}).get(a, [0] * len(seeds[a]))
+        died[a] = {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], epochs)}
+
     def write(f):
         out = csv.writer(f)
-        out.writerow(["arch", "seed", "epoch", "split", "metric", "value"])
-        out.writerows((a, s, e, sp, m, repr(v)) for a, s, e, sp, m, v in curves_rows(histories, seeds))
+        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch"])
+        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s])
+                      for a, s, e, sp, m, v in curves_rows(histories, seeds))
 
     return _atomic_write(path, write)
 
@@ -107,6 +137,33 @@ def _jsonable(obj):
 
 def write_json(path, obj) -> Path:
     return _atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=2))
+
+
+def read_run(out) -> dict | None:
+    """The folder's run.json, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(out) / RUN_JSON).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_run(out, **fields) -> dict:
+    """Update run.json with `fields` (e.g. status="complete"), atomically; returns what it holds."""
+    run = {**(read_run(out) or {}), **fields}
+    write_json(Path(out) / RUN_JSON, run)
+    return run
+
+
+def existing_outputs(out) -> list[str]:
+    """Which of a study's files and folders `out` already holds."""
+    return [name for name in OUTPUTS if (Path(out) / name).exists()]
+
+
+def clear_outputs(out) -> None:
+    """Remove a study's files and checkpoints from `out`, and nothing else the folder holds."""
+    for name in existing_outputs(out):
+        path = Path(out) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def default_out_dir(archs: Sequence[str], root="runs") -> Path:

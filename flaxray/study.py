@@ -1,4 +1,4 @@
-"""A multi-seed study as library calls: train several architectures on the same seeds, save the files.
+"""A multi-seed study as library calls: train several configs on the same seeds, save the files.
 
 Every study script is argument parsing around these; a notebook can call them directly.
 """
@@ -6,6 +6,7 @@ Every study script is argument parsing around these; a notebook can call them di
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,38 +23,121 @@ def balanced_class_weight(labels) -> tuple[float, float]:
     return tuple(len(labels) / (2 * max(1, int((labels == c).sum()))) for c in (0, 1))
 
 
-def train_archs(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True):
-    """Train every config on the same seeds; returns {arch: History (seeds, epochs)} and {arch: seconds}."""
-    histories, seconds = {}, {}
-    for arch, config in configs.items():
+def lr_label(lr: float) -> str:
+    """Shortest text that reads back as `lr`: 3e-4, 0.01, 1e+30."""
+    lr = float(lr)
+    if 1e-2 <= lr < 1e4:
+        return np.format_float_positional(lr, trim="-")
+    return np.format_float_scientific(lr, trim="-", exp_digits=1)
+
+
+def cross_lrs(configs: Mapping[str, TrainConfig], lrs: Sequence[float]) -> dict[str, TrainConfig]:
+    """Every config with every learning rate, named `NAME@lr=3e-4` (just `NAME` for one rate)."""
+    if len(lrs) == 1:
+        return {name: dataclasses.replace(c, lr=lrs[0]) for name, c in configs.items()}
+    return {f"{name}@lr={lr_label(lr)}": dataclasses.replace(c, lr=lr) for name, c in configs.items() for lr in lrs}
+
+
+@dataclasses.dataclass
+class Group:
+    """The seeds of one config: what a summary row, a band and a ranking entry are over."""
+
+    config: TrainConfig
+    seeds: list[int]
+    history: dict[str, np.ndarray]  # Keras-style, (seeds, epochs); NaN from the epoch a seed diverged in
+    diverged: np.ndarray  # (seeds,): 0, or the epoch (1-based) in which the seed diverged and stopped
+    seconds: float | None = None  # of the vmapped program it was trained in (shared by crossed rates)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
+
+
+def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True,
+                 checkpoint_dir=None, checkpoint_every: int = 1) -> dict[str, Group]:
+    """Train every config on the same seeds; returns {name: Group}.
+
+    Configs that differ only in their learning rate are one vmapped program (seeds x rates). With
+    `checkpoint_dir`, each program checkpoints into its own sub-folder and a second call continues
+    from there (see `train_seeds`): finished programs are restored, not trained again.
+    """
+    programs: dict[TrainConfig, list[str]] = {}
+    for name, config in configs.items():
+        programs.setdefault(dataclasses.replace(config, lr=1.0), []).append(name)
+    groups = {}
+    for i, (program, names) in enumerate(programs.items()):
+        all_seeds = [s for _ in names for s in seeds]
+        lrs = [configs[name].lr for name in names for _ in seeds]
+        desc = program.arch + (f" x {len(names)} lr" if len(names) > 1 else "")
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{i}-{_slug(program.arch)}"
         start = time.perf_counter()
-        _, histories[arch] = train_seeds(config, data, seeds, progress=progress, desc=arch)
-        seconds[arch] = time.perf_counter() - start
-    return histories, seconds
+        states, history = train_seeds(configs[names[0]], data, all_seeds, lrs=lrs, progress=progress, desc=desc,
+                                      checkpoint_dir=folder, checkpoint_every=checkpoint_every)
+        seconds = time.perf_counter() - start
+        diverged = np.asarray(states.diverged)
+        for j, name in enumerate(names):
+            rows = slice(j * len(seeds), (j + 1) * len(seeds))
+            groups[name] = Group(configs[name], list(seeds), {k: v[rows] for k, v in history.items()},
+                                 diverged[rows], seconds)
+    return groups
 
 
-def save_study(out, *, histories, seeds: Sequence[int], configs: Mapping[str, TrainConfig], data_summary: dict,
-               **extra) -> dict:
+def train_archs(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True, **kw):
+    """Train every config on the same seeds; returns {name: History (seeds, epochs)} and {name: seconds}.
+
+    `train_groups` without the diverged flags; keyword arguments (checkpoints) go to it.
+    """
+    groups = train_groups(configs, data, seeds, progress=progress, **kw)
+    return {n: g.history for n, g in groups.items()}, {n: g.seconds for n, g in groups.items()}
+
+
+def diverged_seeds(groups: Mapping[str, Group]) -> dict[str, dict[int, int]]:
+    """{group: {seed: epoch it diverged in}} for the seeds that did."""
+    return {name: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for name, g in groups.items()}
+
+
+def save_study(out, *, histories=None, seeds: Sequence[int] | None = None,
+               configs: Mapping[str, TrainConfig] | None = None, data_summary: dict,
+               groups: Mapping[str, Group] | None = None, **extra) -> dict:
     """Write curves.csv, bands.png and study.json into `out`; return what study.json holds.
 
-    study.json records the configs, the versions, the device, the data summary, the per-arch
-    summary over seeds and (with several archs) the ranking, plus anything passed as `extra`.
+    Pass `groups` (from `train_groups`), or `histories`, `seeds` and `configs` as `train_archs`
+    gives them. study.json records the configs, the versions, the device, the data summary, the
+    per-group summary over seeds, the diverged seeds and (with several groups) the ranking, plus
+    anything passed as `extra`. Each file is written to a temporary name and renamed.
     """
+    if groups is None:
+        groups = {n: Group(configs[n], list(seeds), h, np.zeros(len(seeds), int)) for n, h in histories.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = {arch: stats.summarize_history(h) for arch, h in histories.items()}
+    histories = {n: g.history for n, g in groups.items()}
+    summaries = {n: stats.summarize_history(h) for n, h in histories.items()}
     ranking = stats.rank(summaries) if len(summaries) > 1 else None
-    results.write_curves_csv(out / "curves.csv", histories, {a: seeds for a in histories})
+    results.write_curves_csv(out / "curves.csv", histories, {n: g.seeds for n, g in groups.items()},
+                             lrs={n: g.config.lr for n, g in groups.items()},
+                             diverged={n: g.diverged for n, g in groups.items()})
     size, channels = data_summary.get("image_size"), data_summary.get("channels")
-    plots.plot_bands(histories, out / "bands.png", title=f"{len(seeds)} seeds · {size}×{size}×{channels}")
+    n_seeds = max(len(g.seeds) for g in groups.values())
+    with results.atomic_path(out / "bands.png") as tmp:
+        plots.plot_bands(histories, tmp, title=f"{n_seeds} seeds · {size}×{size}×{channels}")
     study = {
         **extra,
-        "configs": {a: dataclasses.asdict(c) for a, c in configs.items()},
-        "seeds": list(seeds),
+        "configs": {n: dataclasses.asdict(g.config) for n, g in groups.items()},
+        "seeds": list(seeds) if seeds is not None else next(iter(groups.values())).seeds,
         "environment": results.environment(),
         "data": data_summary,
         "summary": summaries,
+        "diverged": diverged_seeds(groups),
         "ranking": ranking,
     }
     results.write_json(out / "study.json", study)
     return study
+
+
+def format_diverged(diverged: Mapping[str, Mapping[int, int]]) -> str:
+    """One line per group with diverged seeds, or '' when none did."""
+    return "\n".join(
+        f"diverged in {name}: " + ", ".join(f"seed {s} (epoch {e})" for s, e in seeds.items())
+        + " -- non-finite loss or gradients; these seeds stopped updating and are NaN from that epoch on"
+        for name, seeds in diverged.items() if seeds
+    )

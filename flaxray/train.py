@@ -7,13 +7,20 @@
 is the whole multi-seed story: a plain `jax.vmap` over a pure function whose per-seed pytree
 (`SeedState`) holds params, batch statistics, optimizer state and RNG keys (Flax's lifted vmap with
 BatchNorm has open bugs; this avoids it). `train_seeds` runs the same functions one epoch per call,
-for a progress bar, and returns a Keras-style History with a leading seed axis.
+for a progress bar and checkpoints, and returns a Keras-style History with a leading seed axis.
+
+Each seed carries its own learning rate (in its optimizer state, through `optax.inject_hyperparams`),
+so one vmapped program can cross seeds with learning rates. A seed whose loss, gradients or update
+become non-finite keeps its last finite state and stops updating (`SeedState.diverged`); the
+others are untouched, since the mask is a `jnp.where` per seed, not a Python branch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -23,7 +30,7 @@ import optax
 from flax import nnx
 
 from flaxray.errors import FlaxrayError
-from flaxray.metrics import NUM_BINS, history_from_counts
+from flaxray.metrics import NUM_BINS, history_from_counts, mask_diverged
 from flaxray.models import build_model, parse_arch
 
 SOURCES = ("init", "dropout", "order")  # the sources of randomness `vary` chooses from
@@ -47,8 +54,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise FlaxrayError(f"learning rate must be > 0, got {self.lr}")
+        check_lr(self.lr)
+
+
+def check_lr(lr) -> None:
+    ok = isinstance(lr, numbers.Real) and not isinstance(lr, bool)  # numpy scalars too
+    if not (ok and math.isfinite(lr) and lr > 0):
+        raise FlaxrayError(f"learning rate must be a finite number > 0, got {lr!r}")
 
 
 def keras_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7):
@@ -72,6 +84,7 @@ class SeedState(NamedTuple):
     dropout_key: jax.Array
     order_key: jax.Array
     epoch: jax.Array  # epochs done
+    diverged: jax.Array  # 0 while healthy, else the epoch (1-based) in which the seed stopped updating
 
 
 class DeviceData(NamedTuple):
@@ -122,6 +135,16 @@ def device_data(dataset, eval_batch_size: int = 256) -> DeviceData:
     )
 
 
+def check_batch_size(config: TrainConfig, n_train: int) -> None:
+    if config.batch_size > n_train:
+        raise FlaxrayError(f"batch size {config.batch_size} is larger than the training split ({n_train} images)")
+
+
+def all_finite(tree) -> jax.Array:
+    """One boolean: every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.Array]:
     """One key per source of randomness: from `seed` if the source varies, else from `shared_seed`."""
     return {
@@ -133,9 +156,9 @@ def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.
 class Trainer(NamedTuple):
     """Pure functions of one seed; `jax.vmap` them over seeds."""
 
-    init: Any  # (seed, data) -> SeedState
+    init: Any  # (seed, data, lr=config.lr) -> SeedState
     run_epoch: Any  # (SeedState, data) -> (SeedState, {"train": Counts, "val": Counts})
-    train: Any  # (seed, data) -> (SeedState, counts with a leading epoch axis)
+    train: Any  # (seed, data, lr=config.lr) -> (SeedState, counts with a leading epoch axis)
     evaluate: Any  # (params, batch_stats, x, y, mask) -> Counts
 
 
@@ -152,12 +175,16 @@ def make_train(config: TrainConfig) -> Trainer:
         logits = model(x, train=train, dropout_key=dropout_key)
         return logits, nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
-    def init(seed, data: DeviceData) -> SeedState:
+    def init(seed, data: DeviceData, lr=None) -> SeedState:
         keys = seed_keys(seed, config.vary, config.shared_seed)
         model = build_model(config.arch, data.x_train.shape[1:], key=keys["init"])
         # Pure arrays, not Variables: the state crosses jit, vmap and grad as a plain pytree.
         _, params, batch_stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
-        return SeedState(params, batch_stats, tx.init(params), keys["dropout"], keys["order"], jnp.int32(0))
+        opt_state = tx.init(params)
+        # The learning rate is a leaf of the optimizer state, so it can differ between vmapped seeds.
+        lr = jnp.asarray(config.lr if lr is None else lr, jnp.float32)
+        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+        return SeedState(params, batch_stats, opt_state, keys["dropout"], keys["order"], jnp.int32(0), jnp.int32(0))
 
     def loss_fn(params, batch_stats, x, y, dropout_key):
         logits, batch_stats = forward(params, batch_stats, x, train=True, dropout_key=dropout_key)
@@ -178,32 +205,42 @@ def make_train(config: TrainConfig) -> Trainer:
 
     def run_epoch(state: SeedState, data: DeviceData):
         n, size = data.x_train.shape[0], config.batch_size
+        check_batch_size(config, n)
         steps = n // size  # the last partial batch is dropped; each epoch draws a fresh order
-        if steps == 0:
-            raise FlaxrayError(f"batch size {size} is larger than the training split ({n} images)")
         order = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), n)
         order = order[: steps * size].reshape(steps, size)
         epoch_key = jax.random.fold_in(state.dropout_key, state.epoch)
 
         def step(carry, inputs):
-            params, batch_stats, opt_state, counts = carry
+            params, batch_stats, opt_state, healthy, counts = carry
             i, idx = inputs
             x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
-            grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+            grads, (losses, logits, new_batch_stats) = jax.grad(loss_fn, has_aux=True)(
                 params, batch_stats, x, y, jax.random.fold_in(epoch_key, i)
             )
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, batch_stats, opt_state, counts.add(losses, logits, y, jnp.ones_like(y))), None
+            updates, new_opt_state = tx.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            # Once anything is non-finite the seed keeps its last finite state for good: a select
+            # per seed, so the vmapped program has no branch and the other seeds are unchanged.
+            healthy = healthy & all_finite((losses, grads, new_params, new_batch_stats))
+            params, batch_stats, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(healthy, new, old),
+                (new_params, new_batch_stats, new_opt_state), (params, batch_stats, opt_state),
+            )
+            return (params, batch_stats, opt_state, healthy, counts.add(losses, logits, y, jnp.ones_like(y))), None
 
-        carry = (state.params, state.batch_stats, state.opt_state, Counts.zeros())
-        (params, batch_stats, opt_state, train_counts), _ = jax.lax.scan(step, carry, (jnp.arange(steps), order))
+        carry = (state.params, state.batch_stats, state.opt_state, state.diverged == 0, Counts.zeros())
+        (params, batch_stats, opt_state, healthy, train_counts), _ = jax.lax.scan(
+            step, carry, (jnp.arange(steps), order)
+        )
         val_counts = evaluate(params, batch_stats, data.x_val, data.y_val, data.val_mask)
-        state = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, epoch=state.epoch + 1)
+        diverged = jnp.where((state.diverged == 0) & ~healthy, state.epoch + 1, state.diverged)
+        state = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, epoch=state.epoch + 1,
+                               diverged=diverged)
         return state, {"train": train_counts, "val": val_counts}
 
-    def train(seed, data: DeviceData):
-        state = init(seed, data)
+    def train(seed, data: DeviceData, lr=None):
+        state = init(seed, data, lr)
         return jax.lax.scan(lambda s, _: run_epoch(s, data), state, None, length=config.epochs)
 
     return Trainer(init, run_epoch, train, evaluate)
@@ -214,24 +251,68 @@ def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
     return {split: {k: np.asarray(v) for k, v in c._asdict().items()} for split, c in counts.items()}
 
 
-def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, progress: bool = True, desc=None):
-    """Train `seeds` together, one jitted call per epoch (for the progress bar).
+@functools.lru_cache(maxsize=16)
+def _vmapped(config: TrainConfig):
+    """`init` and `run_epoch`, vmapped over seeds and jitted, once per config and process: a resume
+    or a study run again in the same notebook reuses the compiled programs."""
+    trainer = make_train(config)
+    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))),
+            jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0))
 
-    Returns the final per-seed `SeedState` (leading seed axis) and a Keras-style History whose values
-    have shape (seeds, epochs). Same functions as `make_train(config).train`, so the same curves.
+
+def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
+                progress: bool = True, desc=None, checkpoint_dir=None, checkpoint_every: int = 1):
+    """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
+
+    `lrs` gives each seed its own learning rate (default: `config.lr` for all); a seed may appear
+    several times with different rates. Returns the final per-seed `SeedState` (leading seed axis)
+    and a Keras-style History whose values have shape (seeds, epochs), NaN from the epoch a seed
+    diverged in (`states.diverged`). Same functions as `make_train(config).train`, so the same curves.
+
+    With `checkpoint_dir`, every seed's state and the curves so far are saved there with orbax every
+    `checkpoint_every` epochs and after the last one, and a run finds its latest checkpoint there
+    and continues from it, to the same curves. While it trains, a first Ctrl-C stops it after the
+    current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
     """
     from tqdm.auto import tqdm
 
-    trainer = make_train(config)
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
-    run_epoch = jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0)
-    states = init(jnp.asarray(seeds, jnp.int32), data)
-    epochs = []
-    with tqdm(range(config.epochs), desc=desc or config.arch, unit="epoch", disable=not progress) as bar:
-        for _ in bar:
+    from flaxray import checkpoint
+
+    seeds = [int(s) for s in seeds]
+    lrs = [float(config.lr)] * len(seeds) if lrs is None else [float(lr) for lr in lrs]
+    if len(lrs) != len(seeds) or not seeds:
+        raise ValueError(f"need one learning rate per seed and at least one seed, got {len(lrs)} for {len(seeds)}")
+    for lr in lrs:
+        check_lr(lr)
+    check_batch_size(config, data.x_train.shape[0])
+    init, run_epoch = _vmapped(dataclasses.replace(config, lr=1.0))  # the rate is state, not program
+    states = init(jnp.asarray(seeds, jnp.int32), data, jnp.asarray(lrs, jnp.float32))
+    epochs = []  # per epoch, a History of (seeds,) arrays: computed the same way fresh or resumed
+    saver = None
+    if checkpoint_dir is not None and checkpoint_every > 0:
+        meta = {"config": dataclasses.asdict(config), "seeds": seeds, "lrs": lrs}
+        saver = checkpoint.Checkpoints(checkpoint_dir, meta)
+        if saver.latest() is not None:
+            states, done = saver.restore(states)
+            epochs = [{k: v[:, e] for k, v in done.items()} for e in range(next(iter(done.values())).shape[1])]
+    start = len(epochs)
+    with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
+        range(start, config.epochs), initial=start, total=config.epochs, desc=desc or config.arch, unit="epoch",
+        disable=not progress,
+    ) as bar:
+        for epoch in bar:
             states, counts = run_epoch(states, data)
-            epochs.append(counts_to_numpy(counts))
-            val = epochs[-1]["val"]
-            bar.set_postfix(val_loss=f"{np.mean(val['loss_sum'] / val['count']):.4f}", seeds=len(seeds))
-    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *epochs)  # (seeds, epochs, ...)
-    return states, history_from_counts(stacked)
+            epochs.append(history_from_counts(counts_to_numpy(counts)))
+            bar.set_postfix(val_loss=f"{np.mean(epochs[-1]['val_loss']):.4f}", seeds=len(seeds),
+                            diverged=int(np.count_nonzero(states.diverged)))
+            due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+            if saver is not None and (due or interrupted()):
+                saver.save(epoch + 1, states, stack_epochs(epochs))
+            if interrupted():
+                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    return states, mask_diverged(stack_epochs(epochs), np.asarray(states.diverged))
+
+
+def stack_epochs(epochs: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Per-epoch Histories of (seeds,) arrays -> one History of (seeds, epochs) arrays."""
+    return {key: np.stack([e[key] for e in epochs], axis=1) for key in epochs[0]}

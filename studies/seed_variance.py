@@ -4,8 +4,9 @@
     python -m studies.seed_variance --arch pyramid final inverted --data path/to/chest_xray \\
            --image-size 180 --seeds 32 --epochs 20 --out runs/ann
 
-Writes curves.csv, study.json and bands.png into --out and prints a summary table over seeds.
-Everything here is a few library calls (see the README for the same study from Python).
+Writes curves.csv, study.json, bands.png, run.json and checkpoints/ into --out and prints a summary
+table over seeds; `--resume DIR` continues a stopped or killed study. Everything here is a few
+library calls (see the README for the same study from Python).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 
 from studies import _cli
 
+MODULE = "studies.seed_variance"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m studies.seed_variance",
         description="Train every --arch with --seeds random seeds at once (jax.vmap) and report the "
-        "spread of their train/val curves: curves.csv, study.json, bands.png and a summary table.",
+        "spread of their train/val curves: curves.csv, study.json, bands.png and a summary table; "
+        "run.json says whether the study finished, and --resume continues one that did not.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--arch", nargs="+", default=["pyramid"], metavar="NAME",
@@ -37,30 +41,41 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> Path:
     from flaxray import results, stats
-    from flaxray.study import balanced_class_weight, save_study, train_archs
-    from flaxray.train import TrainConfig, device_data
+    from flaxray.study import balanced_class_weight, cross_lrs, format_diverged, save_study, train_groups
+    from flaxray.train import TrainConfig, check_batch_size, device_data
 
-    seeds = _cli.seed_list(args)
+    if args.resume:
+        resumed = _cli.resume_args(parse_args, args)
+        if resumed is None:
+            print(f"{args.resume} holds a complete study; nothing to resume")
+            return Path(args.resume)
+        args = resumed
+    seeds, lrs = _cli.seed_list(args), _cli.lr_list(args)
     _cli.check_out(args)
-    configs = {
-        arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          vary=_cli.parse_vary(args.vary))
+    configs = cross_lrs({
+        arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size, vary=_cli.parse_vary(args.vary))
         for arch in args.arch
-    }  # validates every arch and flag before any data is touched
+    }, lrs)  # validates every arch and flag before any data is touched
     dataset = _cli.load_data(args)
     if args.class_weight == "balanced":
         weight = balanced_class_weight(dataset.train.y)
         configs = {a: dataclasses.replace(c, class_weight=weight) for a, c in configs.items()}
-    data = device_data(dataset, eval_batch_size=next(iter(configs.values())).eval_batch_size)
+    first = next(iter(configs.values()))
+    check_batch_size(first, len(dataset.train.y))  # before anything is written
+    data = device_data(dataset, eval_batch_size=first.eval_batch_size)
     out = Path(args.out) if args.out else results.default_out_dir(args.arch)
     print(_cli.describe_data(dataset))
 
-    histories, seconds = train_archs(configs, data, seeds, progress=not args.no_progress)
-    study = save_study(out, histories=histories, seeds=seeds, configs=configs, data_summary=dataset.summary,
-                       study="seed_variance", command=_cli.command("studies.seed_variance", args),
-                       args=vars(args), train_seconds=seconds)
+    with _cli.recorded_run(out, args, MODULE):
+        groups = train_groups(configs, data, seeds, progress=not args.no_progress,
+                              checkpoint_dir=out / results.CHECKPOINTS, checkpoint_every=args.checkpoint_every)
+        study = save_study(out, groups=groups, seeds=seeds, data_summary=dataset.summary, study="seed_variance",
+                           command=_cli.command(MODULE, args), args=vars(args),
+                           train_seconds={n: g.seconds for n, g in groups.items()})
     print()
     print(stats.format_summary_table(study["summary"], study["ranking"]))
+    if diverged := format_diverged(study["diverged"]):
+        print(diverged)
     print(f"\nwrote {out / 'curves.csv'}, {out / 'study.json'}, {out / 'bands.png'}")
     return out
 

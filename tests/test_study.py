@@ -126,6 +126,7 @@ def test_help_lists_every_flag_with_its_default():
     result = cli("--help")
     assert result.returncode == 0
     for flag in ("--arch", "--seeds", "--first-seed", "--epochs", "--batch-size", "--lr", "--image-size",
-                 "--channels", "--data", "--out", "--vary", "--class-weight", "--strict"):
+                 "--channels", "--data", "--out", "--vary", "--class-weight", "--strict", "--resume", "--overwrite",
+                 "--checkpoint-every"):
         assert flag in result.stdout
-    assert "default: 16" in result.stdout and "default: 32" in result.stdout
+    assert "default: 16" in result.stdout and "default: 32" in result.stdout and "default: 1)" in result.stdout

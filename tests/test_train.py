@@ -130,3 +130,25 @@ def test_binary_metrics_against_direct_computation():
     bp, bn = bins[y == 1][:, None], bins[y == 0][None, :]
     assert np.isclose(m["auc"], np.mean((bp > bn) + 0.5 * (bp == bn)))
     assert np.isnan(binary_metrics(1.0, 3, [0] * NUM_BINS, [3] + [0] * (NUM_BINS - 1))["auc"])
+
+
+def test_a_diverging_seed_stops_alone_and_per_seed_lr_is_its_own_run(data):
+    """lr=1e30 blows seeds 1 and 3 up; seeds 0 and 2 must train as if the bad ones were not there
+    (to the tolerance of seed-in-batch vs seed-alone), and a seed's own learning rate must give
+    exactly what a config with that rate gives."""
+    config, seeds = TrainConfig(**CONFIG), [0, 1, 2, 3, 2]
+    states, mixed = train_seeds(config, data, seeds, lrs=[1e-3, 1e30, 1e-3, 1e30, 3e-3], progress=False)
+    _, healthy = train_seeds(config, data, [0, 2], progress=False)
+    _, other_lr = train_seeds(TrainConfig(**{**CONFIG, "lr": 3e-3}), data, seeds, progress=False)
+    diverged = np.asarray(states.diverged)
+    assert diverged[0] == diverged[2] == diverged[4] == 0 and diverged[1] >= 1 and diverged[3] >= 1
+    for key in mixed:
+        np.testing.assert_allclose(mixed[key][[0, 2]], healthy[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(mixed[key][4], other_lr[key][4], err_msg=key)  # same batch: same bits
+        for s in (1, 3):  # NaN from the epoch it diverged in, and only from then
+            epochs = np.arange(1, config.epochs + 1)
+            assert np.array_equal(np.isnan(mixed[key][s]), epochs >= diverged[s]), (key, s)
+    # It stopped on its last finite state instead of carrying NaN or inf along.
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves((states.params, states.batch_stats)))
+    lrs = np.asarray(states.opt_state.hyperparams["learning_rate"])
+    np.testing.assert_array_equal(lrs, np.float32([1e-3, 1e30, 1e-3, 1e30, 3e-3]))

@@ -150,6 +150,17 @@ def _cache_root(cache_dir) -> Path:
     return Path.home() / ".cache" / "flaxray"
 
 
+def _check_cache(folder: Path) -> None:
+    """A one-line error now rather than a traceback from deep inside TFDS later."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FlaxrayError(f"cannot use the cache folder {folder}: {err.strerror or err} (set --cache-dir "
+                           "or $FLAXRAY_CACHE)") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FlaxrayError(f"cannot write to the cache folder {folder} (set --cache-dir or $FLAXRAY_CACHE)")
+
+
 # ---------------------------------------------------------------------------------- TFDS plumbing
 
 @contextlib.contextmanager
@@ -255,6 +266,7 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
     fp = _fingerprint(scan, image_size=image_size, channels=channels,
                       builder_version=builder_lib.BUILDER_VERSION, decoder=builder_lib.DECODER_VERSION)
     cache_root = _cache_root(cache_dir)
+    _check_cache(cache_root / "tfds")
     data_dir = cache_root / "tfds" / fp
     meta_path = data_dir / PREPARED_JSON
 
@@ -327,8 +339,13 @@ def _prepare(builder, root: Path, n_images: int, progress: bool) -> dict:
     with tqdm(total=n_images, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as pbar:
         builder._pbar = pbar
         try:
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                manual_dir=os.fspath(root), try_download_gcs=False))
+            with warnings.catch_warnings():
+                # PIL's own warnings about odd files ("Possibly corrupt EXIF", "Truncated File Read")
+                # are noise here: a file either decodes fully or is skipped with a DataWarning.
+                # Set in this thread, the filter covers the decoding threads too.
+                warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+                builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                    manual_dir=os.fspath(root), try_download_gcs=False))
         except FlaxrayError as e:
             raise FlaxrayError(str(e)) from None
         finally:

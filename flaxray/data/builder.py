@@ -31,7 +31,10 @@ from flaxray.errors import FlaxrayError
 
 BUILDER_VERSION = "1.0.0"
 # Bump when the decoding / conversion / resizing below changes: it is part of the cache key.
-DECODER_VERSION = "pil-bilinear-1"
+DECODER_VERSION = "pil-bilinear-2"
+# The formats of folder.IMAGE_EXTENSIONS: a file is sniffed among these only (a .jpeg may be a PNG),
+# not handed to every decoder PIL has, some of which accept almost any bytes.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "TIFF", "WEBP")  # JPEG covers MPO
 # Key and file name of the one dummy example written for a split whose files all failed to
 # decode (TFDS cannot write an empty split); the reader drops it.
 PLACEHOLDER_KEY = "__flaxray_empty_split__"
@@ -65,7 +68,8 @@ def _to_8bit(img: Image.Image, mode: str) -> Image.Image:
     - 16-bit integer images (``I;16*``) are scaled by 255/65535 (bit-depth preserving, like
       decoding a 16-bit PNG to uint8 with TensorFlow); PIL's own ``convert("L")`` would clip.
     - ``I`` (32-bit int) and ``F`` (float): values already in 0..255 are kept, 0..65535 scaled as
-      16-bit, ``F`` in 0..1 scaled by 255, anything else min-max scaled to 0..255.
+      16-bit, ``F`` in 0..1 scaled by 255, anything else min-max scaled to 0..255; NaN or infinite
+      pixels raise ``ValueError`` (the file is skipped, not turned into a black image).
     - Palette images go through RGBA (transparency kept) and alpha is dropped (``LA``, ``RGBA``,
       ...): the colour channels are kept as they are, as Keras does.
     - CMYK, YCbCr, HSV, 1-bit and the rest use PIL's conversions.
@@ -76,6 +80,8 @@ def _to_8bit(img: Image.Image, mode: str) -> Image.Image:
         a = np.asarray(img).astype(np.float64)
         if a.ndim == 3:
             a = a[..., 0]
+        if not np.isfinite(a).all():  # no scaling can say what NaN or inf pixels were meant to be
+            raise ValueError("float image with NaN or infinite pixels")
         if img.mode.startswith("I;16"):
             a = a * (255.0 / 65535.0)
         else:
@@ -112,7 +118,7 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int) -> np.nd
     ``image_dataset_from_directory``). Note that PIL's BILINEAR widens its kernel when
     downscaling (it antialiases), unlike ``tf.image.resize``'s default.
     """
-    with Image.open(path) as img:
+    with Image.open(path, formats=PIL_FORMATS) as img:
         img.load()
         try:
             img = ImageOps.exif_transpose(img)

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from flaxray.errors import FlaxrayError
@@ -111,10 +112,17 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
             if not cls_dir.is_dir():
                 _fail(f"missing class folder {cls_dir}: each split needs NORMAL/ and PNEUMONIA/ ({LAYOUT})")
             n_images = 0
-            with os.scandir(cls_dir) as it:
-                dir_entries = sorted(it, key=lambda e: e.name)
+            try:
+                with os.scandir(cls_dir) as it:
+                    dir_entries = sorted(it, key=lambda e: e.name)
+            except OSError as err:
+                _fail(f"cannot list {cls_dir}: {err.strerror or err}")
             for e in dir_entries:
                 rel = f"{split}/{cls}/{e.name}"
+                if not _utf8(e.name):  # TFDS keys, JSON and the cache key need text
+                    shown = os.fsencode(e.name).decode("utf-8", "backslashreplace")
+                    stray.append({"file": f"{split}/{cls}/{shown}", "reason": "file name is not valid UTF-8"})
+                    continue
                 try:
                     st = e.stat()
                 except OSError as err:  # broken symbolic link, vanished file
@@ -122,8 +130,10 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
                     continue
                 entry = FileEntry(rel, split, label, int(st.st_size), int(st.st_mtime_ns))
                 entries.append(entry)
-                if e.is_dir():
+                if stat.S_ISDIR(st.st_mode):
                     stray.append({"file": rel, "reason": "a sub-folder (only files directly in a class folder are read)"})
+                elif not stat.S_ISREG(st.st_mode):  # reading a FIFO or a device would block or never end
+                    stray.append({"file": rel, "reason": "not a regular file"})
                 elif Path(e.name).suffix.lower() not in IMAGE_EXTENSIONS:
                     ext = Path(e.name).suffix or "no extension"
                     stray.append({"file": rel, "reason": f"not an image file ({ext})"})
@@ -136,6 +146,14 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
     stray.sort(key=lambda s: s["file"])
     entries.sort(key=lambda f: f.rel)
     return FolderScan(root, tuple(present), tuple(images), tuple(stray), tuple(entries))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
 
 
 def fingerprint(scan: FolderScan, **settings) -> str:

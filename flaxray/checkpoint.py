@@ -1,0 +1,111 @@
+"""Checkpoints of a multi-seed training run (orbax), and a Ctrl-C that waits for the next one.
+
+A folder holds the checkpoints of one vmapped program: orbax step E is the state after E epochs,
+with every seed's `SeedState` (params, batch statistics, optimizer state with its learning rate,
+RNG keys, epoch, diverged), the curves of epochs 1..E, and a JSON of what was trained (config,
+seeds, learning rates) so a resume with other settings fails instead of mixing runs.
+
+Orbax writes a step into a temporary folder and renames it when complete, so a write killed
+half-way leaves no step that `latest` returns; opening the folder again removes the leftovers.
+Only the latest step is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from flaxray.errors import FlaxrayError
+from flaxray.metrics import METRICS
+
+FORMAT = 1
+HISTORY_KEYS = tuple(prefix + m for prefix in ("", "val_") for m in METRICS)
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _savable(states):
+    """Typed PRNG keys -> their raw uint32 data (what orbax can write)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, states)
+
+
+def _unsavable(saved, template):
+    return jax.tree.map(
+        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, saved, template
+    )
+
+
+class Checkpoints:
+    """The checkpoints of one run in `directory`; `meta` (JSON-able) must match to restore."""
+
+    def __init__(self, directory, meta: dict):
+        import orbax.checkpoint as ocp  # imported here: only runs that checkpoint pay for it
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        self.meta = json.loads(json.dumps({"format": FORMAT, **meta}))  # as it reads back
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=1,  # the older step is deleted only after the new one is complete
+            enable_async_checkpointing=False,  # the next epoch donates the state's buffers
+            create=True,
+            cleanup_tmp_directories=True,  # half-written steps of a killed run
+        )
+        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+
+    def latest(self) -> int | None:
+        """Epochs done in the latest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def save(self, epoch: int, states, history: dict[str, np.ndarray]) -> None:
+        ocp = self._ocp
+        tree = {"states": _savable(states), "history": {k: np.asarray(history[k]) for k in HISTORY_KEYS}}
+        self._manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                          meta=ocp.args.JsonSave(self.meta)), force=True)
+
+    def restore(self, template):
+        """(states, history (seeds, epochs)) of the latest step; `template` gives shapes and key types."""
+        ocp, epoch = self._ocp, self.latest()
+        meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if meta != self.meta:
+            changed = sorted(k for k in {*meta, *self.meta} if meta.get(k) != self.meta.get(k))
+            raise FlaxrayError(f"the checkpoint in {self.directory} was written with other settings "
+                               f"({', '.join(changed)} differ); use another --out or --overwrite")
+        n_seeds = len(self.meta["seeds"])
+        target = {
+            "states": jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template)),
+            "history": {k: np.zeros((n_seeds, epoch)) for k in HISTORY_KEYS},  # numpy: restored as float64
+        }
+        tree = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        history = {k: tree["history"][k] for k in HISTORY_KEYS}  # in the trainer's order (orbax sorts keys)
+        return _unsavable(tree["states"], template), history
+
+
+@contextlib.contextmanager
+def deferred_interrupt(enabled: bool = True):
+    """Yields `interrupted()`: while active, a first Ctrl-C only sets it (the training loop saves a
+    checkpoint and stops after the current epoch); a second Ctrl-C interrupts at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # signal handlers can only be set from the main thread
+        return
+    hits = []
+
+    def handler(signum, frame):
+        if hits:
+            raise KeyboardInterrupt
+        hits.append(signum)
+        print("\nstopping after this epoch, once it is saved (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
