@@ -108,8 +108,8 @@ NOTES_STACKS: dict[str, tuple[Layer, ...]] = {
 
 
 def _keras_io_stack(a, b, c, d, e):
-    """keras.io's "Pneumonia Classification on TPU" (Amy Jang, 2020), the 180x180 model the notes' dense_block
-    comes from: two Conv2D(a) and a pool, four blocks SeparableConv2D x2 -> BatchNorm -> MaxPool (Dropout 0.2
+    """keras.io's "Pneumonia Classification on TPU" (Amy Jang, 2020), a 180x180 model whose dense_block is the
+    notes' dense_block: two Conv2D(a) and a pool, four blocks SeparableConv2D x2 -> BatchNorm -> MaxPool (Dropout 0.2
     after the last two), Flatten, dense blocks 512@0.7, 128@0.5, 64@0.3. Its pools are 'valid' there; here
     'same', because five 'valid' pools need 32x32 images and the embedded default is 28x28."""
     return (f"conv:{a},{a},pool:same,sep:{b},{b},bn,pool:same,sep:{c},{c},bn,pool:same,"
@@ -130,7 +130,8 @@ CNN_SPECS: dict[str, str] = {
 def known_archs() -> list[str]:
     """Every architecture name the registry accepts (spec strings aside)."""
     dense_names, cnn_names = sorted(NOTES_STACKS), sorted(CNN_SPECS)
-    return dense_names + [f"{n}_plain" for n in dense_names] + cnn_names + [f"{n}_plain" for n in cnn_names]
+    return (dense_names + sorted(f"{n}_plain" for n in dense_names)
+            + cnn_names + sorted(f"{n}_plain" for n in cnn_names))
 
 
 def plain(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
@@ -194,7 +195,7 @@ def parse_arch(arch: str) -> tuple[Layer, ...]:
         layers = NOTES_STACKS[name]
     elif name in CNN_SPECS:
         layers = parse_spec(CNN_SPECS[name])
-    elif ":" in arch or "," in arch:
+    elif re.split("[:,]", arch, maxsplit=1)[0].strip() in USAGE:  # a spec string starts with a layer
         return parse_spec(arch)
     else:
         raise FlaxrayError(
@@ -338,17 +339,19 @@ class Flatten(nnx.Module):
 
 def output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape (without batch) `layer` makes of an input of `shape`."""
-    if layer.kind in ("conv", "sep"):
-        return (*shape[:2], layer.units)
-    if layer.kind == "pool":
-        halve = (lambda n: n // 2) if layer.padding == "valid" else (lambda n: -(-n // 2))
-        return (halve(shape[0]), halve(shape[1]), shape[2])
-    if layer.kind == "gap":
-        return shape[-1:]
-    if layer.kind == "flatten":
-        return (math.prod(shape),)
-    if layer.kind == "dense":
-        return (layer.units,)
+    match layer.kind:
+        case "conv" | "sep":
+            return (*shape[:2], layer.units)
+        case "pool" if layer.padding == "same":
+            return (-(-shape[0] // 2), -(-shape[1] // 2), shape[2])
+        case "pool":
+            return (shape[0] // 2, shape[1] // 2, shape[2])
+        case "gap":
+            return shape[-1:]
+        case "flatten":
+            return (math.prod(shape),)
+        case "dense":
+            return (layer.units,)
     return shape  # bn, dropout
 
 
