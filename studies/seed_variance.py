@@ -1,6 +1,7 @@
 """Train each architecture with many seeds at once and show how much the curves move between seeds.
 
     python -m studies.seed_variance --arch pyramid
+    python -m studies.seed_variance --arch cnn_sep pyramid --channels 1
     python -m studies.seed_variance --arch pyramid final inverted --data path/to/chest_xray \\
            --image-size 180 --seeds 32 --epochs 20 --out runs/ann
 
@@ -16,6 +17,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from flaxray.models import CNN_SPECS, NOTES_STACKS
 from studies import _cli
 
 MODULE = "studies.seed_variance"
@@ -30,9 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--arch", nargs="+", default=["pyramid"], metavar="NAME",
-                   help="architecture names (pyramid, pyramid_d02, inverted, inverted_d02, hourglass, "
-                   "hourglass_d02, mixed, final, each also NAME_plain) or spec strings like "
-                   "'dense:1024@0.5,512@0.2'")
+                   help=f"architecture names: dense stacks {', '.join(NOTES_STACKS)}; CNNs {', '.join(CNN_SPECS)}; "
+                   "each also NAME_plain (no BatchNorm, no Dropout). Or spec strings like "
+                   "'dense:1024@0.5,512@0.2' or 'conv:32,pool,sep:64,pool,gap,dense:128@0.5' "
+                   "(the grammar is in flaxray/models.py)")
     _cli.add_training_args(p)
     _cli.add_data_args(p)
     _cli.add_output_args(p)

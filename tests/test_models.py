@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from flaxray.errors import FlaxrayError
-from flaxray.models import NOTES_STACKS, build_model, count_params, known_archs, parse_arch
+from flaxray.models import CNN_SPECS, NOTES_STACKS, build_model, count_params, known_archs, min_image_size, parse_arch
 from flaxray.train import keras_adam
 
 
@@ -121,3 +121,165 @@ def test_keras_adam_matches_keras_update_rule():
     u2, _ = optax.adam(lr, eps=eps).update(grads[0], s2, w2)
     u1, _ = keras_adam(lr).update(grads[0], keras_adam(lr).init(w2), w2)
     assert not np.allclose(np.asarray(u1), np.asarray(u2), rtol=1e-3)
+
+
+# CNNs. Keras's model.summary(), worked out by hand: Conv2D(3x3) = 9*in*out + out; SeparableConv2D(3x3) =
+# 9*in (depthwise, no bias) + in*out (pointwise) + out (one bias); BatchNormalization = 4 per channel
+# (2 trainable); pools, Dropout, Flatten and GlobalAveragePooling2D have none.
+def conv(n_in, n_out):
+    return 9 * n_in * n_out + n_out
+
+
+def sep(n_in, n_out):
+    return 9 * n_in + n_in * n_out + n_out
+
+
+def bn(n):
+    return 4 * n
+
+
+def keras_io_stack(channels, flat, w=(16, 32, 64, 128, 256)):
+    """cnn_sep's layers for `channels` input channels and `flat` features after Flatten."""
+    a, b, c, d, e = w
+    return (conv(channels, a) + conv(a, a) + sep(a, b) + sep(b, b) + bn(b) + sep(b, c) + sep(c, c) + bn(c)
+            + sep(c, d) + sep(d, d) + bn(d) + sep(d, e) + sep(e, e) + bn(e)
+            + dense(flat, 512) + bn(512) + dense(512, 128) + bn(128) + dense(128, 64) + bn(64) + dense(64, 1))
+
+
+def conv_stack(channels, flat):
+    return (conv(channels, 32) + bn(32) + conv(32, 64) + bn(64) + conv(64, 128) + bn(128) + conv(128, 128)
+            + bn(128) + dense(flat, 512) + bn(512) + dense(512, 1))
+
+
+# 'same' pools: 180 -> 90 -> 45 -> 23 -> 12 -> 6 and 28 -> 14 -> 7 -> 4 -> 2 -> 1.
+KERAS_CNN_TOTALS = {
+    ("cnn_sep", (180, 180, 3)): keras_io_stack(3, 6 * 6 * 256),
+    ("cnn_sep", (28, 28, 1)): keras_io_stack(1, 256),
+    ("cnn_sep_wide", (180, 180, 3)): keras_io_stack(3, 6 * 6 * 512, (32, 64, 128, 256, 512)),
+    ("cnn_sep_wide", (28, 28, 1)): keras_io_stack(1, 512, (32, 64, 128, 256, 512)),
+    ("cnn_conv", (180, 180, 3)): conv_stack(3, 12 * 12 * 128),
+    ("cnn_conv", (28, 28, 1)): conv_stack(1, 2 * 2 * 128),
+    ("cnn_conv_plain", (28, 28, 1)): conv(1, 32) + conv(32, 64) + conv(64, 128) + conv(128, 128)
+    + dense(2 * 2 * 128, 512) + dense(512, 1),
+    # keras.io's model exactly as Keras builds it, with MaxPool2D()'s 'valid' pools: 180 -> 90 -> 45 -> 22 -> 11 -> 5.
+    ("conv:16,16,pool,sep:32,32,bn,pool,sep:64,64,bn,pool,sep:128,128,bn,pool,dropout:0.2,"
+     "sep:256,256,bn,pool,dropout:0.2,flatten,dense:512@0.7,128@0.5,64@0.3", (180, 180, 3)): keras_io_stack(3, 5 * 5 * 256),
+    ("conv:32,pool,sep:64,pool,gap,dense:128@0.5", (28, 28, 1)): conv(1, 32) + sep(32, 64) + dense(64, 128) + bn(128)
+    + dense(128, 1),
+}
+
+
+@pytest.mark.parametrize("arch,shape", sorted(KERAS_CNN_TOTALS, key=str))
+def test_cnn_parameter_counts_equal_keras(arch, shape):
+    counts = count_params(nnx.eval_shape(lambda: build_model(arch, shape)))
+    assert counts["total"] == KERAS_CNN_TOTALS[arch, shape]
+    assert counts["total"] == counts["trainable"] + counts["non_trainable"]
+
+
+def test_cnn_counts_split_like_keras():
+    # BatchNorm's moving mean and variance are non-trainable: 2 per channel of every bn and dense block.
+    counts = count_params(nnx.eval_shape(lambda: build_model("cnn_sep", (28, 28, 1))))
+    assert counts["non_trainable"] == 2 * (32 + 64 + 128 + 256 + 512 + 128 + 64)
+    assert count_params(nnx.eval_shape(lambda: build_model("cnn_sep_plain", (28, 28, 1))))["non_trainable"] == 0
+
+
+def test_grey_images_save_first_layer_weights():
+    for arch, first_filters in (("cnn_sep", 16), ("cnn_conv", 32), ("cnn_sep_wide", 32)):
+        rgb = count_params(nnx.eval_shape(lambda: build_model(arch, (180, 180, 3))))["total"]
+        grey = count_params(nnx.eval_shape(lambda: build_model(arch, (180, 180, 1))))["total"]
+        assert rgb - grey == 9 * 2 * first_filters  # only the first kernel sees the channels
+
+
+def test_cnn_registry_and_plain_variants():
+    layers = parse_arch("cnn_sep")
+    assert [l.units for l in layers if l.kind == "sep"] == [32, 32, 64, 64, 128, 128, 256, 256]
+    assert [str(l) for l in layers if l.kind == "dense"] == ["dense:512@0.7", "dense:128@0.5", "dense:64@0.3"]
+    assert sum(l.kind == "pool" for l in layers) == 5 and {l.padding for l in layers if l.kind == "pool"} == {"same"}
+    assert [l.units for l in parse_arch("cnn_sep_wide") if l.kind == "sep"] == [64, 64, 128, 128, 256, 256, 512, 512]
+    for name in CNN_SPECS:
+        stripped = parse_arch(f"{name}_plain")
+        assert not any(l.kind in ("bn", "dropout") or l.rate is not None for l in stripped)
+        assert [l for l in parse_arch(name) if l.kind in ("conv", "sep", "pool", "flatten")] == \
+            [l for l in stripped if l.kind in ("conv", "sep", "pool", "flatten")]
+    assert {f"{n}_plain" for n in CNN_SPECS} | set(CNN_SPECS) <= set(known_archs())
+
+
+def test_cnn_spec_string():
+    layers = parse_arch("conv:8, 16,pool,sep:32,bn,pool:same,dropout:0.25,.5,gap,dense:64@0.5,32")
+    assert ",".join(map(str, layers)) == "conv:8,conv:16,pool,sep:32,bn,pool:same,dropout:0.25,dropout:0.5,gap," \
+                                         "dense:64@0.5,dense:32"
+    assert parse_arch(",".join(map(str, layers))) == layers  # str() writes a spec string back
+    model = build_model("conv:4,pool,sep:6,flatten,dense:5", (6, 6, 2))
+    assert model(jnp.zeros((3, 6, 6, 2), jnp.uint8)).shape == (3,)
+    assert count_params(model)["total"] == conv(2, 4) + sep(4, 6) + dense(3 * 3 * 6, 5) + dense(5, 1)
+
+
+@pytest.mark.parametrize("bad", ["conv:", "conv:0", "conv:8,pool:valid,flatten", "sep:3.5", "bn:2", "dropout:1",
+                                 "dropout:", "conv:8,,pool", "conv:8,maxpool", "conv:8,gap,conv:8",
+                                 "dense:8,pool", "flatten,flatten", "gap:2"])
+def test_bad_cnn_spec_is_a_one_line_error_naming_the_item(bad):
+    with pytest.raises(FlaxrayError) as err:
+        parse_arch(bad)
+    message = str(err.value)
+    assert "\n" not in message and "item" in message
+
+
+def test_too_small_images_are_a_one_line_error_naming_the_minimum():
+    arch = "conv:8,pool,pool,pool:same,pool,pool,flatten"  # 'valid' pools need 2x, a 'same' pool 2x - 1
+    assert min_image_size(parse_arch(arch)) == 2 * (2 * (2 * (2 * 2) - 1)) == 28  # 28 -> 14 -> 7 -> 4 -> 2 -> 1
+    build_model(arch, (28, 28, 1))
+    with pytest.raises(FlaxrayError, match="at least 28x28") as err:
+        build_model(arch, (27, 28, 1))  # 27 -> 13 -> 6 -> 3 -> 1 -> 0
+    assert "\n" not in str(err.value)
+    assert min_image_size(parse_arch("cnn_sep")) == 1  # 'same' pools: the registry runs on any image
+    for name in CNN_SPECS:
+        assert build_model(name, (28, 28, 1))(jnp.zeros((2, 28, 28, 1), jnp.uint8)).shape == (2,)
+
+
+def test_convolutions_and_pools_equal_the_lax_reference():
+    """Our 3x3 convolutions (shifted copies + matmul) and pools (reshape + max) compute what
+    lax.conv_general_dilated and lax.reduce_window compute, as Keras's layers do."""
+    x = jax.random.normal(jax.random.key(1), (2, 7, 5, 3))
+    layers = build_model("conv:4,sep:6,pool:same,pool,flatten", (7, 5, 3), key=2).blocks
+    layers[0].bias[...] = jnp.arange(4.0)
+    layers[1].bias[...] = jnp.arange(6.0)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def lax_conv(x, kernel, groups=1):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=dn,
+                                            feature_group_count=groups)
+
+    call = dict(train=False, dropout_key=None)
+    y = layers[0](x, **call)
+    np.testing.assert_allclose(y, jax.nn.relu(lax_conv(x, layers[0].kernel[...]) + jnp.arange(4.0)), atol=1e-5)
+    # Depthwise: Keras's (3, 3, C, 1) kernel is lax's (3, 3, 1, C) with one group per channel.
+    depthwise = lax_conv(y, layers[1].depthwise_kernel[...].reshape(3, 3, 1, 4), groups=4)
+    expected = jax.nn.relu(lax_conv(depthwise, layers[1].pointwise_kernel[...]) + jnp.arange(6.0))
+    y = layers[1](y, **call)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    for layer, padding, shape in ((layers[2], "SAME", (2, 4, 3, 6)), (layers[3], "VALID", (2, 2, 1, 6))):
+        expected = nnx.max_pool(y, (2, 2), strides=(2, 2), padding=padding)
+        y = layer(y, **call)
+        assert y.shape == shape
+        np.testing.assert_array_equal(y, expected)
+
+
+def test_cnn_keras_defaults():
+    model = build_model("conv:64,sep:96,bn", (8, 8, 32), key=5)
+    conv_layer, sep_layer, norm = model.blocks
+    # Keras's weight shapes, glorot-uniform limits sqrt(6 / (fan_in + fan_out)) with Keras's fans
+    # (receptive field times the last two axes), zero biases; one bias in the separable conv.
+    for kernel, limit in ((conv_layer.kernel, np.sqrt(6 / (9 * 32 + 9 * 64))),
+                          (sep_layer.depthwise_kernel, np.sqrt(6 / (9 * 64 + 9 * 1))),
+                          (sep_layer.pointwise_kernel, np.sqrt(6 / (64 + 96)))):
+        k = np.asarray(kernel[...])
+        assert np.abs(k).max() <= limit and np.abs(k).max() > 0.9 * limit
+        assert np.isclose(k.std(), limit / np.sqrt(3), rtol=0.15)
+    assert sep_layer.depthwise_kernel.shape == (3, 3, 64, 1) and sep_layer.pointwise_kernel.shape == (1, 1, 64, 96)
+    assert conv_layer.kernel.shape == (3, 3, 32, 64)
+    assert not np.any(conv_layer.bias[...]) and sep_layer.bias.shape == (96,) and not np.any(sep_layer.bias[...])
+    assert norm.norm.momentum == 0.99 and norm.norm.epsilon == 1e-3
+    # Rescaled by 1/255: an all-255 image is an all-ones input.
+    ones = build_model("flatten", (2, 2, 1))
+    ones.head.kernel[...] = jnp.ones((4, 1))
+    assert float(ones(jnp.full((1, 2, 2, 1), 255, jnp.uint8))[0]) == pytest.approx(4.0)
