@@ -38,9 +38,10 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
                    help="'balanced' weighs each class's loss by n / (2 n_class), as sklearn and Keras users do")
 
 
-def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: a new folder under runs/)")
-    p.add_argument("--overwrite", action="store_true", help="allow an --out that already holds a study")
+def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
+                    overwrite_help="allow an --out that already holds a study") -> None:
+    p.add_argument("--out", default=out, metavar="DIR", help=out_help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -60,6 +61,34 @@ def check_out(args) -> None:
     out = Path(args.out) if args.out else None
     if out and (out / "study.json").exists() and not args.overwrite:
         raise FlaxrayError(f"{out} already holds a study; pass --overwrite or choose another --out")
+
+
+def training_configs(args, archs):
+    """One TrainConfig per arch from the training flags; validates every arch and flag before any data."""
+    from flaxray.train import TrainConfig
+
+    return {arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              vary=parse_vary(args.vary))
+            for arch in archs}
+
+
+def prepare(args, configs):
+    """Load the data the flags describe, apply --class-weight to the configs, put the data on the device.
+
+    Returns (configs, dataset, device data) and prints a line describing the data.
+    """
+    import dataclasses
+
+    from flaxray.study import balanced_class_weight
+    from flaxray.train import device_data
+
+    dataset = load_data(args)
+    if args.class_weight == "balanced":
+        weight = balanced_class_weight(dataset.train.y)
+        configs = {a: dataclasses.replace(c, class_weight=weight) for a, c in configs.items()}
+    data = device_data(dataset, eval_batch_size=next(iter(configs.values())).eval_batch_size)
+    print(describe_data(dataset))
+    return configs, dataset, data
 
 
 def load_data(args):

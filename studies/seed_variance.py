@@ -11,7 +11,6 @@ Everything here is a few library calls (see the README for the same study from P
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,23 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> Path:
     from flaxray import results, stats
-    from flaxray.study import balanced_class_weight, save_study, train_archs
-    from flaxray.train import TrainConfig, device_data
+    from flaxray.study import save_study, train_archs
 
     seeds = _cli.seed_list(args)
     _cli.check_out(args)
-    configs = {
-        arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          vary=_cli.parse_vary(args.vary))
-        for arch in args.arch
-    }  # validates every arch and flag before any data is touched
-    dataset = _cli.load_data(args)
-    if args.class_weight == "balanced":
-        weight = balanced_class_weight(dataset.train.y)
-        configs = {a: dataclasses.replace(c, class_weight=weight) for a, c in configs.items()}
-    data = device_data(dataset, eval_batch_size=next(iter(configs.values())).eval_batch_size)
+    configs, dataset, data = _cli.prepare(args, _cli.training_configs(args, args.arch))
     out = Path(args.out) if args.out else results.default_out_dir(args.arch)
-    print(_cli.describe_data(dataset))
 
     histories, seconds = train_archs(configs, data, seeds, progress=not args.no_progress)
     study = save_study(out, histories=histories, seeds=seeds, configs=configs, data_summary=dataset.summary,
