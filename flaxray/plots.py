@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from flaxray import stats
 
@@ -223,10 +223,11 @@ def plot_band_grid(
     *,
     keys: tuple[tuple[str, str], ...] = (("loss", "train loss"), ("val_loss", "val loss")),
     subtitles: Mapping[str, str] | None = None,
+    logy: bool = True,
     confidence: float = 0.95,
     title: str | None = None,
 ):
-    """One panel per architecture, every panel on the same axes; returns `path`.
+    """One panel per architecture, every panel on the same axes (log y by default); returns `path`.
 
     Each panel draws `keys` (default train and val loss) as in `plot_bands`: mean over seeds,
     bootstrap CI band of the mean, every seed faint. `subtitles[arch]` goes under the panel's
@@ -258,12 +259,25 @@ def plot_band_grid(
         ax.set_xlabel("epoch")
         ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[::cols]:
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss (log scale)" if logy else "loss")
     if 0 < max_epochs <= 3:
         axes[0].set_xlim(0.5, max_epochs + 0.5)
         axes[0].set_xticks(np.arange(1, max_epochs + 1))
     lim = _robust_ylim(curves_seen)
-    if lim is not None:
+    finite = np.concatenate([c[np.isfinite(c)] for c in curves_seen]) if curves_seen else np.array([])
+    if lim is not None and logy and finite.min() > 0:
+        # Log scale: a good arch's 0.15 vs 0.2 stays readable beside another arch's spikes to 2 or 4;
+        # only a blow-up beyond 10x the robust top (a diverging seed) is clipped.
+        bottom, top, highest = finite.min() / 1.15, min(lim[2], 10 * lim[1]) * 1.15, lim[2]
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(bottom, top)
+        axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].yaxis.set_minor_formatter(NullFormatter())
+        if highest > top:
+            fig.text(0.99, 0.995, f"y axis clipped: values up to {highest:.3g} not shown", ha="right", va="top",
+                     fontsize=8, color="0.25")
+    elif lim is not None:
         bottom, top, highest = lim
         axes[0].set_ylim(bottom, top)
         if highest > top:
@@ -309,6 +323,14 @@ def plot_intervals(
     y = np.arange(len(archs))[::-1]  # first arch on top
     colors = _colors(len(archs))
     for ax, (key, label) in zip(axes, metrics):
+        # x range: the CI bars (not every seed), so one arch's wild seed does not squash the others;
+        # seeds beyond it sit on the edge as arrowheads.
+        marks = [summaries[a][key][k] for a in archs if key in summaries[a]
+                 for k in (f"{stat}_ci_low", f"{stat}_ci_high", stat)]
+        marks = np.asarray([m for m in marks if np.isfinite(m)], dtype=float)
+        lo, hi = (marks.min(), marks.max()) if marks.size else (0.0, 1.0)
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+        lo, hi = lo - pad, hi + pad
         for yi, arch, color in zip(y, archs, colors):
             d = summaries[arch].get(key)
             if d is None:
@@ -317,12 +339,18 @@ def plot_intervals(
                 v = np.asarray(values[arch][key], dtype=float)
                 v = v[np.isfinite(v)]
                 jitter = np.linspace(-0.18, 0.18, v.size) if v.size > 1 else np.zeros(v.size)
-                ax.scatter(v, yi + jitter, s=9, color=color, alpha=0.35, lw=0, zorder=1)
+                inside = (v >= lo) & (v <= hi)
+                ax.scatter(v[inside], yi + jitter[inside], s=9, color=color, alpha=0.35, lw=0, zorder=1)
+                for side, marker, edge in ((v < lo, "<", lo), (v > hi, ">", hi)):
+                    if side.any():
+                        ax.scatter(np.full(side.sum(), edge), yi + jitter[side], s=14, marker=marker, color=color,
+                                   alpha=0.6, lw=0, zorder=1, clip_on=False)
             low, high, mid = d[f"{stat}_ci_low"], d[f"{stat}_ci_high"], d[stat]
             if np.isfinite([low, high]).all():
                 ax.plot([low, high], [yi, yi], color=color, lw=5, alpha=0.55, solid_capstyle="butt", zorder=2)
             if np.isfinite(mid):
                 ax.plot([mid], [yi], marker="|", ms=14, mew=2.5, color="black", zorder=3)
+        ax.set_xlim(lo, hi)
         ax.set_title(label, fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
         ax.set_ylim(-0.7, len(archs) - 0.3)
@@ -334,7 +362,7 @@ def plot_intervals(
         ax.set_yticks(y, names, fontsize=9)
         ax.yaxis.set_tick_params(labelleft=True)
     fig.supxlabel(f"black tick: {stat.upper() if stat == 'iqm' else stat} over seeds · bar: its {100 * confidence:g} % "
-                  "bootstrap CI · dots: seeds", fontsize=9)
+                  "bootstrap CI · dots: seeds (arrowheads: beyond the axis)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=12)
     return _save(fig, path)

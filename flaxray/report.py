@@ -59,8 +59,7 @@ class Document:
             elif kind == "p":
                 out.append(block[1])
             elif kind == "table":
-                cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"  # noqa: E731
-                out += [cells(block[1]), "|" + "---|" * len(block[1])] + [cells(r) for r in block[2]]
+                out += [_md_row(block[1]), "|" + "---|" * len(block[1])] + [_md_row(r) for r in block[2]]
             else:
                 out.append(f"![{block[2]}]({block[1].name})")
             out.append("")
@@ -83,6 +82,10 @@ class Document:
                 body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
                 f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.45}"

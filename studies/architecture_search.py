@@ -1,6 +1,6 @@
 """Choose the architecture that holds across seeds: the notes' whole catalogue, diagnosed and ranked.
 
-    python -m studies.architecture_search                       # all 16 named stacks, embedded data
+    python -m studies.architecture_search                       # the notes' 14 stacks, embedded data
     python -m studies.architecture_search --arch pyramid final --seeds 16 --decompose
     python -m studies.architecture_search --data ../shared/data/chest_xray --image-size 32 --channels 1 \\
            --seeds 8 --epochs 10 --out runs/search32
@@ -21,7 +21,7 @@ from studies import _cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from flaxray.search import DEFAULT_CATALOGUE
+    from flaxray.search import DEFAULT_CATALOGUE, SAME_STACK
 
     p = argparse.ArgumentParser(
         prog="python -m studies.architecture_search",
@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--arch", nargs="+", default=list(DEFAULT_CATALOGUE), metavar="NAME",
                    help="architecture names or spec strings like 'dense:1024@0.5,512@0.2'; default: every named "
-                   "dense stack of the notes, with (NAME) and without (NAME_plain) BatchNorm/Dropout")
+                   "dense stack of the notes, with (NAME) and without (NAME_plain) BatchNorm/Dropout, each distinct stack once ("
+                   + ", ".join(f"{a} is {b}" for a, b in SAME_STACK.items()) + ")")
     p.add_argument("--decompose", action="store_true",
                    help="also train each arch with only init, only dropout masks, only data order varied, and "
                    "report each source's share of the variance of final val loss (4x the training)")

@@ -131,3 +131,16 @@ def test_bad_input_is_one_line_and_help_lists_every_flag(tmp_path, capsys):
                  "--overwrite", "--vary", "--class-weight"):
         assert flag in help_text
     assert "default: 8" in help_text and "runs/architecture_search" in help_text
+
+
+def test_default_catalogue_is_every_named_stack_once():
+    from flaxray.models import known_archs, parse_arch
+
+    assert len(known_archs()) == 16
+    assert search.SAME_STACK == {"pyramid_d02_plain": "pyramid_plain", "hourglass_d02_plain": "hourglass_plain"}
+    stacks = [parse_arch(a) for a in search.DEFAULT_CATALOGUE]
+    assert len(set(stacks)) == len(stacks) == 14
+    assert {parse_arch(a) for a in known_archs()} == set(stacks)  # nothing distinct left out
+    spec = "dense:1024,512,256,128,64"  # pyramid_plain as a spec string
+    kept, same = search.distinct_stacks([spec, "dense:8@0.5", "pyramid_plain", "dense:8"])
+    assert kept == ["dense:8@0.5", "pyramid_plain", "dense:8"] and same == {spec: "pyramid_plain"}
