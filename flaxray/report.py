@@ -18,6 +18,7 @@ import numpy as np
 from flaxray import diagnose, plots, stats
 
 _METRIC_LABELS = {key: stats.metric_label(key) for key, _, _ in stats.SEARCH_METRICS}
+_ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 _FIGURES = {"bands": "bands.png", "intervals": "intervals.png", "improvement": "improvement.png"}
 
 
@@ -30,6 +31,12 @@ def num(x) -> str:
 
 def ci(low, high) -> str:
     return f"[{num(low)}, {num(high)}]"
+
+
+def prob_ci(p, low, high) -> str:
+    """A probability and its CI to two decimals: '0.41 [0.11, 0.69]'."""
+    bounds = f" [{low:.2f}, {high:.2f}]" if np.isfinite([low, high]).all() else ""
+    return f"{p:.2f}{bounds}"
 
 
 class Document:
@@ -134,7 +141,7 @@ def ranking_table(analysis: Mapping) -> tuple[list[str], list[list[str]]]:
     conf = f"{100 * analysis['confidence']:g} %"
     rows = []
     for r in analysis["ranking"]:
-        p_next = "" if not np.isfinite(r["p_next"]) else f"{r['p_next']:.2f} {ci(r['p_next_low'], r['p_next_high'])}"
+        p_next = "" if not np.isfinite(r["p_next"]) else prob_ci(r["p_next"], r["p_next_low"], r["p_next_high"])
         rows.append([str(r["rank"]), f"`{r['arch']}`", num(r["criterion"]),
                      f"{num(r['iqm'])} {ci(r['iqm_ci_low'], r['iqm_ci_high'])}", num(r["mean"]), num(r["worst"]),
                      p_next, f"{100 * r['one_seed_win']:.0f} %",
@@ -219,8 +226,9 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
     for a in order:
         labels = analysis["diagnosis"][a]["labels"]
         rows.append([f"`{a}`", *[f"{labels.count(lab)}/{len(labels)}" for lab in diagnose.LABELS],
-                     " ".join(lab[0] for lab in labels)])
-    doc.table(["arch", *diagnose.LABELS, "per seed (g o u s d)"], rows)
+                     " ".join(_ABBREV[lab] for lab in labels)])
+    doc.table(["arch", *diagnose.LABELS, "per seed (" + " ".join(_ABBREV[lab] for lab in diagnose.LABELS) + ")"],
+              rows)
 
     if "decomposition" in analysis:
         doc.heading(2, "Where the variance comes from")

@@ -251,4 +251,9 @@ def verdict(analysis: Mapping) -> str:
     if "winner_by_seed" in one:
         k = one["winner_by_seed"].count(one["winner_of_mean"])
         text += f" (seed by seed here: {k} of {len(one['winner_by_seed'])})"
+    likeliest = max(one["win_probability"], key=one["win_probability"].get)
+    if likeliest != one["winner_of_mean"]:
+        rank = next(r["rank"] for r in ranking if r["arch"] == likeliest)
+        text += (f"; the one-seed method's likeliest pick is **{likeliest}** "
+                 f"({_pct(one['win_probability'][likeliest])}), ranked {rank} of {len(ranking)} here")
     return text + "."

@@ -72,7 +72,8 @@ def run(args) -> Path:
     info = {"command": command, "seeds": f"{len(seeds)} ({seeds[0]}..{seeds[-1]})", "epochs": args.epochs,
             "data": f"{dataset.summary['source']}, {size}×{size}×{channels}, train {len(dataset.train.y)}, "
                     f"val {len(dataset.val.y)} (split by patient)",
-            "device": f"{env['backend']} {env['device']} ({env['cpu_count']} CPU cores visible)",
+            "device": (f"CPU ({env['cpu_count']} cores)" if env["backend"] == "cpu"
+                       else f"{env['backend']}: {env['device']} ({env['cpu_count']} CPU cores)"),
             "versions": f"Python {env['python']}, {versions}",
             "title": f"{len(seeds)} seeds · {size}×{size}×{channels}"}
     md, page = report.write_report(out, analysis, runs.histories, info=info)
