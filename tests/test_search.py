@@ -59,6 +59,13 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     err = capsys.readouterr().err
     assert "config.lr" in err and "--overwrite" in err
 
+    # An arch whose run.json is missing (interrupted) is trained again; the finished one is reused.
+    (search.arch_dir(out, "dense:4") / "run.json").unlink()
+    monkeypatch.undo()
+    assert architecture_search.main(argv) == 0
+    assert "reused 1 finished run(s)" in capsys.readouterr().out and "dense:8@0.5" in str(
+        json.loads((out / "search.json").read_text())["resumed"])
+
 
 def test_decompose_splits_the_variance_by_source(tmp_path):
     out = tmp_path / "dec"
