@@ -13,7 +13,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from flaxray import stats
 
@@ -90,6 +91,25 @@ def _robust_ylim(curves: list[np.ndarray]) -> tuple[float, float, float] | None:
     return lo - 0.05 * span, top + 0.08 * span, hi_all
 
 
+def _draw_band(ax, c: np.ndarray, color, *, dodge: float = 0.0, confidence: float = 0.95) -> None:
+    """One arch's curves (S, E) on `ax`: every seed faint, the mean bold, the CI of the mean as a band."""
+    s, e = c.shape
+    x = np.arange(1, e + 1, dtype=float)
+    if e <= 3:
+        x += dodge  # so several archs' points and error bars don't stack
+    marker = "o" if e <= 3 else None  # a 1-epoch "line" is otherwise invisible
+    for curve in c:
+        ax.plot(x, curve, color=color, lw=0.7, alpha=_seed_alpha(s), marker=marker, ms=3, zorder=1)
+    mean, low, high = stats.band(c, confidence=confidence)
+    if e == 1:
+        if np.isfinite([low[0], high[0]]).all():
+            ax.errorbar(x, mean, yerr=[np.maximum(mean - low, 0), np.maximum(high - mean, 0)], color=color,
+                        capsize=4, lw=1.5, zorder=3)
+    else:
+        ax.fill_between(x, low, high, color=color, alpha=0.25, lw=0, zorder=2)
+    ax.plot(x, mean, color=color, lw=2, marker=marker, ms=5, zorder=3)
+
+
 def plot_bands(
     histories: Mapping[str, Mapping[str, np.ndarray]],
     path,
@@ -131,21 +151,8 @@ def plot_bands(
             c = _as_curves(hist, key)
             if c is None:
                 continue
-            s, e = c.shape
-            max_epochs = max(max_epochs, e)
-            x = np.arange(1, e + 1, dtype=float)
-            if e <= 3:
-                x += 0.06 * (i_arch - (n_archs - 1) / 2)  # dodge, so points and error bars don't stack
-            marker = "o" if e <= 3 else None  # a 1-epoch "line" is otherwise invisible
-            for curve in c:
-                ax.plot(x, curve, color=color, lw=0.7, alpha=_seed_alpha(s), marker=marker, ms=3, zorder=1)
-            mean, low, high = stats.band(c, confidence=confidence)
-            if e == 1:
-                if np.isfinite([low[0], high[0]]).all():
-                    ax.errorbar(x, mean, yerr=[np.maximum(mean - low, 0), np.maximum(high - mean, 0)], color=color, capsize=4, lw=1.5, zorder=3)
-            else:
-                ax.fill_between(x, low, high, color=color, alpha=0.25, lw=0, zorder=2)
-            ax.plot(x, mean, color=color, lw=2, marker=marker, ms=5, zorder=3)
+            max_epochs = max(max_epochs, c.shape[1])
+            _draw_band(ax, c, color, dodge=0.06 * (i_arch - (n_archs - 1) / 2), confidence=confidence)
 
     for ax, (key, name) in zip(axes.flat, _PANELS):
         ax.set_title(name)
@@ -194,3 +201,207 @@ def plot_bands(
     fig.savefig(path, dpi=120)
     fig.clear()  # no pyplot registry to close from; drop the artists so the memory goes now
     return path
+
+
+# ----------------------------------------------------------------------------- architecture search
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(max_cols, max(1, int(np.ceil(np.sqrt(n)))))
+    return int(np.ceil(n / cols)), cols
+
+
+def _save(fig: Figure, path):
+    fig.savefig(path, dpi=fig.dpi)
+    fig.clear()
+    return path
+
+
+def plot_band_grid(
+    histories: Mapping[str, Mapping[str, np.ndarray]],
+    path,
+    *,
+    keys: tuple[tuple[str, str], ...] = (("loss", "train loss"), ("val_loss", "val loss")),
+    subtitles: Mapping[str, str] | None = None,
+    logy: bool = True,
+    confidence: float = 0.95,
+    title: str | None = None,
+):
+    """One panel per architecture, every panel on the same axes (log y by default); returns `path`.
+
+    Each panel draws `keys` (default train and val loss) as in `plot_bands`: mean over seeds,
+    bootstrap CI band of the mean, every seed faint. `subtitles[arch]` goes under the panel's
+    name (e.g. its diagnosis). The y range ignores a minority of blown-up seeds, as `plot_bands`.
+    """
+    if not histories:
+        raise ValueError("plot_band_grid needs at least one architecture")
+    rows, cols = _grid(len(histories))
+    fig = Figure(figsize=(3.3 * cols + 0.6, 2.6 * rows + 1.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
+    colors = _colors(len(keys))
+    curves_seen, max_seeds, max_epochs = [], 0, 0
+    for ax, (arch, hist) in zip(axes, histories.items()):
+        for (key, _), color in zip(keys, colors):
+            c = _as_curves(hist, key)
+            if c is None:
+                continue
+            curves_seen.append(c)
+            max_seeds, max_epochs = max(max_seeds, c.shape[0]), max(max_epochs, c.shape[1])
+            _draw_band(ax, c, color, confidence=confidence)
+        text = arch if not subtitles or not subtitles.get(arch) else f"{arch}\n{subtitles[arch]}"
+        ax.set_title(text, fontsize=9, linespacing=1.3)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[len(histories):]:
+        ax.set_visible(False)
+    for ax in axes[(rows - 1) * cols:]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[::cols]:
+        ax.set_ylabel("loss (log scale)" if logy else "loss")
+    if 0 < max_epochs <= 3:
+        axes[0].set_xlim(0.5, max_epochs + 0.5)
+        axes[0].set_xticks(np.arange(1, max_epochs + 1))
+    lim = _robust_ylim(curves_seen)
+    finite = np.concatenate([c[np.isfinite(c)] for c in curves_seen]) if curves_seen else np.array([])
+    if lim is not None and logy and finite.min() > 0:
+        # Log scale: a good arch's 0.15 vs 0.2 stays readable beside another arch's spikes to 2 or 4;
+        # only a blow-up beyond 10x the robust top (a diverging seed) is clipped.
+        bottom, top, highest = finite.min() / 1.15, min(lim[2], 10 * lim[1]) * 1.15, lim[2]
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(bottom, top)
+        axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].yaxis.set_minor_formatter(NullFormatter())
+        if highest > top:
+            fig.text(0.99, 0.995, f"y axis clipped: values up to {highest:.3g} not shown", ha="right", va="top",
+                     fontsize=8, color="0.25")
+    elif lim is not None:
+        bottom, top, highest = lim
+        axes[0].set_ylim(bottom, top)
+        if highest > top:
+            fig.text(0.99, 0.995, f"y axis clipped: values up to {highest:.3g} not shown", ha="right", va="top",
+                     fontsize=8, color="0.25")
+    if title:
+        fig.suptitle(title, fontsize=12)
+    handles = [Line2D([], [], color=c, lw=2, label=label) for (_, label), c in zip(keys, colors)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
+               title=_caption(max_seeds, max_epochs, confidence), title_fontsize=9)
+    return _save(fig, path)
+
+
+def plot_intervals(
+    summaries: Mapping[str, Mapping[str, dict]],
+    path,
+    *,
+    metrics: tuple[tuple[str, str], ...],
+    values: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    stat: str = "iqm",
+    ncols: int | None = None,
+    confidence: float = 0.95,
+    title: str | None = None,
+):
+    """Interval plot, one panel per metric: arch on y (first = top), `stat` and its CI bar on x.
+
+    `summaries[arch][key]` are `stats.describe_seeds` dicts; `metrics` is ((key, label), ...),
+    laid out row by row, `ncols` panels a row (default: all in one row); `values[arch][key]`
+    (optional) adds each seed as a faint dot. Non-finite seeds and bounds (diverged seeds) are
+    not drawn; the arch's label says how many seeds diverged.
+    """
+    archs = list(summaries)
+    if not archs:
+        raise ValueError("plot_intervals needs at least one architecture")
+    ncols = min(ncols or len(metrics), len(metrics))
+    nrows = int(np.ceil(len(metrics) / ncols))
+    width = max(len(a) for a in archs) * 0.07 + 3.6 * ncols + 0.4
+    fig = Figure(figsize=(width, nrows * (0.3 * len(archs) + 1.0) + 0.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    y = np.arange(len(archs))[::-1]  # first arch on top
+    colors = _colors(len(archs))
+    for ax, (key, label) in zip(axes, metrics):
+        # x range: the CI bars (not every seed), so one arch's wild seed does not squash the others;
+        # seeds beyond it sit on the edge as arrowheads.
+        marks = [summaries[a][key][k] for a in archs if key in summaries[a]
+                 for k in (f"{stat}_ci_low", f"{stat}_ci_high", stat)]
+        marks = np.asarray([m for m in marks if np.isfinite(m)], dtype=float)
+        lo, hi = (marks.min(), marks.max()) if marks.size else (0.0, 1.0)
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+        lo, hi = lo - pad, hi + pad
+        for yi, arch, color in zip(y, archs, colors):
+            d = summaries[arch].get(key)
+            if d is None:
+                continue
+            if values is not None and key in values.get(arch, {}):
+                v = np.asarray(values[arch][key], dtype=float)
+                v = v[np.isfinite(v)]
+                jitter = np.linspace(-0.18, 0.18, v.size) if v.size > 1 else np.zeros(v.size)
+                inside = (v >= lo) & (v <= hi)
+                ax.scatter(v[inside], yi + jitter[inside], s=9, color=color, alpha=0.35, lw=0, zorder=1)
+                for side, marker, edge in ((v < lo, "<", lo), (v > hi, ">", hi)):
+                    if side.any():
+                        ax.scatter(np.full(side.sum(), edge), yi + jitter[side], s=14, marker=marker, color=color,
+                                   alpha=0.6, lw=0, zorder=1, clip_on=False)
+            low, high, mid = d[f"{stat}_ci_low"], d[f"{stat}_ci_high"], d[stat]
+            if np.isfinite([low, high]).all():
+                ax.plot([low, high], [yi, yi], color=color, lw=5, alpha=0.55, solid_capstyle="butt", zorder=2)
+            if np.isfinite(mid):
+                ax.plot([mid], [yi], marker="|", ms=14, mew=2.5, color="black", zorder=3)
+        ax.set_xlim(lo, hi)
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_ylim(-0.7, len(archs) - 0.3)
+    names = []
+    for arch in archs:
+        bad = max((d.get("n_nonfinite", 0) for d in summaries[arch].values()), default=0)
+        names.append(f"{arch} ({bad} diverged)" if bad else arch)
+    for ax in axes[::ncols]:
+        ax.set_yticks(y, names, fontsize=9)
+        ax.yaxis.set_tick_params(labelleft=True)
+    fig.supxlabel(f"black tick: {stat.upper() if stat == 'iqm' else stat} over seeds · bar: its {100 * confidence:g} % "
+                  "bootstrap CI · dots: seeds (arrowheads: beyond the axis)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return _save(fig, path)
+
+
+def plot_improvement_matrix(matrix: Mapping, path, *, confidence: float = 0.95, title: str | None = None):
+    """Heat map of P(row arch improves on column arch) from `stats.improvement_matrix`; returns `path`.
+
+    Blue: the row arch tends to beat the column arch; red: it tends to lose; white: a coin flip.
+    Bold values with a frame are pairs whose CI excludes 0.5.
+    """
+    archs, p, low, high = matrix["archs"], np.asarray(matrix["p"]), np.asarray(matrix["low"]), np.asarray(matrix["high"])
+    k = len(archs)
+    if k == 0:
+        raise ValueError("plot_improvement_matrix needs at least one architecture")
+    side = max(4.5, 0.55 * k + 2.8)
+    fig = Figure(figsize=(side + 1.2, side), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(p, cmap="RdBu", vmin=0, vmax=1)
+    fontsize = 9 if k <= 8 else 7
+    for i in range(k):
+        for j in range(k):
+            if i == j:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fc="0.85", ec="none"))  # itself: no comparison
+                continue
+            clear = np.isfinite([low[i, j], high[i, j]]).all() and (low[i, j] > 0.5 or high[i, j] < 0.5)
+            shade = abs(p[i, j] - 0.5) > 0.3
+            ax.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=fontsize,
+                    color="white" if shade else "black", fontweight="bold" if clear else "normal")
+            if clear:
+                ax.add_patch(Rectangle(
+                    (j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
+    ax.set_xticks(range(k), archs, rotation=45, ha="right", fontsize=fontsize + 1)
+    ax.set_yticks(range(k), archs, fontsize=fontsize + 1)
+    ax.set_xlabel("column arch")
+    ax.set_ylabel("row arch")
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_label("P(row improves on column)")
+    ax.set_title(title or f"P(row improves on column)\nbold, framed: its {100 * confidence:g} % CI excludes 0.5",
+                 fontsize=10)
+    return _save(fig, path)

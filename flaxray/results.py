@@ -121,22 +121,25 @@ def read_curves_csv(path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, l
     return histories, seeds
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """numpy types, tuples and non-finite floats (as null) -> what json.dump writes."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)  # JSON has no NaN
     if isinstance(obj, np.integer):
         return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
     return obj
 
 
 def write_json(path, obj) -> Path:
-    return _atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=2))
+    return _atomic_write(path, lambda f: json.dump(jsonable(obj), f, indent=2))
 
 
 def read_run(out) -> dict | None:

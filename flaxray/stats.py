@@ -36,22 +36,27 @@ def bootstrap_ci(
     seed: int = 0,
     axis: int = 0,
     method: str = "percentile",
+    nonfinite: float | None = None,
 ) -> tuple[np.ndarray | float, np.ndarray | float]:
     """Bootstrap CI of `statistic` over `axis` (the seeds), via `scipy.stats.bootstrap`.
 
     Vectorised over the other axes: values (S, E) gives per-epoch bounds of shape (E,).
-    Non-finite entries are dropped per column. A column with fewer than 2 finite values
-    gets NaN bounds; one whose finite values are all equal gets low == high == that value.
-    `statistic` must accept `axis=` (np.mean, np.median do). Deterministic in `seed`.
+    Non-finite entries are dropped per column, or, with `nonfinite=np.inf` (say), take that
+    value instead, so a diverged seed counts as the worst one rather than vanishing. A column
+    with fewer than 2 values gets NaN bounds; one whose values are all equal gets low == high
+    == that value. `statistic` must accept `axis=` (np.mean, np.median, `iqm` do).
+    Deterministic in `seed`.
     """
     x = np.moveaxis(np.asarray(values, dtype=float), axis, 0)
+    if nonfinite is not None:
+        x = np.where(np.isfinite(x), x, nonfinite)
     out_shape = x.shape[1:]
     x = x.reshape(x.shape[0], int(np.prod(out_shape)))  # (S, M): every column is an independent bootstrap
     n_cols = x.shape[1]
     low = np.full(n_cols, np.nan)
     high = np.full(n_cols, np.nan)
 
-    finite = np.isfinite(x)
+    finite = np.isfinite(x) if nonfinite is None else np.ones(x.shape, bool)
     n_finite = finite.sum(axis=0)
     with np.errstate(invalid="ignore"):
         col_min = np.where(finite, x, np.inf).min(axis=0, initial=np.inf)
@@ -88,6 +93,10 @@ def bootstrap_ci(
                 )
             low[cols] = res.confidence_interval.low
             high[cols] = res.confidence_interval.high
+        if nonfinite is not None:
+            # A percentile between two infinite resamples interpolates inf - inf = NaN; it is inf.
+            low[todo] = np.where(np.isnan(low[todo]), nonfinite, low[todo])
+            high[todo] = np.where(np.isnan(high[todo]), nonfinite, high[todo])
 
     if not out_shape:
         return float(low[0]), float(high[0])
@@ -224,7 +233,7 @@ _ROWS: tuple[tuple[str, str], ...] = tuple(
 ) + (("best_epoch", "best epoch (val loss)"),)
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     """4 significant digits, trailing zeros kept so a column lines up; whole numbers bare (epochs)."""
     if x is None or not np.isfinite(x):
         return "n/a"
@@ -233,7 +242,7 @@ def _fmt(x: float) -> str:
     return f"{x:#.4g}"
 
 
-def _label(key: str) -> str:
+def metric_label(key: str) -> str:
     return dict(_ROWS).get(key, key.replace("_", " "))
 
 
@@ -259,9 +268,9 @@ def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: l
             table.append(
                 (
                     label,
-                    f"{_fmt(d['mean'])} ± {_fmt(d['std'])}",
-                    f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]",
-                    f"{_fmt(d['min'])}..{_fmt(d['max'])}",
+                    f"{fmt(d['mean'])} ± {fmt(d['std'])}",
+                    f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]",
+                    f"{fmt(d['min'])}..{fmt(d['max'])}",
                     note,
                 )
             )
@@ -275,7 +284,7 @@ def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: l
         if ranking:
             r0 = ranking[0]
             better = "lower" if r0.get("lower_is_better", True) else "higher"
-            lines.append(f"Ranking by {_label(r0.get('key', 'final_val_loss'))} (mean over seeds, {better} is better)")
+            lines.append(f"Ranking by {metric_label(r0.get('key', 'final_val_loss'))} (mean over seeds, {better} is better)")
             name_w = max(len(str(r["arch"])) for r in ranking)
             for i, r in enumerate(ranking):
                 dist = r.get("distinguishable_from_next")
@@ -288,9 +297,9 @@ def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: l
                     verdict = "CI clear of next"
                 else:
                     verdict = "CI overlaps next: not distinguishable"
-                ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+                ci = f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
                 lines.append(
-                    f"  {r['rank']:>2}. {str(r['arch']).ljust(name_w)}  {_fmt(r['mean']):>9}  {ci:<22}  {verdict}".rstrip()
+                    f"  {r['rank']:>2}. {str(r['arch']).ljust(name_w)}  {fmt(r['mean']):>9}  {ci:<22}  {verdict}".rstrip()
                 )
             lines.append("  (non-overlapping 95% CIs: a conservative heuristic, not a significance test)")
     fewest = min((d["n"] for summ in summaries.values() for d in summ.values()), default=0)
@@ -299,3 +308,235 @@ def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: l
         lines.append(f"note: with {fewest} seeds a 95% bootstrap CI covers the true mean less often than 95% "
                      "(about 88% at 8 seeds); use more seeds for claims")
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- comparing architectures
+#
+# The architecture search's statistics, after rliable (Agarwal et al., "Deep RL at the Edge of the
+# Statistical Precipice", NeurIPS 2021): robust aggregates (median, IQM) with bootstrap CIs, the
+# probability of improvement, and a ranking that does not reward a lucky seed. A diverged seed
+# (non-finite value) counts as the worst possible seed everywhere here, never as a missing one.
+
+# Per-seed quantities compared between architectures: (summary key, history key, "final" | "best").
+SEARCH_METRICS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"{kind}_val_{m}", f"val_{m}", kind) for m in ("loss", "accuracy", "auc") for kind in ("final", "best")
+)
+# The ranking criterion, named once: pessimistic, so neither a lucky seed nor few seeds can win it.
+RANK_KEY = "final_val_loss"
+RANK_CRITERION = "upper end of the 95 % CI of the IQM of final val loss"
+
+
+def worst(lower_is_better: bool = True) -> float:
+    """The value a diverged seed takes: +inf for a loss, -inf for a score."""
+    return np.inf if lower_is_better else -np.inf
+
+
+def as_scores(values, lower_is_better: bool = True) -> np.ndarray:
+    """Per-seed values as floats, every non-finite (diverged) seed set to the worst value."""
+    v = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(v), v, worst(lower_is_better))
+
+
+def iqm(values, axis=0):
+    """Interquartile mean: the mean of the middle 50 % of seeds (rliable's robust aggregate).
+
+    scipy's `trim_mean` with 25 % cut from each end; one wild seed in eight cannot move it.
+    """
+    return scipy.stats.trim_mean(values, 0.25, axis=axis)
+
+
+def per_seed(history: Mapping[str, np.ndarray], key: str, kind: str, lower_is_better: bool) -> np.ndarray:
+    """One value per seed from curves (S, E): the last epoch ("final") or the best epoch ("best")."""
+    curves = np.atleast_2d(np.asarray(history[key], dtype=float))
+    return curves[:, -1] if kind == "final" else _per_seed_best(curves, lower_is_better)
+
+
+def describe_seeds(values, *, lower_is_better: bool = True, confidence: float = 0.95, seed: int = 0,
+                   n_resamples: int = 2000) -> dict:
+    """Robust summary of one number per seed, shape (S,); a non-finite seed counts as the worst.
+
+    Keys: n (seeds), n_nonfinite, mean, median, iqm, each with `<stat>_ci_low` / `<stat>_ci_high`
+    (percentile bootstrap over seeds, scipy.stats.bootstrap: the seeds of one architecture are
+    resampled on their own, rliable's stratified bootstrap with a single task), std (ddof=1,
+    finite seeds only), worst and best seed. With any diverged seed the mean is +-inf by design.
+    """
+    v = as_scores(np.ravel(values), lower_is_better)
+    finite = v[np.isfinite(v)]
+    n, nan = v.size, float("nan")
+    out = {"n": int(n), "n_nonfinite": int(n - finite.size)}
+    for name, fn in (("mean", np.mean), ("median", np.median), ("iqm", iqm)):
+        out[name] = float(fn(v, axis=0)) if n else nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
+            v, statistic=fn, confidence=confidence, seed=seed, n_resamples=n_resamples,
+            nonfinite=worst(lower_is_better))
+    out["std"] = float(finite.std(ddof=1)) if finite.size >= 2 else nan
+    pick_worst, pick_best = (np.max, np.min) if lower_is_better else (np.min, np.max)
+    out["worst"] = float(pick_worst(v)) if n else nan
+    out["best"] = float(pick_best(v)) if n else nan
+    return out
+
+
+def summarize_seeds(history: Mapping[str, np.ndarray], *, diverged=None, confidence: float = 0.95,
+                    seed: int = 0) -> dict[str, dict]:
+    """`describe_seeds` of every `SEARCH_METRICS` quantity the history has: {key: summary}.
+
+    `diverged` (S,) bool marks seeds that count as the worst on every metric (a NaN loss can
+    leave a finite but meaningless accuracy behind).
+    """
+    out = {}
+    for key, hist_key, kind in SEARCH_METRICS:
+        if hist_key not in history:
+            continue
+        lower = LOWER_IS_BETTER.get(hist_key[len("val_"):], False)
+        values = per_seed(history, hist_key, kind, lower)
+        if diverged is not None:
+            values = np.where(np.asarray(diverged, bool), np.nan, values)
+        out[key] = describe_seeds(values, lower_is_better=lower, confidence=confidence, seed=seed)
+    return out
+
+
+def _improvement(x, y, axis=-1):
+    # Mann-Whitney U of x counts the pairs with x > y, ties as half: divided by n*m, P(X > Y).
+    return scipy.stats.mannwhitneyu(x, y, axis=axis).statistic / (np.shape(x)[axis] * np.shape(y)[axis])
+
+
+def prob_improvement(x, y, *, lower_is_better: bool = True, confidence: float = 0.95, n_resamples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """P(X improves on Y) with its bootstrap CI: (p, low, high), as rliable defines it.
+
+    p is the chance that a random seed of X beats a random seed of Y, ties counting half (the
+    Mann-Whitney U statistic over n*m): 0.5 means neither is better, and p(X, Y) = 1 - p(Y, X).
+    The CI resamples X's and Y's seeds independently (rliable's stratified independent
+    bootstrap; scipy.stats.bootstrap with paired=False). NaN bounds with fewer than 2 seeds.
+    """
+    sign = -1.0 if lower_is_better else 1.0  # "improves" = lower loss
+    x = sign * as_scores(np.ravel(x), lower_is_better)
+    y = sign * as_scores(np.ravel(y), lower_is_better)
+    if not x.size or not y.size:
+        return float("nan"), float("nan"), float("nan")
+    p = float(_improvement(x, y))
+    if min(x.size, y.size) < 2:
+        return p, float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # +-inf seeds: inf - inf inside scipy's rank code
+        res = scipy.stats.bootstrap((x, y), _improvement, paired=False, vectorized=True, method="percentile",
+                                    confidence_level=confidence, n_resamples=n_resamples,
+                                    rng=np.random.default_rng(seed))
+    return p, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def improvement_matrix(scores: Mapping[str, np.ndarray], *, lower_is_better: bool = True, **kwargs) -> dict:
+    """P(row arch improves on column arch) for every pair: {"archs", "p", "low", "high"} (k, k) arrays.
+
+    The diagonal is 0.5 (an arch against itself) with NaN bounds. kwargs go to `prob_improvement`.
+    """
+    archs = list(scores)
+    k = len(archs)
+    p, low, high = np.full((k, k), 0.5), np.full((k, k), np.nan), np.full((k, k), np.nan)
+    for i, a in enumerate(archs):
+        for j, b in enumerate(archs):
+            if i != j:
+                p[i, j], low[i, j], high[i, j] = prob_improvement(scores[a], scores[b],
+                                                                  lower_is_better=lower_is_better, **kwargs)
+    return {"archs": archs, "p": p, "low": low, "high": high}
+
+
+def one_seed_win_probability(scores: Mapping[str, np.ndarray], *, lower_is_better: bool = True) -> dict[str, float]:
+    """For each arch, the chance it wins when every arch is trained once, with one random seed each.
+
+    That is the notes' way of choosing, made a number. Exact, not simulated: for each seed value
+    x of arch a, every other arch b is worse with probability g_b and ties with probability e_b;
+    a k-way tie is split evenly, and E[1/(1 + ties)] = integral over t in [0, 1] of
+    prod_b (g_b + e_b t) dt, a polynomial integral. The probabilities sum to 1.
+    """
+    sign = -1.0 if lower_is_better else 1.0
+    s = {a: sign * as_scores(np.ravel(v), lower_is_better) for a, v in scores.items()}  # higher = better
+    out = {}
+    for a, xs in s.items():
+        total = 0.0
+        for x in xs:
+            poly = np.array([1.0])
+            for b, ys in s.items():
+                if b != a:
+                    poly = np.polynomial.polynomial.polymul(poly, [np.mean(ys < x), np.mean(ys == x)])
+            total += float(np.sum(poly / np.arange(1, poly.size + 1)))
+        out[a] = total / xs.size if xs.size else float("nan")
+    return out
+
+
+def winner_of_mean(scores: Mapping[str, np.ndarray], *, lower_is_better: bool = True) -> str:
+    """The arch with the best mean over seeds (a diverged seed makes a mean the worst)."""
+    sign = 1.0 if lower_is_better else -1.0
+    means = {a: sign * float(np.mean(as_scores(np.ravel(v), lower_is_better))) for a, v in scores.items()}
+    return min(means, key=lambda a: (np.nan_to_num(means[a], nan=np.inf), list(scores).index(a)))
+
+
+def rank_robust(summaries: Mapping[str, Mapping[str, dict]], *, key: str = RANK_KEY,
+                lower_is_better: bool = True) -> list[dict]:
+    """Archs best first by the pessimistic end of the IQM's CI of `key` (`RANK_CRITERION`).
+
+    The upper CI end of a loss (lower end of a score) is what the arch achieves in a typical seed
+    at worst, given the seeds seen: a lucky seed cannot lift it, a spread or few seeds lower it.
+    Ties (e.g. several archs at +inf from diverged seeds) are broken by the IQM itself, then by
+    the share of diverged seeds. Rows:
+    rank, arch, key, criterion, iqm, iqm_ci_low, iqm_ci_high, mean, median, worst, n, n_nonfinite.
+    """
+    bound = "iqm_ci_high" if lower_is_better else "iqm_ci_low"
+    sign = 1.0 if lower_is_better else -1.0
+    rows = []
+    for arch, summ in summaries.items():
+        d = summ[key]
+        rows.append({"arch": arch, "key": key, "criterion": d[bound],
+                     **{k: d[k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high", "mean", "median", "worst", "n",
+                                          "n_nonfinite")}})
+
+    def order(r):
+        c, m = sign * r["criterion"], sign * r["iqm"]
+        return (np.nan_to_num(c, nan=np.inf), np.nan_to_num(m, nan=np.inf), r["n_nonfinite"] / max(r["n"], 1))
+
+    rows.sort(key=order)
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return rows
+
+
+def variance_shares(finals: Mapping[str, np.ndarray], *, total: str = "all", confidence: float = 0.95,
+                    n_resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """Each source's share of the seed-to-seed variance of one per-seed value (final val loss).
+
+    `finals[source]` holds the values of a run where only that source of randomness varied
+    between seeds, `finals[total]` of a run where all did. share = var(source) / var(total)
+    (ddof=1), with a bootstrap CI resampling the two runs independently. Shares need not sum to
+    1: sources interact, and each variance is itself estimated from a few seeds; `remainder`
+    (1 - sum) says how far off. Non-finite seeds are left out here (a variance of inf says nothing).
+    """
+    def ratio(a, b, axis=-1):
+        return np.var(a, ddof=1, axis=axis) / np.var(b, ddof=1, axis=axis)
+
+    all_v = np.asarray(finals[total], dtype=float).ravel()
+    all_v = all_v[np.isfinite(all_v)]
+    out = {}
+    for source, values in finals.items():
+        v = np.asarray(values, dtype=float).ravel()
+        v = v[np.isfinite(v)]
+        # np.var of equal values can be 1e-33 rather than 0; equal values vary by exactly nothing.
+        d = {"n": int(v.size), "var": (float(np.var(v, ddof=1)) if np.ptp(v) > 0 else 0.0) if v.size >= 2 else float("nan")}
+        d["std"] = float(np.sqrt(d["var"]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d["share"] = d["var"] / float(np.var(all_v, ddof=1)) if v.size >= 2 and all_v.size >= 2 else float("nan")
+        d["share_ci_low"] = d["share_ci_high"] = float("nan")
+        if source != total and np.isfinite(d["share"]):
+            if d["var"] == 0:  # e.g. dropout masks in a stack without dropout: exactly nothing
+                d["share_ci_low"] = d["share_ci_high"] = 0.0
+            else:
+                with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    res = scipy.stats.bootstrap((v, all_v), ratio, paired=False, vectorized=True,
+                                                method="percentile", confidence_level=confidence,
+                                                n_resamples=n_resamples, rng=np.random.default_rng(seed))
+                d["share_ci_low"], d["share_ci_high"] = (float(res.confidence_interval.low),
+                                                         float(res.confidence_interval.high))
+        out[source] = d
+    shares = [d["share"] for s, d in out.items() if s != total]
+    out[total]["remainder"] = float(1.0 - np.sum(shares)) if shares else float("nan")
+    return out

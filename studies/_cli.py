@@ -48,17 +48,19 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
                    help="'balanced' weighs each class's loss by n / (2 n_class), as sklearn and Keras users do")
 
 
-def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: a new folder under runs/)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start again in an --out that already holds a study (its results and checkpoints are deleted)")
-    p.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue the stopped or killed study in DIR, with the flags recorded in DIR/run.json, to the "
-                   "curves an uninterrupted run gives; only --no-progress, --checkpoint-every and --cache-dir may "
-                   "be given with it")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="save every seed's training state in the --out folder's checkpoints/ every N epochs and "
-                   "after the last (0: never, then --resume starts over)")
+def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
+                    overwrite_help="start again in an --out that already holds a study (its results and "
+                    "checkpoints are deleted)", resumable=True) -> None:
+    p.add_argument("--out", default=out, metavar="DIR", help=out_help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    if resumable:
+        p.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue the stopped or killed study in DIR, with the flags recorded in DIR/run.json, to "
+                       "the curves an uninterrupted run gives; only --no-progress, --checkpoint-every and --cache-dir "
+                       "may be given with it")
+        p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                       help="save every seed's training state in the --out folder's checkpoints/ every N epochs and "
+                       "after the last (0: never, then --resume starts over)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -152,6 +154,37 @@ def recorded_run(out: Path, args, module: str):
                           stopped_utc=_utc())
         raise
     results.write_run(out, status="complete", finished_utc=_utc())
+
+
+def training_configs(args, archs):
+    """One TrainConfig per arch from the training flags; validates every arch and flag before any data."""
+    from flaxray.study import cross_lrs
+    from flaxray.train import TrainConfig
+
+    return cross_lrs({arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size,
+                                        vary=parse_vary(args.vary))
+                      for arch in archs}, lr_list(args))
+
+
+def prepare(args, configs):
+    """Load the data the flags describe, apply --class-weight to the configs, put the data on the device.
+
+    Returns (configs, dataset, device data) and prints a line describing the data.
+    """
+    import dataclasses
+
+    from flaxray.study import balanced_class_weight
+    from flaxray.train import check_batch_size, device_data
+
+    dataset = load_data(args)
+    if args.class_weight == "balanced":
+        weight = balanced_class_weight(dataset.train.y)
+        configs = {a: dataclasses.replace(c, class_weight=weight) for a, c in configs.items()}
+    first = next(iter(configs.values()))
+    check_batch_size(first, len(dataset.train.y))  # before anything is written
+    data = device_data(dataset, eval_batch_size=first.eval_batch_size)
+    print(describe_data(dataset))
+    return configs, dataset, data
 
 
 def load_data(args):

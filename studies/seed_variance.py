@@ -13,7 +13,6 @@ library calls (see the README for the same study from Python).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,8 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> Path:
     from flaxray import results, stats
-    from flaxray.study import balanced_class_weight, cross_lrs, format_diverged, save_study, train_groups
-    from flaxray.train import TrainConfig, check_batch_size, device_data
+    from flaxray.study import format_diverged, save_study, train_groups
 
     if args.resume:
         resumed = _cli.resume_args(parse_args, args)
@@ -53,21 +51,10 @@ def run(args) -> Path:
             print(f"{args.resume} holds a complete study; nothing to resume")
             return Path(args.resume)
         args = resumed
-    seeds, lrs = _cli.seed_list(args), _cli.lr_list(args)
+    seeds = _cli.seed_list(args)
     _cli.check_out(args)
-    configs = cross_lrs({
-        arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size, vary=_cli.parse_vary(args.vary))
-        for arch in args.arch
-    }, lrs)  # validates every arch and flag before any data is touched
-    dataset = _cli.load_data(args)
-    if args.class_weight == "balanced":
-        weight = balanced_class_weight(dataset.train.y)
-        configs = {a: dataclasses.replace(c, class_weight=weight) for a, c in configs.items()}
-    first = next(iter(configs.values()))
-    check_batch_size(first, len(dataset.train.y))  # before anything is written
-    data = device_data(dataset, eval_batch_size=first.eval_batch_size)
+    configs, dataset, data = _cli.prepare(args, _cli.training_configs(args, args.arch))
     out = Path(args.out) if args.out else results.default_out_dir(args.arch)
-    print(_cli.describe_data(dataset))
 
     with _cli.recorded_run(out, args, MODULE):
         groups = train_groups(configs, data, seeds, progress=not args.no_progress,

@@ -1,0 +1,264 @@
+"""The architecture search's report: `report.md` and the same as a self-contained `report.html`.
+
+`write_report(out, analysis, ...)` draws the figures (PNG, beside the report), then writes one
+document twice: markdown that links the PNGs, and HTML with the PNGs embedded as base64 so the
+single file can be mailed or attached. No jax; everything comes from `search.analyse`'s dict.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from flaxray import diagnose, plots, stats
+
+_METRIC_LABELS = {key: stats.metric_label(key) for key, _, _ in stats.SEARCH_METRICS}
+_ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
+_FIGURES = {"bands": "bands.png", "intervals": "intervals.png", "improvement": "improvement.png"}
+
+
+def num(x) -> str:
+    """4 significant digits; infinity (a diverged seed) as ∞, undefined as n/a."""
+    if x is not None and np.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return stats.fmt(x)
+
+
+def ci(low, high) -> str:
+    return f"[{num(low)}, {num(high)}]"
+
+
+def prob_ci(p, low, high) -> str:
+    """A probability and its CI to two decimals: '0.41 [0.11, 0.69]'."""
+    bounds = f" [{low:.2f}, {high:.2f}]" if np.isfinite([low, high]).all() else ""
+    return f"{p:.2f}{bounds}"
+
+
+class Document:
+    """Headings, paragraphs, tables and images, rendered as markdown or as self-contained HTML."""
+
+    def __init__(self):
+        self.blocks: list[tuple] = []
+
+    def heading(self, level: int, text: str):
+        self.blocks.append(("h", level, text))
+
+    def para(self, text: str):
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[str]]):
+        self.blocks.append(("table", header, rows))
+
+    def image(self, path: Path, alt: str):
+        self.blocks.append(("img", Path(path), alt))
+
+    def markdown(self) -> str:
+        out = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                out.append(f"{'#' * block[1]} {block[2]}")
+            elif kind == "p":
+                out.append(block[1])
+            elif kind == "table":
+                out += [_md_row(block[1]), "|" + "---|" * len(block[1])] + [_md_row(r) for r in block[2]]
+            else:
+                out.append(f"![{block[2]}]({block[1].name})")
+            out.append("")
+        return "\n".join(out)
+
+    def html(self, title: str) -> str:
+        body = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                body.append(f"<h{block[1]}>{_inline(block[2])}</h{block[1]}>")
+            elif kind == "p":
+                body.append(f"<p>{_inline(block[1])}</p>")
+            elif kind == "table":
+                head = "".join(f"<th>{_inline(c)}</th>" for c in block[1])
+                rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in block[2])
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            else:
+                data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+                body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+                f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.45}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+        "tr:nth-child(even) td{background:#fafafa}img{max-width:100%}"
+        "code{background:#f3f3f3;padding:0 3px;border-radius:3px}")
+
+
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` as HTML, everything else escaped."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "") -> dict[str, Path]:
+    """bands.png (one panel per arch), intervals.png (one panel per metric), improvement.png."""
+    out = Path(out)
+    order = [r["arch"] for r in analysis["ranking"]]
+    conf = analysis["confidence"]
+    subtitles = {a: diagnosis_summary(analysis["diagnosis"][a]["labels"]) for a in order}
+    paths = {k: out / v for k, v in _FIGURES.items()}
+    plots.plot_band_grid({a: histories[a] for a in order}, paths["bands"], subtitles=subtitles, confidence=conf,
+                         title=f"Loss curves per architecture, best-ranked first{' · ' + title if title else ''}")
+    metrics = tuple((k, _METRIC_LABELS[k]) for k, _, _ in stats.SEARCH_METRICS
+                    if any(k in analysis["summary"][a] for a in order))
+    metrics = tuple(sorted(metrics, key=lambda m: m[0].startswith("best")))  # finals on the top row
+    plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=metrics,
+                         values=analysis["values"], confidence=conf, ncols=len(metrics) // 2 or 1,
+                         title="IQM over seeds with its bootstrap CI, best-ranked arch on top")
+    plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
+                                  title="P(row improves on column) in final val loss\nbold, framed: its "
+                                        f"{100 * conf:g} % CI excludes 0.5")
+    return paths
+
+
+def diagnosis_summary(labels) -> str:
+    """'6 good, 2 overfit' in `diagnose.LABELS` order, classes with no seed left out."""
+    labels = list(labels)
+    return ", ".join(f"{labels.count(lab)} {lab}" for lab in diagnose.LABELS if labels.count(lab))
+
+
+def ranking_table(analysis: Mapping) -> tuple[list[str], list[list[str]]]:
+    """The ranking as (header, rows) of strings, best first."""
+    conf = f"{100 * analysis['confidence']:g} %"
+    rows = []
+    for r in analysis["ranking"]:
+        p_next = "" if not np.isfinite(r["p_next"]) else prob_ci(r["p_next"], r["p_next_low"], r["p_next_high"])
+        rows.append([str(r["rank"]), f"`{r['arch']}`", num(r["criterion"]),
+                     f"{num(r['iqm'])} {ci(r['iqm_ci_low'], r['iqm_ci_high'])}", num(r["mean"]), num(r["worst"]),
+                     p_next, f"{100 * r['one_seed_win']:.0f} %",
+                     diagnosis_summary(analysis["diagnosis"][r["arch"]]["labels"])])
+    header = ["rank", "arch", "criterion", f"IQM final val loss [{conf} CI]", "mean", "worst seed",
+              "P(improves on next) [CI]", "one-seed win", "diagnosis"]
+    return header, rows
+
+
+def ranking_markdown(analysis: Mapping) -> str:
+    """The ranking table alone, as markdown (what the study prints and RESULTS.md quotes)."""
+    doc = Document()
+    doc.table(*ranking_table(analysis))
+    return doc.markdown()
+
+
+def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> Document:
+    """The report as a `Document`: verdict, ranking, figures, statistics, diagnosis, decomposition."""
+    doc = Document()
+    conf = f"{100 * analysis['confidence']:g} %"
+    order = [r["arch"] for r in analysis["ranking"]]
+    doc.heading(1, "Architecture search: which architecture holds across seeds")
+    doc.para(analysis["verdict"])
+    doc.para(f"Command: `{info.get('command', '')}`  \n"
+             f"Data: {info.get('data', '')}  \n"
+             f"Seeds: {info.get('seeds', '')} · epochs: {info.get('epochs', '')} · device: {info.get('device', '')}  \n"
+             f"Versions: {info.get('versions', '')}")
+
+    doc.heading(2, "Ranking")
+    doc.para(f"Ranked by the **{analysis['criterion']}** (lower is better): the loss a typical seed "
+             "reaches at worst given the seeds seen, so neither one lucky seed nor a wide spread can win it. "
+             f"P(improves on next): the chance a random seed of this arch ends with a lower final val loss than "
+             f"a random seed of the next one ({conf} CI by a stratified bootstrap over seeds). One-seed win: the "
+             "chance this arch wins when every arch is trained once with one random seed (the notes' method).")
+    doc.table(*ranking_table(analysis))
+    one = analysis["one_seed"]
+    text = (f"Winner of the mean: `{one['winner_of_mean']}`. Trained once with one random seed per arch, the "
+            f"catalogue crowns it with probability {100 * one['p_picks_winner_of_mean']:.0f} %.")
+    if "winner_by_seed" in one:
+        text += " With the same seed index for every arch, each seed crowns: " + ", ".join(
+            f"`{a}`" for a in one["winner_by_seed"]) + "."
+    doc.para(text)
+
+    doc.heading(2, "Curves")
+    doc.para(f"Train and val loss per arch, same axes; line: mean over seeds, band: {conf} bootstrap CI of the "
+             "mean, faint lines: individual seeds. Under each name, its seeds' diagnosis.")
+    doc.image(figures["bands"], "loss curves per architecture")
+
+    doc.heading(2, "Statistics over seeds")
+    doc.para(f"Per metric: IQM (mean of the middle 50 % of seeds) with its {conf} bootstrap CI as a bar, every "
+             "seed as a dot. A diverged seed counts as the worst possible value (∞ loss), never as missing.")
+    doc.image(figures["intervals"], "interval estimates per metric")
+    for key, label in _METRIC_LABELS.items():
+        if not all(key in analysis["summary"][a] for a in order):
+            continue
+        doc.heading(3, label)
+        rows = []
+        for a in order:
+            d = analysis["summary"][a][key]
+            rows.append([f"`{a}`", f"{num(d['mean'])} {ci(d['mean_ci_low'], d['mean_ci_high'])}",
+                         f"{num(d['median'])} {ci(d['median_ci_low'], d['median_ci_high'])}",
+                         f"{num(d['iqm'])} {ci(d['iqm_ci_low'], d['iqm_ci_high'])}", num(d["std"]), num(d["worst"]),
+                         str(d["n"])])
+        doc.table(["arch", f"mean [{conf} CI]", "median [CI]", "IQM [CI]", "std", "worst seed", "seeds"], rows)
+
+    doc.heading(2, "Probability of improvement")
+    doc.para("Cell (row, column): P(a random seed of the row arch ends with a lower final val loss than a random "
+             "seed of the column arch), ties counting half; 0.5 is a coin flip. As rliable defines it (Agarwal et al. "
+             "2021), the Mann-Whitney U statistic over n·m.")
+    doc.image(figures["improvement"], "probability of improvement matrix")
+
+    doc.heading(2, "Diagnosis per seed")
+    t = analysis["thresholds"]
+    doc.para("From each seed's train and val loss curves (`flaxray/diagnose.py`, `Thresholds`): **diverged** "
+             "non-finite loss; **unstable** late val-loss spikes more than "
+             f"{t['spike_height']:.0%} off its running median and not shrinking below {t['spike_shrink']:.0%} of the early ones; "
+             f"**overfit** val loss {t['overfit_rise']:.0%} above its minimum while train falls, or a gap above "
+             f"{t['overfit_gap']:.0%} of val loss that grew; **underfit** train loss at least "
+             f"{t['underfit_loss']:.0%} of the class-prior loss ({analysis['baseline_loss']:.3f}) and not below val; "
+             "**good** otherwise. Thresholds: " + ", ".join(f"{k}={v}" for k, v in t.items()) + ".")
+    rows = []
+    for a in order:
+        labels = analysis["diagnosis"][a]["labels"]
+        rows.append([f"`{a}`", *[f"{labels.count(lab)}/{len(labels)}" for lab in diagnose.LABELS],
+                     " ".join(_ABBREV[lab] for lab in labels)])
+    doc.table(["arch", *diagnose.LABELS, "per seed (" + " ".join(_ABBREV[lab] for lab in diagnose.LABELS) + ")"],
+              rows)
+
+    if "decomposition" in analysis:
+        doc.heading(2, "Where the variance comes from")
+        doc.para("Each arch trained again with only one source of randomness varied between seeds (the others "
+                 "shared): its share = var(final val loss, that source only) / var(all sources varied). Shares need "
+                 "not add to 1: sources interact and every variance is estimated from the same few seeds.")
+        rows = []
+        for a, dec in analysis["decomposition"].items():
+            cells = [f"`{a}`"]
+            for source in [s for s in dec if s != "all"]:
+                d = dec[source]
+                cells.append(f"{num(d['share'])} {ci(d['share_ci_low'], d['share_ci_high'])}")
+            cells += [num(dec["all"]["std"]), num(dec["all"]["remainder"])]
+            rows.append(cells)
+        sources = [s for s in next(iter(analysis["decomposition"].values())) if s != "all"]
+        doc.table(["arch", *[f"{s} share [{conf} CI]" for s in sources], "std, all varied", "1 - sum"], rows)
+    return doc
+
+
+def write_report(out, analysis: Mapping, histories: Mapping, *, info: Mapping) -> tuple[Path, Path]:
+    """Figures, `report.md` and self-contained `report.html` into `out`; returns the two report paths.
+
+    `info`: strings for the header (command, data, seeds, epochs, device, versions).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = draw_figures(out, analysis, histories, title=info.get("title", ""))
+    doc = build(analysis, figures, info=info)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(doc.markdown())
+    page.write_text(doc.html("Architecture search report"))
+    return md, page
+
