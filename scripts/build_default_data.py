@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None, help="TFDS cache (default $FLAXRAY_CACHE or ~/.cache/flaxray)")
     args = ap.parse_args(argv)
     try:
-        arr = read_folder(args.data, image_size=SIZE, channels=1, strict=False, cache_dir=args.cache_dir)
+        arr, x = read_folder(args.data, image_size=SIZE, channels=1, strict=False, cache_dir=args.cache_dir)
     except FlaxrayError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, x=arr.x[..., 0], y=arr.y.astype(np.int32), files=arr.files.astype(str),
+    np.savez_compressed(out, x=x[..., 0], y=arr.y.astype(np.int32), files=arr.files.astype(str),
                         meta=np.array(json.dumps(meta)))
-    print(f"wrote {out}: {len(arr.y)} images {arr.x.shape[1:3]}, {out.stat().st_size / 1e6:.2f} MB, "
+    print(f"wrote {out}: {len(arr.y)} images {x.shape[1:3]}, {out.stat().st_size / 1e6:.2f} MB, "
           f"{len(arr.duplicates_dropped)} duplicates dropped, {len(arr.unreadable_skipped)} unreadable skipped; "
           f"per official split {counts}")
     return 0

@@ -96,21 +96,6 @@ class Pool:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass
-class FolderArrays:
-    """:class:`Pool` with its pixels read: what ``scripts/build_default_data.py`` saves."""
-
-    x: np.ndarray  # (N, H, W, C) uint8
-    y: np.ndarray
-    files: np.ndarray
-    source: str
-    fingerprint: str
-    image_size: int
-    channels: int
-    duplicates_dropped: list
-    unreadable_skipped: list
-
-
 # ----------------------------------------------------------------------------------------- args
 
 def _check_args(image_size, channels, val_fraction, split_seed) -> None:
@@ -321,14 +306,12 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
 
 
 def read_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3, strict: bool = False,
-                cache_dir=None, progress: bool = True) -> FolderArrays:
-    """Every kept image of a Kaggle-layout folder (all official splits) as arrays, in file order
-    within each official split (train, val, test). See :func:`open_folder`."""
+                cache_dir=None, progress: bool = True) -> tuple[Pool, np.ndarray]:
+    """Every kept image of a Kaggle-layout folder (all official splits): the :class:`Pool` and its
+    pixels (N, H, W, C), in file order within each official split. See :func:`open_folder`."""
     pool = open_folder(path, image_size=image_size, channels=channels, strict=strict, cache_dir=cache_dir,
                        progress=progress)
-    return FolderArrays(x=pool.read(np.arange(len(pool.y))), y=pool.y, files=pool.files, source=pool.source,
-                        fingerprint=pool.fingerprint, image_size=pool.image_size, channels=pool.channels,
-                        duplicates_dropped=pool.duplicates_dropped, unreadable_skipped=pool.unreadable_skipped)
+    return pool, pool.read(np.arange(len(pool.y)))
 
 
 def _prepare(builder, root: Path, n_images: int, progress: bool) -> dict:
