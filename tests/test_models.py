@@ -232,12 +232,13 @@ def test_too_small_images_are_a_one_line_error_naming_the_minimum():
         build_model(arch, (27, 28, 1))  # 27 -> 13 -> 6 -> 3 -> 1 -> 0
     assert "\n" not in str(err.value)
     assert min_image_size(parse_arch("cnn_sep")) == 1  # 'same' pools: the registry runs on any image
-    for name in CNN_SPECS:
-        assert build_model(name, (28, 28, 1))(jnp.zeros((2, 28, 28, 1), jnp.uint8)).shape == (2,)
+    for name in CNN_SPECS:  # shapes only (abstract evaluation): every registry CNN runs on the 28x28 default
+        logits = jax.eval_shape(lambda: build_model(name, (28, 28, 1))(jnp.zeros((2, 28, 28, 1), jnp.uint8)))
+        assert logits.shape == (2,)
 
 
 def test_convolutions_and_pools_equal_the_lax_reference():
-    """Our 3x3 convolutions (shifted copies + matmul) and pools (reshape + max) compute what
+    """Our 3x3 convolutions (shifted copies + matmul) and pools (reshape + argmax) compute what
     lax.conv_general_dilated and lax.reduce_window compute, as Keras's layers do."""
     x = jax.random.normal(jax.random.key(1), (2, 7, 5, 3))
     layers = build_model("conv:4,sep:6,pool:same,pool,flatten", (7, 5, 3), key=2).blocks
@@ -258,8 +259,17 @@ def test_convolutions_and_pools_equal_the_lax_reference():
     y = layers[1](y, **call)
     np.testing.assert_allclose(y, expected, atol=1e-5)
     for layer, padding, shape in ((layers[2], "SAME", (2, 4, 3, 6)), (layers[3], "VALID", (2, 2, 1, 6))):
-        expected = nnx.max_pool(y, (2, 2), strides=(2, 2), padding=padding)
-        y = layer(y, **call)
+        def reference(y):
+            return nnx.max_pool(y, (2, 2), strides=(2, 2), padding=padding)
+
+        def ours(y):
+            return layer(y, **call)
+
+        # Same values, and the same gradient: all of it to the window's maximum.
+        weights = jax.random.normal(jax.random.key(3), shape)
+        np.testing.assert_array_equal(jax.grad(lambda y: jnp.sum(ours(y) * weights))(y),
+                                      jax.grad(lambda y: jnp.sum(reference(y) * weights))(y))
+        expected, y = reference(y), ours(y)
         assert y.shape == shape
         np.testing.assert_array_equal(y, expected)
 

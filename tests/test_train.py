@@ -39,9 +39,12 @@ def test_same_seed_same_curves(data):
         np.testing.assert_array_equal(first[key], again[key])
 
 
-def test_seed_in_batch_equals_seed_alone(data):
-    _, batch = train_seeds(TrainConfig(**CONFIG), data, [3, 4, 5, 6], progress=False)
-    _, alone = train_seeds(TrainConfig(**CONFIG), data, [5], progress=False)
+# A CNN with every kind of layer that has state or randomness: BatchNorm, Dropout, both pools.
+@pytest.mark.parametrize("arch", [CONFIG["arch"], "conv:4,bn,pool,sep:8,bn,pool:same,dropout:0.2,gap,dense:8@0.5"])
+def test_seed_in_batch_equals_seed_alone(data, arch):
+    config = TrainConfig(**{**CONFIG, "arch": arch})
+    _, batch = train_seeds(config, data, [3, 4, 5, 6], progress=False)
+    _, alone = train_seeds(config, data, [5], progress=False)
     for key in batch:
         np.testing.assert_allclose(batch[key][2], alone[key][0], rtol=1e-4, atol=1e-6, err_msg=key)
     assert not np.allclose(batch["loss"][0], batch["loss"][2])  # and different seeds do differ
