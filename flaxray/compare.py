@@ -112,6 +112,9 @@ def verdict(analysis: Mapping, metric: str = "accuracy") -> str:
         settled = f"its {conf} CI excludes 0.5: `{b}` is better on this test set"
     else:
         settled = f"its {conf} CI includes 0.5: the seeds cannot tell the two apart"
+    n = min(m["summary"][metric]["n"] for m in analysis["models"].values())
+    if np.isfinite([low, high]).all() and n < 5:
+        settled += f" (only {n} seeds: a bootstrap CI is rough, read the t-test too)"
     return (f"Test {LABELS[metric]}: a random seed of `{a}` beats a random seed of `{b}` with probability "
             f"**{report.prob_ci(p, low, high)}**; {settled} (Welch's t-test p = {report.num(c['welch_p'])}).")
 
@@ -197,7 +200,7 @@ def write_report(out, analysis: Mapping, *, info: Mapping, bands: Path) -> tuple
     intervals = plots.plot_intervals(
         summaries, out / "intervals.png", metrics=tuple((k, LABELS[k]) for k in TEST_METRICS), values=values,
         stat="mean", ncols=3, confidence=analysis["confidence"],
-        title=f"Test metrics · {info.get('title', '')}")
+        title=f"Test metrics · {info.get('title', '')} · ensemble: the seeds' mean probability as one model (no bar)")
     doc = build(analysis, {"intervals": Path(intervals), "bands": Path(bands)}, info=info)
     md, page = out / "report.md", out / "report.html"
     md.write_text(doc.markdown())
