@@ -145,8 +145,9 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
     report.run_info(doc, info)
 
     doc.heading(2, "Models")
-    doc.para("Same data, same patient split, same seeds, same epochs. Training time: the vmapped program of all "
-             "seeds, wall clock (compilation included).")
+    doc.para("Same data, same patient split, same seeds, same epochs. Parameters: Keras's total (BatchNorm's "
+             "moving statistics included). Training time: the vmapped program of all seeds, wall clock "
+             "(compilation included).")
     doc.table(["model", "parameters", "training time (s)", "seed-epochs/s"],
               [[f"`{n}`", f"{m['params']:,}" if m["params"] is not None else "n/a", report.num(m["seconds"]),
                 report.num(m["seed_epochs_per_s"])] for n, m in analysis["models"].items()])
