@@ -158,6 +158,14 @@ def ranking_markdown(analysis: Mapping) -> str:
     return doc.markdown()
 
 
+def run_info(doc: Document, info: Mapping) -> None:
+    """The paragraph that says how a study was run: command, data, seeds, epochs, device, versions."""
+    doc.para(f"Command: `{info.get('command', '')}`  \n"
+             f"Data: {info.get('data', '')}  \n"
+             f"Seeds: {info.get('seeds', '')} · epochs: {info.get('epochs', '')} · device: {info.get('device', '')}  \n"
+             f"Versions: {info.get('versions', '')}")
+
+
 def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> Document:
     """The report as a `Document`: verdict, ranking, figures, statistics, diagnosis, decomposition."""
     doc = Document()
@@ -165,10 +173,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
     order = [r["arch"] for r in analysis["ranking"]]
     doc.heading(1, "Architecture search: which architecture holds across seeds")
     doc.para(analysis["verdict"])
-    doc.para(f"Command: `{info.get('command', '')}`  \n"
-             f"Data: {info.get('data', '')}  \n"
-             f"Seeds: {info.get('seeds', '')} · epochs: {info.get('epochs', '')} · device: {info.get('device', '')}  \n"
-             f"Versions: {info.get('versions', '')}")
+    run_info(doc, info)
 
     doc.heading(2, "Ranking")
     doc.para(f"Ranked by the **{analysis['criterion']}** (lower is better): the loss a typical seed "

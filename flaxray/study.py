@@ -9,8 +9,9 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from flaxray import plots, results, stats
@@ -47,6 +48,7 @@ class Group:
     history: dict[str, np.ndarray]  # Keras-style, (seeds, epochs); NaN from the epoch a seed diverged in
     diverged: np.ndarray  # (seeds,): 0, or the epoch (1-based) in which the seed diverged and stopped
     seconds: float | None = None  # of the vmapped program it was trained in (shared by crossed rates)
+    states: Any = None  # the final per-seed `SeedState` (leading seed axis), for test evaluation
 
 
 def _slug(text: str) -> str:
@@ -78,7 +80,7 @@ def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Se
         for j, name in enumerate(names):
             rows = slice(j * len(seeds), (j + 1) * len(seeds))
             groups[name] = Group(configs[name], list(seeds), {k: v[rows] for k, v in history.items()},
-                                 diverged[rows], seconds)
+                                 diverged[rows], seconds, states=jax.tree.map(lambda a: a[rows], states))
     return groups
 
 

@@ -119,20 +119,22 @@ class Counts(NamedTuple):
         )
 
 
+def pad_to_batches(x, y, eval_batch_size: int):
+    """Images (uint8), labels and mask on the device, zero-padded to whole eval batches (mask 0 on padding)."""
+    n = len(y)
+    pad = -n % eval_batch_size
+    x = np.concatenate([np.asarray(x, np.uint8), np.zeros((pad, *np.shape(x)[1:]), np.uint8)])
+    return (jnp.asarray(x, jnp.uint8), jnp.asarray(np.concatenate([y, np.zeros(pad)]), jnp.float32),
+            jnp.asarray(np.arange(n + pad) < n, jnp.float32))
+
+
 def device_data(dataset, eval_batch_size: int = 256) -> DeviceData:
     """Put a `flaxray.data.Dataset`'s train and val splits on the device once, as uint8."""
-    n_val = len(dataset.val.y)
-    if len(dataset.train.y) == 0 or n_val == 0:
+    if len(dataset.train.y) == 0 or len(dataset.val.y) == 0:
         raise FlaxrayError("the data has an empty train or validation split; add images or lower --val-fraction")
-    pad = -n_val % eval_batch_size
-    x_val = np.concatenate([dataset.val.x, np.zeros((pad, *dataset.val.x.shape[1:]), np.uint8)])
-    return DeviceData(
-        x_train=jnp.asarray(dataset.train.x, jnp.uint8),
-        y_train=jnp.asarray(dataset.train.y, jnp.float32),
-        x_val=jnp.asarray(x_val, jnp.uint8),
-        y_val=jnp.asarray(np.concatenate([dataset.val.y, np.zeros(pad)]), jnp.float32),
-        val_mask=jnp.asarray(np.arange(n_val + pad) < n_val, jnp.float32),
-    )
+    x_val, y_val, val_mask = pad_to_batches(dataset.val.x, dataset.val.y, eval_batch_size)
+    return DeviceData(x_train=jnp.asarray(dataset.train.x, jnp.uint8), y_train=jnp.asarray(dataset.train.y, jnp.float32),
+                      x_val=x_val, y_val=y_val, val_mask=val_mask)
 
 
 def check_batch_size(config: TrainConfig, n_train: int) -> None:
@@ -160,6 +162,7 @@ class Trainer(NamedTuple):
     run_epoch: Any  # (SeedState, data) -> (SeedState, {"train": Counts, "val": Counts})
     train: Any  # (seed, data, lr=config.lr) -> (SeedState, counts with a leading epoch axis)
     evaluate: Any  # (params, batch_stats, x, y, mask) -> Counts
+    predict: Any  # (params, batch_stats, x) -> probabilities, x a whole number of eval batches
 
 
 def make_train(config: TrainConfig) -> Trainer:
@@ -203,6 +206,11 @@ def make_train(config: TrainConfig) -> Trainer:
 
         return jax.lax.scan(body, Counts.zeros(), batches)[0]
 
+    def predict(params, batch_stats, x):
+        xb = x.reshape(-1, config.eval_batch_size, *x.shape[1:])
+        logits = jax.lax.map(lambda b: forward(params, batch_stats, b, train=False)[0], xb)
+        return jax.nn.sigmoid(logits.reshape(-1))
+
     def run_epoch(state: SeedState, data: DeviceData):
         n, size = data.x_train.shape[0], config.batch_size
         check_batch_size(config, n)
@@ -243,7 +251,7 @@ def make_train(config: TrainConfig) -> Trainer:
         state = init(seed, data, lr)
         return jax.lax.scan(lambda s, _: run_epoch(s, data), state, None, length=config.epochs)
 
-    return Trainer(init, run_epoch, train, evaluate)
+    return Trainer(init, run_epoch, train, evaluate, predict)
 
 
 def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
@@ -311,6 +319,21 @@ def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, 
             if interrupted():
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
     return states, mask_diverged(stack_epochs(epochs), np.asarray(states.diverged))
+
+
+def evaluate_seeds(config: TrainConfig, states: SeedState, x, y) -> dict[str, np.ndarray]:
+    """Counts of every seed's final model (`states` from `train_seeds`) on images `x` with labels `y`:
+    {"loss_sum", "count", "pos_hist", "neg_hist"}, leading seed axis, for `metrics.binary_metrics`."""
+    xd, yd, mask = pad_to_batches(x, y, config.eval_batch_size)
+    evaluate = jax.jit(jax.vmap(make_train(config).evaluate, in_axes=(0, 0, None, None, None)))
+    return {k: np.asarray(v) for k, v in evaluate(states.params, states.batch_stats, xd, yd, mask)._asdict().items()}
+
+
+def predict(config: TrainConfig, states: SeedState, x) -> np.ndarray:
+    """Predicted P(PNEUMONIA) of every seed's final model on images `x`: (seeds, N) float32."""
+    xd, _, _ = pad_to_batches(x, np.zeros(len(x)), config.eval_batch_size)
+    probs = jax.jit(jax.vmap(make_train(config).predict, in_axes=(0, 0, None)))(states.params, states.batch_stats, xd)
+    return np.asarray(probs)[:, : len(x)]
 
 
 def stack_epochs(epochs: Sequence[dict]) -> dict[str, np.ndarray]:

@@ -201,6 +201,21 @@ def command(module: str, args) -> str:
     return " ".join(["python -m", module, *args.argv])
 
 
+def report_info(args, seeds, dataset, command: str) -> tuple[dict, dict]:
+    """`results.environment()` and the strings a report's header shows (see `flaxray.report.run_info`)."""
+    env = results.environment()
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "flaxray")
+    size, channels = dataset.summary["image_size"], dataset.summary["channels"]
+    info = {"command": command, "seeds": f"{len(seeds)} ({seeds[0]}..{seeds[-1]})", "epochs": args.epochs,
+            "data": f"{dataset.summary['source']}, {size}×{size}×{channels}, train {len(dataset.train.y)}, "
+                    f"val {len(dataset.val.y)} (split by patient), test {len(dataset.test.y)}",
+            "device": (f"CPU ({env['cpu_count']} cores)" if env["backend"] == "cpu"
+                       else f"{env['backend']}: {env['device']} ({env['cpu_count']} CPU cores)"),
+            "versions": f"Python {env['python']}, {versions}",
+            "title": f"{len(seeds)} seeds · {size}×{size}×{channels}"}
+    return env, info
+
+
 def describe_data(dataset) -> str:
     import jax
 

@@ -65,17 +65,8 @@ def run(args) -> Path:
     class_weight = next(iter(configs.values())).class_weight
     analysis = search.analyse(runs.histories, decomposition=runs.decomposition or None, confidence=args.confidence,
                               baseline=diagnose.baseline_loss(dataset.train.y, class_weight))
-    env = results.environment()
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "flaxray")
-    size, channels = dataset.summary["image_size"], dataset.summary["channels"]
     command = _cli.command("studies.architecture_search", args)
-    info = {"command": command, "seeds": f"{len(seeds)} ({seeds[0]}..{seeds[-1]})", "epochs": args.epochs,
-            "data": f"{dataset.summary['source']}, {size}×{size}×{channels}, train {len(dataset.train.y)}, "
-                    f"val {len(dataset.val.y)} (split by patient)",
-            "device": (f"CPU ({env['cpu_count']} cores)" if env["backend"] == "cpu"
-                       else f"{env['backend']}: {env['device']} ({env['cpu_count']} CPU cores)"),
-            "versions": f"Python {env['python']}, {versions}",
-            "title": f"{len(seeds)} seeds · {size}×{size}×{channels}"}
+    env, info = _cli.report_info(args, seeds, dataset, command)
     md, page = report.write_report(out, analysis, runs.histories, info=info)
     results.write_json(out / "search.json", {
         "study": "architecture_search", "command": command, "args": vars(args), "seeds": seeds,
