@@ -98,14 +98,19 @@ class Pool:
 
 # ----------------------------------------------------------------------------------------- args
 
+def _integer(value, message: str) -> int:
+    """`value` as an int; a bool or a non-integer is a one-line error: `message`, got `value`."""
+    try:
+        if not isinstance(value, bool):
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise FlaxrayError(f"{message}, got {value!r}")
+
+
 def _check_args(image_size, channels, val_fraction, split_seed) -> None:
     if image_size is not None:
-        if isinstance(image_size, bool):
-            raise FlaxrayError(f"image_size must be an integer between 8 and 1024, got {image_size!r}")
-        try:
-            size = operator.index(image_size)
-        except TypeError:
-            raise FlaxrayError(f"image_size must be an integer between 8 and 1024, got {image_size!r}") from None
+        size = _integer(image_size, "image_size must be an integer between 8 and 1024")
         if not 8 <= size <= 1024:
             raise FlaxrayError(f"image_size must be between 8 and 1024, got {size}")
     if isinstance(channels, bool) or channels not in (1, 3):
@@ -116,14 +121,8 @@ def _check_args(image_size, channels, val_fraction, split_seed) -> None:
         ok = False
     if not ok or isinstance(val_fraction, bool):
         raise FlaxrayError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
-    if isinstance(split_seed, bool):
-        raise FlaxrayError(f"split_seed must be an integer, got {split_seed!r}")
-    try:
-        seed = operator.index(split_seed)
-    except TypeError:
-        raise FlaxrayError(f"split_seed must be an integer, got {split_seed!r}") from None
-    if seed < 0:
-        raise FlaxrayError(f"split_seed must be a non-negative integer, got {seed}")
+    if _integer(split_seed, "split_seed must be an integer") < 0:
+        raise FlaxrayError(f"split_seed must be a non-negative integer, got {split_seed}")
 
 
 def _cache_root(cache_dir) -> Path:
