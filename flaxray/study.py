@@ -84,32 +84,19 @@ def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Se
     return groups
 
 
-def train_archs(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True, **kw):
-    """Train every config on the same seeds; returns {name: History (seeds, epochs)} and {name: seconds}.
-
-    `train_groups` without the diverged flags; keyword arguments (checkpoints) go to it.
-    """
-    groups = train_groups(configs, data, seeds, progress=progress, **kw)
-    return {n: g.history for n, g in groups.items()}, {n: g.seconds for n, g in groups.items()}
-
-
 def diverged_seeds(groups: Mapping[str, Group]) -> dict[str, dict[int, int]]:
     """{group: {seed: epoch it diverged in}} for the seeds that did."""
     return {name: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for name, g in groups.items()}
 
 
-def save_study(out, *, histories=None, seeds: Sequence[int] | None = None,
-               configs: Mapping[str, TrainConfig] | None = None, data_summary: dict,
-               groups: Mapping[str, Group] | None = None, **extra) -> dict:
+def save_study(out, *, groups: Mapping[str, Group], data_summary: dict, seeds: Sequence[int] | None = None,
+               **extra) -> dict:
     """Write curves.csv, bands.png and study.json into `out`; return what study.json holds.
 
-    Pass `groups` (from `train_groups`), or `histories`, `seeds` and `configs` as `train_archs`
-    gives them. study.json records the configs, the versions, the device, the data summary, the
+    `groups` come from `train_groups`. study.json records the configs, the versions, the device, the data summary, the
     per-group summary over seeds, the diverged seeds and (with several groups) the ranking, plus
     anything passed as `extra`. Each file is written to a temporary name and renamed.
     """
-    if groups is None:
-        groups = {n: Group(configs[n], list(seeds), h, np.zeros(len(seeds), int)) for n, h in histories.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     histories = {n: g.history for n, g in groups.items()}
