@@ -113,7 +113,7 @@ def load_trained(run_dir, names: Sequence[str] | None = None) -> dict[str, Train
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype),
                               {"params": params, "batch_stats": batch_stats})
         with ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(folder / "state", target)
+            state = checkpointer.restore(folder.absolute() / "state", target)
         loaded[meta["name"]] = Trained(meta["name"], config, meta["seeds"], shape, meta["data"], state["params"],
                                        state["batch_stats"], folder)
     if names is not None and (missing := sorted(set(names) - set(loaded))):
