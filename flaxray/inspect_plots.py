@@ -64,7 +64,8 @@ def plot_attribution(images, maps, seeds: Sequence[int], path, *, title: str, ro
         ax.set_ylabel(row_labels[r] if r < len(row_labels) else f"image {r}", fontsize=8)
         for k in range(n_seed):
             _overlay(axes[r, k + 1], images[r], norm[k, r])
-            axes[r, k + 1].set_title(f"seed {seeds[k]} · border {border[k, r]:.2f}", fontsize=8)
+            where = f"border {border[k, r]:.2f}" if np.isfinite(border[k, r]) else "all zero"
+            axes[r, k + 1].set_title(f"seed {seeds[k]} · {where}", fontsize=8)
         _overlay(axes[r, n_seed + 1], images[r], mean[r])
         _box(axes[r, n_seed + 1], mean.shape[1:], box)
         axes[r, n_seed + 1].set_title(f"mean · r̄ = {corr[r]:.2f}", fontsize=8)

@@ -46,7 +46,7 @@ def _figures(out: Path, name: str, i: int, g: Mapping, images, row_labels, shown
     for layer, (kind, acts) in g["activations"].items():
         figures.append((f"feature maps of layer {layer} ({kind})", inspect_plots.plot_feature_maps(
             acts[: len(feature_seeds), 0], images[0], feature_seeds, out / f"{stem}_features_{layer}.png",
-            title=f"{name} · layer {layer} ({kind}) · {row_labels[0] if row_labels else 'image 0'}")))
+            title=f"{name} · layer {layer} ({kind}) · {row_labels[0].replace(chr(10), ' ') if row_labels else 'image 0'}")))
     return figures
 
 

@@ -1,6 +1,7 @@
 """The trained models of a study, kept on disk: every seed's final params and batch statistics.
 
-    save_trained(out / "params" / "cnn_sep", group.config, group.seeds, group.states, dataset.summary)
+    save_trained("runs/x/params/0-cnn_sep", "cnn_sep", group.config, group.seeds, group.states,
+                 group.input_shape, dataset.summary)       # save_study does this for every group
     models = load_trained("runs/my_study")        # {group: Trained(config, seeds, params, batch_stats, ...)}
     dataset = load_run_data(models["cnn_sep"])   # the images the study trained and tested on
 
@@ -86,8 +87,9 @@ def check_run_dir(run_dir) -> Path:
     if not any((run_dir / name).is_file() for name in ("study.json", "search.json")):
         raise FlaxrayError(f"{run_dir} holds no finished study (no study.json or search.json)")
     if not trained_folders(run_dir):
-        raise FlaxrayError(f"{run_dir} holds no saved parameters: studies before flaxray 0.x (issue 8) did not keep "
-                           "them; run the study again with this version")
+        again = f": {run['command']} --overwrite" if run and run.get("command") else ""
+        raise FlaxrayError(f"{run_dir} holds no saved parameters (studies run before flaxray kept them, issue 8, "
+                           f"did not save them); run the study again with this version{again}")
     return run_dir
 
 
