@@ -5,6 +5,7 @@ seeds' agreement per architecture. Written straight to PNG through `Figure`, nev
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -150,25 +151,41 @@ def plot_templates(templates, seeds: Sequence[int], path, *, title: str, n_units
                         "largest first: a unit responds to images like its red parts and unlike its blue ones")
 
 
+def _wrapped(name: str, width: int = 22) -> str:
+    """An arch name or spec string broken after commas, to fit under a tick."""
+    return textwrap.fill(name.replace(",", ", "), width).replace(", ", ",")
+
+
 def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str, Mapping[int, float]], path, *,
-                   title: str, border_area: float, flag_above: float = attribution.BORDER_FLAG):
-    """Left: per architecture, the per-image mean pairwise correlation of the seeds' maps over the images.
-    Right: per architecture, each seed's mean border fraction, with the flag line and the border's area."""
+                   title: str, border_area: float, smoothed: Mapping[str, np.ndarray] | None = None,
+                   flag_above: float = attribution.BORDER_FLAG):
+    """Left: per architecture, the per-image mean pairwise correlation of the seeds' maps over the images
+    (and, hollow, of the maps blurred by `attribution.smooth`). Right: per architecture, each seed's mean
+    border fraction, with the flag line and the border's area."""
     names = list(correlations)
-    fig = Figure(figsize=(5.2 + 1.6 * len(names), 3.8), layout="constrained")
+    fig = Figure(figsize=(5.6 + 1.8 * len(names), 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
-    data = [np.asarray(correlations[n])[np.isfinite(correlations[n])] for n in names]
     rng = np.random.default_rng(0)
-    for i, d in enumerate(data):
-        if len(d):
-            left.boxplot([d], positions=[i], widths=0.5, showfliers=False)
-            left.scatter(i + rng.uniform(-0.18, 0.18, len(d)), d, s=4, alpha=0.35, color=f"C{i}")
-    left.set_xticks(range(len(names)), names, fontsize=8)
+    series = [("raw", correlations, -0.2 if smoothed else 0.0, 0.35)]
+    if smoothed:
+        series.append(("smoothed", smoothed, 0.2, 0.12))
+    low = -0.1
+    for label, values, dx, alpha in series:
+        for i, n in enumerate(names):
+            d = np.asarray(values[n])[np.isfinite(values[n])]
+            if not len(d):
+                continue
+            low = min(low, float(d.min()))
+            left.boxplot([d], positions=[i + dx], widths=0.32, showfliers=False)
+            left.scatter(i + dx + rng.uniform(-0.1, 0.1, len(d)), d, s=4, alpha=alpha, color=f"C{i}",
+                         label=label if i == 0 else None, facecolors="none" if label == "smoothed" else None)
+    left.set_xticks(range(len(names)), [_wrapped(n) for n in names], fontsize=7)
     left.axhline(0, color="grey", lw=0.6)
-    low = min([-0.1, *(float(d.min()) for d in data if len(d))])
     left.set_ylim(low - 0.05, 1.02)
     left.set_ylabel("mean pairwise correlation of the seeds\n(one point per image)")
     left.set_title("seeds' maps agree? (1 = same map)", fontsize=9)
+    if smoothed:
+        left.legend(fontsize=7, loc="upper right", title="maps", title_fontsize=7)
     for i, n in enumerate(names):
         values = [v for v in borders[n].values() if v is not None]
         right.scatter(np.full(len(values), i) + rng.uniform(-0.1, 0.1, len(values)), values, color=f"C{i}", s=25)
@@ -177,7 +194,7 @@ def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str,
                 right.annotate(f"seed {s}", (i, v), fontsize=7, xytext=(5, 0), textcoords="offset points")
     right.axhline(flag_above, color="red", ls="--", lw=1, label=f"flagged above {flag_above:g}")
     right.axhline(border_area, color="grey", ls=":", lw=1, label=f"even spread ({border_area:.2f})")
-    right.set_xticks(range(len(names)), names, fontsize=8)
+    right.set_xticks(range(len(names)), [_wrapped(n) for n in names], fontsize=7)
     right.set_xlim(-0.6, len(names) - 0.4)
     right.set_ylim(0, 1)
     right.set_ylabel("share of the map outside the lung box\n(mean over images)")

@@ -30,7 +30,7 @@ def _fmt(x) -> str:
 def _figures(out: Path, name: str, i: int, g: Mapping, images, row_labels, shown_seeds: int,
              shown_images: int) -> list[tuple[str, Path]]:
     """Write one group's PNGs; returns (caption, path) in the order inspect.md shows them."""
-    stem, seeds = f"{i}-{slug(name)}", g["seeds"][:shown_seeds]
+    stem, seeds = f"{i}-{slug(name)[:24]}", g["seeds"][:shown_seeds]  # short: spec strings are long
     figures = [(f"{g['method']} per seed, their mean and spread",
                 inspect_plots.plot_attribution(images[:shown_images], g["maps"][:shown_seeds, :shown_images], seeds,
                                                out / f"{stem}_maps.png", title=f"{name} · {g['method']}",
@@ -65,7 +65,8 @@ def write_inspection(out, groups: Mapping[str, Mapping], images, *, row_labels: 
     agreement = inspect_plots.plot_agreement(
         {n: attribution.pairwise_correlation(g["maps"]) for n, g in groups.items()},
         {n: s["border_fraction"] for n, s in summaries.items()}, out / "agreement.png",
-        title=f"seed agreement over {len(images)} images", border_area=area)
+        title=f"seed agreement over {len(images)} images", border_area=area,
+        smoothed={n: attribution.pairwise_correlation(attribution.smooth(g["maps"])) for n, g in groups.items()})
     record = {
         **info,
         "images": {"n": len(images), "shape": list(images.shape[1:]), "labels": list(row_labels)},
@@ -106,7 +107,8 @@ def _write_markdown(path: Path, record, summaries, figures, agreement: Path, inf
                                   flag=attribution.BORDER_FLAG), ""]
     zero = {n: {k: v for k, v in s["zero_maps"].items() if v} for n, s in summaries.items()}
     if any(zero.values()):
-        lines += ["All-zero maps (no positive evidence anywhere; left out of the means): " + "; ".join(
+        lines += ["All-zero maps (the maps explain the PNEUMONIA logit: in these no region raises it; left out "
+                  "of the means): " + "; ".join(
             f"`{n}` " + ", ".join(f"seed {k}: {v}" for k, v in z.items()) for n, z in zero.items() if z), ""]
     lines += [f"![agreement]({agreement.name})", ""]
     for name, figs in figures.items():
