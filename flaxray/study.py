@@ -91,10 +91,11 @@ def save_study(out, *, groups: Mapping[str, Group], data_summary: dict, seeds: S
                **extra) -> dict:
     """Write curves.csv, bands.png, study.json and params/ into `out`; return what study.json holds.
 
-    `groups` come from `train_groups`. params/GROUP/ holds every seed's final params and batch
-    statistics (`flaxray.trained.save_trained`; `load_trained(out)` reads them back). study.json records the configs, the versions, the device, the data summary, the
-    per-group summary over seeds, the diverged seeds and (with several groups) the ranking, plus
-    anything passed as `extra`. Each file is written to a temporary name and renamed.
+    `groups` come from `train_groups`. params/I-GROUP/ holds every seed's final params and batch
+    statistics (`flaxray.trained.save_trained`; `load_trained(out)` reads them back). study.json
+    records the configs, the versions, the device, the data summary, the per-group summary over
+    seeds, the diverged seeds, (with several groups) the ranking and where each group's params are,
+    plus anything passed as `extra`. Each file is written to a temporary name and renamed.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

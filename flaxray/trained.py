@@ -82,8 +82,10 @@ def check_run_dir(run_dir) -> Path:
         raise FlaxrayError(f"no study folder at {run_dir}")
     run = results.read_run(run_dir)
     if run is not None and run.get("status") != "complete":
+        how = (f"python -m {run['study']} --resume {run_dir}" if run.get("study") == "studies.seed_variance"
+               else "run it again")
         raise FlaxrayError(f"the study in {run_dir} is not finished (run.json says {run.get('status')!r}); "
-                           f"finish it first (python -m {run.get('study', 'studies.seed_variance')} --resume {run_dir})")
+                           f"finish it first ({how})")
     if not any((run_dir / name).is_file() for name in ("study.json", "search.json")):
         raise FlaxrayError(f"{run_dir} holds no finished study (no study.json or search.json)")
     if not trained_folders(run_dir):

@@ -77,8 +77,10 @@ def load_images(args, trained):
             try:
                 images.append(load_image(f, size, channels))
             except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file, named
-                raise FlaxrayError(f"cannot read image {f}: {' '.join(str(err).split()) or type(err).__name__}") from None
-        return np.stack(images), [Path(f).name for f in args.image], f"{len(images)} given files at {size}×{size}×{channels}"
+                why = " ".join(str(err).split()) or type(err).__name__
+                raise FlaxrayError(f"cannot read image {f}: {why}") from None
+        described = f"{len(images)} given files at {size}×{size}×{channels}"
+        return np.stack(images), [Path(f).name for f in args.image], described
     from flaxray.trained import load_run_data
 
     test = load_run_data(trained, cache_dir=args.cache_dir, progress=not args.no_progress).test
@@ -113,9 +115,9 @@ def run(args) -> Path:
     for name, g in record["groups"].items():
         c, sm = g["correlation"], g["correlation_smoothed"]
         flagged = ", ".join(map(str, g["flagged"])) or "none"
+        border = ", ".join(f"{v:.2f}" for v in g["border_fraction"].values() if v is not None)
         print(f"{name}: {g['method']}; seeds' maps agree r̄ = {c['mean']:.3f} ± {c['std']:.3f} over {g['images']} "
-              f"images (smoothed {sm['mean']:.3f}); border fraction per seed {', '.join(f'{v:.2f}' for v in g['border_fraction'].values() if v is not None)}; "
-              f"flagged: {flagged}")
+              f"images (smoothed {sm['mean']:.3f}); border fraction per seed {border}; flagged: {flagged}")
     print(f"\nwrote {out / 'inspect.md'}, {out / 'inspect.json'} and the PNGs beside them")
     return out
 
