@@ -24,7 +24,7 @@ PACKAGES = ("flaxray", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "te
             "matplotlib")
 RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
-OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", CHECKPOINTS)  # what a study writes into its folder
+OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", CHECKPOINTS, "params")  # what a study writes into its folder
 
 
 def environment() -> dict:

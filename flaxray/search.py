@@ -4,7 +4,8 @@
     analysis = analyse(runs.histories, baseline=diagnose.baseline_loss(dataset.train.y))
     report.write_report("runs/search", analysis, ...)
 
-Each arch's curves live in `<out>/archs/<arch>/curves.csv` with a `run.json` written last, so a
+Each arch's curves live in `<out>/archs/<arch>/curves.csv`, its seeds' trained parameters in
+`<out>/archs/<arch>/params/` (`flaxray.trained`), with a `run.json` written last, so a
 finished arch is read back instead of retrained, and an interrupted one is trained again.
 """
 
@@ -23,6 +24,7 @@ from flaxray import diagnose, results, stats
 from flaxray.errors import FlaxrayError
 from flaxray.models import NOTES_STACKS, known_archs, parse_arch
 from flaxray.train import SOURCES, DeviceData, TrainConfig
+from flaxray.trained import PARAMS, save_trained
 
 
 
@@ -108,9 +110,10 @@ def train_resumable(config: TrainConfig, data: DeviceData, seeds: Sequence[int],
     folder.mkdir(parents=True, exist_ok=True)
     done.unlink(missing_ok=True)  # an unfinished run is never taken for a finished one
     start = time.perf_counter()
-    _, history = train_seeds(config, data, seeds, progress=progress, desc=desc or config.arch)
+    states, history = train_seeds(config, data, seeds, progress=progress, desc=desc or config.arch)
     seconds = time.perf_counter() - start
     results.write_curves_csv(folder / "curves.csv", {config.arch: history}, {config.arch: seeds})
+    save_trained(folder / PARAMS, desc or config.arch, config, seeds, states, data.x_train.shape[1:], data_summary)
     results.write_json(done, {"arch": config.arch, "fingerprint": wanted, "seconds": seconds})  # last: marks done
     return history, seconds
 

@@ -6,7 +6,6 @@ Every study script is argument parsing around these; a notebook can call them di
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 
 from flaxray import plots, results, stats
+from flaxray.trained import PARAMS, save_trained, slug
 from flaxray.train import DeviceData, TrainConfig, train_seeds
 
 
@@ -49,10 +49,7 @@ class Group:
     diverged: np.ndarray  # (seeds,): 0, or the epoch (1-based) in which the seed diverged and stopped
     seconds: float | None = None  # of the vmapped program it was trained in (shared by crossed rates)
     states: Any = None  # the final per-seed `SeedState` (leading seed axis), for test evaluation
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
+    input_shape: tuple[int, ...] | None = None  # of the images it was trained on, (H, W, C)
 
 
 def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True,
@@ -71,7 +68,7 @@ def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Se
         all_seeds = [s for _ in names for s in seeds]
         lrs = [configs[name].lr for name in names for _ in seeds]
         desc = program.arch + (f" x {len(names)} lr" if len(names) > 1 else "")
-        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{i}-{_slug(program.arch)}"
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{i}-{slug(program.arch)}"
         start = time.perf_counter()
         states, history = train_seeds(configs[names[0]], data, all_seeds, lrs=lrs, progress=progress, desc=desc,
                                       checkpoint_dir=folder, checkpoint_every=checkpoint_every)
@@ -80,7 +77,8 @@ def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Se
         for j, name in enumerate(names):
             rows = slice(j * len(seeds), (j + 1) * len(seeds))
             groups[name] = Group(configs[name], list(seeds), {k: v[rows] for k, v in history.items()},
-                                 diverged[rows], seconds, states=jax.tree.map(lambda a: a[rows], states))
+                                 diverged[rows], seconds, states=jax.tree.map(lambda a: a[rows], states),
+                                 input_shape=tuple(data.x_train.shape[1:]))
     return groups
 
 
@@ -91,11 +89,13 @@ def diverged_seeds(groups: Mapping[str, Group]) -> dict[str, dict[int, int]]:
 
 def save_study(out, *, groups: Mapping[str, Group], data_summary: dict, seeds: Sequence[int] | None = None,
                **extra) -> dict:
-    """Write curves.csv, bands.png and study.json into `out`; return what study.json holds.
+    """Write curves.csv, bands.png, study.json and params/ into `out`; return what study.json holds.
 
-    `groups` come from `train_groups`. study.json records the configs, the versions, the device, the data summary, the
-    per-group summary over seeds, the diverged seeds and (with several groups) the ranking, plus
-    anything passed as `extra`. Each file is written to a temporary name and renamed.
+    `groups` come from `train_groups`. params/I-GROUP/ holds every seed's final params and batch
+    statistics (`flaxray.trained.save_trained`; `load_trained(out)` reads them back). study.json
+    records the configs, the versions, the device, the data summary, the per-group summary over
+    seeds, the diverged seeds, (with several groups) the ranking and where each group's params are,
+    plus anything passed as `extra`. Each file is written to a temporary name and renamed.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +109,12 @@ def save_study(out, *, groups: Mapping[str, Group], data_summary: dict, seeds: S
     n_seeds = max(len(g.seeds) for g in groups.values())
     with results.atomic_path(out / "bands.png") as tmp:
         plots.plot_bands(histories, tmp, title=f"{n_seeds} seeds · {size}×{size}×{channels}")
+    saved = {}
+    for i, (name, g) in enumerate(groups.items()):
+        if g.states is not None and g.input_shape is not None:
+            folder = out / PARAMS / f"{i}-{slug(name)}"
+            save_trained(folder, name, g.config, g.seeds, g.states, g.input_shape, data_summary)
+            saved[name] = str(folder.relative_to(out))
     study = {
         **extra,
         "configs": {n: dataclasses.asdict(g.config) for n, g in groups.items()},
@@ -118,6 +124,7 @@ def save_study(out, *, groups: Mapping[str, Group], data_summary: dict, seeds: S
         "summary": summaries,
         "diverged": diverged_seeds(groups),
         "ranking": ranking,
+        "params": saved,  # group -> its folder of trained parameters, relative to `out`
     }
     results.write_json(out / "study.json", study)
     return study

@@ -5,7 +5,8 @@
     python -m studies.seed_variance --arch pyramid final inverted --data path/to/chest_xray \\
            --image-size 180 --seeds 32 --epochs 20 --out runs/ann
 
-Writes curves.csv, study.json, bands.png, run.json and checkpoints/ into --out and prints a summary
+Writes curves.csv, study.json, bands.png, run.json, checkpoints/ and params/ (every seed's final parameters,
+for `python -m studies.inspect`) into --out and prints a summary
 table over seeds; `--resume DIR` continues a stopped or killed study. Everything here is a few
 library calls (see the README for the same study from Python).
 """

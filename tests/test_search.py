@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flaxray import report, search, stats
+from flaxray.trained import load_trained
 from studies import architecture_search
 
 TINY = ["--seeds", "3", "--epochs", "2", "--batch-size", "512", "--channels", "1", "--no-progress"]
@@ -23,6 +24,8 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     for arch in ("dense:8@0.5", "dense:4"):
         folder = search.arch_dir(out, arch)
         assert (folder / "curves.csv").exists() and (folder / "run.json").exists()
+    trained = load_trained(out)  # every arch's seeds kept, for studies.inspect
+    assert list(trained) == ["dense:8@0.5", "dense:4"] and trained["dense:4"].seeds == [0, 1, 2]
     saved = json.loads((out / "search.json").read_text())
     analysis = saved["analysis"]
     assert saved["data"]["image_size"] == 28 and "embedded" in saved["data"]["source"]

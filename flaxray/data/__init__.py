@@ -94,6 +94,7 @@ class Pool:
     duplicates_dropped: list
     unreadable_skipped: list
     extra: dict = dataclasses.field(default_factory=dict)
+    path: str | None = None  # the folder it was read from; None for the embedded default
 
 
 # ----------------------------------------------------------------------------------------- args
@@ -301,7 +302,7 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
                           files_arr, (image_size, image_size, channels), data_dir)
     return Pool(y=y, files=files_arr, read=reader, source=str(root), fingerprint=fp, image_size=image_size,
                 channels=channels, duplicates_dropped=list(meta.get("duplicates_dropped", [])),
-                unreadable_skipped=skipped)
+                unreadable_skipped=skipped, path=str(root))
 
 
 def read_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3, strict: bool = False,
@@ -427,6 +428,7 @@ def _assemble(arr: Pool, val_fraction: float, split_seed: int) -> Dataset:
             official_counts[s] = {CLASSES[0]: int(m.sum()) - n_pos, CLASSES[1]: n_pos}
     summary = {
         "source": arr.source,
+        "path": arr.path,  # what `load_dataset` takes to load these images again (None: the default)
         "image_size": arr.image_size,
         "channels": arr.channels,
         "fingerprint": arr.fingerprint,
