@@ -170,6 +170,7 @@ def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str,
     if smoothed:
         series.append(("smoothed", smoothed, 0.2, 0.12))
     low = -0.1
+    labelled = set()  # one legend entry per series, on its first architecture with finite values
     for label, values, dx, alpha in series:
         for i, n in enumerate(names):
             d = np.asarray(values[n])[np.isfinite(values[n])]
@@ -178,13 +179,14 @@ def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str,
             low = min(low, float(d.min()))
             left.boxplot([d], positions=[i + dx], widths=0.32, showfliers=False)
             left.scatter(i + dx + rng.uniform(-0.1, 0.1, len(d)), d, s=4, alpha=alpha, color=f"C{i}",
-                         label=label if i == 0 else None, facecolors="none" if label == "smoothed" else None)
+                         label=None if label in labelled else label, facecolors="none" if label == "smoothed" else None)
+            labelled.add(label)
     left.set_xticks(range(len(names)), [_wrapped(n) for n in names], fontsize=7)
     left.axhline(0, color="grey", lw=0.6)
     left.set_ylim(low - 0.05, 1.02)
     left.set_ylabel("mean pairwise correlation of the seeds\n(one point per image)")
     left.set_title("seeds' maps agree? (1 = same map)", fontsize=9)
-    if smoothed:
+    if smoothed and labelled:
         left.legend(fontsize=7, loc="upper right", title="maps", title_fontsize=7)
     for i, n in enumerate(names):
         values = [v for v in borders[n].values() if v is not None]

@@ -116,6 +116,10 @@ def run(args) -> Path:
         c, sm = g["correlation"], g["correlation_smoothed"]
         flagged = ", ".join(map(str, g["flagged"])) or "none"
         border = ", ".join(f"{v:.2f}" for v in g["border_fraction"].values() if v is not None)
+        if not c["n"]:  # no image where two seeds both have a map with mass
+            print(f"{name}: {g['method']}; no pair of seeds has maps with any mass on the same image (all-zero maps "
+                  f"per seed: {g['zero_maps']}): nothing in the images raises the logit, e.g. a model stuck on one class")
+            continue
         print(f"{name}: {g['method']}; seeds' maps agree r̄ = {c['mean']:.3f} ± {c['std']:.3f} over {g['images']} "
               f"images (smoothed {sm['mean']:.3f}); border fraction per seed {border}; flagged: {flagged}")
     print(f"\nwrote {out / 'inspect.md'}, {out / 'inspect.json'} and the PNGs beside them")
