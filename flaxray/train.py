@@ -151,8 +151,14 @@ def check_batch_size(config: TrainConfig, n_train: int) -> None:
 
 
 def all_finite(tree) -> jax.Array:
-    """One boolean: every element of every leaf is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+    """One boolean: every element of every leaf is finite.
+
+    As a float sum of `leaf - leaf` (0 for a finite element, NaN for inf or NaN; a sum keeps a NaN),
+    which XLA vectorizes, rather than `jnp.all(jnp.isfinite(leaf))`, which XLA:CPU runs as a boolean
+    array and then a slow tree of reduce-windows: that took ~9 % of a training step. (A max of
+    magnitudes would not do: XLA:CPU's max reduction drops NaN.)
+    """
+    return jnp.isfinite(sum(jnp.sum(leaf - leaf, dtype=jnp.float32) for leaf in jax.tree.leaves(tree)))
 
 
 def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.Array]:
