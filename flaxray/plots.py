@@ -419,7 +419,11 @@ def plot_throughput(rows, path, *, title: str | None = None):
         ax.plot(*zip(*points), marker="o", color=color, label=method)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 3, 4, 5, 6, 7, 8, 9)))
+    ax.yaxis.set_minor_formatter(plain)  # a narrow range has no power of ten to label
     ax.set_xlabel("seeds trained (S)")
     ax.set_ylabel("seed-epochs per second")
     ax.grid(True, which="both", alpha=0.3)
