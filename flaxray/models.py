@@ -215,9 +215,10 @@ def min_image_size(layers: tuple[Layer, ...]) -> int:
     return side
 
 
-def keras_batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def keras_batch_norm(features: int, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
     # Keras defaults, not Flax's (epsilon 1e-5). Normalizes over every axis but the last (channels).
-    return nnx.BatchNorm(features, momentum=0.99, epsilon=1e-3, rngs=rngs)
+    # `dtype` is the compute dtype; the statistics are reduced and kept in float32 either way.
+    return nnx.BatchNorm(features, momentum=0.99, epsilon=1e-3, dtype=dtype, rngs=rngs)
 
 
 # Every layer below is called as `layer(x, train=..., dropout_key=...)`, whether it uses them or not,
@@ -227,11 +228,11 @@ def keras_batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 class DenseBlock(nnx.Module):
     """Dense(relu) -> BatchNorm -> Dropout(rate); Dense(relu) alone when rate is None."""
 
-    def __init__(self, in_features: int, block: Layer, *, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(in_features, block.units, kernel_init=glorot_uniform, rngs=rngs)
+    def __init__(self, in_features: int, block: Layer, *, rngs: nnx.Rngs, dtype=None):
+        self.dense = nnx.Linear(in_features, block.units, kernel_init=glorot_uniform, dtype=dtype, rngs=rngs)
         self.plain = block.rate is None
         if not self.plain:
-            self.norm = keras_batch_norm(block.units, rngs)
+            self.norm = keras_batch_norm(block.units, rngs, dtype)
             self.dropout = nnx.Dropout(block.rate)
 
     def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
@@ -267,7 +268,8 @@ class Conv2D(nnx.Module):
         # All nine neighbours side by side in the channel axis, then one matmul with the kernel read as
         # (9 * in_channels, filters): row (3i + j) * in_channels + c is kernel[i, j, c].
         patches = jnp.concatenate(neighbourhoods(x), axis=-1)
-        return nnx.relu(patches @ self.kernel[...].reshape(-1, self.kernel.shape[-1]) + self.bias[...])
+        kernel = self.kernel[...].reshape(-1, self.kernel.shape[-1]).astype(x.dtype)  # compute in x's dtype
+        return nnx.relu(patches @ kernel + self.bias[...].astype(x.dtype))
 
 
 class SeparableConv2D(nnx.Module):
@@ -285,16 +287,17 @@ class SeparableConv2D(nnx.Module):
 
     def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
         channels = x.shape[-1]
-        depthwise = self.depthwise_kernel[...].reshape(9, channels)
+        depthwise = self.depthwise_kernel[...].reshape(9, channels).astype(x.dtype)  # compute in x's dtype
+        pointwise = self.pointwise_kernel[...].reshape(channels, -1).astype(x.dtype)
         x = sum(shifted * weight for shifted, weight in zip(neighbourhoods(x), depthwise))
-        return nnx.relu(x @ self.pointwise_kernel[...].reshape(channels, -1) + self.bias[...])
+        return nnx.relu(x @ pointwise + self.bias[...].astype(x.dtype))
 
 
 class BatchNorm(nnx.Module):
     """Keras's BatchNormalization(): batch statistics in training, moving averages at inference."""
 
-    def __init__(self, features: int, *, rngs: nnx.Rngs):
-        self.norm = keras_batch_norm(features, rngs)
+    def __init__(self, features: int, *, rngs: nnx.Rngs, dtype=None):
+        self.norm = keras_batch_norm(features, rngs, dtype)
 
     def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
         return self.norm(x, use_running_average=not train)
@@ -362,8 +365,8 @@ def output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape  # bn, dropout
 
 
-def build_layer(layer: Layer, shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
-    """The module of `layer` for an input of `shape` (without batch)."""
+def build_layer(layer: Layer, shape: tuple[int, ...], rngs: nnx.Rngs, dtype=None) -> nnx.Module:
+    """The module of `layer` for an input of `shape` (without batch), computing in `dtype` (None: float32)."""
     match layer.kind:
         case "conv":
             return Conv2D(shape[-1], layer.units, rngs=rngs)
@@ -372,7 +375,7 @@ def build_layer(layer: Layer, shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Mod
         case "pool":
             return MaxPool2D(layer.padding)
         case "bn":
-            return BatchNorm(shape[-1], rngs=rngs)
+            return BatchNorm(shape[-1], rngs=rngs, dtype=dtype)
         case "dropout":
             return Dropout(layer.rate)
         case "gap":
@@ -380,32 +383,40 @@ def build_layer(layer: Layer, shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Mod
         case "flatten":
             return Flatten()
         case "dense":
-            return DenseBlock(math.prod(shape), layer, rngs=rngs)
+            return DenseBlock(math.prod(shape), layer, rngs=rngs, dtype=dtype)
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 
 
 class Sequential(nnx.Module):
-    """uint8 image -> rescale 1/255 -> layers -> flatten -> Dense(1): one logit (sigmoid applied in the loss)."""
+    """uint8 image -> rescale 1/255 -> layers -> flatten -> Dense(1): one logit (sigmoid applied in the loss).
 
-    def __init__(self, input_shape: tuple[int, ...], layers: tuple[Layer, ...], *, rngs: nnx.Rngs):
+    `dtype` is the compute dtype (e.g. bfloat16: activations and matmuls); parameters, BatchNorm
+    statistics and the logit stay float32, so the optimizer and the loss see float32 either way.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], layers: tuple[Layer, ...], *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
         shape, blocks = tuple(input_shape), []
         for layer in layers:
-            blocks.append(build_layer(layer, shape, rngs))
+            blocks.append(build_layer(layer, shape, rngs, dtype))
             shape = output_shape(layer, shape)
         self.blocks = nnx.List(blocks)
-        self.head = nnx.Linear(math.prod(shape), 1, kernel_init=glorot_uniform, rngs=rngs)
+        self.head = nnx.Linear(math.prod(shape), 1, kernel_init=glorot_uniform, dtype=dtype, rngs=rngs)
+        self.dtype = jnp.dtype(dtype).name  # a string: a static attribute of the graph
 
     def __call__(self, images, *, train: bool = False, dropout_key: jax.Array | None = None):
-        x = images.astype(jnp.float32) / 255.0
+        x = images.astype(self.dtype) / 255.0
         for i, block in enumerate(self.blocks):
             # One independent dropout key per layer, derived so a step's key fixes all masks.
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = block(x, train=train, dropout_key=key)
-        return self.head(x.reshape(x.shape[0], -1))[:, 0]
+        return self.head(x.reshape(x.shape[0], -1))[:, 0].astype(jnp.float32)
 
 
-def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int = 0) -> nnx.Module:
-    """The model for an architecture name or spec string, on images of `input_shape` (H, W, C)."""
+def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int = 0,
+                dtype: str = "float32") -> nnx.Module:
+    """The model for an architecture name or spec string, on images of `input_shape` (H, W, C),
+    computing in `dtype` ("float32" or "bfloat16"; parameters are float32 either way)."""
     layers = parse_arch(arch)
     if any(layer.kind in NEEDS_MAP for layer in layers):
         if len(input_shape) != 3:
@@ -414,7 +425,7 @@ def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int
         if min(input_shape[:2]) < need:
             raise FlaxrayError(f"{arch!r} needs images of at least {need}x{need} (each 'pool' halves a side, "
                                f"rounding down); got {input_shape[0]}x{input_shape[1]}")
-    return Sequential(tuple(input_shape), layers, rngs=nnx.Rngs(params=key))
+    return Sequential(tuple(input_shape), layers, rngs=nnx.Rngs(params=key), dtype=jnp.dtype(dtype))
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:

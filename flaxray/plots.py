@@ -405,3 +405,30 @@ def plot_improvement_matrix(matrix: Mapping, path, *, confidence: float = 0.95, 
     ax.set_title(title or f"P(row improves on column)\nbold, framed: its {100 * confidence:g} % CI excludes 0.5",
                  fontsize=10)
     return _save(fig, path)
+
+
+def plot_throughput(rows, path, *, title: str | None = None):
+    """Seed-epochs per second against the number of seeds S, log-log, one line per method; `rows` are
+    dicts with "method", "seeds" and "seed_epochs_per_s", as `benchmarks.throughput` writes them."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for method, color in zip(methods, _colors(len(methods))):
+        points = sorted((r["seeds"], r["seed_epochs_per_s"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*points), marker="o", color=color, label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 3, 4, 5, 6, 7, 8, 9)))
+    ax.yaxis.set_minor_formatter(plain)  # a narrow range has no power of ten to label
+    ax.set_xlabel("seeds trained (S)")
+    ax.set_ylabel("seed-epochs per second")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -89,7 +89,8 @@ def _differences(saved: Mapping, wanted: Mapping, prefix="") -> list[str]:
 
 
 def train_resumable(config: TrainConfig, data: DeviceData, seeds: Sequence[int], folder, *, data_summary: Mapping,
-                    retrain: bool = False, progress: bool = True, desc: str | None = None):
+                    retrain: bool = False, progress: bool = True, desc: str | None = None,
+                    max_seeds_per_chunk: int | None = None):
     """Train `seeds` of `config` into `folder`, or read them back if a finished run is there.
 
     Returns (History, seconds or None when read back). A finished run made with other settings
@@ -110,7 +111,8 @@ def train_resumable(config: TrainConfig, data: DeviceData, seeds: Sequence[int],
     folder.mkdir(parents=True, exist_ok=True)
     done.unlink(missing_ok=True)  # an unfinished run is never taken for a finished one
     start = time.perf_counter()
-    states, history = train_seeds(config, data, seeds, progress=progress, desc=desc or config.arch)
+    states, history = train_seeds(config, data, seeds, progress=progress, desc=desc or config.arch,
+                                  max_seeds_per_chunk=max_seeds_per_chunk)
     seconds = time.perf_counter() - start
     results.write_curves_csv(folder / "curves.csv", {config.arch: history}, {config.arch: seeds})
     save_trained(folder / PARAMS, desc or config.arch, config, seeds, states, data.x_train.shape[1:], data_summary)
@@ -120,7 +122,7 @@ def train_resumable(config: TrainConfig, data: DeviceData, seeds: Sequence[int],
 
 def train_catalogue(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], out, *,
                     data_summary: Mapping, decompose: bool = False, retrain: bool = False,
-                    progress: bool = True) -> Runs:
+                    progress: bool = True, max_seeds_per_chunk: int | None = None) -> Runs:
     """Train every arch of `configs` on the same seeds, resumably (see `train_resumable`).
 
     With `decompose`, each arch is also trained with only one source of randomness varied at a
@@ -142,7 +144,7 @@ def train_catalogue(configs: Mapping[str, TrainConfig], data: DeviceData, seeds:
         name = arch if source is None else f"{arch} only {source}"
         history, seconds = train_resumable(config, data, seeds, arch_dir(out, arch, source),
                                            data_summary=data_summary, retrain=retrain, progress=progress,
-                                           desc=name)
+                                           desc=name, max_seeds_per_chunk=max_seeds_per_chunk)
         if seconds is None:
             runs.resumed.append(name)
         else:

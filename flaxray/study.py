@@ -53,12 +53,14 @@ class Group:
 
 
 def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True,
-                 checkpoint_dir=None, checkpoint_every: int = 1) -> dict[str, Group]:
+                 checkpoint_dir=None, checkpoint_every: int = 1, max_seeds_per_chunk: int | None = None
+                 ) -> dict[str, Group]:
     """Train every config on the same seeds; returns {name: Group}.
 
     Configs that differ only in their learning rate are one vmapped program (seeds x rates). With
     `checkpoint_dir`, each program checkpoints into its own sub-folder and a second call continues
-    from there (see `train_seeds`): finished programs are restored, not trained again.
+    from there (see `train_seeds`): finished programs are restored, not trained again. Seeds that do
+    not fit in the device memory at once are trained in chunks (`max_seeds_per_chunk` caps them).
     """
     programs: dict[TrainConfig, list[str]] = {}
     for name, config in configs.items():
@@ -71,7 +73,8 @@ def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Se
         folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{i}-{slug(program.arch)}"
         start = time.perf_counter()
         states, history = train_seeds(configs[names[0]], data, all_seeds, lrs=lrs, progress=progress, desc=desc,
-                                      checkpoint_dir=folder, checkpoint_every=checkpoint_every)
+                                      checkpoint_dir=folder, checkpoint_every=checkpoint_every,
+                                      max_seeds_per_chunk=max_seeds_per_chunk)
         seconds = time.perf_counter() - start
         diverged = np.asarray(states.diverged)
         for j, name in enumerate(names):

@@ -7,12 +7,15 @@
 is the whole multi-seed story: a plain `jax.vmap` over a pure function whose per-seed pytree
 (`SeedState`) holds params, batch statistics, optimizer state and RNG keys (Flax's lifted vmap with
 BatchNorm has open bugs; this avoids it). `train_seeds` runs the same functions one epoch per call,
-for a progress bar and checkpoints, and returns a Keras-style History with a leading seed axis.
+for a progress bar and checkpoints, and returns a Keras-style History with a leading seed axis; it
+splits the seeds into chunks that fit the device memory and the seed axis over every device
+(`flaxray.scale`).
 
 Each seed carries its own learning rate (in its optimizer state, through `optax.inject_hyperparams`),
 so one vmapped program can cross seeds with learning rates. A seed whose loss, gradients or update
-become non-finite keeps its last finite state and stops updating (`SeedState.diverged`); the
-others are untouched, since the mask is a `jnp.where` per seed, not a Python branch.
+become non-finite keeps its last finite parameters and batch statistics and stops updating
+(`SeedState.diverged`); the others are untouched, since the mask is a `jnp.where` per seed, not a
+Python branch.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import functools
 import math
 import numbers
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -34,6 +38,7 @@ from flaxray.metrics import NUM_BINS, history_from_counts, mask_diverged
 from flaxray.models import build_model, parse_arch
 
 SOURCES = ("init", "dropout", "order")  # the sources of randomness `vary` chooses from
+DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,7 @@ class TrainConfig:
     shared_seed: int = 0
     class_weight: tuple[float, float] | None = None  # loss weight of (NORMAL, PNEUMONIA), as Keras's
     eval_batch_size: int = 256
+    dtype: str = "float32"  # compute dtype of activations and matmuls (`DTYPES`)
 
     def __post_init__(self):
         parse_arch(self.arch)  # unknown names and bad spec strings fail here, before any work
@@ -55,6 +61,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_lr(self.lr)
+        if self.dtype not in DTYPES:
+            raise FlaxrayError(f"--dtype: unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
 
 
 def check_lr(lr) -> None:
@@ -143,8 +151,20 @@ def check_batch_size(config: TrainConfig, n_train: int) -> None:
 
 
 def all_finite(tree) -> jax.Array:
-    """One boolean: every element of every leaf is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+    """One boolean: every element of every leaf is finite.
+
+    As a float sum of `leaf - leaf` (0 for a finite element, NaN for inf or NaN; a sum keeps a NaN),
+    which XLA vectorizes, rather than `jnp.all(jnp.isfinite(leaf))`, which XLA:CPU runs as a boolean
+    array and then a slow tree of reduce-windows: that took ~9 % of a training step. (A max of
+    magnitudes would not do: XLA:CPU's max reduction drops NaN.)
+    """
+    # As a dot with ones: a vmapped reduce over a whole kernel ([seeds, 2352, 1024]) fell off a cliff on
+    # XLA:CPU at 13 seeds and more (0.5 s per seed-epoch instead of 0.04).
+    def total(leaf):
+        flat = (leaf - leaf).reshape(-1).astype(jnp.float32)
+        return flat @ jnp.ones_like(flat)
+
+    return jnp.isfinite(sum(total(leaf) for leaf in jax.tree.leaves(tree)))
 
 
 def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.Array]:
@@ -153,6 +173,11 @@ def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.
         source: jax.random.fold_in(jax.random.key(seed if source in vary else shared_seed), i)
         for i, source in enumerate(SOURCES)
     }
+
+
+def with_lr(opt_state, lr):
+    """`keras_adam`'s state with another learning rate."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
 
 
 class Trainer(NamedTuple):
@@ -171,7 +196,7 @@ def make_train(config: TrainConfig) -> Trainer:
 
     @functools.lru_cache(maxsize=None)
     def graphdef(input_shape):
-        return nnx.graphdef(nnx.eval_shape(lambda: build_model(config.arch, input_shape)))
+        return nnx.graphdef(nnx.eval_shape(lambda: build_model(config.arch, input_shape, dtype=config.dtype)))
 
     def forward(params, batch_stats, x, *, train, dropout_key=None):
         model = nnx.merge(graphdef(x.shape[1:]), params, batch_stats)
@@ -180,13 +205,12 @@ def make_train(config: TrainConfig) -> Trainer:
 
     def init(seed, data: DeviceData, lr=None) -> SeedState:
         keys = seed_keys(seed, config.vary, config.shared_seed)
-        model = build_model(config.arch, data.x_train.shape[1:], key=keys["init"])
+        model = build_model(config.arch, data.x_train.shape[1:], key=keys["init"], dtype=config.dtype)
         # Pure arrays, not Variables: the state crosses jit, vmap and grad as a plain pytree.
         _, params, batch_stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
         opt_state = tx.init(params)
         # The learning rate is a leaf of the optimizer state, so it can differ between vmapped seeds.
-        lr = jnp.asarray(config.lr if lr is None else lr, jnp.float32)
-        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+        opt_state = with_lr(opt_state, jnp.asarray(config.lr if lr is None else lr, jnp.float32))
         return SeedState(params, batch_stats, opt_state, keys["dropout"], keys["order"], jnp.int32(0), jnp.int32(0))
 
     def loss_fn(params, batch_stats, x, y, dropout_key):
@@ -226,15 +250,19 @@ def make_train(config: TrainConfig) -> Trainer:
             grads, (losses, logits, new_batch_stats) = jax.grad(loss_fn, has_aux=True)(
                 params, batch_stats, x, y, jax.random.fold_in(epoch_key, i)
             )
-            updates, new_opt_state = tx.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            # Once anything is non-finite the seed keeps its last finite state for good: a select
-            # per seed, so the vmapped program has no branch and the other seeds are unchanged.
-            healthy = healthy & all_finite((losses, grads, new_params, new_batch_stats))
-            params, batch_stats, opt_state = jax.tree.map(
-                lambda new, old: jnp.where(healthy, new, old),
-                (new_params, new_batch_stats, new_opt_state), (params, batch_stats, opt_state),
-            )
+            # Once the loss, a gradient or a batch statistic is non-finite the seed stops for good: a
+            # select per seed, so the vmapped program has no branch and the other seeds are unchanged.
+            # Checked *before* the update, the select fuses into Adam's one elementwise pass (a zero
+            # gradient at rate 0 leaves the parameters exactly as they were); selecting between the
+            # old and the new state after it cost a third of the step (benchmarks/RESULTS.md, issue 7).
+            # With finite gradients, Keras's Adam moves a weight by at most ~3.2 x lr, so the
+            # parameters stay finite for any float32 rate below ~1e38.
+            healthy = healthy & all_finite((losses, grads, new_batch_stats))
+            grads = jax.tree.map(lambda g: jnp.where(healthy, g, 0), grads)
+            lr = opt_state.hyperparams["learning_rate"]
+            updates, opt_state = tx.update(grads, with_lr(opt_state, jnp.where(healthy, lr, 0)), params)
+            params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
+            batch_stats = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_batch_stats, batch_stats)
             return (params, batch_stats, opt_state, healthy, counts.add(losses, logits, y, jnp.ones_like(y))), None
 
         carry = (state.params, state.batch_stats, state.opt_state, state.diverged == 0, Counts.zeros())
@@ -262,14 +290,23 @@ def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
 @functools.lru_cache(maxsize=16)
 def _vmapped(config: TrainConfig):
     """`init` and `run_epoch`, vmapped over seeds and jitted, once per config and process: a resume
-    or a study run again in the same notebook reuses the compiled programs."""
+    or a study run again in the same notebook reuses the compiled programs. The third program runs
+    one seed without `vmap`: a vmap over a single seed compiles to worse-shaped matmuls on XLA:CPU
+    (each weight gradient computed transposed, then transposed back) and ran at half the speed."""
     trainer = make_train(config)
+
+    def one_seed(state, data):
+        state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
+        return jax.tree.map(lambda a: a[None], (state, counts))
+
     return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))),
-            jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0))
+            jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0),
+            jax.jit(one_seed, donate_argnums=0))
 
 
 def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
-                progress: bool = True, desc=None, checkpoint_dir=None, checkpoint_every: int = 1):
+                progress: bool = True, desc=None, checkpoint_dir=None, checkpoint_every: int = 1,
+                max_seeds_per_chunk: int | None = None, devices=None):
     """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
 
     `lrs` gives each seed its own learning rate (default: `config.lr` for all); a seed may appear
@@ -277,14 +314,18 @@ def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, 
     and a Keras-style History whose values have shape (seeds, epochs), NaN from the epoch a seed
     diverged in (`states.diverged`). Same functions as `make_train(config).train`, so the same curves.
 
+    Seeds that do not fit in the device memory together are trained in chunks, one after another
+    (`flaxray.scale.bytes_per_seed` against the free memory; `max_seeds_per_chunk` caps a chunk), and
+    each chunk's seeds are split over `devices` (default: all), the count padded to a multiple of
+    them with copies of the last seed, which are dropped. Neither changes a seed's curves. With
+    several chunks the returned states are numpy arrays on the host (typed keys on the CPU).
+
     With `checkpoint_dir`, every seed's state and the curves so far are saved there with orbax every
     `checkpoint_every` epochs and after the last one, and a run finds its latest checkpoint there
     and continues from it, to the same curves. While it trains, a first Ctrl-C stops it after the
     current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
     """
-    from tqdm.auto import tqdm
-
-    from flaxray import checkpoint
+    from flaxray import scale
 
     seeds = [int(s) for s in seeds]
     lrs = [float(config.lr)] * len(seeds) if lrs is None else [float(lr) for lr in lrs]
@@ -293,31 +334,102 @@ def train_seeds(config: TrainConfig, data: DeviceData, seeds: Sequence[int], *, 
     for lr in lrs:
         check_lr(lr)
     check_batch_size(config, data.x_train.shape[0])
-    init, run_epoch = _vmapped(dataclasses.replace(config, lr=1.0))  # the rate is state, not program
-    states = init(jnp.asarray(seeds, jnp.int32), data, jnp.asarray(lrs, jnp.float32))
+    devices = jax.devices() if devices is None else list(devices)
+    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(devices[0])
+    size = _chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
+                       len(seeds), len(devices), checkpoint_dir)
+    parts = scale.chunks(len(seeds), size)
+    if progress and (len(parts) > 1 or len(devices) > 1):
+        print(scale.describe(len(seeds), size, per_seed, free, len(devices)), flush=True)
+    done = []
+    for k, part in enumerate(parts):
+        folder = checkpoint_dir
+        if checkpoint_dir is not None and len(parts) > 1:
+            folder = Path(checkpoint_dir) / f"chunk-{k}"
+        label = (desc or config.arch) + (f" [{k + 1}/{len(parts)}]" if len(parts) > 1 else "")
+        done.append(_train_chunk(config, data, seeds[part], lrs[part], devices, progress=progress, desc=label,
+                                 checkpoint_dir=folder, checkpoint_every=checkpoint_every))
+    if len(done) == 1:
+        return done[0]
+    states = jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, _ in done])
+    return states, {key: np.concatenate([h[key] for _, h in done]) for key in done[0][1]}
+
+
+def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, checkpoint_dir) -> int:
+    """The seeds per chunk: `planned`, capped by `cap` (rounded up to the devices), or the size the
+    run in `checkpoint_dir` was started with, so a resume finds its chunks' checkpoints again (a
+    run in several chunks writes its size to chunks.json; one in a single chunk is an orbax folder)."""
+    import json
+
+    if cap is not None:
+        if cap < 1:
+            raise FlaxrayError(f"max_seeds_per_chunk must be >= 1, got {cap}")
+        planned = min(planned, -(-cap // n_devices) * n_devices)
+    if checkpoint_dir is None:
+        return planned
+    plan = Path(checkpoint_dir) / "chunks.json"
+    if plan.exists():
+        return int(json.loads(plan.read_text())["seeds_per_chunk"])
+    if Path(checkpoint_dir).exists() and any(Path(checkpoint_dir).iterdir()):
+        return 1 << 62  # a run checkpointed in one chunk, before chunks or with all seeds in one
+    if planned < n_seeds:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        plan.write_text(json.dumps({"seeds_per_chunk": planned}))
+    return planned
+
+
+def _host_concat(arrays):
+    """Concatenate chunks' leaves on the host: numpy, or typed PRNG keys on the CPU device."""
+    if jax.dtypes.issubdtype(arrays[0].dtype, jax.dtypes.prng_key):
+        cpu = jax.devices("cpu")[0]
+        return jnp.concatenate([jax.device_put(a, cpu) for a in arrays])
+    return np.concatenate([np.asarray(a) for a in arrays])
+
+
+def _train_chunk(config: TrainConfig, data: DeviceData, seeds: list[int], lrs: list[float], devices, *, progress,
+                 desc, checkpoint_dir, checkpoint_every):
+    """`train_seeds` for seeds that fit on `devices` together: the seed axis split over them."""
+    from tqdm.auto import tqdm
+
+    from flaxray import checkpoint, scale
+
+    # The rate is state and the epochs a loop here, not part of the program: one compile serves them all.
+    init, run_epoch, run_one = _vmapped(dataclasses.replace(config, lr=1.0, epochs=1))
+    mesh = scale.seed_mesh(devices)
+    n = len(seeds)
+    padded = scale.pad_seeds(seeds, len(devices)), scale.pad_seeds(lrs, len(devices))
+    if mesh is None and n == 1:
+        run_epoch = run_one
+    data = scale.replicate(mesh, data)
+    seed_array, lr_array = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32), jnp.asarray(padded[1], jnp.float32)))
+    states = init(seed_array, data, lr_array)
     epochs = []  # per epoch, a History of (seeds,) arrays: computed the same way fresh or resumed
     saver = None
     if checkpoint_dir is not None and checkpoint_every > 0:
         meta = {"config": dataclasses.asdict(config), "seeds": seeds, "lrs": lrs}
+        if len(padded[0]) > n:
+            meta["padded_to"] = len(padded[0])  # the states saved hold the padding seeds too
         saver = checkpoint.Checkpoints(checkpoint_dir, meta)
         if saver.latest() is not None:
             states, done = saver.restore(states)
             epochs = [{k: v[:, e] for k, v in done.items()} for e in range(next(iter(done.values())).shape[1])]
     start = len(epochs)
     with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
-        range(start, config.epochs), initial=start, total=config.epochs, desc=desc or config.arch, unit="epoch",
+        range(start, config.epochs), initial=start, total=config.epochs, desc=desc, unit="epoch",
         disable=not progress,
     ) as bar:
         for epoch in bar:
             states, counts = run_epoch(states, data)
-            epochs.append(history_from_counts(counts_to_numpy(counts)))
-            bar.set_postfix(val_loss=f"{np.mean(epochs[-1]['val_loss']):.4f}", seeds=len(seeds),
-                            diverged=int(np.count_nonzero(states.diverged)))
+            epochs.append({k: v[:n] for k, v in history_from_counts(counts_to_numpy(counts)).items()})
+            bar.set_postfix(val_loss=f"{np.mean(epochs[-1]['val_loss']):.4f}", seeds=n,
+                            diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
             due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
             if saver is not None and (due or interrupted()):
                 saver.save(epoch + 1, states, stack_epochs(epochs))
             if interrupted():
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    if len(padded[0]) > n:
+        states = jax.tree.map(lambda a: a[:n], states)
     return states, mask_diverged(stack_epochs(epochs), np.asarray(states.diverged))
 
 

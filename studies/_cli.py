@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flaxray import results
 from flaxray.errors import FlaxrayError
-from flaxray.train import SOURCES
+from flaxray.train import DTYPES, SOURCES
 
 MAX_SEEDS = 1_000_000  # far beyond any device's memory; a larger --seeds is a typo
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # the rest come from run.json
@@ -46,6 +46,11 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
                    f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                    help="'balanced' weighs each class's loss by n / (2 n_class), as sklearn and Keras users do")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="compute dtype of activations and matmuls; parameters and Adam's state stay float32")
+    p.add_argument("--chunk", type=int, default=None, metavar="N",
+                   help="train at most N seeds at once (default: as many as fit in the free device memory, "
+                   "estimated; the seeds are split over every local device). Does not change the curves")
 
 
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
@@ -161,8 +166,10 @@ def training_configs(args, archs):
     from flaxray.study import cross_lrs
     from flaxray.train import TrainConfig
 
+    if args.chunk is not None and args.chunk < 1:
+        raise FlaxrayError(f"--chunk must be >= 1, got {args.chunk}")
     return cross_lrs({arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size,
-                                        vary=parse_vary(args.vary))
+                                        vary=parse_vary(args.vary), dtype=args.dtype)
                       for arch in archs}, lr_list(args))
 
 

@@ -59,7 +59,8 @@ def run(args) -> Path:
     out = Path(args.out)
 
     runs = search.train_catalogue(configs, data, seeds, out, data_summary=dataset.summary,
-                                  decompose=args.decompose, retrain=args.overwrite, progress=not args.no_progress)
+                                  decompose=args.decompose, retrain=args.overwrite, progress=not args.no_progress,
+                                  max_seeds_per_chunk=args.chunk)
     if runs.resumed:
         print(f"reused {len(runs.resumed)} finished run(s) from {out / 'archs'}: {', '.join(runs.resumed)}")
     class_weight = next(iter(configs.values())).class_weight

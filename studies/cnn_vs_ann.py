@@ -73,7 +73,7 @@ def run(args) -> Path:
     command = _cli.command(MODULE, args)
 
     with _cli.recorded_run(out, args, MODULE):
-        groups = train_groups(configs, data, seeds, progress=not args.no_progress)
+        groups = train_groups(configs, data, seeds, progress=not args.no_progress, max_seeds_per_chunk=args.chunk)
         models = {}
         for name, g in groups.items():
             shape = dataset.test.x.shape[1:]

@@ -59,7 +59,8 @@ def run(args) -> Path:
 
     with _cli.recorded_run(out, args, MODULE):
         groups = train_groups(configs, data, seeds, progress=not args.no_progress,
-                              checkpoint_dir=out / results.CHECKPOINTS, checkpoint_every=args.checkpoint_every)
+                              checkpoint_dir=out / results.CHECKPOINTS, checkpoint_every=args.checkpoint_every,
+                              max_seeds_per_chunk=args.chunk)
         study = save_study(out, groups=groups, seeds=seeds, data_summary=dataset.summary, study="seed_variance",
                            command=_cli.command(MODULE, args), args=vars(args),
                            train_seconds={n: g.seconds for n, g in groups.items()})

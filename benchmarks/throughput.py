@@ -1,0 +1,365 @@
+"""Seed-epochs per second of flaxray's vmapped trainer, the same step seed after seed, and Keras.
+
+    python -m benchmarks.throughput --arch pyramid --max-seeds 16
+    python -m benchmarks.throughput --arch pyramid final --data ../shared/data/chest_xray --image-size 180 \\
+           --max-seeds 64 --out runs/throughput-h100
+
+For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after another:
+
+    vmap        `flaxray.train.train_seeds`: every seed in one jitted program per epoch (the real trainer)
+    sequential  the same jitted single-seed `run_epoch`, seed after seed (JAX without vmap)
+    keras       Keras 3 `model.fit`, seed after seed, the same dense stack, data and batch size (what the
+                notes' author does); needs `pip install -e ".[baseline]"`, skipped with a message otherwise
+
+Throughput excludes compilation: each method first runs one epoch (compile and run), then
+--epochs timed ones; `compile_s` is the first epoch's time less a timed epoch's, summed over the
+seeds for the methods that compile once per seed (Keras builds a model per seed). Prints a table,
+writes throughput.json (rows, device, versions, config, peak figures) and throughput.png into --out.
+
+Each row also says what fraction of the device's peak FLOP/s and memory bandwidth it reached,
+from an estimate per training step and seed: FLOPs = 6 x multiply-adds x batch (forward, and the
+backward's two products), bytes = 40 x parameters (weights read forward and backward, the gradient
+written and read, Adam reading weights and two moments and writing them back, in float32) plus the
+activations. The peaks are a table of known GPUs (`PEAKS`); on a CPU they are measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from flaxray.errors import FlaxrayError
+from studies import _cli
+
+METHODS = ("vmap", "sequential", "keras")
+KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
+
+# Peak dense FLOP/s (float32 as XLA runs it on the GPU, TF32 tensor cores; bfloat16) and memory bandwidth,
+# from NVIDIA's H100 and H200 datasheets (SXM forms; without sparsity).
+PEAKS = {
+    "H100 PCIe": {"flops": {"float32": 378e12, "bfloat16": 756e12}, "bytes_per_s": 2.0e12},
+    "H100": {"flops": {"float32": 494.7e12, "bfloat16": 989.4e12}, "bytes_per_s": 3.35e12},  # SXM5, HBM3
+    "H200": {"flops": {"float32": 494.7e12, "bfloat16": 989.4e12}, "bytes_per_s": 4.8e12},  # SXM, HBM3e
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description="Seed-epochs per second of flaxray's vmapped trainer against the same jitted step run seed "
+        "after seed and Keras's model.fit, for S = 1, 2, 4, ... seeds; throughput.json, throughput.png and a table.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--arch", nargs="+", default=["pyramid"], metavar="NAME",
+                   help="architectures (names or spec strings as in the studies); keras builds dense stacks only")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size per seed")
+    p.add_argument("--max-seeds", type=int, default=16, help="S runs over 1, 2, 4, ... up to this")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--epochs", type=int, default=1, help="timed epochs per measurement (after one untimed)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure each (method, S) this many times, the methods taking turns, and keep the fastest")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per epoch (the training split is cut to STEPS x batch size images); default: all")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (flaxray)")
+    p.add_argument("--vary", default="init,dropout,order", help="sources of randomness that differ between seeds")
+    p.add_argument("--keras-backend", default=os.environ.get("KERAS_BACKEND", "jax"),
+                   help="Keras 3 backend (jax needs nothing more; tensorflow needs TensorFlow installed)")
+    p.add_argument("--out", default="runs/throughput", metavar="DIR", help="folder for throughput.json and .png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _cli.add_data_args(p)
+    return p.parse_args(argv)
+
+
+def seed_counts(max_seeds: int) -> list[int]:
+    """1, 2, 4, ... up to `max_seeds`, which is included even when it is not a power of two."""
+    counts = [2**k for k in range(int(math.log2(max_seeds)) + 1)]
+    return counts + ([max_seeds] if counts[-1] != max_seeds else [])
+
+
+def multiply_adds(arch: str, input_shape) -> int:
+    """Multiply-adds of one image's forward pass through the matmuls and convolutions (the head included)."""
+    from flaxray.models import output_shape, parse_arch
+
+    shape, total = tuple(input_shape), 0
+    for layer in parse_arch(arch):
+        out = output_shape(layer, shape)
+        if layer.kind == "conv":
+            total += math.prod(out[:2]) * 9 * shape[-1] * out[-1]
+        elif layer.kind == "sep":
+            total += math.prod(out[:2]) * shape[-1] * (9 + out[-1])
+        elif layer.kind == "dense":
+            total += math.prod(shape) * out[-1]
+        shape = out
+    return total + math.prod(shape)
+
+
+def step_cost(config, input_shape) -> dict:
+    """Estimated FLOPs and bytes of one training step of one seed (see the module docstring)."""
+    from flaxray import scale
+
+    params = scale.param_count(config.arch, tuple(input_shape))
+    activations = scale.activation_count(config.arch, input_shape) * config.batch_size
+    return {"params": params, "flops": 6 * multiply_adds(config.arch, input_shape) * config.batch_size,
+            "bytes": 40 * params + 4 * 4 * activations}
+
+
+def device_peaks(dtype: str) -> dict:
+    """The peak FLOP/s and bytes/s of the first device: a known GPU's datasheet figures, else measured."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    for name, peak in PEAKS.items():  # "H100 PCIe" is tried before "H100"
+        if name.lower() in kind.lower() and ("PCIe" in name) == ("pcie" in kind.lower()):
+            return {"device": kind, "flops": peak["flops"][dtype], "bytes_per_s": peak["bytes_per_s"],
+                    "source": f"datasheet: NVIDIA {name}, dense {dtype} (TF32 tensor cores for float32)"}
+    flops, bandwidth = measure_peaks(dtype)
+    return {"device": kind, "flops": flops, "bytes_per_s": bandwidth,
+            "source": f"measured here: best of 5 {dtype} 2048x2048 matmuls, and of 5 in-place x+1 passes over a 256 MiB array"}
+
+
+def measure_peaks(dtype: str) -> tuple[float, float]:
+    """FLOP/s of a large matmul and bytes/s of a large elementwise pass, best of five, on the first device."""
+    import jax
+    import jax.numpy as jnp
+
+    def best(f, *args):
+        jax.block_until_ready(f(*args))
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    n = 2048
+    a = jnp.ones((n, n), dtype)
+    flops = 2 * n**3 / best(jax.jit(lambda x: x @ x), a)
+    big = [jnp.ones(64 * 2**20, jnp.float32)]  # 256 MiB, far beyond any cache
+    add_one = jax.jit(lambda x: x + 1, donate_argnums=0)  # in place: no fresh pages to fault in
+
+    def step():
+        big[0] = add_one(big[0])
+        return big[0]
+
+    bandwidth = 2 * big[0].nbytes / best(step)  # read and write
+    return flops, bandwidth
+
+
+def training_data(args, batch_size: int):
+    """The data the flags describe, with the training split cut to --steps x batch size images."""
+    dataset = _cli.load_data(args)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise FlaxrayError(f"--steps must be >= 1, got {args.steps}")
+        n = args.steps * batch_size
+        if n > len(dataset.train.y):
+            raise FlaxrayError(f"--steps {args.steps} x batch {batch_size} is more than the {len(dataset.train.y)} "
+                               "training images")
+        dataset = SimpleNamespace(train=SimpleNamespace(x=dataset.train.x[:n], y=dataset.train.y[:n]),
+                                  val=dataset.val, test=dataset.test, summary=dataset.summary)
+    return dataset
+
+
+def timed(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def measure_vmap(config, data, seeds: int, epochs: int) -> dict:
+    """`train_seeds` itself: one epoch (compile and run), then `epochs` timed ones."""
+    from flaxray.train import train_seeds
+
+    first = timed(lambda: train_seeds(dataclasses.replace(config, epochs=1), data, range(seeds), progress=False))
+    seconds = timed(lambda: train_seeds(dataclasses.replace(config, epochs=epochs), data, range(seeds),
+                                        progress=False))
+    return {"seconds": seconds, "compile_s": max(0.0, first - seconds / epochs)}
+
+
+def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
+    """The jitted single-seed `init` and `run_epoch`, compiled once, run seed after seed."""
+    import jax
+
+    from flaxray.train import make_train
+
+    trainer = make_train(config)
+    init, run_epoch = jax.jit(trainer.init), jax.jit(trainer.run_epoch, donate_argnums=0)
+
+    def one_seed(seed, n):
+        state = init(seed, data)
+        for _ in range(n):
+            state, counts = run_epoch(state, data)
+        jax.block_until_ready((state, counts))
+
+    first = timed(lambda: one_seed(0, 1))
+    seconds = timed(lambda: [one_seed(seed, epochs) for seed in range(seeds)])
+    return {"seconds": seconds, "compile_s": max(0.0, first - seconds / (seeds * epochs))}
+
+
+def keras_model(arch: str, input_shape):
+    """The dense stack as the notes build it in Keras: Rescaling, Flatten, Dense(relu) -> BatchNormalization
+    -> Dropout blocks, Dense(1, sigmoid)."""
+    import keras
+
+    from flaxray.models import parse_arch
+
+    layers = [keras.Input(tuple(input_shape)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
+    for layer in parse_arch(arch):
+        if layer.kind != "dense":
+            raise FlaxrayError(f"--methods keras builds dense stacks only; {arch!r} has a {layer.kind!r} layer")
+        layers.append(keras.layers.Dense(layer.units, activation="relu"))
+        if layer.rate is not None:
+            layers += [keras.layers.BatchNormalization(), keras.layers.Dropout(layer.rate)]
+    return keras.Sequential(layers + [keras.layers.Dense(1, activation="sigmoid")])
+
+
+def measure_keras(config, dataset, seeds: int, epochs: int) -> dict:
+    """`model.fit` seed after seed, each seed a new model (as a user re-runs the notebook): the first
+    epoch of each compiles, the next `epochs` are timed. Validation and metrics as the notes use them."""
+    import keras
+
+    x, y = dataset.train.x, dataset.train.y.astype(np.float32)
+    steps = len(y) // config.batch_size  # the last partial batch dropped, as flaxray does
+    x, y = x[: steps * config.batch_size], y[: steps * config.batch_size]
+    val = (dataset.val.x, dataset.val.y.astype(np.float32))
+    seconds = compile_s = 0.0
+    for seed in range(seeds):
+        keras.utils.set_random_seed(seed)
+        model = keras_model(config.arch, x.shape[1:])
+        model.compile(optimizer=keras.optimizers.Adam(config.lr), loss="binary_crossentropy",
+                      metrics=["accuracy", keras.metrics.Precision(), keras.metrics.Recall(), keras.metrics.AUC()])
+        fit = dict(batch_size=config.batch_size, validation_data=val, validation_batch_size=config.eval_batch_size,
+                   verbose=0)
+        first = timed(lambda: model.fit(x, y, epochs=1, **fit))
+        run = timed(lambda: model.fit(x, y, epochs=epochs, **fit))
+        seconds += run
+        compile_s += max(0.0, first - run / epochs)
+    return {"seconds": seconds, "compile_s": compile_s}
+
+
+def keras_status(backend: str) -> str | None:
+    """None when Keras can run here, else why not."""
+    os.environ.setdefault("KERAS_BACKEND", backend)
+    if os.environ["KERAS_BACKEND"] != backend:
+        return f"KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r} but --keras-backend {backend!r} was asked"
+    try:
+        import keras  # noqa: F401
+    except ImportError as err:
+        return f"keras is not importable ({err}); pip install -e \".[baseline]\" (keras=={KERAS_VERSION})"
+    return None
+
+
+def run(args) -> Path:
+    import jax
+
+    from flaxray import plots, results
+    from flaxray.train import TrainConfig, device_data
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := set(methods) - set(METHODS):
+        raise FlaxrayError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if min(args.max_seeds, args.epochs, args.repeats) < 1:
+        raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
+                           f"and {args.repeats}")
+    configs = [TrainConfig(arch=a, epochs=args.epochs, batch_size=args.batch_size, vary=_cli.parse_vary(args.vary),
+                           dtype=args.dtype) for a in args.arch]
+    if "keras" in methods and (why := keras_status(args.keras_backend)):
+        print(f"skipping keras: {why}")
+        methods.remove("keras")
+    dataset = training_data(args, args.batch_size)
+    data = device_data(dataset, eval_batch_size=configs[0].eval_batch_size)
+    print(_cli.describe_data(dataset))
+    peaks = device_peaks(args.dtype)
+    steps = len(dataset.train.y) // args.batch_size
+    measure = {"vmap": lambda c, s: measure_vmap(c, data, s, args.epochs),
+               "sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
+               "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs)}
+    rows = []
+    for config in configs:
+        cost = step_cost(config, dataset.train.x.shape[1:])
+        for seeds in seed_counts(args.max_seeds):
+            # The methods take turns at each S, best of --repeats: load from other jobs on the machine
+            # then slows all of them alike instead of whichever happened to run during it.
+            best = {}
+            for _ in range(args.repeats):
+                for method in methods:
+                    m = measure[method](config, seeds)
+                    if method not in best or m["seconds"] < best[method]["seconds"]:
+                        best[method] = {**m, "compile_s": best.get(method, m)["compile_s"]}  # the first run's
+            for method in methods:
+                m = best[method]
+                rate = seeds * args.epochs / m["seconds"]
+                rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
+                             "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
+                             "steps_per_epoch": steps,
+                             "flops_fraction": rate * steps * cost["flops"] / peaks["flops"],
+                             "bandwidth_fraction": rate * steps * cost["bytes"] / peaks["bytes_per_s"]})
+                print(format_row(rows[-1]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = results.environment()
+    env["versions"]["keras"] = _version("keras")
+    report = {"command": _cli.command("benchmarks.throughput", args), "rows": rows, "environment": env,
+              "device": peaks["device"], "peaks": peaks, "keras_backend": os.environ.get("KERAS_BACKEND"),
+              "load_average": os.getloadavg(), "data": dataset.summary, "image_shape": list(dataset.train.x.shape[1:]),
+              "step_cost": {c.arch: step_cost(c, dataset.train.x.shape[1:]) for c in configs},
+              "config": {c.arch: dataclasses.asdict(c) for c in configs}, "args": vars(args)}
+    results.write_json(out / "throughput.json", report)
+    size = "×".join(str(d) for d in dataset.train.x.shape[1:])
+    with results.atomic_path(out / "throughput.png") as tmp:
+        plots.plot_throughput([{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]}
+                               for r in rows], tmp,
+                              title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}")
+    print()
+    print(format_table(rows))
+    print(f"\npeaks: {peaks['flops'] / 1e12:.3g} TFLOP/s, {peaks['bytes_per_s'] / 1e9:.3g} GB/s ({peaks['source']})")
+    print(f"wrote {out / 'throughput.json'}, {out / 'throughput.png'} (devices: {len(jax.devices())})")
+    return out
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['arch']:>10} {r['method']:>10} S={r['seeds']:<4} {r['seed_epochs_per_s']:9.3f} seed-epochs/s  "
+            f"compile {r['compile_s']:6.1f} s  {100 * r['flops_fraction']:5.1f} % FLOP/s  "
+            f"{100 * r['bandwidth_fraction']:5.1f} % bandwidth")
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown: one row per (arch, S), a column per method, and vmap's speed-up over the others."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    rate = {(r["arch"], r["method"], r["seeds"]): r["seed_epochs_per_s"] for r in rows}
+    others = [m for m in methods if m != "vmap"]
+    head = ["arch", "S", *methods] + ([f"vmap / {m}" for m in others] if "vmap" in methods else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arch, seeds in dict.fromkeys((r["arch"], r["seeds"]) for r in rows):
+        cells = [arch, str(seeds)] + [f"{rate[arch, m, seeds]:.3g}" if (arch, m, seeds) in rate else "–"
+                                      for m in methods]
+        if "vmap" in methods:
+            cells += [f"{rate[arch, 'vmap', seeds] / rate[arch, m, seeds]:.2f}×"
+                      if (arch, "vmap", seeds) in rate and (arch, m, seeds) in rate else "–" for m in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    return _cli.main(run, parse_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The throughput benchmark runs end to end at tiny settings (its timings are not asserted: they are measured)."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks import throughput
+
+
+def run(tmp_path, *args):
+    out = tmp_path / "tp"
+    argv = ["--arch", "dense:16@0.5,8@0.2", "--steps", "2", "--channels", "1", "--out", str(out), "--no-progress",
+            *args]
+    assert throughput.main(argv) == 0
+    return json.loads((out / "throughput.json").read_text()), out
+
+
+def check_rows(rows):
+    for row in rows:
+        for key in ("seed_epochs_per_s", "compile_s", "flops_fraction", "bandwidth_fraction"):
+            assert math.isfinite(row[key]) and row[key] >= 0, (key, row)
+        assert row["seed_epochs_per_s"] > 0 and row["steps_per_epoch"] == 2
+
+
+def test_benchmark_writes_rows_and_plot(tmp_path, capsys):
+    report, out = run(tmp_path, "--max-seeds", "2", "--methods", "vmap,sequential")
+    rows = report["rows"]
+    assert [(r["method"], r["seeds"]) for r in rows] == [("vmap", 1), ("sequential", 1), ("vmap", 2),
+                                                         ("sequential", 2)]
+    check_rows(rows)
+    assert (out / "throughput.png").stat().st_size > 1000
+    assert report["environment"]["versions"]["jax"] and report["device"]
+    assert report["peaks"]["flops"] > 0 and report["peaks"]["bytes_per_s"] > 0 and report["peaks"]["source"]
+    assert report["step_cost"]["dense:16@0.5,8@0.2"]["params"] == 784 * 16 + 16 + 4 * 16 + 16 * 8 + 8 + 4 * 8 + 8 + 1
+    printed = capsys.readouterr().out
+    assert "| dense:16@0.5,8@0.2 | 2 |" in printed and "vmap / sequential" in printed
+
+
+def test_keras_baseline_runs_the_same_stack(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the benchmark's default; Keras's own is TensorFlow
+    keras = pytest.importorskip("keras", reason="the [baseline] extra is not installed")
+    report, _ = run(tmp_path, "--max-seeds", "1", "--methods", "keras")
+    check_rows(report["rows"])
+    assert report["keras_backend"] and report["environment"]["versions"]["keras"] == keras.__version__
+    model = throughput.keras_model("dense:16@0.5,8@0.2", (28, 28, 1))
+    assert model.count_params() == report["step_cost"]["dense:16@0.5,8@0.2"]["params"]  # Keras counts BN's too
+
+
+def test_seed_counts_and_unknown_method(tmp_path, capsys):
+    assert throughput.seed_counts(1) == [1] and throughput.seed_counts(6) == [1, 2, 4, 6]
+    assert throughput.main(["--methods", "vmap,jit", "--out", str(tmp_path)]) == 2
+    assert "unknown ['jit']" in capsys.readouterr().err
