@@ -423,8 +423,8 @@ def _train_chunk(config: TrainConfig, data: DeviceData, seeds: list[int], lrs: l
             epochs.append({k: v[:n] for k, v in history_from_counts(counts_to_numpy(counts)).items()})
             bar.set_postfix(val_loss=f"{np.mean(epochs[-1]['val_loss']):.4f}", seeds=n,
                             diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
-            due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
-            if saver is not None and (due or interrupted()):
+            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+                                      or interrupted()):
                 saver.save(epoch + 1, states, stack_epochs(epochs))
             if interrupted():
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")

@@ -173,3 +173,11 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("killed while writing")
     assert target.read_bytes() == b"complete" and list(tmp_path.iterdir()) == [target]
+
+
+def test_checkpoint_every_0_trains_the_same_curves_and_keeps_no_checkpoint(clean, tmp_path):
+    out = tmp_path / "nockpt"
+    assert seed_variance.main([*STUDY, "--out", str(out), "--checkpoint-every", "0"]) == 0
+    assert curves(out) == curves(clean)
+    saved = out / results.CHECKPOINTS
+    assert not saved.exists() or not any(p.is_file() for p in saved.rglob("*"))
