@@ -97,7 +97,8 @@ def summarise(maps, seeds: Sequence[int], *, box=LUNG_BOX, flag_above: float = B
 
     `correlation`: the per-image mean pairwise correlation, described over the images (mean, std, bootstrap
     CI of the mean: `stats.describe`; and its quartiles); `correlation_smoothed`, the same of the maps blurred
-    by `smooth`. `border_fraction`: per seed, the mean over images of the share
+    by `smooth`; `per_image_correlation` and `per_image_correlation_smoothed`, the (N,) values they
+    describe. `border_fraction`: per seed, the mean over images of the share
     of its map outside `box`; `flagged`: the seeds above `flag_above` (looking mostly at the border).
     """
     maps = np.asarray(maps)
@@ -118,4 +119,6 @@ def summarise(maps, seeds: Sequence[int], *, box=LUNG_BOX, flag_above: float = B
         "zero_maps": {int(s): int((~np.isfinite(b)).sum()) for s, b in zip(seeds, border)},
         "box": {"top": box[0], "bottom": box[1], "left": box[2], "right": box[3]},
         "flag_above": flag_above,
+        "per_image_correlation": corr,
+        "per_image_correlation_smoothed": smoothed,
     }

@@ -63,16 +63,15 @@ def write_inspection(out, groups: Mapping[str, Mapping], images, *, row_labels: 
                for i, (name, g) in enumerate(groups.items())}
     area = attribution.border_area(images.shape[1:3])
     agreement = inspect_plots.plot_agreement(
-        {n: attribution.pairwise_correlation(g["maps"]) for n, g in groups.items()},
+        {n: s["per_image_correlation"] for n, s in summaries.items()},
         {n: s["border_fraction"] for n, s in summaries.items()}, out / "agreement.png",
         title=f"seed agreement over {len(images)} images", border_area=area,
-        smoothed={n: attribution.pairwise_correlation(attribution.smooth(g["maps"])) for n, g in groups.items()})
+        smoothed={n: s["per_image_correlation_smoothed"] for n, s in summaries.items()})
     record = {
         **info,
         "images": {"n": len(images), "shape": list(images.shape[1:]), "labels": list(row_labels)},
         "lung_box": summaries[next(iter(summaries))]["box"] if summaries else None,
         "groups": {name: {"arch": g["arch"], "method": g["method"], "seeds": g["seeds"], **summaries[name],
-                          "per_image_correlation": attribution.pairwise_correlation(g["maps"]),
                           "figures": [p.name for _, p in figures[name]]}
                    for name, g in groups.items()},
         "environment": results.environment(),
