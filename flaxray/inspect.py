@@ -23,18 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxray.models import build_model, parse_arch
+from flaxray.models import graphdef, parse_arch
 
 CONV_KINDS = ("conv", "sep")
 
 
-@functools.lru_cache(maxsize=32)
-def _graphdef(arch: str, input_shape: tuple[int, ...]):
-    return nnx.graphdef(nnx.eval_shape(lambda: build_model(arch, input_shape)))
-
-
 def _model(arch: str, params, batch_stats, input_shape):
-    return nnx.merge(_graphdef(arch, tuple(input_shape)), params, batch_stats)
+    return nnx.merge(graphdef(arch, tuple(input_shape)), params, batch_stats)
 
 
 def conv_layers(arch: str) -> list[int]:

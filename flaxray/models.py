@@ -37,6 +37,7 @@ registry's CNNs pool with 'same' padding so that every one of them runs on the 2
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -426,6 +427,13 @@ def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int
             raise FlaxrayError(f"{arch!r} needs images of at least {need}x{need} (each 'pool' halves a side, "
                                f"rounding down); got {input_shape[0]}x{input_shape[1]}")
     return Sequential(tuple(input_shape), layers, rngs=nnx.Rngs(params=key), dtype=jnp.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def graphdef(arch: str, input_shape: tuple[int, ...], dtype: str = "float32"):
+    """The model's structure without its arrays (nothing is initialised), to `nnx.merge` with a seed's
+    pure params and batch statistics; one per arch, shape and dtype."""
+    return nnx.graphdef(nnx.eval_shape(lambda: build_model(arch, tuple(input_shape), dtype=dtype)))
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:

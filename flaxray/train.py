@@ -35,7 +35,7 @@ from flax import nnx
 
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import NUM_BINS, history_from_counts, mask_diverged
-from flaxray.models import build_model, parse_arch
+from flaxray.models import build_model, graphdef, parse_arch
 
 SOURCES = ("init", "dropout", "order")  # the sources of randomness `vary` chooses from
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
@@ -194,12 +194,8 @@ def make_train(config: TrainConfig) -> Trainer:
     tx = keras_adam(config.lr)
     class_weight = jnp.asarray(config.class_weight or (1.0, 1.0), jnp.float32)
 
-    @functools.lru_cache(maxsize=None)
-    def graphdef(input_shape):
-        return nnx.graphdef(nnx.eval_shape(lambda: build_model(config.arch, input_shape, dtype=config.dtype)))
-
     def forward(params, batch_stats, x, *, train, dropout_key=None):
-        model = nnx.merge(graphdef(x.shape[1:]), params, batch_stats)
+        model = nnx.merge(graphdef(config.arch, x.shape[1:], config.dtype), params, batch_stats)
         logits = model(x, train=train, dropout_key=dropout_key)
         return logits, nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
@@ -361,6 +357,8 @@ def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, che
     run in several chunks writes its size to chunks.json; one in a single chunk is an orbax folder)."""
     import json
 
+    from flaxray import results
+
     if cap is not None:
         if cap < 1:
             raise FlaxrayError(f"max_seeds_per_chunk must be >= 1, got {cap}")
@@ -371,10 +369,10 @@ def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, che
     if plan.exists():
         return int(json.loads(plan.read_text())["seeds_per_chunk"])
     if Path(checkpoint_dir).exists() and any(Path(checkpoint_dir).iterdir()):
-        return 1 << 62  # a run checkpointed in one chunk, before chunks or with all seeds in one
+        return n_seeds  # a run checkpointed in one chunk, before chunks or with all seeds in one
     if planned < n_seeds:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        plan.write_text(json.dumps({"seeds_per_chunk": planned}))
+        results.write_json(plan, {"seeds_per_chunk": planned})  # atomic: a kill mid-write cannot break a resume
     return planned
 
 
