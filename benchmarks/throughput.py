@@ -305,8 +305,7 @@ def run(args) -> Path:
                 print(format_row(rows[-1]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = results.environment()
-    env["versions"]["keras"] = _version("keras")
+    env = results.environment((*results.PACKAGES, "keras"))
     report = {"command": _cli.command("benchmarks.throughput", args), "rows": rows, "environment": env,
               "device": peaks["device"], "peaks": peaks, "keras_backend": os.environ.get("KERAS_BACKEND"),
               "load_average": os.getloadavg(), "data": dataset.summary, "image_shape": list(dataset.train.x.shape[1:]),
@@ -323,15 +322,6 @@ def run(args) -> Path:
     print(f"\npeaks: {peaks['flops'] / 1e12:.3g} TFLOP/s, {peaks['bytes_per_s'] / 1e9:.3g} GB/s ({peaks['source']})")
     print(f"wrote {out / 'throughput.json'}, {out / 'throughput.png'} (devices: {len(jax.devices())})")
     return out
-
-
-def _version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def format_row(r: dict) -> str:

@@ -27,12 +27,12 @@ CHECKPOINTS = "checkpoints"
 OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", CHECKPOINTS, "params")  # what a study writes into its folder
 
 
-def environment() -> dict:
-    """Versions and the device the computation ran on (jax is imported here, not at module load)."""
+def environment(packages: Sequence[str] = PACKAGES) -> dict:
+    """Versions of `packages` and the device the computation ran on (jax is imported here, not at module load)."""
     import jax
 
     versions = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
