@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> Path:
-    from flaxray import compare, results
+    from flaxray import compare
     from flaxray.errors import FlaxrayError
     from flaxray.models import build_model, count_params
     from flaxray.study import diverged_seeds, format_diverged, save_study, train_groups

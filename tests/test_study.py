@@ -7,7 +7,6 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
-import pytest
 from PIL import Image
 
 from flaxray.results import read_curves_csv
