@@ -6,7 +6,7 @@
 
 For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after another:
 
-    vmap        `flaxray.train.train_seeds`: every seed in one jitted program per epoch (the real trainer)
+    vmap        `flaxray.runner.train_seeds`: every seed in one jitted program per epoch (the real trainer)
     sequential  the same jitted single-seed `run_epoch`, seed after seed (JAX without vmap)
     keras       Keras 3 `model.fit`, seed after seed, the same dense stack, data and batch size (what the
                 notes' author does); needs `pip install -e ".[baseline]"`, skipped with a message otherwise
@@ -176,7 +176,7 @@ def timed(f) -> float:
 
 def measure_vmap(config, data, seeds: int, epochs: int) -> dict:
     """`train_seeds` itself: one epoch (compile and run), then `epochs` timed ones."""
-    from flaxray.train import train_seeds
+    from flaxray.runner import train_seeds
 
     first = timed(lambda: train_seeds(dataclasses.replace(config, epochs=1), data, range(seeds), progress=False))
     seconds = timed(lambda: train_seeds(dataclasses.replace(config, epochs=epochs), data, range(seeds),

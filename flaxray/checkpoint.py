@@ -2,8 +2,10 @@
 
 A folder holds the checkpoints of one vmapped program: orbax step E is the state after E epochs,
 with every seed's `SeedState` (params, batch statistics, optimizer state with its learning rate,
-RNG keys, epoch, diverged), the curves of epochs 1..E, and a JSON of what was trained (config,
-seeds, learning rates) so a resume with other settings fails instead of mixing runs.
+RNG keys, epoch, diverged), the metrics' sufficient statistics of epochs 1..E (not the metrics
+themselves: a metric added to `flaxray.metrics` later is computed from them on resume), and a JSON
+of what was trained (config, seeds, learning rates) so a resume with other settings fails instead
+of mixing runs.
 
 Orbax writes a step into a temporary folder and renames it when complete, so a write killed
 half-way leaves no step that `latest` returns; opening the folder again removes the leftovers.
@@ -23,10 +25,8 @@ import jax
 import numpy as np
 
 from flaxray.errors import FlaxrayError
-from flaxray.metrics import METRICS
 
-FORMAT = 1
-HISTORY_KEYS = tuple(prefix + m for prefix in ("", "val_") for m in METRICS)
+FORMAT = 2  # 1 saved the curves; 2 saves the statistics they are computed from
 
 
 def _is_key(x) -> bool:
@@ -65,28 +65,30 @@ class Checkpoints:
         """Epochs done in the latest complete checkpoint, or None."""
         return self._manager.latest_step()
 
-    def save(self, epoch: int, states, history: dict[str, np.ndarray]) -> None:
+    def save(self, epoch: int, states, counts: dict[str, dict[str, np.ndarray]]) -> None:
+        """Step `epoch`: `states` and `counts` {split: {field: (seeds, epochs, ...)}}."""
         ocp = self._ocp
-        tree = {"states": _savable(states), "history": {k: np.asarray(history[k]) for k in HISTORY_KEYS}}
+        tree = {"states": _savable(states), "counts": counts}
         self._manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                           meta=ocp.args.JsonSave(self.meta)), force=True)
 
-    def restore(self, template):
-        """(states, history (seeds, epochs)) of the latest step; `template` gives shapes and key types."""
+    def restore(self, template, counts_template):
+        """(states, counts) of the latest step; `template` gives the states' shapes and key types,
+        `counts_template` the statistics' (numpy, so they are restored as numpy)."""
         ocp, epoch = self._ocp, self.latest()
         meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if meta.get("format") != FORMAT:
+            raise FlaxrayError(f"the checkpoint in {self.directory} was written by an older flaxray (format "
+                               f"{meta.get('format')}); run the study again with --overwrite")
         if meta != self.meta:
             changed = sorted(k for k in {*meta, *self.meta} if meta.get(k) != self.meta.get(k))
             raise FlaxrayError(f"the checkpoint in {self.directory} was written with other settings "
                                f"({', '.join(changed)} differ); use another --out or --overwrite")
-        n_seeds = len(self.meta["seeds"])
-        target = {
-            "states": jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template)),
-            "history": {k: np.zeros((n_seeds, epoch)) for k in HISTORY_KEYS},  # numpy: restored as float64
-        }
+        target = {"states": jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template)),
+                  "counts": counts_template}
         tree = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-        history = {k: tree["history"][k] for k in HISTORY_KEYS}  # in the trainer's order (orbax sorts keys)
-        return _unsavable(tree["states"], template), history
+        counts = {s: {k: tree["counts"][s][k] for k in fields} for s, fields in counts_template.items()}
+        return _unsavable(tree["states"], template), counts
 
 
 @contextlib.contextmanager

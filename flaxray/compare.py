@@ -1,7 +1,7 @@
 """Two models on the held-out test set, over seeds: the statistics and the report of `studies.cnn_vs_ann`.
 
 Plain numpy and scipy, no jax: everything starts from per-seed test counts and probabilities
-(`flaxray.train.evaluate_seeds` and `predict`). The test split is only ever evaluated here, after
+(`flaxray.runner.evaluate_seeds` and `predict`). The test split is only ever evaluated here, after
 training; nothing is chosen on it.
 """
 
@@ -74,8 +74,8 @@ def analyse(models: Mapping[str, Mapping], labels, *, challenger: str, baseline:
             confidence: float = 0.95) -> dict:
     """The comparison `studies.cnn_vs_ann` reports.
 
-    `models[name]`: {"counts": per-seed test counts (`train.evaluate_seeds`), "probs": (S, N)
-    test probabilities (`train.predict`), "params": int, "seconds": training time, "seed_epochs":
+    `models[name]`: {"counts": per-seed test counts (`runner.evaluate_seeds`), "probs": (S, N)
+    test probabilities (`runner.predict`), "params": int, "seconds": training time, "seed_epochs":
     seeds x epochs}; `labels` (N,) the test labels. Returns per model the per-seed metrics, their
     summary and the seed ensemble's metrics, and `challenger` against `baseline` per metric.
     """

@@ -57,7 +57,7 @@ def binary_metrics(loss_sum, count, pos_hist, neg_hist) -> dict[str, np.ndarray]
         }
 
 
-def history_from_counts(counts: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def history_from_counts(counts: dict[str, dict[str, np.ndarray]], class_names=None) -> dict[str, np.ndarray]:  # TEMP sig
     """{"train": counts, "val": counts} with (seed, epoch) leading axes -> a Keras-style History dict.
 
     Keys as Keras names them: `loss`, `accuracy`, ... for train and `val_loss`, `val_accuracy`, ...

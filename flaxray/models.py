@@ -396,13 +396,13 @@ class Sequential(nnx.Module):
     """
 
     def __init__(self, input_shape: tuple[int, ...], layers: tuple[Layer, ...], *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, outputs: int = 1):
         shape, blocks = tuple(input_shape), []
         for layer in layers:
             blocks.append(build_layer(layer, shape, rngs, dtype))
             shape = output_shape(layer, shape)
         self.blocks = nnx.List(blocks)
-        self.head = nnx.Linear(math.prod(shape), 1, kernel_init=glorot_uniform, dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(math.prod(shape), outputs, kernel_init=glorot_uniform, dtype=dtype, rngs=rngs)
         self.dtype = jnp.dtype(dtype).name  # a string: a static attribute of the graph
 
     def __call__(self, images, *, train: bool = False, dropout_key: jax.Array | None = None):
@@ -411,11 +411,16 @@ class Sequential(nnx.Module):
             # One independent dropout key per layer, derived so a step's key fixes all masks.
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = block(x, train=train, dropout_key=key)
-        return self.head(x.reshape(x.shape[0], -1))[:, 0].astype(jnp.float32)
+        out = self.head(x.reshape(x.shape[0], -1)).astype(jnp.float32)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+
+def check_arch(arch: str):  # TEMP until the models branch lands
+    return parse_arch(arch)
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int = 0,
-                dtype: str = "float32") -> nnx.Module:
+                dtype: str = "float32", num_classes: int = 2) -> nnx.Module:
     """The model for an architecture name or spec string, on images of `input_shape` (H, W, C),
     computing in `dtype` ("float32" or "bfloat16"; parameters are float32 either way)."""
     layers = parse_arch(arch)
@@ -426,14 +431,14 @@ def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int
         if min(input_shape[:2]) < need:
             raise FlaxrayError(f"{arch!r} needs images of at least {need}x{need} (each 'pool' halves a side, "
                                f"rounding down); got {input_shape[0]}x{input_shape[1]}")
-    return Sequential(tuple(input_shape), layers, rngs=nnx.Rngs(params=key), dtype=jnp.dtype(dtype))
+    return Sequential(tuple(input_shape), layers, rngs=nnx.Rngs(params=key), dtype=jnp.dtype(dtype), outputs=1 if num_classes == 2 else num_classes)
 
 
 @functools.lru_cache(maxsize=64)
-def graphdef(arch: str, input_shape: tuple[int, ...], dtype: str = "float32"):
+def graphdef(arch: str, input_shape: tuple[int, ...], dtype: str = "float32", num_classes: int = 2):
     """The model's structure without its arrays (nothing is initialised), to `nnx.merge` with a seed's
     pure params and batch statistics; one per arch, shape and dtype."""
-    return nnx.graphdef(nnx.eval_shape(lambda: build_model(arch, tuple(input_shape), dtype=dtype)))
+    return nnx.graphdef(nnx.eval_shape(lambda: build_model(arch, tuple(input_shape), dtype=dtype, num_classes=num_classes)))
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:

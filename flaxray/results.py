@@ -24,7 +24,9 @@ PACKAGES = ("flaxray", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "te
             "matplotlib")
 RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
-OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", CHECKPOINTS, "params")  # what a study writes into its folder
+# What a study writes into its folder (and what --overwrite deletes); the last four are older layouts'.
+OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", "report.md", "report.html", "intervals.png",
+           "improvement.png", "groups", CHECKPOINTS, "params", "archs", "search.json")
 
 
 def environment(packages: Sequence[str] = PACKAGES) -> dict:
@@ -142,6 +144,14 @@ def write_json(path, obj) -> Path:
     return _atomic_write(path, lambda f: json.dump(jsonable(obj), f, indent=2))
 
 
+def read_json(path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def read_run(out) -> dict | None:
     """The folder's run.json, or None when there is none (or it is unreadable)."""
     try:
@@ -155,6 +165,36 @@ def write_run(out, **fields) -> dict:
     run = {**(read_run(out) or {}), **fields}
     write_json(Path(out) / RUN_JSON, run)
     return run
+
+
+def _utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def recorded(out, *, study: str, command: str, argv, resumed: bool = False, overwrite: bool = False):
+    """run.json in `out` says "running" while the block runs (so a killed run reads as unfinished),
+    then "complete", "interrupted" or "failed"; `overwrite` clears the study's files first."""
+    out = Path(out)
+    if overwrite:
+        clear_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resumed:
+        write_run(out, status="running", pid=os.getpid(), resumed_utc=[*(read_run(out) or {}).get("resumed_utc", []),
+                                                                        _utc()])
+    else:
+        write_run(out, status="running", study=study, command=command, argv=list(argv), cwd=os.getcwd(),
+                  pid=os.getpid(), started_utc=_utc())
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        write_run(out, status="interrupted", stopped_utc=_utc())
+        detail = f"{err}; " if str(err) else ""
+        raise KeyboardInterrupt(f"{detail}continue with: python -m {study} --resume {out}") from None
+    except BaseException as err:
+        write_run(out, status="failed", error=" ".join(f"{type(err).__name__}: {err}".split()), stopped_utc=_utc())
+        raise
+    write_run(out, status="complete", finished_utc=_utc())
 
 
 def existing_outputs(out) -> list[str]:

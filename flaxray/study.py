@@ -1,139 +1,201 @@
-"""A multi-seed study as library calls: train several configs on the same seeds, save the files.
+"""A multi-seed study as one library call: a spec in, trained groups, statistics and files out.
 
-Every study script is argument parsing around these; a notebook can call them directly.
+    from flaxray.study import DataSpec, Study, run
+    result = run(Study(archs=("pyramid", "final"), seeds=tuple(range(8)), epochs=10), "runs/mine")
+    result.analysis["ranking"]            # the one robust ranking (criterion: stats.RANK_CRITERION)
+
+Every study script is argument parsing around `run`. Each arch is one unit on disk
+(`flaxray.groups`: curves, final params, checkpoints, a record), trained once and reused by any later
+run whose spec asks for the same thing; a unit trained with other settings is refused, naming the
+difference. The study's own files (study.json, curves.csv, bands.png, report.md/html) are written
+from its units each time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-import jax
 import numpy as np
 
-from flaxray import plots, results, stats
-from flaxray.trained import PARAMS, save_trained, slug
-from flaxray.train import DeviceData, TrainConfig, train_seeds
+from flaxray import groups as units, results
+from flaxray.errors import FlaxrayError
+from flaxray.train import SOURCES, TrainConfig
+
+MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
+LAYOUT = 2  # study.json's "layout": 2 = one folder per arch under groups/ (issue 12)
 
 
-def balanced_class_weight(labels) -> tuple[float, float]:
-    """Loss weights n / (2 n_class) for (NORMAL, PNEUMONIA), as sklearn's 'balanced'."""
-    labels = np.asarray(labels)
-    return tuple(len(labels) / (2 * max(1, int((labels == c).sum()))) for c in (0, 1))
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from (`flaxray.data.load_dataset`'s arguments)."""
+
+    path: str | None = None  # a folder, a .npz, tfds:NAME; None: the embedded default
+    image_size: int | None = None
+    channels: int = 3
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    strict: bool = False
+    data_dir: str | None = None  # TFDS's data_dir for tfds:NAME
+
+    def load(self, *, cache_dir=None, progress=True):
+        from flaxray.data import load_dataset
+
+        kwargs = {"data_dir": self.data_dir} if self.data_dir else {}
+        return load_dataset(self.path, image_size=self.image_size, channels=self.channels,
+                            val_fraction=self.val_fraction, split_seed=self.split_seed, strict=self.strict,
+                            cache_dir=cache_dir, progress=progress, **kwargs)
 
 
-def lr_label(lr: float) -> str:
-    """Shortest text that reads back as `lr`: 3e-4, 0.01, 1e+30."""
-    lr = float(lr)
-    if 1e-2 <= lr < 1e4:
-        return np.format_float_positional(lr, trim="-")
-    return np.format_float_scientific(lr, trim="-", exp_digits=1)
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What to compare: every arch x every rate, on the same seeds and data."""
 
+    archs: tuple[str, ...] = ("pyramid",)
+    data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
+    seeds: tuple[int, ...] = tuple(range(16))
+    lrs: tuple[float, ...] = (1e-3,)
+    epochs: int = 20
+    batch_size: int = 32
+    vary: tuple[str, ...] = SOURCES  # what differs between seeds (`TrainConfig.vary`)
+    class_weight: str = "none"  # or "balanced": n / (C n_class), as sklearn's
+    dtype: str = "float32"
+    decompose: bool = False  # also train each arch with one source of randomness varied at a time
+    test: bool = False  # evaluate every seed once on the test split and compare the first two archs there
+    confidence: float = 0.95
+    kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
 
-def cross_lrs(configs: Mapping[str, TrainConfig], lrs: Sequence[float]) -> dict[str, TrainConfig]:
-    """Every config with every learning rate, named `NAME@lr=3e-4` (just `NAME` for one rate)."""
-    if len(lrs) == 1:
-        return {name: dataclasses.replace(c, lr=lrs[0]) for name, c in configs.items()}
-    return {f"{name}@lr={lr_label(lr)}": dataclasses.replace(c, lr=lr) for name, c in configs.items() for lr in lrs}
+    def __post_init__(self):
+        if not self.archs:
+            raise FlaxrayError("a study needs at least one arch")
+        if len(set(self.archs)) < len(self.archs):
+            raise FlaxrayError(f"an arch is listed twice: {' '.join(self.archs)}")
+        if not 1 <= len(self.seeds) <= MAX_SEEDS or min(self.seeds) < 0 or max(self.seeds) > 2**31 - 1:
+            raise FlaxrayError(f"seeds must be 1 to {MAX_SEEDS} integers in 0..2^31-1, got {len(self.seeds)}")
+        for lr in self.lrs:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise FlaxrayError(f"--lr must be finite numbers > 0, got {lr}")
+        if not self.lrs or len(set(self.lrs)) < len(self.lrs):
+            raise FlaxrayError(f"--lr lists a learning rate twice (or none): {' '.join(map(str, self.lrs))}")
+        if self.class_weight not in ("none", "balanced"):
+            raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
+        if not 0 < self.confidence < 1:
+            raise FlaxrayError(f"--confidence must be between 0 and 1, got {self.confidence}")
+        if self.decompose and (len(self.lrs) > 1 or set(self.vary) != set(SOURCES)):
+            raise FlaxrayError("--decompose varies each source in turn against a run that varies all, at one "
+                               "learning rate; drop --vary and give one --lr")
+        if self.test and len(self.archs) * len(self.lrs) != 2:
+            raise FlaxrayError("a test-set comparison takes two groups: two archs at one learning rate")
+        for arch in self.archs:  # unknown names and bad flags fail here, before any data is read
+            self.config(arch, 2)
+
+    def config(self, arch: str, num_classes: int, class_weight=None) -> TrainConfig:
+        return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lrs[0],
+                           vary=tuple(self.vary), dtype=self.dtype, num_classes=num_classes, class_weight=class_weight)
+
+    def record(self) -> dict:
+        spec = dataclasses.asdict(dataclasses.replace(self, data=DataSpec()))
+        spec["data"] = (dataclasses.asdict(self.data) if isinstance(self.data, DataSpec)
+                        else {"in_memory": True, "source": self.data.summary.get("source")})
+        return spec
 
 
 @dataclasses.dataclass
-class Group:
-    """The seeds of one config: what a summary row, a band and a ranking entry are over."""
+class Result:
+    """What `run` returns; study.json holds the same as JSON."""
 
-    config: TrainConfig
-    seeds: list[int]
-    history: dict[str, np.ndarray]  # Keras-style, (seeds, epochs); NaN from the epoch a seed diverged in
-    diverged: np.ndarray  # (seeds,): 0, or the epoch (1-based) in which the seed diverged and stopped
-    seconds: float | None = None  # of the vmapped program it was trained in (shared by crossed rates)
-    states: Any = None  # the final per-seed `SeedState` (leading seed axis), for test evaluation
-    input_shape: tuple[int, ...] | None = None  # of the images it was trained on, (H, W, C)
-
-
-def train_groups(configs: Mapping[str, TrainConfig], data: DeviceData, seeds: Sequence[int], *, progress=True,
-                 checkpoint_dir=None, checkpoint_every: int = 1, max_seeds_per_chunk: int | None = None
-                 ) -> dict[str, Group]:
-    """Train every config on the same seeds; returns {name: Group}.
-
-    Configs that differ only in their learning rate are one vmapped program (seeds x rates). With
-    `checkpoint_dir`, each program checkpoints into its own sub-folder and a second call continues
-    from there (see `train_seeds`): finished programs are restored, not trained again. Seeds that do
-    not fit in the device memory at once are trained in chunks (`max_seeds_per_chunk` caps them).
-    """
-    programs: dict[TrainConfig, list[str]] = {}
-    for name, config in configs.items():
-        programs.setdefault(dataclasses.replace(config, lr=1.0), []).append(name)
-    groups = {}
-    for i, (program, names) in enumerate(programs.items()):
-        all_seeds = [s for _ in names for s in seeds]
-        lrs = [configs[name].lr for name in names for _ in seeds]
-        desc = program.arch + (f" x {len(names)} lr" if len(names) > 1 else "")
-        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{i}-{slug(program.arch)}"
-        start = time.perf_counter()
-        states, history = train_seeds(configs[names[0]], data, all_seeds, lrs=lrs, progress=progress, desc=desc,
-                                      checkpoint_dir=folder, checkpoint_every=checkpoint_every,
-                                      max_seeds_per_chunk=max_seeds_per_chunk)
-        seconds = time.perf_counter() - start
-        diverged = np.asarray(states.diverged)
-        for j, name in enumerate(names):
-            rows = slice(j * len(seeds), (j + 1) * len(seeds))
-            groups[name] = Group(configs[name], list(seeds), {k: v[rows] for k, v in history.items()},
-                                 diverged[rows], seconds, states=jax.tree.map(lambda a: a[rows], states),
-                                 input_shape=tuple(data.x_train.shape[1:]))
-    return groups
+    out: Path
+    dataset: Any
+    groups: dict[str, units.Group]
+    analysis: dict
+    decomposition: dict
+    reused: list[str]
+    test: dict | None
+    record: dict
 
 
-def diverged_seeds(groups: Mapping[str, Group]) -> dict[str, dict[int, int]]:
-    """{group: {seed: epoch it diverged in}} for the seeds that did."""
-    return {name: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for name, g in groups.items()}
+def balanced_class_weight(labels, num_classes: int = 2) -> tuple[float, ...]:
+    """Loss weights n / (C n_class), sklearn's 'balanced'."""
+    labels = np.asarray(labels)
+    return tuple(len(labels) / (num_classes * max(1, int((labels == c).sum()))) for c in range(num_classes))
 
 
-def save_study(out, *, groups: Mapping[str, Group], data_summary: dict, seeds: Sequence[int] | None = None,
-               **extra) -> dict:
-    """Write curves.csv, bands.png, study.json and params/ into `out`; return what study.json holds.
-
-    `groups` come from `train_groups`. params/I-GROUP/ holds every seed's final params and batch
-    statistics (`flaxray.trained.save_trained`; `load_trained(out)` reads them back). study.json
-    records the configs, the versions, the device, the data summary, the per-group summary over
-    seeds, the diverged seeds, (with several groups) the ranking and where each group's params are,
-    plus anything passed as `extra`. Each file is written to a temporary name and renamed.
-    """
+def check_out(out) -> Path:
+    """`out` as a folder a study may write into: not a file, and not a study of an older layout."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    histories = {n: g.history for n, g in groups.items()}
-    summaries = {n: stats.summarize_history(h) for n, h in histories.items()}
-    ranking = stats.rank(summaries) if len(summaries) > 1 else None
-    results.write_curves_csv(out / "curves.csv", histories, {n: g.seeds for n, g in groups.items()},
-                             lrs={n: g.config.lr for n, g in groups.items()},
-                             diverged={n: g.diverged for n, g in groups.items()})
-    size, channels = data_summary.get("image_size"), data_summary.get("channels")
-    n_seeds = max(len(g.seeds) for g in groups.values())
-    with results.atomic_path(out / "bands.png") as tmp:
-        plots.plot_bands(histories, tmp, title=f"{n_seeds} seeds · {size}×{size}×{channels}")
-    saved = {}
-    for i, (name, g) in enumerate(groups.items()):
-        if g.states is not None and g.input_shape is not None:
-            folder = out / PARAMS / f"{i}-{slug(name)}"
-            save_trained(folder, name, g.config, g.seeds, g.states, g.input_shape, data_summary)
-            saved[name] = str(folder.relative_to(out))
-    study = {
-        **extra,
-        "configs": {n: dataclasses.asdict(g.config) for n, g in groups.items()},
-        "seeds": list(seeds) if seeds is not None else next(iter(groups.values())).seeds,
-        "environment": results.environment(),
-        "data": data_summary,
-        "summary": summaries,
-        "diverged": diverged_seeds(groups),
-        "ranking": ranking,
-        "params": saved,  # group -> its folder of trained parameters, relative to `out`
-    }
-    results.write_json(out / "study.json", study)
-    return study
+    if out.exists() and not out.is_dir():
+        raise FlaxrayError(f"--out {out} is a file, not a folder")
+    old = [n for n in ("checkpoints", "params", "archs", "search.json") if (out / n).exists()]
+    study = out / "study.json"
+    if old or (study.exists() and results.read_json(study).get("layout") != LAYOUT):
+        raise FlaxrayError(f"{out} holds a study written by an older flaxray (one layout per study before issue 12: "
+                           f"{', '.join(old) or 'study.json'}); run it again with --overwrite, or choose another --out")
+    return out
 
 
-def format_diverged(diverged: Mapping[str, Mapping[int, int]]) -> str:
+def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int = 1,
+        chunk: int | None = None, cache_dir=None, info: dict | None = None) -> Result:
+    """Train every unit of `study` into `out` (or read it back), then write the study's files.
+
+    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk` and `cache_dir`
+    change where and when things are computed, never the curves. `info` is recorded in study.json
+    (e.g. the command line) and shown in the report's header.
+    """
+    from flaxray import report_study
+    from flaxray.train import check_batch_size, device_data
+
+    out = Path(out)
+    if checkpoint_every < 0:
+        raise FlaxrayError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
+    if chunk is not None and chunk < 1:
+        raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
+    if overwrite:
+        results.clear_outputs(out)
+    check_out(out)
+    dataset = study.data if not isinstance(study.data, DataSpec) else study.data.load(cache_dir=cache_dir,
+                                                                                      progress=progress)
+    classes = tuple(getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA")))
+    weight = balanced_class_weight(dataset.train.y, len(classes)) if study.class_weight == "balanced" else None
+    configs = {a: study.config(a, len(classes), weight) for a in study.archs}
+    check_batch_size(configs[study.archs[0]], len(dataset.train.y))  # before anything is written
+    if study.test and len(dataset.test.y) == 0:
+        raise FlaxrayError("the data has an empty test split; the comparison is made on the test set")
+    data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)
+    if progress:
+        print(describe_data(dataset), flush=True)
+
+    jobs = [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in SOURCES if study.decompose]
+    trained, decomposition, reused = {}, {}, []
+    from tqdm.auto import tqdm
+
+    for arch, source in tqdm(jobs, desc="archs", unit="arch", disable=not progress or len(jobs) < 2):
+        config = configs[arch] if source is None else dataclasses.replace(configs[arch], vary=(source,))
+        name = arch if source is None else f"{arch} only {source}"
+        got, was_reused = units.train_unit(name, config, study.lrs, study.seeds, units.unit_dir(out, arch, source),
+                                           data, dataset, progress=progress, checkpoint_every=checkpoint_every,
+                                           chunk=chunk)
+        if was_reused:
+            reused.append(name)
+        for g in got:
+            if source is None:
+                trained[g.name] = g
+            else:
+                decomposition.setdefault(arch, {})[source] = g.history
+    return report_study.write(out, study, dataset, trained, decomposition, reused, info or {})
+
+
+def describe_data(dataset) -> str:
+    import jax
+
+    classes = getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA"))
+    return (f"data: {dataset.summary['source']} · {dataset.train.x.shape[1:]} images · {len(classes)} classes · "
+            f"train {len(dataset.train.y)}, val {len(dataset.val.y)}, test {len(dataset.test.y)} · "
+            f"device {jax.devices()[0].device_kind}")
+
+
+def format_diverged(diverged) -> str:
     """One line per group with diverged seeds, or '' when none did."""
     return "\n".join(
         f"diverged in {name}: " + ", ".join(f"seed {s} (epoch {e})" for s, e in seeds.items())

@@ -1,32 +1,30 @@
 """The trained models of a study, kept on disk: every seed's final params and batch statistics.
 
-    save_trained("runs/x/params/0-cnn_sep", "cnn_sep", group.config, group.seeds, group.states,
-                 group.input_shape, dataset.summary)       # save_study does this for every group
     models = load_trained("runs/my_study")        # {group: Trained(config, seeds, params, batch_stats, ...)}
     dataset = load_run_data(models["cnn_sep"])   # the images the study trained and tested on
 
-A folder per group: `trained.json` (config, seeds, input shape, the data's settings) and `state/`,
-an orbax StandardCheckpointer tree {"params", "batch_stats"} with a leading seed axis (what `jax.vmap`
-over seeds takes). No optimizer state and no RNG keys: these are for looking at and evaluating the
-models, not for training them further (`checkpoints/` keeps that). `load_trained` finds every such
-folder of a study (`params/*/` of `save_study`, `archs/*/params/` of the architecture search).
+A folder per group (`OUT/groups/<arch>/params/<group>/`, written by `flaxray.groups`): `trained.json`
+(config, seeds, input shape, the data's settings) and `state/`, an orbax StandardCheckpointer tree
+{"params", "batch_stats"} with a leading seed axis (what `jax.vmap` over seeds takes). No optimizer
+state and no RNG keys: these are for looking at and evaluating the models, not for training them
+further (`checkpoints/` keeps that).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from flaxray import results
 from flaxray.errors import FlaxrayError
+from flaxray.groups import slug
 
 FORMAT = 1
 TRAINED_JSON = "trained.json"
 PARAMS = "params"  # the folder of a study that holds one sub-folder per group
-DATA_KEYS = ("path", "source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed")
+DATA_KEYS = ("path", "source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names")
 
 
 @dataclasses.dataclass
@@ -41,11 +39,6 @@ class Trained:
     params: Any
     batch_stats: Any
     folder: Path
-
-
-def slug(text: str) -> str:
-    """A file-safe folder name for a group name or spec string."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
 
 
 def save_trained(folder, name: str, config, seeds: Sequence[int], states, input_shape: Sequence[int],
@@ -69,10 +62,15 @@ def save_trained(folder, name: str, config, seeds: Sequence[int], states, input_
 
 
 def trained_folders(run_dir) -> list[Path]:
-    """The folders of a study's saved groups, in the order they were trained."""
+    """The folders of a finished study's saved groups, in the study's order."""
     run_dir = Path(run_dir)
-    found = [*run_dir.glob(f"{PARAMS}/*/{TRAINED_JSON}"), *run_dir.glob(f"archs/*/{PARAMS}/{TRAINED_JSON}")]
-    return sorted((p.parent for p in found), key=lambda p: p.stat().st_mtime)
+    study = results.read_json(run_dir / "study.json")
+    folders = []
+    for name, unit in study.get("groups", {}).items():
+        folder = run_dir / unit / PARAMS / slug(name)
+        if (folder / TRAINED_JSON).is_file():
+            folders.append(folder)
+    return folders
 
 
 def check_run_dir(run_dir) -> Path:
@@ -86,17 +84,32 @@ def check_run_dir(run_dir) -> Path:
                else "run it again")
         raise FlaxrayError(f"the study in {run_dir} is not finished (run.json says {run.get('status')!r}); "
                            f"finish it first ({how})")
-    if not any((run_dir / name).is_file() for name in ("study.json", "search.json")):
-        raise FlaxrayError(f"{run_dir} holds no finished study (no study.json or search.json)")
+    again = f": {run['command']} --overwrite" if run and run.get("command") else " with --overwrite"
+    if (run_dir / "search.json").is_file() or (run_dir / PARAMS).is_dir() or (
+            (run_dir / "study.json").is_file() and "groups" not in results.read_json(run_dir / "study.json")):
+        raise FlaxrayError(f"{run_dir} holds a study written by an older flaxray (before one layout for every "
+                           f"study, issue 12); run it again{again}")
+    if not (run_dir / "study.json").is_file():
+        raise FlaxrayError(f"{run_dir} holds no finished study (no study.json)")
     if not trained_folders(run_dir):
-        again = f": {run['command']} --overwrite" if run and run.get("command") else ""
-        raise FlaxrayError(f"{run_dir} holds no saved parameters (studies run before flaxray kept them, issue 8, "
-                           f"did not save them); run the study again with this version{again}")
+        raise FlaxrayError(f"{run_dir} holds no saved parameters; run the study again{again}")
     return run_dir
 
 
 def load_trained(run_dir, names: Sequence[str] | None = None) -> dict[str, Trained]:
     """{group: Trained} of a finished study's folder (or of the groups `names`), params restored with orbax."""
+    loaded = {}
+    for folder in trained_folders(check_run_dir(run_dir)):
+        meta = json.loads((folder / TRAINED_JSON).read_text("utf-8"))
+        if names is None or meta["name"] in names:
+            loaded[meta["name"]] = load_folder(folder)
+    if names is not None and (missing := sorted(set(names) - set(loaded))):
+        raise FlaxrayError(f"{run_dir} has no saved group {', '.join(missing)}")
+    return loaded
+
+
+def load_folder(folder) -> Trained:
+    """One group's `Trained` from its folder (what `save_trained` wrote), params restored with orbax."""
     import jax
     import orbax.checkpoint as ocp
     from flax import nnx
@@ -104,25 +117,19 @@ def load_trained(run_dir, names: Sequence[str] | None = None) -> dict[str, Train
     from flaxray.models import build_model
     from flaxray.train import TrainConfig
 
-    loaded = {}
-    for folder in trained_folders(check_run_dir(run_dir)):
-        meta = json.loads((folder / TRAINED_JSON).read_text("utf-8"))
-        if names is not None and meta["name"] not in names:
-            continue
-        config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
-        shape, n = tuple(meta["input_shape"]), len(meta["seeds"])
-        # The tree to restore into: one model's shapes, with the seed axis in front.
-        _, params, batch_stats = nnx.as_pure(nnx.split(nnx.eval_shape(lambda: build_model(config.arch, shape)),
-                                                       nnx.Param, nnx.BatchStat))
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype),
-                              {"params": params, "batch_stats": batch_stats})
-        with ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(folder.absolute() / "state", target)
-        loaded[meta["name"]] = Trained(meta["name"], config, meta["seeds"], shape, meta["data"], state["params"],
-                                       state["batch_stats"], folder)
-    if names is not None and (missing := sorted(set(names) - set(loaded))):
-        raise FlaxrayError(f"{run_dir} has no saved group {', '.join(missing)}")
-    return loaded
+    folder = Path(folder)
+    meta = json.loads((folder / TRAINED_JSON).read_text("utf-8"))
+    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    shape, n = tuple(meta["input_shape"]), len(meta["seeds"])
+    # The tree to restore into: one model's shapes, with the seed axis in front.
+    model = nnx.eval_shape(lambda: build_model(config.arch, shape, num_classes=config.num_classes))
+    _, params, batch_stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype),
+                          {"params": params, "batch_stats": batch_stats})
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(folder.absolute() / "state", target)
+    return Trained(meta["name"], config, meta["seeds"], shape, meta["data"], state["params"], state["batch_stats"],
+                   folder)
 
 
 def load_run_data(trained: Trained, **kwargs):
@@ -130,6 +137,9 @@ def load_run_data(trained: Trained, **kwargs):
     from flaxray.data import load_dataset
 
     data = trained.data
+    if data["path"] is None and "embedded" not in str(data.get("source")):
+        raise FlaxrayError(f"the study was trained on data given in memory ({data.get('source')}); "
+                           "load it again yourself")
     dataset = load_dataset(data["path"], image_size=data["image_size"], channels=data["channels"],
                            val_fraction=data["val_fraction"], split_seed=data["split_seed"], **kwargs)
     if dataset.summary["fingerprint"] != data["fingerprint"]:

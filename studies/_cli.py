@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import math
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from flaxray import results
 from flaxray.errors import FlaxrayError
+from flaxray.study import MAX_SEEDS
 from flaxray.train import DTYPES, SOURCES
 
-MAX_SEEDS = 1_000_000  # far beyond any device's memory; a larger --seeds is a typo
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # the rest come from run.json
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
-                   help="a folder in the Kaggle layout {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg; "
-                   "default: the embedded 28x28 data set derived from it")
+                   help="a folder in the Kaggle layout {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (patients and "
+                   "duplicates handled), any folder {train,val,test}/{CLASS}/* with 2+ classes, an .npz of arrays "
+                   "(x_train, y_train, ...) or tfds:NAME (a TensorFlow Datasets set already prepared in --data-dir); "
+                   "default: the embedded 28x28 chest X-rays")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="TensorFlow Datasets' data_dir for --data tfds:NAME (nothing is downloaded)")
     p.add_argument("--image-size", type=int, default=None,
                    help="images are resized to SIZE x SIZE (default: 180 with --data, 28 for the embedded data)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 = grey, 3 = RGB as in the notes")
@@ -55,10 +55,11 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
 
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
                     overwrite_help="start again in an --out that already holds a study (its results and "
-                    "checkpoints are deleted)", resumable=True) -> None:
-    p.add_argument("--out", default=out, metavar="DIR", help=out_help)
+                    "checkpoints are deleted)") -> None:
+    p.add_argument("--out", default=out, metavar="DIR", help=out_help + "; a rerun into the same folder reuses "
+                   "every arch trained there with the same settings and continues an unfinished one")
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    if resumable:
+    if True:
         p.add_argument("--resume", default=None, metavar="DIR",
                        help="continue the stopped or killed study in DIR, with the flags recorded in DIR/run.json, to "
                        "the curves an uninterrupted run gives; only --no-progress, --checkpoint-every and --cache-dir "
@@ -81,28 +82,21 @@ def seed_list(args) -> list[int]:
     return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
-def lr_list(args) -> list[float]:
-    for lr in args.lr:
-        if not (math.isfinite(lr) and lr > 0):
-            raise FlaxrayError(f"--lr must be finite numbers > 0, got {lr}")
-    if len(set(args.lr)) < len(args.lr):
-        raise FlaxrayError(f"--lr lists a learning rate twice: {' '.join(map(str, args.lr))}")
-    return list(args.lr)
+def data_spec(args):
+    from flaxray.study import DataSpec
+
+    return DataSpec(path=args.data, image_size=args.image_size, channels=args.channels,
+                    val_fraction=args.val_fraction, split_seed=args.split_seed, strict=args.strict,
+                    data_dir=getattr(args, "data_dir", None))
 
 
-def check_out(args) -> None:
-    """Refuse to write into a folder that holds a study unless asked to continue or replace it."""
-    if args.resume and args.overwrite:
-        raise FlaxrayError("--resume continues a study and --overwrite deletes it: pass one of them")
-    if args.checkpoint_every < 0:
-        raise FlaxrayError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
-    out = Path(args.out) if args.out else None
-    if out and out.exists() and not out.is_dir():
-        raise FlaxrayError(f"--out {out} is a file, not a folder")
-    if out and not (args.resume or args.overwrite) and results.existing_outputs(out):
-        status = (results.read_run(out) or {}).get("status", "unknown status")
-        raise FlaxrayError(f"{out} already holds a study ({status}); pass --resume {out} to continue it, "
-                           "--overwrite to start again, or choose another --out")
+def study_spec(args, archs, kind: str, **fields):
+    """The `flaxray.study.Study` the flags describe; validates every arch and flag before any data."""
+    from flaxray.study import Study
+
+    return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), lrs=tuple(args.lr),
+                 epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
+                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
 
 
 def resume_args(parse_args, args):
@@ -121,8 +115,9 @@ def resume_args(parse_args, args):
         return None
     stored = parse_args(run["argv"])
     for name in ("data", "cache_dir"):  # relative to where the study was started
-        if getattr(stored, name):
-            setattr(stored, name, str(Path(run.get("cwd", ".")) / Path(getattr(stored, name)).expanduser()))
+        value = getattr(stored, name, None)
+        if value and not str(value).startswith("tfds:"):
+            setattr(stored, name, str(Path(run.get("cwd", ".")) / Path(value).expanduser()))
     for flag in RESUME_FLAGS[1:]:
         if any(flag.startswith(name) for name in given):
             dest = flag[2:].replace("-", "_")
@@ -131,76 +126,21 @@ def resume_args(parse_args, args):
     return stored
 
 
-def _utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def run_study(args, spec, module: str):
+    """`flaxray.study.run` with the flags' output options, recorded in run.json, the command in study.json."""
+    from flaxray.study import run
 
-
-@contextlib.contextmanager
-def recorded_run(out: Path, args, module: str):
-    """run.json in `out` says "running" while the block runs (so a killed run reads as unfinished),
-    then "complete", "interrupted" or "failed"."""
-    if args.overwrite:
-        results.clear_outputs(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        resumed = [*(results.read_run(out) or {}).get("resumed_utc", []), _utc()]
-        results.write_run(out, status="running", pid=os.getpid(), resumed_utc=resumed)
-    else:
-        results.write_run(out, status="running", study=module, command=command(module, args), argv=args.argv,
-                          cwd=os.getcwd(), pid=os.getpid(), started_utc=_utc())
-    try:
-        yield
-    except KeyboardInterrupt as err:
-        results.write_run(out, status="interrupted", stopped_utc=_utc())
-        detail = f"{err}; " if str(err) else ""
-        raise KeyboardInterrupt(f"{detail}continue with: python -m {module} --resume {out}") from None
-    except BaseException as err:
-        results.write_run(out, status="failed", error=" ".join(f"{type(err).__name__}: {err}".split()),
-                          stopped_utc=_utc())
-        raise
-    results.write_run(out, status="complete", finished_utc=_utc())
-
-
-def training_configs(args, archs):
-    """One TrainConfig per arch from the training flags; validates every arch and flag before any data."""
-    from flaxray.study import cross_lrs
-    from flaxray.train import TrainConfig
-
-    if args.chunk is not None and args.chunk < 1:
-        raise FlaxrayError(f"--chunk must be >= 1, got {args.chunk}")
-    return cross_lrs({arch: TrainConfig(arch=arch, epochs=args.epochs, batch_size=args.batch_size,
-                                        vary=parse_vary(args.vary), dtype=args.dtype)
-                      for arch in archs}, lr_list(args))
-
-
-def prepare(args, configs):
-    """Load the data the flags describe, apply --class-weight to the configs, put the data on the device.
-
-    Returns (configs, dataset, device data) and prints a line describing the data.
-    """
-    import dataclasses
-
-    from flaxray.study import balanced_class_weight
-    from flaxray.train import check_batch_size, device_data
-
-    dataset = load_data(args)
-    if args.class_weight == "balanced":
-        weight = balanced_class_weight(dataset.train.y)
-        configs = {a: dataclasses.replace(c, class_weight=weight) for a, c in configs.items()}
-    first = next(iter(configs.values()))
-    check_batch_size(first, len(dataset.train.y))  # before anything is written
-    data = device_data(dataset, eval_batch_size=first.eval_batch_size)
-    print(describe_data(dataset))
-    return configs, dataset, data
-
-
-def load_data(args):
-    """The data set the flags describe (no device transfer)."""
-    from flaxray.data import load_dataset
-
-    return load_dataset(args.data, image_size=args.image_size, channels=args.channels,
-                        val_fraction=args.val_fraction, split_seed=args.split_seed, strict=args.strict,
-                        cache_dir=args.cache_dir, progress=not args.no_progress)
+    if getattr(args, "resume", None) and args.overwrite:
+        raise FlaxrayError("--resume continues a study and --overwrite deletes it: pass one of them")
+    out = Path(args.out) if args.out else results.default_out_dir(spec.archs)
+    cmd = command(module, args)
+    with results.recorded(out, study=module, command=cmd, argv=args.argv, resumed=bool(getattr(args, "resume", None)),
+                          overwrite=args.overwrite):
+        result = run(spec, out, progress=not args.no_progress, checkpoint_every=getattr(args, "checkpoint_every", 1),
+                     chunk=args.chunk, cache_dir=args.cache_dir, info={"command": cmd, "args": vars(args)})
+    if result.reused:
+        print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
+    return result
 
 
 def command(module: str, args) -> str:
@@ -208,26 +148,9 @@ def command(module: str, args) -> str:
     return " ".join(["python -m", module, *args.argv])
 
 
-def report_info(args, seeds, dataset, command: str) -> tuple[dict, dict]:
-    """`results.environment()` and the strings a report's header shows (see `flaxray.report.run_info`)."""
-    env = results.environment()
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "flaxray")
-    size, channels = dataset.summary["image_size"], dataset.summary["channels"]
-    info = {"command": command, "seeds": f"{len(seeds)} ({seeds[0]}..{seeds[-1]})", "epochs": args.epochs,
-            "data": f"{dataset.summary['source']}, {size}×{size}×{channels}, train {len(dataset.train.y)}, "
-                    f"val {len(dataset.val.y)} (split by patient), test {len(dataset.test.y)}",
-            "device": (f"CPU ({env['cpu_count']} cores)" if env["backend"] == "cpu"
-                       else f"{env['backend']}: {env['device']} ({env['cpu_count']} CPU cores)"),
-            "versions": f"Python {env['python']}, {versions}",
-            "title": f"{len(seeds)} seeds · {size}×{size}×{channels}"}
-    return env, info
-
-
-def describe_data(dataset) -> str:
-    import jax
-
-    return (f"data: {dataset.summary['source']} · {dataset.train.x.shape[1:]} images · train {len(dataset.train.y)}, "
-            f"val {len(dataset.val.y)} (by patient), test {len(dataset.test.y)} · device {jax.devices()[0].device_kind}")
+def load_data(args):
+    """The data set the flags describe (no device transfer)."""
+    return data_spec(args).load(cache_dir=args.cache_dir, progress=not args.no_progress)
 
 
 def main(run, parse_args, argv=None) -> int:
@@ -236,6 +159,12 @@ def main(run, parse_args, argv=None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in study.json
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
+        if getattr(args, "resume", None):
+            resumed = resume_args(parse_args, args)
+            if resumed is None:
+                print(f"{args.resume} holds a complete study; nothing to resume")
+                return 0
+            args = resumed
         run(args)
     except FlaxrayError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,10 +5,9 @@
     python -m studies.architecture_search --data ../shared/data/chest_xray --image-size 32 --channels 1 \\
            --seeds 8 --epochs 10 --out runs/search32
 
-Trains every arch with the same seeds (each arch saved under OUT/archs/ and skipped on a rerun),
+Trains every arch with the same seeds (each arch saved under OUT/groups/ and reused on a rerun),
 diagnoses each seed, compares the archs with robust statistics and writes OUT/report.md,
-OUT/report.html (self-contained), the PNGs and OUT/search.json. Library calls: `flaxray.search`
-(train_catalogue, analyse) and `flaxray.report.write_report`.
+OUT/report.html (self-contained), the PNGs and OUT/study.json: `flaxray.study.run`, as every study.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from studies import _cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from flaxray.search import DEFAULT_CATALOGUE, SAME_STACK
+    from flaxray.catalogue import DEFAULT_CATALOGUE, SAME_STACK
 
     p = argparse.ArgumentParser(
         prog="python -m studies.architecture_search",
@@ -43,42 +42,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     _cli.add_data_args(p)
     _cli.add_output_args(p, out="runs/architecture_search",
                          out_help="output folder; a rerun with the same folder skips every finished arch",
-                         overwrite_help="retrain every arch even if --out holds a finished run of it", resumable=False)
+                         overwrite_help="retrain every arch even if --out holds a finished run of it")
     return p.parse_args(argv)
 
 
 def run(args) -> Path:
-    from flaxray import diagnose, report, results, search
-    from flaxray.errors import FlaxrayError
+    from flaxray import report
 
-    seeds = _cli.seed_list(args)
-    if not 0 < args.confidence < 1:
-        raise FlaxrayError(f"--confidence must be between 0 and 1, got {args.confidence}")
     archs = list(dict.fromkeys(args.arch))  # a name given twice is trained once
-    configs, dataset, data = _cli.prepare(args, _cli.training_configs(args, archs))
-    out = Path(args.out)
-
-    runs = search.train_catalogue(configs, data, seeds, out, data_summary=dataset.summary,
-                                  decompose=args.decompose, retrain=args.overwrite, progress=not args.no_progress,
-                                  max_seeds_per_chunk=args.chunk)
-    if runs.resumed:
-        print(f"reused {len(runs.resumed)} finished run(s) from {out / 'archs'}: {', '.join(runs.resumed)}")
-    class_weight = next(iter(configs.values())).class_weight
-    analysis = search.analyse(runs.histories, decomposition=runs.decomposition or None, confidence=args.confidence,
-                              baseline=diagnose.baseline_loss(dataset.train.y, class_weight))
-    command = _cli.command("studies.architecture_search", args)
-    env, info = _cli.report_info(args, seeds, dataset, command)
-    md, page = report.write_report(out, analysis, runs.histories, info=info)
-    results.write_json(out / "search.json", {
-        "study": "architecture_search", "command": command, "args": vars(args), "seeds": seeds,
-        "configs": {a: search.fingerprint(c, seeds, dataset.summary)["config"] for a, c in configs.items()},
-        "environment": env, "data": dataset.summary, "train_seconds": runs.seconds, "resumed": runs.resumed,
-        "analysis": analysis,
-    })
+    spec = _cli.study_spec(args, archs, "architecture_search", decompose=args.decompose, confidence=args.confidence)
+    result = _cli.run_study(args, spec, "studies.architecture_search")
     print()
-    print(report.ranking_markdown(analysis))
-    print(analysis["verdict"].replace("**", ""))
-    print(f"\nwrote {md}, {page}, {out / 'search.json'}")
+    print(report.ranking_markdown(result.analysis))
+    print(result.analysis["verdict"].replace("**", ""))
+    out = result.out
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.html'}, {out / 'study.json'}")
     return out
 
 

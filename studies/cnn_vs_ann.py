@@ -6,7 +6,8 @@
 
 Trains both models on the same data, patient split, seeds and epochs, then evaluates every seed
 once on the held-out test split. Writes report.md / report.html (tables and figures),
-intervals.png, bands.png, study.json (with the test analysis), curves.csv and run.json into --out.
+intervals.png, bands.png, study.json (with the test analysis), curves.csv, run.json and groups/ into
+--out: `flaxray.study.run` with `test=True`, as every study.
 """
 
 from __future__ import annotations
@@ -44,50 +45,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
     _cli.add_training_args(p, seeds=8, epochs=20)
     _cli.add_data_args(p)
-    _cli.add_output_args(p, out="runs/cnn_vs_ann", out_help="output folder", resumable=False,
+    _cli.add_output_args(p, out="runs/cnn_vs_ann", out_help="output folder",
                          overwrite_help="replace the study --out already holds")
     return p.parse_args(argv)
 
 
 def run(args) -> Path:
-    from flaxray import compare
     from flaxray.errors import FlaxrayError
-    from flaxray.models import build_model, count_params
-    from flaxray.study import diverged_seeds, format_diverged, save_study, train_groups
-    from flaxray.train import evaluate_seeds, predict
+    from flaxray.study import format_diverged
 
-    seeds = _cli.seed_list(args)
-    if not 0 < args.confidence < 1:
-        raise FlaxrayError(f"--confidence must be between 0 and 1, got {args.confidence}")
     if args.cnn == args.ann:
         raise FlaxrayError(f"--cnn and --ann are both {args.cnn!r}; compare two different models")
     if len(args.lr) > 1:
         raise FlaxrayError("--lr takes one learning rate here: both models train with the same one")
-    args.checkpoint_every = 0  # not resumable: no checkpoints
-    args.resume = None
-    _cli.check_out(args)
-    configs, dataset, data = _cli.prepare(args, _cli.training_configs(args, [args.cnn, args.ann]))
-    if len(dataset.test.y) == 0:
-        raise FlaxrayError("the data has an empty test split; the comparison is made on the test set")
-    out = Path(args.out)
-    command = _cli.command(MODULE, args)
-
-    with _cli.recorded_run(out, args, MODULE):
-        groups = train_groups(configs, data, seeds, progress=not args.no_progress, max_seeds_per_chunk=args.chunk)
-        models = {}
-        for name, g in groups.items():
-            shape = dataset.test.x.shape[1:]
-            models[name] = {"counts": evaluate_seeds(g.config, g.states, dataset.test.x, dataset.test.y),
-                            "probs": predict(g.config, g.states, dataset.test.x),
-                            "params": count_params(build_model(name, shape))["total"],
-                            "seconds": g.seconds, "seed_epochs": len(seeds) * g.config.epochs}
-        analysis = compare.analyse(models, dataset.test.y, challenger=args.cnn, baseline=args.ann,
-                                   confidence=args.confidence)
-        _, info = _cli.report_info(args, seeds, dataset, command)
-        save_study(out, groups=groups, seeds=seeds, data_summary=dataset.summary, study="cnn_vs_ann",
-                   command=command, args=vars(args), train_seconds={n: g.seconds for n, g in groups.items()},
-                   test=analysis)
-        md, page = compare.write_report(out, analysis, info=info, bands=out / "bands.png")
+    spec = _cli.study_spec(args, [args.cnn, args.ann], "cnn_vs_ann", test=True, confidence=args.confidence)
+    result = _cli.run_study(args, spec, MODULE)
+    analysis = result.test
     print()
     print(analysis["verdict"].replace("**", ""))
     for name, m in analysis["models"].items():
@@ -95,9 +68,10 @@ def run(args) -> Path:
         print(f"{name}: test accuracy {s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}, "
               f"AUC {s['auc']['mean']:.4f}; ensemble accuracy {m['ensemble']['accuracy']:.4f}, "
               f"AUC {m['ensemble']['auc']:.4f}")
-    if diverged := format_diverged(diverged_seeds(groups)):
+    if diverged := format_diverged(result.record["diverged"]):
         print(diverged)
-    print(f"\nwrote {md}, {page}, {out / 'study.json'}, {out / 'curves.csv'}")
+    out = result.out
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.html'}, {out / 'study.json'}, {out / 'curves.csv'}")
     return out
 
 

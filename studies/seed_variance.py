@@ -5,10 +5,10 @@
     python -m studies.seed_variance --arch pyramid final inverted --data path/to/chest_xray \\
            --image-size 180 --seeds 32 --epochs 20 --out runs/ann
 
-Writes curves.csv, study.json, bands.png, run.json, checkpoints/ and params/ (every seed's final parameters,
-for `python -m studies.inspect`) into --out and prints a summary
-table over seeds; `--resume DIR` continues a stopped or killed study. Everything here is a few
-library calls (see the README for the same study from Python).
+Writes curves.csv, study.json, bands.png, report.md/html, run.json and groups/ (per arch: its curves,
+checkpoints and every seed's final parameters, for `python -m studies.inspect`) into --out and prints
+a summary table over seeds with the robust ranking; `--resume DIR` continues a stopped or killed study.
+Everything here is one library call, `flaxray.study.run` (see the README for it from Python).
 """
 
 from __future__ import annotations
@@ -43,32 +43,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> Path:
-    from flaxray import results, stats
-    from flaxray.study import format_diverged, save_study, train_groups
+    from flaxray import stats
+    from flaxray.study import format_diverged
 
-    if args.resume:
-        resumed = _cli.resume_args(parse_args, args)
-        if resumed is None:
-            print(f"{args.resume} holds a complete study; nothing to resume")
-            return Path(args.resume)
-        args = resumed
-    seeds = _cli.seed_list(args)
-    _cli.check_out(args)
-    configs, dataset, data = _cli.prepare(args, _cli.training_configs(args, args.arch))
-    out = Path(args.out) if args.out else results.default_out_dir(args.arch)
-
-    with _cli.recorded_run(out, args, MODULE):
-        groups = train_groups(configs, data, seeds, progress=not args.no_progress,
-                              checkpoint_dir=out / results.CHECKPOINTS, checkpoint_every=args.checkpoint_every,
-                              max_seeds_per_chunk=args.chunk)
-        study = save_study(out, groups=groups, seeds=seeds, data_summary=dataset.summary, study="seed_variance",
-                           command=_cli.command(MODULE, args), args=vars(args),
-                           train_seconds={n: g.seconds for n, g in groups.items()})
+    result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
     print()
-    print(stats.format_summary_table(study["summary"], study["ranking"]))
-    if diverged := format_diverged(study["diverged"]):
+    print(stats.format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
+    if diverged := format_diverged(result.record["diverged"]):
         print(diverged)
-    print(f"\nwrote {out / 'curves.csv'}, {out / 'study.json'}, {out / 'bands.png'}")
+    out = result.out
+    print(f"\nwrote {out / 'curves.csv'}, {out / 'study.json'}, {out / 'bands.png'}, {out / 'report.md'}")
     return out
 
 

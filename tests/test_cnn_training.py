@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxray.train import TrainConfig, device_data, make_train, train_seeds
+from flaxray.runner import train_seeds
+from flaxray.train import TrainConfig, device_data, make_train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flaxray import results, train
+from flaxray import results, runner, train
 from flaxray.errors import FlaxrayError
 from studies import seed_variance
 
@@ -127,8 +127,8 @@ def test_ctrl_c_saves_the_epoch_then_stops_and_resume_matches(clean, tmp_path, m
         epochs_done.append(1)
         return real(counts)
 
-    real = train.counts_to_numpy
-    monkeypatch.setattr(train, "counts_to_numpy", ctrl_c_in_first_epoch)
+    real = runner.counts_to_numpy
+    monkeypatch.setattr(runner, "counts_to_numpy", ctrl_c_in_first_epoch)
     out = tmp_path / "stopped"
     assert seed_variance.main([*STUDY, "--checkpoint-every", "2", "--out", str(out)]) == 130
     assert f"--resume {out}" in capsys.readouterr().err
@@ -148,7 +148,7 @@ def test_a_checkpoint_of_other_settings_is_refused(clean):
     data = train.device_data(load_dataset(channels=1))
     config = train.TrainConfig(arch="dense:4", epochs=3, batch_size=512)
     with pytest.raises(FlaxrayError, match="other settings.*seeds"):
-        train.train_seeds(config, data, [7, 8, 7, 8], lrs=[1e-3, 1e-3, 1e30, 1e30], progress=False,
+        runner.train_seeds(config, data, [7, 8, 7, 8], lrs=[1e-3, 1e-3, 1e30, 1e30], progress=False,
                           checkpoint_dir=clean / "checkpoints" / "1-dense_4")
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from flaxray import scale
 from flaxray.errors import FlaxrayError
-from flaxray.train import TrainConfig, device_data, make_train, train_seeds
+from flaxray.runner import train_seeds
+from flaxray.train import TrainConfig, device_data, make_train
 from tests.test_train import CONFIG, tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,8 @@ def test_chunked_run_gives_the_unchunked_curves(data, tmp_path, capsys):
 
 FOUR_DEVICES = textwrap.dedent("""
     import json, jax, numpy as np
-    from flaxray.train import TrainConfig, device_data, train_seeds
+    from flaxray.runner import train_seeds
+    from flaxray.train import TrainConfig, device_data
     from tests.test_train import CONFIG, tiny_dataset
     data = device_data(tiny_dataset(), eval_batch_size=16)
     config = TrainConfig(**CONFIG)

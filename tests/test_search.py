@@ -51,7 +51,7 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     def no_training(*args, **kwargs):
         raise AssertionError("a finished arch was retrained")
 
-    monkeypatch.setattr("flaxray.train.train_seeds", no_training)
+    monkeypatch.setattr("flaxray.runner.train_seeds", no_training)
     assert architecture_search.main(argv) == 0
     assert "reused 2 finished run(s)" in capsys.readouterr().out
     again = json.loads((out / "search.json").read_text())["analysis"]

@@ -9,7 +9,8 @@ import pytest
 
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import binary_metrics, NUM_BINS
-from flaxray.train import TrainConfig, counts_to_numpy, device_data, make_train, train_seeds
+from flaxray.runner import counts_to_numpy, train_seeds
+from flaxray.train import TrainConfig, device_data, make_train
 
 
 def tiny_dataset(n_train=96, n_val=40, size=6, seed=0):

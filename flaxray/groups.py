@@ -1,0 +1,152 @@
+"""One unit of a study on disk: an arch's seeds (crossed with its learning rates) trained, or read back.
+
+    OUT/groups/<arch>/              one vmapped program: the arch x its rates x the seeds
+        group.json                  what was trained (the fingerprint) and how it ended; written last
+        curves.csv                  its groups' curves (`NAME` or `NAME@lr=RATE`)
+        checkpoints/                every seed's training state while it trains (orbax)
+        params/<group>/             every seed's final params and batch statistics (`flaxray.trained`)
+    OUT/groups/<arch>/only-<source>/   the same, with only one source of randomness varied (--decompose)
+
+A unit whose group.json matches what is asked is read back instead of trained again; one trained with
+other settings is refused, naming the difference; one without group.json (killed, interrupted) is
+trained again, continuing from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from flaxray import results
+from flaxray.errors import FlaxrayError
+
+GROUPS = "groups"
+GROUP_JSON = "group.json"
+FORMAT = 1
+DATA_KEYS = ("source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names")
+
+
+def slug(text: str) -> str:
+    """A file-safe folder name for a group name or spec string; long ones end in a hash, so two
+    long specs that share their first characters still get two folders."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+    if len(safe) <= 60:
+        return safe
+    return safe[:51] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def lr_label(lr: float) -> str:
+    """Shortest text that reads back as `lr`: 3e-4, 0.01, 1e+30."""
+    lr = float(lr)
+    if 1e-2 <= lr < 1e4:
+        return np.format_float_positional(lr, trim="-")
+    return np.format_float_scientific(lr, trim="-", exp_digits=1)
+
+
+def group_names(name: str, lrs: Sequence[float]) -> list[str]:
+    """`NAME` for one rate, `NAME@lr=RATE` for each of several."""
+    return [name] if len(lrs) == 1 else [f"{name}@lr={lr_label(lr)}" for lr in lrs]
+
+
+@dataclasses.dataclass
+class Group:
+    """The seeds of one config: what a summary row, a band and a ranking entry are over."""
+
+    name: str
+    config: Any  # flaxray.train.TrainConfig, with this group's rate
+    seeds: list[int]
+    history: dict[str, np.ndarray]  # Keras-style, (seeds, epochs); NaN from the epoch a seed diverged in
+    diverged: np.ndarray  # (seeds,): 0, or the epoch (1-based) in which the seed diverged and stopped
+    folder: Path  # of its unit
+    seconds: float | None = None  # of the program it was trained in now (None: read back)
+    states: Any = None  # the final per-seed state (leading seed axis) when trained now
+
+
+def unit_dir(out, arch: str, source: str | None = None) -> Path:
+    folder = Path(out) / GROUPS / slug(arch)
+    return folder if source is None else folder / f"only-{source}"
+
+
+def fingerprint(config, lrs: Sequence[float], seeds: Sequence[int], data_summary) -> dict:
+    """What a saved unit must match to be reused: the config (its rate aside), the rates, the seeds, the data."""
+    return results.jsonable({"config": {**dataclasses.asdict(config), "lr": None}, "lrs": [float(r) for r in lrs],
+                             "seeds": [int(s) for s in seeds],
+                             "data": {k: data_summary.get(k) for k in DATA_KEYS}})
+
+
+def differences(saved, wanted, prefix="") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} here, {b!r} asked")
+    return out
+
+
+def finished(folder: Path, wanted: dict) -> dict | None:
+    """The unit's group.json if it finished with the `wanted` fingerprint; None if it never finished;
+    a one-line error if it finished with other settings."""
+    try:
+        record = json.loads((folder / GROUP_JSON).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("format") != FORMAT or record.get("fingerprint") != wanted:
+        diff = "; ".join(differences(record.get("fingerprint", {}), wanted)[:3]) or "an older format"
+        raise FlaxrayError(f"{folder} was trained with other settings ({diff}); pass --overwrite to retrain "
+                           "it, or choose another --out")
+    return record
+
+
+def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
+               overwrite=False, progress=True, checkpoint_every=1, chunk=None) -> tuple[list[Group], bool]:
+    """The groups of one unit (`name` x `lrs` x `seeds`), trained into `folder` or read back from it.
+
+    Returns (groups, reused)."""
+    from flaxray.runner import train_seeds
+    from flaxray.trained import save_trained
+
+    seeds, lrs = [int(s) for s in seeds], [float(r) for r in lrs]
+    names, summary = group_names(name, lrs), dataset.summary
+    wanted = fingerprint(config, lrs, seeds, summary)
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    record = finished(folder, wanted)
+    if record is not None:
+        histories, _ = results.read_curves_csv(folder / "curves.csv")
+        return [Group(n, dataclasses.replace(config, lr=lr), seeds, histories[n],
+                      np.asarray(record["diverged"][n], np.int64), folder)
+                for n, lr in zip(names, lrs)], True
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    states, history = train_seeds(config, data, [s for _ in lrs for s in seeds], lrs=[r for r in lrs for _ in seeds],
+                                  class_names=getattr(dataset, "class_names", None), progress=progress,
+                                  desc=name + (f" x {len(lrs)} lr" if len(lrs) > 1 else ""),
+                                  checkpoint_dir=folder / results.CHECKPOINTS, checkpoint_every=checkpoint_every,
+                                  max_seeds_per_chunk=chunk)
+    seconds = time.perf_counter() - start
+    import jax
+
+    diverged, groups = np.asarray(states.diverged), []
+    for j, (n, lr) in enumerate(zip(names, lrs)):
+        rows = slice(j * len(seeds), (j + 1) * len(seeds))
+        groups.append(Group(n, dataclasses.replace(config, lr=lr), seeds, {k: v[rows] for k, v in history.items()},
+                            diverged[rows], folder, seconds, jax.tree.map(lambda a: a[rows], states)))
+    results.write_curves_csv(folder / "curves.csv", {g.name: g.history for g in groups}, {g.name: seeds for g in groups},
+                             lrs={g.name: g.config.lr for g in groups}, diverged={g.name: g.diverged for g in groups})
+    for g in groups:
+        save_trained(folder / "params" / slug(g.name), g.name, g.config, seeds, g.states,
+                     data.x_train.shape[1:], summary)
+    results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
+        "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
+        "diverged": {g.name: g.diverged for g in groups}})
+    return groups, False

@@ -1,0 +1,87 @@
+"""A study's own files, written from its groups: curves.csv, bands.png, report.md/html, study.json.
+
+`flaxray.study.run` calls `write` after every unit is trained or read back, so the files always
+describe exactly the groups of the spec that was run, however many runs trained them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Mapping
+
+from flaxray import results
+from flaxray.groups import slug
+
+
+def header(study, dataset, info: Mapping) -> dict:
+    """The strings a report's header shows (`flaxray.report.run_info`), from the study and the machine."""
+    env = results.environment()
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "flaxray")
+    size, channels = dataset.summary.get("image_size"), dataset.summary.get("channels")
+    seeds = list(study.seeds)
+    return {"command": info.get("command", "flaxray.study.run (Python)"),
+            "seeds": f"{len(seeds)} ({seeds[0]}..{seeds[-1]})", "epochs": study.epochs,
+            "data": f"{dataset.summary['source']}, {size}×{size}×{channels}, train {len(dataset.train.y)}, "
+                    f"val {len(dataset.val.y)}, test {len(dataset.test.y)}",
+            "device": (f"CPU ({env['cpu_count']} cores)" if env["backend"] == "cpu"
+                       else f"{env['backend']}: {env['device']} ({env['cpu_count']} CPU cores)"),
+            "versions": f"Python {env['python']}, {versions}",
+            "title": f"{len(seeds)} seeds · {size}×{size}×{channels}"}
+
+
+def evaluate_test(study, dataset, groups: Mapping) -> dict:
+    """Every seed of every group once on the test split, and the first two groups compared there."""
+    from flaxray import compare
+    from flaxray.models import build_model, count_params
+    from flaxray.runner import evaluate_seeds, predict
+    from flaxray.trained import load_folder
+
+    classes = tuple(getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA")))
+    models = {}
+    for name, g in groups.items():
+        states = g.states if g.states is not None else load_folder(g.folder / "params" / slug(name))
+        shape = tuple(dataset.test.x.shape[1:])
+        models[name] = {"counts": evaluate_seeds(g.config, states, dataset.test.x, dataset.test.y),
+                        "probs": predict(g.config, states, dataset.test.x),
+                        "params": count_params(build_model(g.config.arch, shape, num_classes=len(classes)))["total"],
+                        "seconds": g.seconds, "seed_epochs": len(g.seeds) * g.config.epochs}
+    names = list(groups)
+    return compare.analyse(models, dataset.test.y, challenger=names[0], baseline=names[1],
+                           confidence=study.confidence, **({"class_names": classes} if len(classes) > 2 else {}))
+
+
+def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: list, info: Mapping):
+    from flaxray import compare, diagnose, plots, report
+    from flaxray.analysis import analyse
+    from flaxray.study import LAYOUT, Result
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    histories = {n: g.history for n, g in groups.items()}
+    results.write_curves_csv(out / "curves.csv", histories, {n: g.seeds for n, g in groups.items()},
+                             lrs={n: g.config.lr for n, g in groups.items()},
+                             diverged={n: g.diverged for n, g in groups.items()})
+    head = header(study, dataset, info)
+    with results.atomic_path(out / "bands.png") as tmp:
+        plots.plot_bands(histories, tmp, title=head["title"])
+    weight = next(iter(groups.values())).config.class_weight
+    analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, weight),
+                       decomposition=decomposition or None, confidence=study.confidence)
+    test = evaluate_test(study, dataset, groups) if study.test else None
+    if test is not None:
+        compare.write_report(out, test, info=head, bands=out / "bands.png")
+    else:
+        report.write_report(out, analysis, histories, info=head)
+    diverged = {n: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for n, g in groups.items()}
+    record = {
+        "layout": LAYOUT, "study": study.kind, **{k: v for k, v in info.items() if k != "title"},
+        "spec": study.record(), "configs": {n: dataclasses.asdict(g.config) for n, g in groups.items()},
+        "seeds": list(study.seeds), "environment": results.environment(), "data": dataset.summary,
+        "summary": analysis["summary"], "criterion": analysis["criterion"], "ranking": analysis["ranking"],
+        "diverged": diverged, "analysis": analysis, "test": test, "reused": reused,
+        "train_seconds": {n: g.seconds for n, g in groups.items() if g.seconds is not None},
+        "groups": {n: str(g.folder.relative_to(out)) for n, g in groups.items()},
+    }
+    results.write_json(out / "study.json", record)
+    return Result(out, dataset, dict(groups), analysis, dict(decomposition), reused, test, record)

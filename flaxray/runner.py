@@ -1,0 +1,222 @@
+"""The host side of the one trainer: chunks, devices, checkpoints, progress, Ctrl-C.
+
+    states, history = train_seeds(TrainConfig(arch="pyramid"), device_data(dataset), range(16))
+    counts = evaluate_seeds(config, states, dataset.test.x, dataset.test.y)
+    probs = predict(config, states, dataset.test.x)
+
+`train_seeds` runs `flaxray.train.make_train`'s pure functions one epoch per jitted call, for a
+progress bar and checkpoints, and returns a Keras-style History with a leading seed axis. Seeds that
+do not fit in the device memory together are trained in chunks, and each chunk's seed axis is split
+over every device (`flaxray.scale`); neither changes a seed's curves. Every program (training,
+evaluation, prediction) is compiled once per config and shape in a process and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxray.errors import FlaxrayError
+from flaxray.metrics import history_from_counts, mask_diverged
+from flaxray.train import TrainConfig, check_batch_size, check_lr, counts_type, make_train, pad_to_batches
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    return ("NORMAL", "PNEUMONIA") if num_classes == 2 else tuple(str(c) for c in range(num_classes))
+
+
+def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
+    """{"train": counts, "val": counts} of device arrays -> nested dict of numpy arrays."""
+    return {split: {k: np.asarray(v) for k, v in c._asdict().items()} for split, c in counts.items()}
+
+
+def _program(config: TrainConfig) -> TrainConfig:
+    """The config a compiled program depends on: the rate is state and the epochs a host loop."""
+    return dataclasses.replace(config, lr=1.0, epochs=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(config: TrainConfig):
+    """`init`, `run_epoch`, one seed's `run_epoch`, `evaluate` and `predict`, vmapped over seeds and
+    jitted, once per config and process: a resume, a test evaluation or a study run again in the same
+    notebook reuses them. The single-seed program runs without `vmap`: a vmap over one seed compiles
+    to worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then back) at half the speed."""
+    trainer = make_train(config)
+
+    def one_seed(state, data):
+        state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
+        return jax.tree.map(lambda a: a[None], (state, counts))
+
+    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))),
+            jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0),
+            jax.jit(one_seed, donate_argnums=0),
+            jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None, None, None))),
+            jax.jit(jax.vmap(trainer.predict, in_axes=(0, 0, None))))
+
+
+def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
+                class_names: Sequence[str] | None = None, progress: bool = True, desc=None, checkpoint_dir=None,
+                checkpoint_every: int = 1, max_seeds_per_chunk: int | None = None, devices=None):
+    """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
+
+    `lrs` gives each seed its own learning rate (default: `config.lr` for all); a seed may appear
+    several times with different rates. Returns the final per-seed `SeedState` (leading seed axis)
+    and a Keras-style History whose values have shape (seeds, epochs), NaN from the epoch a seed
+    diverged in (`states.diverged`); its metrics are `flaxray.metrics`' for `class_names`. Same
+    functions as `make_train(config).train`, so the same curves.
+
+    Seeds that do not fit in the device memory together are trained in chunks, one after another
+    (`flaxray.scale.bytes_per_seed` against the free memory; `max_seeds_per_chunk` caps a chunk), and
+    each chunk's seeds are split over `devices` (default: all), the count padded to a multiple of
+    them with copies of the last seed, which are dropped. With several chunks the returned states
+    are numpy arrays on the host (typed keys on the CPU).
+
+    With `checkpoint_dir`, every seed's state and the metrics' statistics so far are saved there with
+    orbax every `checkpoint_every` epochs and after the last one, and a run finds its latest
+    checkpoint there and continues from it, to the same curves. While it trains, a first Ctrl-C stops
+    it after the current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
+    """
+    from flaxray import scale
+
+    seeds = [int(s) for s in seeds]
+    lrs = [float(config.lr)] * len(seeds) if lrs is None else [float(lr) for lr in lrs]
+    if len(lrs) != len(seeds) or not seeds:
+        raise ValueError(f"need one learning rate per seed and at least one seed, got {len(lrs)} for {len(seeds)}")
+    for lr in lrs:
+        check_lr(lr)
+    class_names = tuple(class_names or default_class_names(config.num_classes))
+    if len(class_names) != config.num_classes:
+        raise FlaxrayError(f"{len(class_names)} class names for a config of {config.num_classes} classes")
+    check_batch_size(config, data.x_train.shape[0])
+    devices = jax.devices() if devices is None else list(devices)
+    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(devices[0])
+    size = _chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
+                       len(seeds), len(devices), checkpoint_dir)
+    parts = scale.chunks(len(seeds), size)
+    if progress and (len(parts) > 1 or len(devices) > 1):
+        print(scale.describe(len(seeds), size, per_seed, free, len(devices)), flush=True)
+    done = []
+    for k, part in enumerate(parts):
+        folder = checkpoint_dir
+        if checkpoint_dir is not None and len(parts) > 1:
+            folder = Path(checkpoint_dir) / f"chunk-{k}"
+        label = (desc or config.arch) + (f" [{k + 1}/{len(parts)}]" if len(parts) > 1 else "")
+        done.append(_train_chunk(config, data, seeds[part], lrs[part], devices, class_names, progress=progress,
+                                 desc=label, checkpoint_dir=folder, checkpoint_every=checkpoint_every))
+    if len(done) == 1:
+        return done[0]
+    states = jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, _ in done])
+    return states, {key: np.concatenate([h[key] for _, h in done]) for key in done[0][1]}
+
+
+def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, checkpoint_dir) -> int:
+    """The seeds per chunk: `planned`, capped by `cap` (rounded up to the devices), or the size the
+    run in `checkpoint_dir` was started with, so a resume finds its chunks' checkpoints again (a
+    run in several chunks writes its size to chunks.json; one in a single chunk is an orbax folder)."""
+    from flaxray import results
+
+    if cap is not None:
+        if cap < 1:
+            raise FlaxrayError(f"max_seeds_per_chunk must be >= 1, got {cap}")
+        planned = min(planned, -(-cap // n_devices) * n_devices)
+    if checkpoint_dir is None:
+        return planned
+    plan = Path(checkpoint_dir) / "chunks.json"
+    if plan.exists():
+        return int(json.loads(plan.read_text())["seeds_per_chunk"])
+    if Path(checkpoint_dir).exists() and any(Path(checkpoint_dir).iterdir()):
+        return n_seeds  # a run checkpointed in one chunk
+    if planned < n_seeds:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        results.write_json(plan, {"seeds_per_chunk": planned})  # atomic: a kill mid-write cannot break a resume
+    return planned
+
+
+def _host_concat(arrays):
+    """Concatenate chunks' leaves on the host: numpy, or typed PRNG keys on the CPU device."""
+    if jax.dtypes.issubdtype(arrays[0].dtype, jax.dtypes.prng_key):
+        cpu = jax.devices("cpu")[0]
+        return jnp.concatenate([jax.device_put(a, cpu) for a in arrays])
+    return np.concatenate([np.asarray(a) for a in arrays])
+
+
+def _stack(epochs: Sequence[dict]) -> dict:
+    """Per-epoch statistics {"train": {field: (S, ...)}, ...} -> one tree of (S, E, ...) arrays."""
+    return {split: {k: np.stack([e[split][k] for e in epochs], axis=1) for k in epochs[0][split]}
+            for split in epochs[0]}
+
+
+def _train_chunk(config: TrainConfig, data, seeds: list[int], lrs: list[float], devices, class_names, *,
+                 progress, desc, checkpoint_dir, checkpoint_every):
+    """`train_seeds` for seeds that fit on `devices` together: the seed axis split over them."""
+    from tqdm.auto import tqdm
+
+    from flaxray import checkpoint, scale
+
+    init, run_epoch, run_one, _, _ = _compiled(_program(config))  # one compile serves every rate and epoch
+    mesh = scale.seed_mesh(devices)
+    n = len(seeds)
+    padded = scale.pad_seeds(seeds, len(devices)), scale.pad_seeds(lrs, len(devices))
+    if mesh is None and n == 1:
+        run_epoch = run_one
+    data = scale.replicate(mesh, data)
+    seed_array, lr_array = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32),
+                                                    jnp.asarray(padded[1], jnp.float32)))
+    states = init(seed_array, data, lr_array)
+    epochs = []  # per epoch, every split's statistics as (seeds,) numpy arrays: the same fresh or resumed
+    saver = None
+    if checkpoint_dir is not None and checkpoint_every > 0:
+        meta = {"config": dataclasses.asdict(config), "seeds": seeds, "lrs": lrs}
+        if len(padded[0]) > n:
+            meta["padded_to"] = len(padded[0])  # the states saved hold the padding seeds too
+        saver = checkpoint.Checkpoints(checkpoint_dir, meta)
+        if saver.latest() is not None:
+            zeros = counts_type(config.num_classes).zeros(config.num_classes)._asdict()
+            template = {s: {k: np.zeros((n, saver.latest(), *np.shape(v)), np.float32) for k, v in zeros.items()}
+                        for s in ("train", "val")}
+            states, done = saver.restore(states, template)
+            epochs = [{s: {k: v[:, e] for k, v in c.items()} for s, c in done.items()}
+                      for e in range(saver.latest())]
+    start = len(epochs)
+    with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
+        range(start, config.epochs), initial=start, total=config.epochs, desc=desc, unit="epoch",
+        disable=not progress,
+    ) as bar:
+        for epoch in bar:
+            states, counts = run_epoch(states, data)
+            epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
+            val = history_from_counts({s: epochs[-1][s] for s in ("train", "val")}, class_names)["val_loss"]
+            bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n,
+                            diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
+            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+                                      or interrupted()):
+                saver.save(epoch + 1, states, _stack(epochs))
+            if interrupted():
+                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    if len(padded[0]) > n:
+        states = jax.tree.map(lambda a: a[:n], states)
+    history = history_from_counts(_stack(epochs), class_names)
+    return states, mask_diverged(history, np.asarray(states.diverged))
+
+
+def evaluate_seeds(config: TrainConfig, states, x, y) -> dict[str, np.ndarray]:
+    """The metrics' statistics of every seed's final model (`states`, leading seed axis) on images `x`
+    with labels `y`, leading seed axis (`flaxray.metrics` turns them into numbers)."""
+    xd, yd, mask = pad_to_batches(x, y, config.eval_batch_size)
+    evaluate = _compiled(_program(config))[3]
+    return {k: np.asarray(v) for k, v in evaluate(states.params, states.batch_stats, xd, yd, mask)._asdict().items()}
+
+
+def predict(config: TrainConfig, states, x) -> np.ndarray:
+    """Every seed's predicted probabilities on images `x`: (seeds, N) of the positive class for two
+    classes, (seeds, N, C) for more."""
+    xd, _, _ = pad_to_batches(x, np.zeros(len(x)), config.eval_batch_size)
+    probs = _compiled(_program(config))[4](states.params, states.batch_stats, xd)
+    return np.asarray(probs)[:, : len(x)]
