@@ -155,7 +155,7 @@ def measure_peaks(dtype: str) -> tuple[float, float]:
 
 def training_data(args, batch_size: int):
     """The data the flags describe, with the training split cut to --steps x batch size images."""
-    dataset = _cli.load_data(args)
+    dataset = _cli.data_spec(args).load(cache_dir=args.cache_dir, progress=not args.no_progress)
     if args.steps is not None:
         if args.steps < 1:
             raise FlaxrayError(f"--steps must be >= 1, got {args.steps}")
@@ -261,6 +261,7 @@ def run(args) -> Path:
     import jax
 
     from flaxray import plots, results
+    from flaxray.study import describe_data
     from flaxray.train import TrainConfig, device_data
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -276,7 +277,7 @@ def run(args) -> Path:
         methods.remove("keras")
     dataset = training_data(args, args.batch_size)
     data = device_data(dataset, eval_batch_size=configs[0].eval_batch_size)
-    print(_cli.describe_data(dataset))
+    print(describe_data(dataset))
     peaks = device_peaks(args.dtype)
     steps = len(dataset.train.y) // args.batch_size
     measure = {"vmap": lambda c, s: measure_vmap(c, data, s, args.epochs),

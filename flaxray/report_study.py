@@ -82,6 +82,7 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
         "diverged": diverged, "analysis": analysis, "test": test, "reused": reused,
         "train_seconds": {n: g.seconds for n, g in groups.items() if g.seconds is not None},
         "groups": {n: str(g.folder.relative_to(out)) for n, g in groups.items()},
+        "params": {n: str((g.folder / "params" / slug(n)).relative_to(out)) for n, g in groups.items()},
     }
     results.write_json(out / "study.json", record)
     return Result(out, dataset, dict(groups), analysis, dict(decomposition), reused, test, record)

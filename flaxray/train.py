@@ -23,10 +23,8 @@ Python branch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import jax

@@ -19,7 +19,6 @@ from typing import Any, Mapping, Sequence
 
 from flaxray import results
 from flaxray.errors import FlaxrayError
-from flaxray.groups import slug
 
 FORMAT = 1
 TRAINED_JSON = "trained.json"
@@ -64,13 +63,8 @@ def save_trained(folder, name: str, config, seeds: Sequence[int], states, input_
 def trained_folders(run_dir) -> list[Path]:
     """The folders of a finished study's saved groups, in the study's order."""
     run_dir = Path(run_dir)
-    study = results.read_json(run_dir / "study.json")
-    folders = []
-    for name, unit in study.get("groups", {}).items():
-        folder = run_dir / unit / PARAMS / slug(name)
-        if (folder / TRAINED_JSON).is_file():
-            folders.append(folder)
-    return folders
+    saved = results.read_json(run_dir / "study.json").get(PARAMS, {})
+    return [run_dir / f for f in saved.values() if isinstance(f, str) and (run_dir / f / TRAINED_JSON).is_file()]
 
 
 def check_run_dir(run_dir) -> Path:
@@ -85,14 +79,11 @@ def check_run_dir(run_dir) -> Path:
         raise FlaxrayError(f"the study in {run_dir} is not finished (run.json says {run.get('status')!r}); "
                            f"finish it first ({how})")
     again = f": {run['command']} --overwrite" if run and run.get("command") else " with --overwrite"
-    if (run_dir / "search.json").is_file() or (run_dir / PARAMS).is_dir() or (
-            (run_dir / "study.json").is_file() and "groups" not in results.read_json(run_dir / "study.json")):
-        raise FlaxrayError(f"{run_dir} holds a study written by an older flaxray (before one layout for every "
-                           f"study, issue 12); run it again{again}")
     if not (run_dir / "study.json").is_file():
         raise FlaxrayError(f"{run_dir} holds no finished study (no study.json)")
     if not trained_folders(run_dir):
-        raise FlaxrayError(f"{run_dir} holds no saved parameters; run the study again{again}")
+        raise FlaxrayError(f"{run_dir} holds no saved parameters that this flaxray reads (studies before issue 8 "
+                           f"kept none; those before issue 12 kept them in another layout); run it again{again}")
     return run_dir
 
 

@@ -148,11 +148,6 @@ def command(module: str, args) -> str:
     return " ".join(["python -m", module, *args.argv])
 
 
-def load_data(args):
-    """The data set the flags describe (no device transfer)."""
-    return data_spec(args).load(cache_dir=args.cache_dir, progress=not args.no_progress)
-
-
 def main(run, parse_args, argv=None) -> int:
     """Run a study; user errors are one line on stderr and exit 2, never a traceback."""
     args = parse_args(argv)

@@ -3,7 +3,7 @@
     python -m studies.inspect runs/my_study
     python -m studies.inspect runs/my_study --image xray1.jpeg xray2.jpeg --seeds 3 --out runs/my_study/look
 
-Reads every seed's saved parameters (params/ of a study, archs/*/params/ of an architecture search),
+Reads every seed's saved parameters (groups/*/params/ of any study),
 computes Grad-CAM (CNNs) or input-gradient saliency (dense networks) for all seeds at once on the study's
 own test images (or the --image files, read as the study's data was), and writes PNGs, inspect.md and
 inspect.json into --out (default RUN_DIR/inspect). Library calls: `flaxray.trained.load_trained`,

@@ -126,9 +126,12 @@ def test_end_to_end_on_the_embedded_default(tmp_path, capsys):
         assert m["params"] > 0 and m["seconds"] > 0
     assert test["models"]["dense:8"]["params"] == 28 * 28 * 8 + 8 + 8 + 1  # 1 channel, dense 8, head
     assert matplotlib.image.imread(out / "intervals.png").shape[0] > 200
-    # a second run into the same folder is refused, one line
-    assert cnn_vs_ann.main(argv) == 2
-    assert "already holds a study" in capsys.readouterr().err
+    # The same command again trains nothing: both models are read back and evaluated to the same test numbers.
+    assert cnn_vs_ann.main(argv) == 0
+    assert "reused 2 finished arch(s)" in capsys.readouterr().out
+    again = json.loads((out / "study.json").read_text())["test"]
+    for name, m in again["models"].items():
+        assert m["values"] == test["models"][name]["values"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -4,10 +4,9 @@ import json
 import re
 
 import matplotlib.image
-import numpy as np
 import pytest
 
-from flaxray import report, search, stats
+from flaxray import catalogue, groups, stats
 from flaxray.trained import load_trained
 from studies import architecture_search
 
@@ -22,11 +21,11 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     assert "| rank | arch |" in printed and "holds best across seeds" in printed
 
     for arch in ("dense:8@0.5", "dense:4"):
-        folder = search.arch_dir(out, arch)
-        assert (folder / "curves.csv").exists() and (folder / "run.json").exists()
+        folder = groups.unit_dir(out, arch)
+        assert (folder / "curves.csv").exists() and (folder / "group.json").exists()
     trained = load_trained(out)  # every arch's seeds kept, for studies.inspect
     assert list(trained) == ["dense:8@0.5", "dense:4"] and trained["dense:4"].seeds == [0, 1, 2]
-    saved = json.loads((out / "search.json").read_text())
+    saved = json.loads((out / "study.json").read_text())
     analysis = saved["analysis"]
     assert saved["data"]["image_size"] == 28 and "embedded" in saved["data"]["source"]
     assert {r["arch"] for r in analysis["ranking"]} == {"dense:8@0.5", "dense:4"}
@@ -53,21 +52,21 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
 
     monkeypatch.setattr("flaxray.runner.train_seeds", no_training)
     assert architecture_search.main(argv) == 0
-    assert "reused 2 finished run(s)" in capsys.readouterr().out
-    again = json.loads((out / "search.json").read_text())["analysis"]
+    assert "reused 2 finished arch(s)" in capsys.readouterr().out
+    again = json.loads((out / "study.json").read_text())["analysis"]
     assert again["values"] == analysis["values"]
 
     # Other settings in the same folder: an error naming what differs, not a silent mix.
     assert architecture_search.main([*argv, "--lr", "0.01"]) == 2
     err = capsys.readouterr().err
-    assert "config.lr" in err and "--overwrite" in err
+    assert "lrs [0.001] here, [0.01] asked" in err and "--overwrite" in err
 
-    # An arch whose run.json is missing (interrupted) is trained again; the finished one is reused.
-    (search.arch_dir(out, "dense:4") / "run.json").unlink()
+    # An arch whose group.json is missing (interrupted) is trained again; the finished one is reused.
+    (groups.unit_dir(out, "dense:4") / "group.json").unlink()
     monkeypatch.undo()
     assert architecture_search.main(argv) == 0
-    assert "reused 1 finished run(s)" in capsys.readouterr().out and "dense:8@0.5" in str(
-        json.loads((out / "search.json").read_text())["resumed"])
+    assert "reused 1 finished arch(s)" in capsys.readouterr().out and "dense:8@0.5" in str(
+        json.loads((out / "study.json").read_text())["reused"])
 
 
 def test_decompose_splits_the_variance_by_source(tmp_path):
@@ -75,50 +74,12 @@ def test_decompose_splits_the_variance_by_source(tmp_path):
     argv = ["--arch", "dense:4", "--decompose", *TINY, "--out", str(out)]
     assert architecture_search.main(argv) == 0
     for source in ("init", "dropout", "order"):
-        assert (search.arch_dir(out, "dense:4", source) / "run.json").exists()
-    dec = json.loads((out / "search.json").read_text())["analysis"]["decomposition"]["dense:4"]
+        assert (groups.unit_dir(out, "dense:4", source) / "group.json").exists()
+    dec = json.loads((out / "study.json").read_text())["analysis"]["decomposition"]["dense:4"]
     # A stack without dropout: varying only the dropout masks changes nothing at all.
     assert dec["dropout"]["var"] == 0.0 and dec["dropout"]["share"] == 0.0
     assert dec["init"]["var"] > 0 and dec["order"]["var"] > 0
     assert "## Where the variance comes from" in (out / "report.md").read_text()
-
-
-def synthetic_histories(rng, archs=("steady", "lucky", "broken"), seeds=6, epochs=8):
-    e = np.arange(1, epochs + 1)
-    out = {}
-    for i, arch in enumerate(archs):
-        train = 0.2 + 0.5 * np.exp(-e / 3) + 0.01 * rng.normal(size=(seeds, epochs))
-        val = train + 0.05 + (0.02 + 0.05 * i) * rng.normal(size=(seeds, 1))
-        h = {"loss": train, "val_loss": val}
-        for m in ("accuracy", "auc"):
-            h[m] = h[f"val_{m}"] = np.clip(1 - val, 0, 1)
-        out[arch] = h
-    if "broken" in out:
-        out["broken"]["val_loss"][0, 4:] = np.nan  # a diverged seed
-    return out
-
-
-def test_report_from_synthetic_histories_reads_well(tmp_path):
-    histories = synthetic_histories(np.random.default_rng(0))
-    analysis = search.analyse(histories, baseline=0.57)
-    assert analysis["diagnosis"]["broken"]["labels"][0] == "diverged"
-    assert analysis["summary"]["broken"]["final_val_loss"]["worst"] == np.inf
-    assert analysis["ranking"][-1]["arch"] == "broken"  # its IQM CI reaches the diverged seed
-    md_path, html_path = report.write_report(tmp_path, analysis, histories,
-                                             info={"command": "python -m studies.architecture_search", "seeds": 6})
-    md = md_path.read_text()
-    assert analysis["verdict"] in md and "∞" in md and "1 diverged" in md
-    assert "<b>" in html_path.read_text()  # markdown bold rendered as HTML
-    header, rows = report.ranking_table(analysis)
-    assert len(rows) == 3 and rows[0][1] == f"`{analysis['ranking'][0]['arch']}`"
-
-
-def test_single_arch_and_single_seed_do_not_crash(tmp_path):
-    histories = synthetic_histories(np.random.default_rng(1), archs=("solo",), seeds=1)
-    analysis = search.analyse(histories)
-    assert "only architecture" in analysis["verdict"]
-    report.write_report(tmp_path, analysis, histories, info={})
-    assert (tmp_path / "report.html").exists()
 
 
 def test_bad_input_is_one_line_and_help_lists_every_flag(tmp_path, capsys):
@@ -146,11 +107,11 @@ def test_bad_input_is_one_line_and_help_lists_every_flag(tmp_path, capsys):
 def test_default_catalogue_is_every_named_stack_once():
     from flaxray.models import known_archs, parse_arch
 
-    assert len(search.DENSE_NAMES) == 16 and set(search.DENSE_NAMES) < set(known_archs())
-    assert search.SAME_STACK == {"pyramid_d02_plain": "pyramid_plain", "hourglass_d02_plain": "hourglass_plain"}
-    stacks = [parse_arch(a) for a in search.DEFAULT_CATALOGUE]
+    assert len(catalogue.DENSE_NAMES) == 16 and set(catalogue.DENSE_NAMES) < set(known_archs())
+    assert catalogue.SAME_STACK == {"pyramid_d02_plain": "pyramid_plain", "hourglass_d02_plain": "hourglass_plain"}
+    stacks = [parse_arch(a) for a in catalogue.DEFAULT_CATALOGUE]
     assert len(set(stacks)) == len(stacks) == 14
-    assert {parse_arch(a) for a in search.DENSE_NAMES} == set(stacks)  # nothing distinct left out
+    assert {parse_arch(a) for a in catalogue.DENSE_NAMES} == set(stacks)  # nothing distinct left out
     spec = "dense:1024,512,256,128,64"  # pyramid_plain as a spec string
-    kept, same = search.distinct_stacks([spec, "dense:8@0.5", "pyramid_plain", "dense:8"])
+    kept, same = catalogue.distinct_stacks([spec, "dense:8@0.5", "pyramid_plain", "dense:8"])
     assert kept == ["dense:8@0.5", "pyramid_plain", "dense:8"] and same == {spec: "pyramid_plain"}

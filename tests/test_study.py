@@ -57,9 +57,15 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     image = matplotlib.image.imread(out / "bands.png")
     assert image.shape[0] > 400 and image.shape[1] > 600
 
-    # Refuses to overwrite a finished study unless asked.
-    assert seed_variance.main(argv) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    # The same command again reuses every finished arch: nothing is trained, the same bytes are written.
+    before = (out / "curves.csv").read_bytes()
+    assert seed_variance.main(argv) == 0
+    assert "reused 2 finished arch(s)" in capsys.readouterr().out
+    assert (out / "curves.csv").read_bytes() == before
+    # Other settings in the same folder are refused, naming the difference, unless asked to overwrite.
+    assert seed_variance.main([*argv, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "config.epochs 2 here, 3 asked" in err and "--overwrite" in err and err.count("\n") == 1
 
 
 def test_seed_rerun_alone_matches_its_curve_in_the_study(tmp_path):
