@@ -147,9 +147,26 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("recall", "recall (sensitivity)", False, _recall, classes="binary"),
     Metric("specificity", "specificity", False, _specificity, classes="binary", curve=False),
     Metric("auc", "AUC", False, _binary_auc, classes="binary", headline=True),
-    Metric("auc", "macro one-vs-rest AUC", False, _ovr_auc, classes="multiclass", headline=True),
+    Metric("auc", "AUC", False, _ovr_auc, classes="multiclass", headline=True),  # macro one-vs-rest
     Metric("recall", "recall", False, _class_recall, classes="multiclass", per_class=True),
 )
+
+
+
+
+def _check_registry(registry: Sequence[Metric]) -> None:
+    """One name, one meaning: a name that is two metrics (one binary, one multi-class) keeps its label and
+    direction, so a summary key says the same whatever the class count; no class count sees a name twice."""
+    for m in registry:
+        same = [o for o in registry if o.name == m.name and o.per_class == m.per_class]
+        if any((o.label, o.lower_is_better) != (m.label, m.lower_is_better) for o in same):
+            raise ValueError(f"metric {m.name!r}: every entry of that name needs the same label and direction")
+        for n_classes in (2, 3):
+            if sum(o.applies(n_classes) and o.curve == m.curve for o in same) > 1:
+                raise ValueError(f"metric {m.name!r} is registered twice for {n_classes} classes")
+
+
+_check_registry(REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""The architecture comparison as plain data: diagnosis, the one summary, the one robust ranking, verdict.
+
+    analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y))
+    report.write_report("runs/search", analysis, histories, info=...)
+
+`histories[arch]` is a Keras-style History {key: (seeds, epochs)} of any class count
+(`flaxray.metrics.curve_keys`). No jax: this runs on a laptop against saved curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+
+from flaxray import diagnose, stats
+from flaxray.errors import FlaxrayError
+
+TOTAL = "all"  # the decomposition's run where every source of randomness varies
+
+
+def _final_val_loss(history) -> np.ndarray:
+    return stats.per_seed(history, "val_loss", "final", lower_is_better=True)
+
+
+def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: float = float(np.log(2)),
+            decomposition: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
+            confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS) -> dict:
+    """Everything the report shows, as plain data (numpy arrays and floats).
+
+    Works for any class count: everything per metric comes from the registry (`flaxray.metrics`).
+    Keys: diagnosis {arch: {labels, fractions, measures}}, summary {arch: `stats.summarize`, diverged
+    seeds counted as the worst}, values {arch: {summary key: per-seed values, diverged seeds NaN}},
+    ranking (`stats.rank` rows, best first, with
+    p_next / p_next_low / p_next_high = P(this arch improves on the next one) and one_seed_win),
+    improvement (`stats.improvement_matrix` of final val loss, in ranking order), one_seed
+    (the notes' one-run-per-arch choice: win probabilities, the winner of the mean, the chance a
+    single seed picks it, and the winner of each seed index), decomposition {arch:
+    `stats.variance_shares`} when given, criterion (what ranks), thresholds, baseline, confidence.
+    """
+    if not histories:
+        raise FlaxrayError("no architecture to analyse")
+    diagnosis, summary, values = {}, {}, {}
+    for arch, history in histories.items():
+        labels, measures = diagnose.diagnose(history, baseline=baseline, thresholds=thresholds)
+        diverged = labels == "diverged"
+        diagnosis[arch] = {"labels": list(labels), "fractions": diagnose.fractions(labels), "measures": measures}
+        summary[arch] = stats.summarize(history, diverged=diverged, confidence=confidence)
+        values[arch] = stats.per_seed_values(history, diverged=diverged)
+
+    ranking = stats.rank(summary)
+    order = [r["arch"] for r in ranking]
+    scores = {a: values[a][stats.RANK_KEY] for a in order}
+    matrix = stats.improvement_matrix(scores, confidence=confidence)
+    wins = stats.one_seed_win_probability(scores)
+    for i, row in enumerate(ranking):
+        nxt = i + 1 < len(ranking)
+        row["p_next"], row["p_next_low"], row["p_next_high"] = (
+            (matrix["p"][i, i + 1], matrix["low"][i, i + 1], matrix["high"][i, i + 1]) if nxt else (np.nan,) * 3)
+        row["one_seed_win"] = wins[row["arch"]]
+        row["good"] = diagnosis[row["arch"]]["fractions"]["good"]
+
+    mean_winner = stats.winner_of_mean(scores)
+    one_seed = {"win_probability": wins, "winner_of_mean": mean_winner, "p_picks_winner_of_mean": wins[mean_winner]}
+    n_seeds = {len(v) for v in scores.values()}
+    if len(n_seeds) == 1 and len(order) > 1:
+        # The same seed index for every arch: which arch each single seed would have crowned.
+        table = np.stack([stats.as_scores(scores[a]) for a in order])
+        one_seed["winner_by_seed"] = [order[i] for i in np.argmin(table, axis=0)]
+
+    out = {"criterion": stats.RANK_CRITERION, "confidence": confidence, "baseline_loss": baseline,
+           "thresholds": dataclasses.asdict(thresholds), "diagnosis": diagnosis, "summary": summary,
+           "values": values, "ranking": ranking, "improvement": matrix, "one_seed": one_seed}
+    if decomposition:
+        out["decomposition"] = {
+            arch: stats.variance_shares({s: _final_val_loss(h) for s, h in runs.items()}, total=TOTAL,
+                                        confidence=confidence)
+            for arch, runs in decomposition.items()
+        }
+    out["verdict"] = verdict(out)
+    return out
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.0f} %"
+
+
+def verdict(analysis: Mapping) -> str:
+    """A few sentences naming the most robust arch, by how much, and how sure that is (markdown)."""
+    ranking, conf = analysis["ranking"], analysis["confidence"]
+    first = ranking[0]
+    s = analysis["summary"][first["arch"]][stats.RANK_KEY]
+    diag = analysis["diagnosis"][first["arch"]]["labels"]
+    others = ", ".join(f"{diag.count(lab)} {lab}" for lab in diagnose.LABELS if lab != "good" and diag.count(lab))
+    health = f"{diag.count('good')} of {len(diag)} seeds diagnosed good{' (' + others + ')' if others else ''}"
+    about = (f"IQM {s['iqm']:.4g} (95 % CI {s['iqm_ci_low']:.4g}–{s['iqm_ci_high']:.4g}) over "
+             f"{s['n'] + s['n_nonfinite']} seeds, "
+             f"worst seed {s['worst']:.4g}")
+    if len(ranking) == 1:
+        return (f"**{first['arch']}** is the only architecture, so nothing is ranked: {about}; {health}.")
+    second = ranking[1]
+    s2 = analysis["summary"][second["arch"]][stats.RANK_KEY]
+    lead = second["criterion"] - first["criterion"]
+    relative = f", {lead / second['criterion']:.1%}" if np.isfinite(lead) and second["criterion"] > 0 else ""
+    text = (f"**{first['arch']}** holds best across seeds by the {analysis['criterion']}: "
+            f"{first['criterion']:.4g} against {second['criterion']:.4g} for the runner-up **{second['arch']}** "
+            f"({lead:.3g} lower{relative}). {first['arch']}: {about}; {health}. {second['arch']}: IQM "
+            f"{s2['iqm']:.4g} (CI {s2['iqm_ci_low']:.4g}–{s2['iqm_ci_high']:.4g}), worst seed {s2['worst']:.4g}. "
+            f"P({first['arch']} improves on {second['arch']}) = {first['p_next']:.2f} "
+            f"({100 * conf:g} % CI {first['p_next_low']:.2f}–{first['p_next_high']:.2f})")
+    if np.isfinite(first["p_next_low"]) and first["p_next_low"] > 0.5:
+        text += ": the CI excludes 0.5, so the lead holds over these seeds."
+    else:
+        text += ": the CI includes 0.5, so on these seeds the two are not told apart."
+    one = analysis["one_seed"]
+    text += (f" The winner of the mean is **{one['winner_of_mean']}**; choosing from one seed per arch, as the "
+             f"notes did, picks it with probability {_pct(one['p_picks_winner_of_mean'])}")
+    if "winner_by_seed" in one:
+        k = one["winner_by_seed"].count(one["winner_of_mean"])
+        text += f" (seed by seed here: {k} of {len(one['winner_by_seed'])})"
+    likeliest = max(one["win_probability"], key=one["win_probability"].get)
+    if likeliest != one["winner_of_mean"]:
+        rank = next(r["rank"] for r in ranking if r["arch"] == likeliest)
+        text += (f"; the one-seed method's likeliest pick is **{likeliest}** "
+                 f"({_pct(one['win_probability'][likeliest])}), ranked {rank} of {len(ranking)} here")
+    return text + "."
