@@ -340,7 +340,8 @@ def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: l
         if ranking:
             key = ranking[0].get("key", RANK_KEY)
             better = "lower" if ranking[0].get("lower_is_better", True) else "higher"
-            lines.append(f"Ranking by the {criterion(key)} ({better} is better; a diverged seed counts as the worst)")
+            lines.append(f"Ranking by the {criterion(key)} ({better} is better)")
+            lines.append("  (a diverged seed counts as the worst; a lucky seed cannot move the IQM's CI end)")
             name_w = max(len(str(r["arch"])) for r in ranking)
             for r in ranking:
                 ci = f"[{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]"
