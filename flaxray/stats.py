@@ -301,6 +301,7 @@ def rank(summaries: Mapping[str, Mapping[str, dict]], *, key: str = RANK_KEY) ->
 
 # ----------------------------------------------------------------------------- text table
 
+
 def fmt(x: float) -> str:
     """4 significant digits, trailing zeros kept so a column lines up; whole numbers bare (epochs)."""
     if x is None or np.isnan(x):
@@ -341,7 +342,7 @@ def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: l
             key = ranking[0].get("key", RANK_KEY)
             better = "lower" if ranking[0].get("lower_is_better", True) else "higher"
             lines.append(f"Ranking by the {criterion(key)} ({better} is better)")
-            lines.append("  (a diverged seed counts as the worst; a lucky seed cannot move the IQM's CI end)")
+            lines.append("  (a diverged seed counts as the worst; the IQM leaves out the best and the worst quarter of seeds)")
             name_w = max(len(str(r["arch"])) for r in ranking)
             for r in ranking:
                 ci = f"[{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]"
