@@ -1,4 +1,11 @@
-"""TEMP: replaced by the metrics branch's analysis.py at merge."""
+"""The architecture comparison as plain data: diagnosis, the one summary, the one robust ranking, verdict.
+
+    analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y))
+    report.write_report("runs/search", analysis, histories, info=...)
+
+`histories[arch]` is a Keras-style History {key: (seeds, epochs)} of any class count
+(`flaxray.metrics.curve_keys`). No jax: this runs on a laptop against saved curves.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 from flaxray import diagnose, stats
 from flaxray.errors import FlaxrayError
 
-TOTAL = "all"
+TOTAL = "all"  # the decomposition's run where every source of randomness varies
 
 
 def _final_val_loss(history) -> np.ndarray:
@@ -22,8 +29,10 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
             confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS) -> dict:
     """Everything the report shows, as plain data (numpy arrays and floats).
 
-    Keys: diagnosis {arch: {labels, fractions, measures}}, summary {arch: `stats.summarize_seeds`},
-    values {arch: {key: per-seed values}}, ranking (`stats.rank_robust` rows, best first, with
+    Works for any class count: everything per metric comes from the registry (`flaxray.metrics`).
+    Keys: diagnosis {arch: {labels, fractions, measures}}, summary {arch: `stats.summarize`, diverged
+    seeds counted as the worst}, values {arch: {summary key: per-seed values, diverged seeds NaN}},
+    ranking (`stats.rank` rows, best first, with
     p_next / p_next_low / p_next_high = P(this arch improves on the next one) and one_seed_win),
     improvement (`stats.improvement_matrix` of final val loss, in ranking order), one_seed
     (the notes' one-run-per-arch choice: win probabilities, the winner of the mean, the chance a
@@ -37,14 +46,10 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
         labels, measures = diagnose.diagnose(history, baseline=baseline, thresholds=thresholds)
         diverged = labels == "diverged"
         diagnosis[arch] = {"labels": list(labels), "fractions": diagnose.fractions(labels), "measures": measures}
-        summary[arch] = stats.summarize_seeds(history, diverged=diverged, confidence=confidence)
-        values[arch] = {
-            key: np.where(diverged, np.nan, stats.per_seed(history, hist_key, kind,
-                                                           stats.LOWER_IS_BETTER.get(hist_key[4:], False)))
-            for key, hist_key, kind in stats.SEARCH_METRICS if hist_key in history
-        }
+        summary[arch] = stats.summarize(history, diverged=diverged, confidence=confidence)
+        values[arch] = stats.per_seed_values(history, diverged=diverged)
 
-    ranking = stats.rank_robust(summary)
+    ranking = stats.rank(summary)
     order = [r["arch"] for r in ranking]
     scores = {a: values[a][stats.RANK_KEY] for a in order}
     matrix = stats.improvement_matrix(scores, confidence=confidence)
@@ -89,7 +94,8 @@ def verdict(analysis: Mapping) -> str:
     diag = analysis["diagnosis"][first["arch"]]["labels"]
     others = ", ".join(f"{diag.count(lab)} {lab}" for lab in diagnose.LABELS if lab != "good" and diag.count(lab))
     health = f"{diag.count('good')} of {len(diag)} seeds diagnosed good{' (' + others + ')' if others else ''}"
-    about = (f"IQM {s['iqm']:.4g} (95 % CI {s['iqm_ci_low']:.4g}–{s['iqm_ci_high']:.4g}) over {s['n']} seeds, "
+    about = (f"IQM {s['iqm']:.4g} (95 % CI {s['iqm_ci_low']:.4g}–{s['iqm_ci_high']:.4g}) over "
+             f"{s['n'] + s['n_nonfinite']} seeds, "
              f"worst seed {s['worst']:.4g}")
     if len(ranking) == 1:
         return (f"**{first['arch']}** is the only architecture, so nothing is ranked: {about}; {health}.")

@@ -1,7 +1,7 @@
 """Two models on the held-out test set, over seeds: the statistics and the report of `studies.cnn_vs_ann`.
 
 Plain numpy and scipy, no jax: everything starts from per-seed test counts and probabilities
-(`flaxray.runner.evaluate_seeds` and `predict`). The test split is only ever evaluated here, after
+(`flaxray.train.evaluate_seeds` and `predict`). The test split is only ever evaluated here, after
 training; nothing is chosen on it.
 """
 
@@ -14,37 +14,31 @@ from typing import Mapping
 import numpy as np
 import scipy.stats
 
-from flaxray import plots, report, stats
-from flaxray.metrics import TEST_METRICS, binary_metrics, counts_from_probs
+from flaxray import metrics, plots, report, stats
+from flaxray.metrics import CHEST
 
-LABELS = {"loss": "loss", "accuracy": "accuracy", "precision": "precision", "recall": "recall (sensitivity)",
-          "specificity": "specificity", "auc": "AUC"}
 ENSEMBLE = "{name} ensemble"
 
 
-def lower_is_better(metric: str) -> bool:
-    return stats.LOWER_IS_BETTER.get(metric, False)
+def metrics_from_counts(counts: Mapping[str, np.ndarray], class_names=CHEST) -> dict[str, np.ndarray]:
+    """`metrics.test_metrics(class_names)` from test counts with any leading (seed) axes."""
+    return metrics.compute(counts, class_names, test=True)
 
 
-def metrics_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`TEST_METRICS` from counts with any leading (seed) axes."""
-    m = binary_metrics(counts["loss_sum"], counts["count"], counts["pos_hist"], counts["neg_hist"])
-    return {k: m[k] for k in TEST_METRICS}
-
-
-def metrics_from_probs(probs, labels) -> dict[str, np.ndarray]:
-    """`TEST_METRICS` of probabilities (..., N) against labels (N,), binned as the trainer bins them."""
-    return metrics_from_counts(counts_from_probs(probs, labels))
+def metrics_from_probs(probs, labels, class_names=CHEST) -> dict[str, np.ndarray]:
+    """The test metrics of probabilities ((..., N) binary, (..., N, C) otherwise) against labels (N,),
+    binned as the trainer bins them."""
+    return metrics_from_counts(metrics.counts_from_probs(probs, labels, class_names=class_names), class_names)
 
 
 def ensemble(probs) -> np.ndarray:
-    """The seed ensemble: the mean of the seeds' predicted probabilities, (S, N) -> (N,)."""
+    """The seed ensemble: the mean of the seeds' predicted probabilities, (S, N[, C]) -> (N[, C])."""
     return np.mean(np.asarray(probs, np.float64), axis=0)
 
 
 def summarize(per_seed: Mapping[str, np.ndarray], *, confidence: float = 0.95) -> dict[str, dict]:
-    """`stats.describe_seeds` of each metric's per-seed values (mean, std, bootstrap CI, ...)."""
-    return {k: stats.describe_seeds(v, lower_is_better=lower_is_better(k), confidence=confidence)
+    """`stats.describe` of each metric's per-seed values, with the metric's direction (mean, std, CIs, ...)."""
+    return {k: stats.describe(v, lower_is_better=metrics.lower_is_better(k), confidence=confidence)
             for k, v in per_seed.items()}
 
 
@@ -57,7 +51,7 @@ def two_sample(a, b, metric: str, *, confidence: float = 0.95) -> dict:
     p_improve. NaN where a side has fewer than 2 seeds or no spread.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
-    p, low, high = stats.prob_improvement(a, b, lower_is_better=lower_is_better(metric), confidence=confidence)
+    p, low, high = stats.prob_improvement(a, b, lower_is_better=metrics.lower_is_better(metric), confidence=confidence)
     nan = float("nan")
     welch_t = welch_p = mw_p = nan
     if min(a.size, b.size) >= 2 and np.isfinite(a).all() and np.isfinite(b).all():
@@ -71,29 +65,33 @@ def two_sample(a, b, metric: str, *, confidence: float = 0.95) -> dict:
 
 
 def analyse(models: Mapping[str, Mapping], labels, *, challenger: str, baseline: str,
-            confidence: float = 0.95) -> dict:
-    """The comparison `studies.cnn_vs_ann` reports.
+            confidence: float = 0.95, class_names=CHEST) -> dict:
+    """The comparison `studies.cnn_vs_ann` reports, for any class count.
 
-    `models[name]`: {"counts": per-seed test counts (`runner.evaluate_seeds`), "probs": (S, N)
-    test probabilities (`runner.predict`), "params": int, "seconds": training time, "seed_epochs":
-    seeds x epochs}; `labels` (N,) the test labels. Returns per model the per-seed metrics, their
-    summary and the seed ensemble's metrics, and `challenger` against `baseline` per metric.
+    `models[name]`: {"counts": per-seed test counts (`train.evaluate_seeds`), "probs": (S, N)
+    test probabilities, (S, N, C) for C >= 3 classes (`train.predict`), "params": int, "seconds":
+    training time, "seed_epochs": seeds x epochs}; `labels` (N,) the test labels. Returns per model
+    the per-seed metrics, their summary and the seed ensemble's metrics, and `challenger` against
+    `baseline` per metric (`metrics.test_metrics(class_names)`, listed under "metrics").
     """
+    names = metrics.test_metrics(class_names)
     for name in (challenger, baseline):
         if name not in models:
             raise ValueError(f"{name!r} is not one of the models {list(models)}")
-    out = {"confidence": confidence, "challenger": challenger, "baseline": baseline, "models": {}}
+    out = {"confidence": confidence, "challenger": challenger, "baseline": baseline,
+           "class_names": list(class_names), "metrics": list(names), "models": {}}
     for name, m in models.items():
-        per_seed = metrics_from_counts(m["counts"])
+        per_seed = metrics_from_counts(m["counts"], class_names)
         seconds = m.get("seconds")
         out["models"][name] = {
             "params": m.get("params"), "seconds": seconds, "seed_epochs": m.get("seed_epochs"),
             "seed_epochs_per_s": m["seed_epochs"] / seconds if seconds and m.get("seed_epochs") else None,
             "values": per_seed, "summary": summarize(per_seed, confidence=confidence),
-            "ensemble": {k: float(v) for k, v in metrics_from_probs(ensemble(m["probs"]), labels).items()},
+            "ensemble": {k: float(v) for k, v in
+                         metrics_from_probs(ensemble(m["probs"]), labels, class_names).items()},
         }
     a, b = out["models"][challenger]["values"], out["models"][baseline]["values"]
-    out["comparison"] = {k: two_sample(a[k], b[k], k, confidence=confidence) for k in TEST_METRICS}
+    out["comparison"] = {k: two_sample(a[k], b[k], k, confidence=confidence) for k in names}
     out["verdict"] = verdict(out)
     return out
 
@@ -115,12 +113,12 @@ def verdict(analysis: Mapping, metric: str = "accuracy") -> str:
     n = min(m["summary"][metric]["n"] for m in analysis["models"].values())
     if np.isfinite([low, high]).all() and n < 5:
         settled += f" (only {n} seeds: a bootstrap CI is rough, read the t-test too)"
-    return (f"Test {LABELS[metric]}: a random seed of `{a}` beats a random seed of `{b}` with probability "
+    return (f"Test {metrics.label(metric)}: a random seed of `{a}` beats a random seed of `{b}` with probability "
             f"**{report.prob_ci(p, low, high)}**; {settled} (Welch's t-test p = {report.num(c['welch_p'])}).")
 
 
 def _cell(d: Mapping) -> str:
-    return f"{report.num(d['mean'])} ± {report.num(d['std'])} {report.ci(d['mean_ci_low'], d['mean_ci_high'])}"
+    return f"{report.num(d['mean'])} ± {report.num(d['std'])} {report.ci(d['ci_low'], d['ci_high'])}"
 
 
 def interval_summaries(analysis: Mapping) -> tuple[dict, dict]:
@@ -132,6 +130,10 @@ def interval_summaries(analysis: Mapping) -> tuple[dict, dict]:
         summaries[ENSEMBLE.format(name=name)] = summarize({k: [v] for k, v in m["ensemble"].items()},
                                                           confidence=analysis["confidence"])
     return summaries, values
+
+
+def _names(analysis: Mapping) -> list[str]:
+    return analysis.get("metrics") or list(metrics.test_metrics(analysis.get("class_names", CHEST)))
 
 
 def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> report.Document:
@@ -153,16 +155,17 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
                 report.num(m["seed_epochs_per_s"])] for n, m in analysis["models"].items()])
 
     doc.heading(2, "Test metrics")
-    doc.para(f"Held-out test split, evaluated once after training (never used to choose anything), threshold 0.5. "
+    rule = "threshold 0.5" if len(analysis.get("class_names", CHEST)) == 2 else "predicted class: the most probable"
+    doc.para(f"Held-out test split, evaluated once after training (never used to choose anything), {rule}. "
              f"Per model: mean ± std over seeds [{conf} bootstrap CI of the mean]. Ensemble: the mean of the "
              "seeds' predicted probabilities, evaluated as one model.")
     header = ["metric"]
     for n in names:
         header += [f"`{n}` seeds", f"`{n}` ensemble"]
-    doc.table(header, [[LABELS[k]] + [cell for n in names for cell in
+    doc.table(header, [[metrics.label(k)] + [cell for n in names for cell in
                                       (_cell(analysis["models"][n]["summary"][k]),
                                        report.num(analysis["models"][n]["ensemble"][k]))]
-                       for k in TEST_METRICS])
+                       for k in _names(analysis)])
     doc.image(figures["intervals"], "test metrics per model")
 
     doc.heading(2, f"`{a}` against `{b}`")
@@ -171,7 +174,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
              "Two-sample tests of the difference, seeds independent: Welch's t-test (means, unequal variances) "
              "and the Mann-Whitney U test (two-sided).")
     doc.table(["metric", "P(better)", f"mean difference ({a} − {b})", "Welch t", "Welch p", "Mann-Whitney p"],
-              [[LABELS[k], report.prob_ci(c["p_improve"], c["p_improve_low"], c["p_improve_high"]),
+              [[metrics.label(k), report.prob_ci(c["p_improve"], c["p_improve_low"], c["p_improve_high"]),
                 report.num(c["mean_difference"]), report.num(c["welch_t"]), report.num(c["welch_p"]),
                 report.num(c["mannwhitney_p"])] for k, c in analysis["comparison"].items()])
 
@@ -180,7 +183,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
     for n, m in analysis["models"].items():
         for k in ("accuracy", "auc", "loss"):
             d = m["summary"][k]
-            rows.append([f"`{n}`", LABELS[k], report.num(d["mean"]), report.num(d["best"]),
+            rows.append([f"`{n}`", metrics.label(k), report.num(d["mean"]), report.num(d["best"]),
                          report.num(m["ensemble"][k])])
     doc.para("The ensemble of the S seeds against one seed: the mean seed and the best seed (chosen on the test "
              "set, so an optimistic bound no one could pick in advance).")
@@ -199,7 +202,7 @@ def write_report(out, analysis: Mapping, *, info: Mapping, bands: Path) -> tuple
     out = Path(out)
     summaries, values = interval_summaries(analysis)
     intervals = plots.plot_intervals(
-        summaries, out / "intervals.png", metrics=tuple((k, LABELS[k]) for k in TEST_METRICS), values=values,
+        summaries, out / "intervals.png", metrics=tuple((k, metrics.label(k)) for k in _names(analysis)), values=values,
         stat="mean", ncols=3, confidence=analysis["confidence"],
         title=f"Test metrics · {info.get('title', '')} · ensemble: the seeds' mean probability as one model (no bar)")
     doc = build(analysis, {"intervals": Path(intervals), "bands": Path(bands)}, info=info)

@@ -58,14 +58,24 @@ class Thresholds:
 THRESHOLDS = Thresholds()
 
 
-def baseline_loss(labels, class_weight=None) -> float:
+def baseline_loss(labels, class_weight=None, *, n_classes: int | None = None) -> float:
     """The loss of the best constant prediction (the class prior): what "learned nothing" scores.
 
     Binary cross-entropy of predicting p* for every image, with Keras-style class weights
     (w0, w1): p* = w1 pi / (w1 pi + w0 (1 - pi)). Unweighted, it is the entropy of the prior
-    (0.57 for the 74 % pneumonia of the training split); balanced, ln 2.
+    (0.57 for the 74 % pneumonia of the training split); balanced, ln 2. With C >= 3 classes
+    (`n_classes`, default: the largest label + 1, at least 2) the categorical cross-entropy of the
+    same constant, p*_k proportional to w_k pi_k, with one weight per class.
     """
-    pi = float(np.mean(np.asarray(labels) == 1))
+    labels = np.asarray(labels)
+    n_classes = n_classes or max(2, int(labels.max()) + 1 if labels.size else 2)
+    if n_classes > 2:
+        pi = np.bincount(labels.astype(np.int64).ravel(), minlength=n_classes) / max(labels.size, 1)
+        w = np.asarray(class_weight if class_weight is not None else np.ones(n_classes), dtype=float)
+        p = w * pi / np.sum(w * pi)
+        present = pi > 0  # an absent class adds nothing (0 log 0 = 0)
+        return float(-np.sum(w[present] * pi[present] * np.log(p[present])))
+    pi = float(np.mean(labels == 1))
     w0, w1 = class_weight or (1.0, 1.0)
     if pi in (0.0, 1.0):
         return 0.0

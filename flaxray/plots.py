@@ -16,18 +16,23 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from flaxray import stats
+from flaxray import metrics, stats
 
 BAND_CAPTION = "line: mean over seeds · band: {pct:g} % bootstrap CI of the mean · faint: individual seeds"
 SINGLE_SEED_CAPTION = "one seed per architecture: no confidence band (it needs 2 or more seeds)"
 
-# (history key, panel title), row-major: losses on top, accuracies below.
-_PANELS = (
-    ("loss", "train loss"),
-    ("val_loss", "validation loss"),
-    ("accuracy", "train accuracy"),
-    ("val_accuracy", "validation accuracy"),
-)
+
+
+def _band_metrics() -> list[metrics.Metric]:
+    """The first two headline curve metrics of the registry (loss, accuracy: every class count has them)."""
+    names = dict.fromkeys(m.name for m in metrics.REGISTRY if m.headline and m.curve and not m.per_class)
+    return [metrics.find(n) for n in list(names)[:2]]
+
+
+def _panels() -> tuple[tuple[str, str], ...]:
+    """(history key, panel title), row-major: one metric a row (loss on top), train left, validation right."""
+    return tuple(panel for e in _band_metrics()
+                 for panel in ((e.name, f"train {e.label}"), (f"val_{e.name}", f"validation {e.label}")))
 
 
 def _caption(max_seeds: int, max_epochs: int, confidence: float) -> str:
@@ -119,7 +124,8 @@ def plot_bands(
 ):
     """Train/val loss and accuracy over epochs, every architecture on every panel; returns `path`.
 
-    2 x 2 panels (loss on top, accuracy below; train left, validation right), shared epoch
+    2 x 2 panels (the registry's first two headline metrics, loss on top, accuracy below, for any
+    class count; train left, validation right), shared epoch
     axis, and loss panels / accuracy panels sharing y so archs and splits compare at a glance.
     Per arch one tab10 colour: mean line, bootstrap CI band of the mean (`stats.band`), and
     each seed as a faint line. Loss y-limits ignore a minority of diverged seeds (the panel
@@ -127,6 +133,7 @@ def plot_bands(
     """
     if not histories:
         raise ValueError("plot_bands needs at least one architecture")
+    panels = _panels()
     fig = Figure(figsize=(11, 8), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2, sharex=True, sharey="row")
@@ -138,7 +145,7 @@ def plot_bands(
     for i_arch, ((arch, hist), color) in enumerate(zip(histories.items(), colors)):
         n_seeds = max((np.atleast_2d(np.asarray(v)).shape[0] for v in hist.values()), default=0)
         n_bad = 0
-        for key, _ in _PANELS:
+        for key, _ in panels:
             c = _as_curves(hist, key)
             if c is not None:
                 n_bad = max(n_bad, int((~np.isfinite(c)).any(axis=1).sum()))
@@ -147,14 +154,14 @@ def plot_bands(
         handles.append(Line2D([], [], color=color, lw=2, label=label))
         max_seeds = max(max_seeds, n_seeds)
 
-        for ax, (key, _) in zip(axes.flat, _PANELS):
+        for ax, (key, _) in zip(axes.flat, panels):
             c = _as_curves(hist, key)
             if c is None:
                 continue
             max_epochs = max(max_epochs, c.shape[1])
             _draw_band(ax, c, color, dodge=0.06 * (i_arch - (n_archs - 1) / 2), confidence=confidence)
 
-    for ax, (key, name) in zip(axes.flat, _PANELS):
+    for ax, (key, name) in zip(axes.flat, panels):
         ax.set_title(name)
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -166,15 +173,16 @@ def plot_bands(
         axes[0, 0].set_xticks(np.arange(1, max_epochs + 1))
     for ax in axes[1]:
         ax.set_xlabel("epoch")
-    axes[0, 0].set_ylabel("loss")
-    axes[1, 0].set_ylabel("accuracy")
+    for ax, e in zip(axes[:, 0], _band_metrics()):
+        ax.set_ylabel(e.label)
 
     # Loss row: one robust range for both panels (they share y).
-    lim = _robust_ylim([c for h in histories.values() for k in ("loss", "val_loss") if (c := _as_curves(h, k)) is not None])
+    loss_keys = [k for k, _ in panels[:2]]
+    lim = _robust_ylim([c for h in histories.values() for k in loss_keys if (c := _as_curves(h, k)) is not None])
     if lim is not None:
         bottom, top, _ = lim
         axes[0, 0].set_ylim(bottom, top)
-        for ax, key in zip(axes[0], ("loss", "val_loss")):
+        for ax, key in zip(axes[0], loss_keys):
             panel_max = max(
                 (np.nanmax(c) for h in histories.values() if (c := _as_curves(h, key)) is not None and np.isfinite(c).any()),
                 default=-np.inf,
@@ -291,6 +299,11 @@ def plot_band_grid(
     return _save(fig, path)
 
 
+def _ci_keys(stat: str) -> tuple[str, str]:
+    # `stats.describe` names the mean's CI ci_low/ci_high (the table's), every other one <stat>_ci_low/high.
+    return ("ci_low", "ci_high") if stat == "mean" else (f"{stat}_ci_low", f"{stat}_ci_high")
+
+
 def plot_intervals(
     summaries: Mapping[str, Mapping[str, dict]],
     path,
@@ -304,7 +317,7 @@ def plot_intervals(
 ):
     """Interval plot, one panel per metric: arch on y (first = top), `stat` and its CI bar on x.
 
-    `summaries[arch][key]` are `stats.describe_seeds` dicts; `metrics` is ((key, label), ...),
+    `summaries[arch][key]` are `stats.describe` dicts; `metrics` is ((key, label), ...),
     laid out row by row, `ncols` panels a row (default: all in one row); `values[arch][key]`
     (optional) adds each seed as a faint dot. Non-finite seeds and bounds (diverged seeds) are
     not drawn; the arch's label says how many seeds diverged.
@@ -326,7 +339,7 @@ def plot_intervals(
         # x range: the CI bars (not every seed), so one arch's wild seed does not squash the others;
         # seeds beyond it sit on the edge as arrowheads.
         marks = [summaries[a][key][k] for a in archs if key in summaries[a]
-                 for k in (f"{stat}_ci_low", f"{stat}_ci_high", stat)]
+                 for k in (*_ci_keys(stat), stat)]
         marks = np.asarray([m for m in marks if np.isfinite(m)], dtype=float)
         lo, hi = (marks.min(), marks.max()) if marks.size else (0.0, 1.0)
         pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
@@ -345,7 +358,7 @@ def plot_intervals(
                     if side.any():
                         ax.scatter(np.full(side.sum(), edge), yi + jitter[side], s=14, marker=marker, color=color,
                                    alpha=0.6, lw=0, zorder=1, clip_on=False)
-            low, high, mid = d[f"{stat}_ci_low"], d[f"{stat}_ci_high"], d[stat]
+            (low, high), mid = (d[k] for k in _ci_keys(stat)), d[stat]
             if np.isfinite([low, high]).all():
                 ax.plot([low, high], [yi, yi], color=color, lw=5, alpha=0.55, solid_capstyle="butt", zorder=2)
             if np.isfinite(mid):

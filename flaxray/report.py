@@ -2,7 +2,8 @@
 
 `write_report(out, analysis, ...)` draws the figures (PNG, beside the report), then writes one
 document twice: markdown that links the PNGs, and HTML with the PNGs embedded as base64 so the
-single file can be mailed or attached. No jax; everything comes from `search.analyse`'s dict.
+single file can be mailed or attached. No jax; everything comes from `flaxray.analysis.analyse`'s dict,
+and the metrics it draws and tabulates are the registry's headline ones (`flaxray.metrics`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
-from flaxray import diagnose, plots, stats
+from flaxray import diagnose, metrics, plots, stats
 
-_METRIC_LABELS = {key: stats.metric_label(key) for key, _, _ in stats.SEARCH_METRICS}
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 _FIGURES = {"bands": "bands.png", "intervals": "intervals.png", "improvement": "improvement.png"}
 
@@ -118,16 +118,26 @@ def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "")
     paths = {k: out / v for k, v in _FIGURES.items()}
     plots.plot_band_grid({a: histories[a] for a in order}, paths["bands"], subtitles=subtitles, confidence=conf,
                          title=f"Loss curves per architecture, best-ranked first{' · ' + title if title else ''}")
-    metrics = tuple((k, _METRIC_LABELS[k]) for k, _, _ in stats.SEARCH_METRICS
-                    if any(k in analysis["summary"][a] for a in order))
-    metrics = tuple(sorted(metrics, key=lambda m: m[0].startswith("best")))  # finals on the top row
-    plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=metrics,
-                         values=analysis["values"], confidence=conf, ncols=len(metrics) // 2 or 1,
+    panels = tuple(sorted(headline_keys(analysis), key=lambda m: m[0].startswith("best")))  # finals on top
+    plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=panels,
+                         values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
                          title="IQM over seeds with its bootstrap CI, best-ranked arch on top")
     plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
                                   title="P(row improves on column) in final val loss\nbold, framed: its "
                                         f"{100 * conf:g} % CI excludes 0.5")
     return paths
+
+
+def headline_keys(analysis: Mapping) -> list[tuple[str, str]]:
+    """(summary key, label) of the registry's headline metrics (loss, accuracy, AUC) that any arch has."""
+    keys = dict.fromkeys(k for summ in analysis["summary"].values() for k in summ)
+    out = []
+    for key in keys:
+        kind, _, name = key.partition("_val_")
+        entry = metrics.find(name) if kind in ("final", "best") else None
+        if entry is not None and entry.metric.headline:
+            out.append((key, stats.metric_label(key)))
+    return out
 
 
 def diagnosis_summary(labels) -> str:
@@ -146,7 +156,8 @@ def ranking_table(analysis: Mapping) -> tuple[list[str], list[list[str]]]:
                      f"{num(r['iqm'])} {ci(r['iqm_ci_low'], r['iqm_ci_high'])}", num(r["mean"]), num(r["worst"]),
                      p_next, f"{100 * r['one_seed_win']:.0f} %",
                      diagnosis_summary(analysis["diagnosis"][r["arch"]]["labels"])])
-    header = ["rank", "arch", "criterion", f"IQM final val loss [{conf} CI]", "mean", "worst seed",
+    key = analysis["ranking"][0]["key"] if analysis["ranking"] else stats.RANK_KEY
+    header = ["rank", "arch", "criterion", f"IQM {stats.metric_label(key)} [{conf} CI]", "mean", "worst seed",
               "P(improves on next) [CI]", "one-seed win", "diagnosis"]
     return header, rows
 
@@ -197,20 +208,21 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
 
     doc.heading(2, "Statistics over seeds")
     doc.para(f"Per metric: IQM (mean of the middle 50 % of seeds) with its {conf} bootstrap CI as a bar, every "
-             "seed as a dot. A diverged seed counts as the worst possible value (∞ loss), never as missing.")
+             "seed as a dot. In the IQM, the median and the worst seed a diverged seed counts as the worst "
+             "possible value (∞ loss), never as missing; the mean, its CI and the std are over the seeds that "
+             "did not diverge (how many did: the last column).")
     doc.image(figures["intervals"], "interval estimates per metric")
-    for key, label in _METRIC_LABELS.items():
+    for key, label in headline_keys(analysis):
         if not all(key in analysis["summary"][a] for a in order):
             continue
         doc.heading(3, label)
         rows = []
         for a in order:
             d = analysis["summary"][a][key]
-            rows.append([f"`{a}`", f"{num(d['mean'])} {ci(d['mean_ci_low'], d['mean_ci_high'])}",
-                         f"{num(d['median'])} {ci(d['median_ci_low'], d['median_ci_high'])}",
+            rows.append([f"`{a}`", f"{num(d['mean'])} {ci(d['ci_low'], d['ci_high'])}", num(d["median"]),
                          f"{num(d['iqm'])} {ci(d['iqm_ci_low'], d['iqm_ci_high'])}", num(d["std"]), num(d["worst"]),
-                         str(d["n"])])
-        doc.table(["arch", f"mean [{conf} CI]", "median [CI]", "IQM [CI]", "std", "worst seed", "seeds"], rows)
+                         str(d["n"] + d["n_nonfinite"]), str(d["n_nonfinite"])])
+        doc.table(["arch", f"mean [{conf} CI]", "median", "IQM [CI]", "std", "worst seed", "seeds", "diverged"], rows)
 
     doc.heading(2, "Probability of improvement")
     doc.para("Cell (row, column): P(a random seed of the row arch ends with a lower final val loss than a random "

@@ -10,7 +10,7 @@ import scipy.stats
 from flaxray import stats
 
 
-# ------------------------------------------------------------------ IQM and describe_seeds
+# ------------------------------------------------------------------ IQM and describe (with a direction)
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -20,30 +20,29 @@ def test_iqm_is_the_mean_of_the_middle_half():
     np.testing.assert_allclose(stats.iqm(x), [np.sort(c)[3:9].mean() for c in x.T])
 
 
-def test_describe_seeds_known_values_and_ci_contains_estimate():
+def test_describe_known_values_and_ci_contains_estimate():
     v = np.array([0.30, 0.31, 0.29, 0.32, 0.28, 0.30, 0.33, 0.27])
-    d = stats.describe_seeds(v)
+    d = stats.describe(v, lower_is_better=True)
     assert d["n"] == 8 and d["n_nonfinite"] == 0
     assert d["mean"] == pytest.approx(v.mean()) and d["median"] == pytest.approx(np.median(v))
     assert d["std"] == pytest.approx(v.std(ddof=1))
     assert d["worst"] == 0.33 and d["best"] == 0.27
-    for name in ("mean", "median", "iqm"):
-        assert d[f"{name}_ci_low"] <= d[name] <= d[f"{name}_ci_high"]
-    higher = stats.describe_seeds(v, lower_is_better=False)
+    assert d["ci_low"] <= d["mean"] <= d["ci_high"] and d["iqm_ci_low"] <= d["iqm"] <= d["iqm_ci_high"]
+    higher = stats.describe(v, lower_is_better=False)
     assert higher["worst"] == 0.27 and higher["best"] == 0.33
 
 
-def test_describe_seeds_diverged_seed_counts_as_worst():
+def test_describe_diverged_seed_counts_as_worst_in_the_robust_stats():
     v = np.array([0.30, 0.31, 0.29, 0.32, 0.28, 0.30, 0.33, np.nan])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        d = stats.describe_seeds(v)
-    assert d["n"] == 8 and d["n_nonfinite"] == 1
-    assert d["worst"] == np.inf and d["mean"] == np.inf and d["mean_ci_high"] == np.inf
+        d = stats.describe(v, lower_is_better=True)
+    assert d["n"] == 7 and d["n_nonfinite"] == 1  # n: the finite seeds
+    assert d["worst"] == np.inf and d["mean"] == pytest.approx(v[:-1].mean())  # the mean: finite seeds
     assert np.isfinite(d["iqm"]) and d["median"] == pytest.approx(np.median(np.where(np.isnan(v), np.inf, v)))
     assert d["std"] == pytest.approx(v[:-1].std(ddof=1))  # finite seeds only
     # For a score the diverged seed is -inf, the worst there too.
-    assert stats.describe_seeds(v, lower_is_better=False)["worst"] == -np.inf
+    assert stats.describe(v, lower_is_better=False)["worst"] == -np.inf
 
 
 def test_iqm_ci_coverage_of_known_centre():
@@ -153,29 +152,29 @@ def test_winner_of_mean():
 
 
 def _summ(values):
-    return {stats.RANK_KEY: stats.describe_seeds(np.asarray(values, dtype=float))}
+    return {stats.RANK_KEY: stats.describe(np.asarray(values, dtype=float), lower_is_better=True)}
 
 
-def test_rank_robust_prefers_the_arch_that_holds_over_a_lucky_one():
+def test_rank_prefers_the_arch_that_holds_over_a_lucky_one():
     rng = np.random.default_rng(8)
     steady = 0.31 + 0.005 * rng.standard_normal(10)
     lucky = np.array([0.12, 0.15, 0.20, 0.25, 0.28, 0.33, 0.38, 0.40, 0.42, 0.45])  # lower mean, wide spread
     assert lucky.mean() < steady.mean()
-    rows = stats.rank_robust({"lucky": _summ(lucky), "steady": _summ(steady)})
+    rows = stats.rank({"lucky": _summ(lucky), "steady": _summ(steady)})
     assert [r["arch"] for r in rows] == ["steady", "lucky"]
     assert [r["rank"] for r in rows] == [1, 2]
     assert rows[0]["criterion"] == rows[0]["iqm_ci_high"] < rows[1]["criterion"]
 
 
-def test_rank_robust_diverged_archs_last_ties_broken_by_iqm():
+def test_rank_diverged_archs_last_ties_broken_by_iqm():
     ok = _summ([0.5, 0.51, 0.52, 0.5])
     bad1 = _summ([0.1, 0.1, np.nan, 0.1])  # a quarter diverged: the IQM's CI reaches inf
     bad2 = _summ([0.2, np.nan, 0.2, 0.2])
-    rows = stats.rank_robust({"bad2": bad2, "ok": ok, "bad1": bad1})
+    rows = stats.rank({"bad2": bad2, "ok": ok, "bad1": bad1})
     assert [r["arch"] for r in rows] == ["ok", "bad1", "bad2"]
     assert rows[1]["criterion"] == np.inf and rows[1]["iqm"] == pytest.approx(0.1)
     half = _summ([0.1, np.nan, np.nan, 0.1])  # IQM inf too: more diverged seeds rank lower
-    rows = stats.rank_robust({"half": half, "bad2": bad2})
+    rows = stats.rank({"half": half, "bad2": bad2})
     assert [r["arch"] for r in rows] == ["bad2", "half"]
 
 
@@ -202,3 +201,36 @@ def test_variance_shares_zero_source_and_nonfinite():
     assert out["dropout"]["share"] == 0.0 and out["dropout"]["share_ci_high"] == 0.0
     assert out["init"]["n"] == 5  # the non-finite seed is left out
     assert out["init"]["share"] == pytest.approx(np.var([0.1, 0.2, 0.3, 0.2, 0.1], ddof=1) / np.var(finals["all"], ddof=1))
+
+
+# ------------------------------------------------------------------ compare.analyse for C >= 3 classes
+
+
+def test_compare_analyse_and_report_for_three_classes(tmp_path):
+    from flaxray import compare, metrics, plots
+
+    classes = ("a", "b", "c")
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 90)
+
+    def model(sharpness):
+        logits = rng.normal(size=(4, 90, 3)) + sharpness * np.eye(3)[y]
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        return {"counts": metrics.counts_from_probs(probs, y, class_names=classes), "probs": probs,
+                "params": 10, "seconds": 1.0, "seed_epochs": 8}
+
+    models = {"good": model(3.0), "weak": model(0.3)}
+    analysis = compare.analyse(models, y, challenger="good", baseline="weak", class_names=classes)
+    assert analysis["metrics"] == list(metrics.test_metrics(classes))
+    assert set(analysis["comparison"]) == {"loss", "accuracy", "auc", "recall_a", "recall_b", "recall_c"}
+    assert analysis["comparison"]["accuracy"]["p_improve"] == 1.0  # 4 seeds each, far apart
+    good = analysis["models"]["good"]
+    direct = np.mean(models["good"]["probs"].mean(0).argmax(-1) == y)
+    assert good["ensemble"]["accuracy"] == pytest.approx(direct)
+    assert good["summary"]["auc"]["n"] == 4 and "better on this test set" in analysis["verdict"]
+
+    bands = plots.plot_bands({"good": {"loss": rng.uniform(size=(2, 3)), "val_loss": rng.uniform(size=(2, 3))}},
+                             tmp_path / "bands.png")
+    md, _ = compare.write_report(tmp_path, analysis, info={"title": "3 classes"}, bands=bands)
+    text = md.read_text()
+    assert "recall b" in text and "predicted class: the most probable" in text and "specificity" not in text

@@ -122,3 +122,13 @@ def test_baseline_loss_is_the_class_prior_loss():
     weights = (len(labels) / (2 * 26), len(labels) / (2 * 74))
     assert diagnose.baseline_loss(labels, weights) == pytest.approx(math.log(2))
     assert diagnose.baseline_loss(np.ones(5)) == 0.0
+
+
+def test_baseline_loss_for_three_classes_is_the_prior_entropy():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    prior = np.array([0.5, 0.3, 0.2])
+    assert diagnose.baseline_loss(labels) == pytest.approx(-np.sum(prior * np.log(prior)))
+    # Balanced weights (n / (C n_k)): the best constant is uniform, the loss ln 3.
+    assert diagnose.baseline_loss(labels, 1 / (3 * prior)) == pytest.approx(math.log(3))
+    # A class the split lacks (n_classes says it exists) adds nothing; the binary formula is unchanged.
+    assert diagnose.baseline_loss(np.array([0, 0, 1, 1]), n_classes=3) == pytest.approx(math.log(2))

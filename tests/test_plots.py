@@ -77,3 +77,13 @@ def test_plot_bands_leaves_pyplot_alone(tmp_path):
 def test_plot_bands_rejects_empty(tmp_path):
     with pytest.raises(ValueError):
         plots.plot_bands({}, tmp_path / "x.png")
+
+
+def test_plot_bands_of_a_multiclass_history_draws_the_registry_panels(tmp_path):
+    from flaxray import metrics
+
+    rng = np.random.default_rng(5)
+    keys = metrics.curve_keys(("cat", "dog", "eel"))
+    hs = {"a": {k: rng.uniform(0.1, 0.9, (4, 6)) for k in keys}}
+    assert [k for k, _ in plots._panels()] == ["loss", "val_loss", "accuracy", "val_accuracy"]
+    _check_png(plots.plot_bands(hs, tmp_path / "multi.png"))

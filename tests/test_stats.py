@@ -1,9 +1,10 @@
+import dataclasses
 import warnings
 
 import numpy as np
 import pytest
 
-from flaxray import stats
+from flaxray import metrics, stats
 
 METRICS = ("loss", "accuracy", "precision", "recall", "auc")
 
@@ -120,6 +121,23 @@ def test_describe_basic_and_nonfinite():
     assert d["ci_low"] <= 2.0 <= d["ci_high"]
 
 
+def test_describe_with_a_direction_counts_a_nonfinite_seed_as_the_worst():
+    v = [0.30, 0.31, 0.29, 0.32, 0.28, 0.30, 0.33, np.nan]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = stats.describe(v, lower_is_better=True)
+    assert d["n"] == 7 and d["n_nonfinite"] == 1
+    assert d["mean"] == pytest.approx(np.nanmean(v)) and d["max"] == 0.33  # plain stats: finite seeds
+    assert d["worst"] == np.inf and d["best"] == 0.28
+    assert d["median"] == pytest.approx(np.median(np.where(np.isnan(v), np.inf, v)))
+    assert d["iqm"] == pytest.approx(stats.iqm(np.where(np.isnan(v), np.inf, v)))
+    assert d["iqm_ci_low"] <= d["iqm"] <= d["iqm_ci_high"]
+    score = stats.describe(v, lower_is_better=False)
+    assert score["worst"] == -np.inf and score["best"] == 0.33
+    plain = stats.describe(v)  # no direction: dropped everywhere, no worst
+    assert plain["median"] == pytest.approx(np.nanmedian(v)) and np.isnan(plain["worst"])
+
+
 def test_describe_single_and_empty():
     d = stats.describe([0.5])
     assert d["n"] == 1 and d["mean"] == 0.5 and d["min"] == d["max"] == 0.5
@@ -156,10 +174,10 @@ def test_band_contains_mean_and_handles_nan_and_single_seed():
         assert np.all(np.isnan(m)) and np.all(np.isnan(lo))
 
 
-# ------------------------------------------------------------------ summarize_history
+# ------------------------------------------------------------------ summarize
 
 
-def test_summarize_history_best_final_and_best_epoch():
+def test_summarize_best_final_and_best_epoch():
     val_loss = np.array(
         [
             [1.0, 0.5, 0.7, 0.8],  # best at epoch 2
@@ -172,19 +190,22 @@ def test_summarize_history_best_final_and_best_epoch():
             [0.2, 0.3, 0.95, 0.6],
         ]
     )
-    s = stats.summarize_history(_history(val_loss, val_acc))
-    for m in METRICS:
-        assert f"final_val_{m}" in s and f"best_val_{m}" in s
+    s = stats.summarize(_history(val_loss, val_acc))
+    assert list(s) == [f"{kind}_val_{m}" for m in METRICS for kind in ("final", "best")] + ["best_epoch"]
     assert s["final_val_loss"]["mean"] == pytest.approx(0.7)
     assert (s["final_val_loss"]["min"], s["final_val_loss"]["max"]) == (0.6, 0.8)
     assert (s["best_val_loss"]["min"], s["best_val_loss"]["max"]) == (0.3, 0.5)  # min over epochs
     assert (s["best_val_accuracy"]["min"], s["best_val_accuracy"]["max"]) == (0.9, 0.95)  # max
+    assert s["best_val_accuracy"]["worst"] == 0.9 and s["best_val_loss"]["worst"] == 0.5  # directions
     assert s["final_val_accuracy"]["mean"] == pytest.approx(0.65)
     assert (s["best_epoch"]["min"], s["best_epoch"]["max"]) == (2, 3)  # 1-based
     assert s["best_epoch"]["n"] == 2
+    for d in s.values():
+        assert {"n", "n_nonfinite", "mean", "std", "ci_low", "ci_high", "median", "iqm", "iqm_ci_low",
+                "iqm_ci_high", "worst", "best", "min", "max"} <= set(d)
 
 
-def test_summarize_history_nan_seed():
+def test_summarize_nan_seed_and_diverged_mask():
     val_loss = np.array(
         [
             [1.0, 0.5, 0.4],
@@ -195,19 +216,34 @@ def test_summarize_history_nan_seed():
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        s = stats.summarize_history(_history(val_loss))
+        s = stats.summarize(_history(val_loss))
     assert s["final_val_loss"]["n"] == 2 and s["final_val_loss"]["n_nonfinite"] == 2
+    assert s["final_val_loss"]["worst"] == np.inf  # robust stats: a diverged seed is the worst
     assert s["best_val_loss"]["n"] == 3  # the diverged seed's best is its epoch-1 value
     assert s["best_val_loss"]["max"] == 0.9
     assert s["best_epoch"]["n"] == 3 and s["best_epoch"]["n_nonfinite"] == 1
     assert s["best_epoch"]["min"] == 1 and s["best_epoch"]["max"] == 3
+    # `diverged` makes a seed non-finite on every metric, its finite accuracy included
+    m = stats.summarize(_history(val_loss), diverged=[False, False, True, True])
+    assert m["best_val_loss"]["n"] == 2 and m["final_val_accuracy"]["n"] == 2
+    assert m["final_val_accuracy"]["worst"] == -np.inf and m["best_epoch"]["n"] == 2
 
 
-def test_summarize_history_single_seed_and_missing_metrics():
-    s = stats.summarize_history({"val_loss": np.array([[0.9, 0.4, 0.5]])})
+def test_summarize_single_seed_and_missing_metrics():
+    s = stats.summarize({"val_loss": np.array([[0.9, 0.4, 0.5]])})
     assert set(s) == {"final_val_loss", "best_val_loss", "best_epoch"}
     assert s["best_val_loss"]["mean"] == 0.4 and s["best_epoch"]["mean"] == 2
     assert np.isnan(s["final_val_loss"]["ci_low"])
+
+
+def test_summarize_multiclass_history_per_class_recall():
+    rng = np.random.default_rng(0)
+    h = {f"val_{k}": rng.uniform(0.2, 0.9, (5, 3)) for k in metrics.curve_keys(("cat", "dog", "eel"))
+         if not k.startswith("val_")}
+    s = stats.summarize(h)
+    assert "final_val_recall_dog" in s and "best_val_auc" in s and "final_val_precision" not in s
+    assert stats.metric_label("final_val_recall_dog") == "final val recall dog"
+    assert s["best_val_recall_eel"]["max"] == pytest.approx(h["val_recall_eel"].max(1).max())
 
 
 # ------------------------------------------------------------------ rank / table
@@ -218,38 +254,28 @@ def _summaries():
     out = {}
     for name, level in (("wide", 0.30), ("base", 0.50), ("deep", 0.503), ("tiny", 0.90)):
         vl = level + 0.01 * rng.normal(size=(10, 5)) + np.linspace(0.5, 0, 5)
-        out[name] = stats.summarize_history(_history(vl))
+        out[name] = stats.summarize(_history(vl))
     return out
 
 
-def test_rank_orders_and_flags_overlap():
+def test_rank_orders_by_the_upper_ci_end_of_the_iqm():
     rows = stats.rank(_summaries())
     assert [r["arch"] for r in rows] == ["wide", "base", "deep", "tiny"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["distinguishable_from_next"] is True  # 0.30 vs 0.50: far apart
-    assert rows[1]["distinguishable_from_next"] is False  # 0.500 vs 0.503 with sd 0.01, n=10: overlap
-    assert rows[2]["distinguishable_from_next"] is True
-    assert rows[3]["distinguishable_from_next"] is None
     for r in rows:
-        assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+        assert r["criterion"] == r["iqm_ci_high"] and r["iqm_ci_low"] <= r["iqm"] <= r["iqm_ci_high"]
+        assert r["key"] == stats.RANK_KEY and r["lower_is_better"] is True
+    assert stats.RANK_CRITERION == "upper end of the 95 % CI of the IQM of final val loss"
 
 
-def test_rank_higher_is_better_and_nan_last():
+def test_rank_higher_is_better_and_missing_last():
     summ = _summaries()
-    summ["broken"] = stats.summarize_history(_history(np.full((3, 5), np.nan)))
-    rows = stats.rank(summ, key="final_val_accuracy", lower_is_better=False)
-    assert [r["arch"] for r in rows] == ["wide", "base", "deep", "tiny", "broken"]
-    assert rows[-2]["distinguishable_from_next"] is False  # no CI to compare with
-
-
-def test_rank_single_seed_not_distinguishable():
-    summ = {
-        "a": stats.summarize_history({"val_loss": np.array([[0.1]])}),
-        "b": stats.summarize_history({"val_loss": np.array([[0.9]])}),
-    }
-    rows = stats.rank(summ)
-    assert [r["arch"] for r in rows] == ["a", "b"]
-    assert rows[0]["distinguishable_from_next"] is False
+    summ["broken"] = stats.summarize(_history(np.full((3, 5), np.nan)))
+    summ["empty"] = {}
+    rows = stats.rank(summ, key="final_val_accuracy")  # a score: the lower CI end, higher first
+    assert [r["arch"] for r in rows] == ["wide", "base", "deep", "tiny", "broken", "empty"]
+    assert rows[0]["criterion"] == rows[0]["iqm_ci_low"] and rows[0]["lower_is_better"] is False
+    assert stats.criterion("final_val_accuracy") == "lower end of the 95 % CI of the IQM of final val accuracy"
 
 
 def test_format_summary_table_contents():
@@ -257,29 +283,49 @@ def test_format_summary_table_contents():
     text = stats.format_summary_table(summ)
     for arch in summ:
         assert arch in text
-    for m in ("loss", "accuracy", "precision", "recall", "AUC"):
+    for m in ("loss", "accuracy", "precision", "recall (sensitivity)", "AUC"):
         assert f"final val {m}" in text and f"best val {m}" in text
     assert "10 seeds" in text
-    assert "Ranking by final val loss" in text and "lower is better" in text
-    assert "not distinguishable" in text
+    assert f"Ranking by the {stats.RANK_CRITERION} (lower is better" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
 def test_format_summary_table_single_arch_single_seed_and_custom_ranking():
-    one = {"solo": stats.summarize_history(_history(np.array([[0.9, 0.5]])))}
+    one = {"solo": stats.summarize(_history(np.array([[0.9, 0.5]])))}
     text = stats.format_summary_table(one)
     assert "solo" in text and "1 seed)" in text and "Ranking" not in text
     assert "n/a" in text  # std and CI are undefined with one seed
 
     summ = _summaries()
-    ranking = stats.rank(summ, key="best_val_auc", lower_is_better=False)
-    text = stats.format_summary_table(summ, ranking)
-    assert "Ranking by best val AUC" in text and "higher is better" in text
+    text = stats.format_summary_table(summ, stats.rank(summ, key="best_val_auc"))
+    assert "Ranking by the lower end of the 95 % CI of the IQM of best val AUC (higher is better" in text
 
 
 def test_format_summary_table_warns_about_few_seeds():
     rng = np.random.default_rng(0)
-    few = {"a": stats.summarize_history(_history(rng.normal(0.5, 0.1, (4, 3))))}
-    many = {"a": stats.summarize_history(_history(rng.normal(0.5, 0.1, (12, 3))))}
+    few = {"a": stats.summarize(_history(rng.normal(0.5, 0.1, (4, 3))))}
+    many = {"a": stats.summarize(_history(rng.normal(0.5, 0.1, (12, 3))))}
     assert "with 4 seeds" in stats.format_summary_table(few)
     assert "note:" not in stats.format_summary_table(many)
+
+
+def test_a_metric_added_to_the_registry_reaches_the_summary_and_the_table(monkeypatch):
+    # The one place a metric is defined: a new registry entry needs no other edit to be summarised and shown.
+    def balanced_error(c):
+        return 1.0 - 0.5 * (metrics.find("recall").metric.compute(c) + metrics.find("specificity").metric.compute(c))
+
+    new = metrics.Metric("balanced_error", "balanced error rate", True, balanced_error, classes="binary")
+    monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY + (new,))
+    assert "val_balanced_error" in metrics.curve_keys()
+    counts = metrics.counts_from_probs(np.array([[0.9, 0.2, 0.7, 0.4]]), np.array([1, 0, 0, 1]))
+    assert metrics.compute(counts)["balanced_error"] == pytest.approx([0.5])
+    h = _history(np.array([[0.9, 0.5], [0.8, 0.6]]))
+    h["val_balanced_error"] = np.array([[0.3, 0.2], [0.4, 0.1]])
+    s = stats.summarize(h)
+    assert s["best_val_balanced_error"]["min"] == 0.1 and s["best_val_balanced_error"]["worst"] == 0.2  # lower wins
+    assert list(s)[-3:] == ["final_val_balanced_error", "best_val_balanced_error", "best_epoch"]  # registry order
+    text = stats.format_summary_table({"a": s, "b": s})
+    assert "final val balanced error rate" in text and "best val balanced error rate" in text
+    assert stats.rank({"a": s}, key="final_val_balanced_error")[0]["lower_is_better"] is True
+    with pytest.raises(ValueError, match="same label"):  # one name, one meaning
+        metrics._check_registry(metrics.REGISTRY + (dataclasses.replace(new, label="other"),))
