@@ -1,7 +1,7 @@
 """Two models on the held-out test set, over seeds: the statistics and the report of `studies.cnn_vs_ann`.
 
 Plain numpy and scipy, no jax: everything starts from per-seed test counts and probabilities
-(`flaxray.train.evaluate_seeds` and `predict`). The test split is only ever evaluated here, after
+(`flaxray.runner.evaluate_seeds` and `predict`). The test split is only ever evaluated here, after
 training; nothing is chosen on it.
 """
 
@@ -68,8 +68,8 @@ def analyse(models: Mapping[str, Mapping], labels, *, challenger: str, baseline:
             confidence: float = 0.95, class_names=CHEST) -> dict:
     """The comparison `studies.cnn_vs_ann` reports, for any class count.
 
-    `models[name]`: {"counts": per-seed test counts (`train.evaluate_seeds`), "probs": (S, N)
-    test probabilities, (S, N, C) for C >= 3 classes (`train.predict`), "params": int, "seconds":
+    `models[name]`: {"counts": per-seed test counts (`runner.evaluate_seeds`), "probs": (S, N)
+    test probabilities, (S, N, C) for C >= 3 classes (`runner.predict`), "params": int, "seconds":
     training time, "seed_epochs": seeds x epochs}; `labels` (N,) the test labels. Returns per model
     the per-seed metrics, their summary and the seed ensemble's metrics, and `challenger` against
     `baseline` per metric (`metrics.test_metrics(class_names)`, listed under "metrics").
@@ -198,7 +198,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
 
 def write_report(out, analysis: Mapping, *, info: Mapping, bands: Path) -> tuple[Path, Path]:
     """intervals.png, `report.md` and self-contained `report.html` into `out` (`bands`: the curves figure that
-    `study.save_study` drew); returns the two report paths."""
+    `flaxray.report_study.write` drew); returns the two report paths."""
     out = Path(out)
     summaries, values = interval_summaries(analysis)
     intervals = plots.plot_intervals(

@@ -144,6 +144,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     (e.g. the command line) and shown in the report's header.
     """
     from flaxray import report_study
+    from flaxray.analysis import TOTAL
     from flaxray.train import check_batch_size, device_data
 
     out = Path(out)
@@ -183,6 +184,8 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
                 trained[g.name] = g
             else:
                 decomposition.setdefault(arch, {})[source] = g.history
+    for arch in decomposition:
+        decomposition[arch][TOTAL] = trained[arch].history  # the run where every source varies
     return report_study.write(out, study, dataset, trained, decomposition, reused, info or {})
 
 

@@ -9,7 +9,9 @@ import pytest
 import scipy.stats
 
 from flaxray import compare
-from flaxray.metrics import NUM_BINS, TEST_METRICS, binary_metrics, counts_from_probs
+from flaxray.metrics import NUM_BINS, binary_metrics, counts_from_probs, test_metrics
+
+TEST_METRICS = test_metrics()
 from flaxray.runner import evaluate_seeds, predict, train_seeds
 from flaxray.train import TrainConfig, device_data
 from studies import cnn_vs_ann
