@@ -113,6 +113,8 @@ def _class_names(class_names, ys: dict) -> tuple[str, ...]:
         top = max((int(y.max()) for y in ys.values() if len(y)), default=0)
         names = tuple(str(k) for k in range(top + 1))
     else:
+        if isinstance(class_names, (str, bytes)):
+            raise FlaxrayError(f"class_names must be a list of names, got the string {class_names!r}")
         names = tuple(str(c) for c in np.asarray(class_names).reshape(-1).tolist())
         if len(set(names)) != len(names) or not all(names):
             raise FlaxrayError(f"class_names must be distinct non-empty names, got {list(names)}")
