@@ -229,3 +229,191 @@ def test_patient_split_multiclass():
         assert abs((labels[va] == c).sum() / (labels == c).sum() - 0.25) < 0.02
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         patient_split(patients, labels, patients, 0.25, 3, num_classes=3)
+
+
+# ------------------------------------------------------------------------------- class folders
+
+def write_digit_folder(root, x, y, layout=(("train", 0, 300), ("val", 300, 340), ("test", 340, 400))):
+    """sklearn digits as lossless PNGs in ROOT/{split}/{digit}/{index}.png; returns root."""
+    for split, start, stop in layout:
+        for i in range(start, stop):
+            d = root / split / DIGITS[y[i]]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_class_folder_digits(digits, tmp_path):
+    x, y = digits
+    root = write_digit_folder(tmp_path / "digits", x, y)
+    for k, name in enumerate(("person1_bacteria_1.png", "person1_virus_2.png")):  # one Kaggle-style patient
+        Image.fromarray(x[400 + k]).save(root / "train" / "3" / name)
+    ds = load_dataset(root, image_size=8, channels=1, cache_dir=tmp_path / "cache", progress=False)
+    check_dataset(ds, 10, (8, 8, 1))
+    assert ds.class_names == tuple(DIGITS)
+    assert len(ds.train) + len(ds.val) == 342 and len(ds.test) == 60
+    for s in (ds.train, ds.val, ds.test):
+        for img, label, f in zip(s.x, s.y, s.files):
+            split, cls, name = str(f).split("/")
+            assert DIGITS[label] == cls
+            if name.startswith("person1"):
+                continue
+            assert np.array_equal(img[..., 0], x[int(name[:4])]), f  # PNG at its own size: the pixels as given
+    assert len({*ds.train.patients, *ds.val.patients}) == 341  # person1's two images are one group
+    s = ds.summary
+    assert s["patients_without_pattern"] == 400 and s["official_val_merged"] == 40 and s["source"] == str(root)
+    assert s["path"] == str(root) and s["official_splits"]["test"] == {c: int((y[340:400] == int(c)).sum()) for c in DIGITS}
+    again = load_dataset(s["path"], image_size=8, channels=1, cache_dir=tmp_path / "cache", progress=False)
+    assert again.summary == s and np.array_equal(again.val.x, ds.val.x)
+    big = load_dataset(root, image_size=16, cache_dir=tmp_path / "cache", progress=False)
+    assert big.train.x.shape[1:] == (16, 16, 3) and big.summary["fingerprint"] != s["fingerprint"]
+
+
+def test_class_folder_layouts(tmp_path):
+    from flaxray.data.folder import folder_classes
+
+    def make(*rels):
+        root = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+        for rel in rels:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (9, 9), 7 * len(rel)).save(root / rel)
+        return root
+
+    assert folder_classes(make("train/NORMAL/a.png", "train/PNEUMONIA/b.png")) is None  # the Kaggle layout
+    assert folder_classes(make("train/NORMAL/a.png", "train/PNEUMONIA/b.png", "train/COVID/c.png")) == (
+        "COVID", "NORMAL", "PNEUMONIA")
+    for rels, words in [
+        (("train/cat/a.png", "test/cat/b.png"), "only cat/"),
+        (("train/cat/a.png", "train/dog/b.png", "test/owl/c.png"), "not a class of train/"),
+    ]:
+        root = make(*rels)
+        with pytest.raises(FlaxrayError, match=words) as e:
+            load_dataset(root, cache_dir=tmp_path / "cache", progress=False)
+        assert str(root) in one_line(e)
+    root = make("train/cat/a.png", "train/dog/b.png")
+    (root / "train" / "emu").mkdir()
+    with pytest.raises(FlaxrayError, match="no images in") as e:
+        load_dataset(root, cache_dir=tmp_path / "cache", progress=False)
+    one_line(e)
+
+
+# ------------------------------------------------------------------------------------- TFDS
+
+tfds = pytest.importorskip("tensorflow_datasets")
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TFDS_SPLITS = {"train": (0, 200), "validation": (200, 240), "test": (240, 300)}
+
+
+def _png(a) -> io.BytesIO:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")  # encoded here: TFDS would need TensorFlow to encode arrays
+    buf.seek(0)
+    return buf
+
+
+class FlaxrayTestDigits(tfds.core.GeneratorBasedBuilder):
+    """300 sklearn digits as a registered TFDS set (train / validation / test), in generation order."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, disable_shuffling=True, supervised_keys=("image", "label"),
+            features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 1)),
+                                                 "label": tfds.features.ClassLabel(names=NAMES),
+                                                 "note": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(start, stop) for split, (start, stop) in TFDS_SPLITS.items()}
+
+    def _generate_examples(self, start, stop):
+        d = sklearn_datasets.load_digits()
+        x = np.round(d.images * (255 / 16)).astype(np.uint8)
+        for i in range(start, stop):
+            yield i, {"image": _png(x[i]), "label": int(d.target[i]), "note": f"digit {i}"}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfds")
+    FlaxrayTestDigits(data_dir=str(root), file_format="array_record").download_and_prepare()
+    return root
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("flaxray asked TFDS to download or prepare")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+
+
+def test_tfds_by_name(digits, tfds_dir, no_download):
+    x, y = digits
+    ds = load_dataset("tfds:flaxray_test_digits", data_dir=tfds_dir, channels=1, split_seed=1)
+    check_dataset(ds, 10, (8, 8, 1))
+    assert ds.class_names == tuple(NAMES) and len(ds.test) == 60 and len(ds.train) + len(ds.val) == 240
+    offset = {"train": 0, "val": 200, "test": 240}
+    for s in (ds.train, ds.val, ds.test):
+        for img, label, f in zip(s.x, s.y, s.files):
+            split, cls, i = str(f).split("/")
+            assert np.array_equal(img[..., 0], x[offset[split] + int(i)]) and label == y[offset[split] + int(i)]
+            assert NAMES[label] == cls
+    summ = ds.summary
+    assert summ["official_val_merged"] == 40 and summ["path"] == summ["source"] == "tfds:flaxray_test_digits"
+    assert summ["data_dir"] == str(tfds_dir) and summ["tfds"]["splits"] == {"train": "train", "val": "validation",
+                                                                             "test": "test"}
+    again = load_dataset(summ["path"], data_dir=summ["data_dir"], channels=1, split_seed=1)
+    assert again.summary == summ
+    # the builder directory itself, and other splits
+    d = tfds_dir / "flaxray_test_digits" / "1.0.0"
+    by_dir = load_dataset(d, channels=1, split_seed=1)
+    assert by_dir.summary["fingerprint"] == summ["fingerprint"] and by_dir.summary["path"] == str(d)
+    assert np.array_equal(by_dir.val.x, ds.val.x)
+    no_val = from_tfds("flaxray_test_digits", data_dir=tfds_dir, splits={"train": "train", "test": "test"},
+                       image_size=16, channels=3)
+    assert no_val.summary["official_val_merged"] == 0 and no_val.train.x.shape[1:] == (16, 16, 3)
+
+
+def test_tfds_errors(tfds_dir, tmp_path, no_download):
+    empty = tmp_path / "empty"
+    with pytest.raises(FlaxrayError, match="not prepared locally") as e:
+        load_dataset("tfds:flaxray_test_digits", data_dir=empty)
+    assert str(empty) in one_line(e)
+    assert not any(empty.rglob("*.array_record*"))
+    with pytest.raises(FlaxrayError, match="unknown TFDS data set 'flaxray_no_such_set'") as e:
+        load_dataset("tfds:flaxray_no_such_set", data_dir=tfds_dir)
+    assert str(tfds_dir) in one_line(e)
+    with pytest.raises(FlaxrayError, match="unknown split 'valid' .*its splits: ") as e:
+        from_tfds("tfds:flaxray_test_digits", data_dir=tfds_dir, splits={"train": "train", "val": "valid"})
+    one_line(e)
+    with pytest.raises(FlaxrayError, match="no 'train' split") as e:
+        from_tfds("flaxray_test_digits", data_dir=tfds_dir, splits={"test": "test"})
+    one_line(e)
+
+
+class FlaxrayTestUnregistered(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Code that is not importable later (not registered), no supervised keys: read from its files."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "label": tfds.features.ClassLabel(names=["dark", "light"]), "image": tfds.features.Image(shape=(8, 8, 1))}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(12):
+            yield i, {"image": _png(np.full((8, 8), 20 * i, np.uint8)), "label": int(i >= 6)}
+
+
+def test_tfds_unregistered_from_files(tmp_path, monkeypatch):
+    FlaxrayTestUnregistered(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", None)  # nothing may prepare now
+    ds = load_dataset("tfds:flaxray_test_unregistered", data_dir=tmp_path, channels=1)
+    assert ds.class_names == ("dark", "light") and len(ds.train) + len(ds.val) == 12 and len(ds.test) == 0
+    assert ds.summary["tfds"]["image"] == "image" and ds.summary["tfds"]["label"] == "label"
+    light = np.concatenate([ds.train.x[ds.train.y == 1], ds.val.x[ds.val.y == 1]])
+    assert sorted(int(v) for v in light[:, 0, 0, 0]) == [120, 140, 160, 180, 200, 220]
