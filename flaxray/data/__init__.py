@@ -32,7 +32,10 @@ from flaxray.data.folder import CLASSES, folder_classes
 from flaxray.data.tfds_source import PREFIX as TFDS_PREFIX, is_builder_dir, read_tfds
 from flaxray.errors import FlaxrayError
 
-__all__ = ["load_dataset", "from_arrays", "from_tfds", "Dataset", "Split", "DataWarning", "CLASSES", "NPZ_KEYS"]
+__all__ = ["load_dataset", "from_arrays", "from_tfds", "Dataset", "Split", "DataWarning", "CLASSES", "NPZ_KEYS",
+           # the sources' own readers and constants, re-exported where they were before the split into modules
+           "Pool", "open_folder", "read_folder", "read_default", "read_npz", "read_tfds", "PREPARED_JSON",
+           "DEFAULT_FILE", "DEFAULT_IMAGE_SIZE", "FOLDER_IMAGE_SIZE"]
 
 _assemble = assemble  # the name it had
 
