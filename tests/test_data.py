@@ -166,6 +166,8 @@ def test_synthetic_load(chest_folder, tmp_path):
     assert summ["val"]["n_patients"] == len(set(ds.val.patients))
     assert summ["duplicates_dropped"] == [] and summ["unreadable_skipped"] == []
     assert {"image_size", "channels", "fingerprint", "val_fraction", "split_seed"} <= summ.keys()
+    assert summ["class_names"] == ["NORMAL", "PNEUMONIA"] and ds.class_names == ("NORMAL", "PNEUMONIA")
+    assert "NORMAL=" in repr(ds.train) and "PNEUMONIA=" in repr(ds.train)
     # the patient of val/NORMAL/IM-0001-0004 has 3 more images in official train: all on one side
     side = {("train" if p in set(ds.train.patients) else "val") for p in ["IM-0001"]}
     assert len(side) == 1
@@ -503,6 +505,7 @@ def test_default(channels):
     assert summ["channels"] == channels and len(summ["duplicates_dropped"]) == 32
     assert summ["official_val_merged"] == 16 and summ["unreadable_skipped"] == []
     assert summ["test"]["per_class"] == {"NORMAL": 231, "PNEUMONIA": 387}
+    assert summ["class_names"] == ["NORMAL", "PNEUMONIA"] and ds.class_names == ("NORMAL", "PNEUMONIA")
 
 
 def test_default_matches_folder_loader_shape():

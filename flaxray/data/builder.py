@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from flaxray.data.folder import CLASSES, SPLITS, FileEntry, FolderScan, patient_id, scan_folder
+from flaxray.data.folder import CLASSES, SPLITS, FileEntry, FolderScan, group_id, patient_id, scan_folder
 from flaxray.errors import FlaxrayError
 
 BUILDER_VERSION = "1.0.0"
@@ -185,6 +185,7 @@ class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
 
     name = "flaxray_chest_xray"
+    KAGGLE = True  # scan a folder given without `scan` as the Kaggle layout
 
     VERSION = tfds.core.Version(BUILDER_VERSION)
     RELEASE_NOTES = {BUILDER_VERSION: "First version."}
@@ -195,6 +196,7 @@ class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def __init__(self, *, image_size: int, channels: int, scan: FolderScan | None = None,
                  strict: bool = False, pbar=None, **kwargs):
+        self.classes = scan.classes if scan is not None else CLASSES
         self.image_size = int(image_size)
         self.channels = int(channels)
         self._scan = scan
@@ -215,7 +217,7 @@ class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
-                "label": tfds.features.ClassLabel(names=list(CLASSES)),
+                "label": tfds.features.ClassLabel(names=list(self.classes)),
                 "file": tfds.features.Text(),
                 "patient": tfds.features.Text(),
             }),
@@ -239,7 +241,7 @@ class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
-        scan = self._scan if self._scan is not None else scan_folder(root)
+        scan = self._scan if self._scan is not None else scan_folder(root, None if self.KAGGLE else self.classes)
         rank = {s: i for i, s in enumerate(("test", "val", "train"))}
         ordered = sorted(scan.images, key=lambda e: (rank[e.split], e.rel))
         candidates = [e for e in ordered if e.size > 0]  # empty files are reported as unreadable
@@ -298,7 +300,44 @@ class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     continue
                 n_yielded += 1
                 written.append(e.rel)
-                yield e.rel, {"image": arr, "label": e.label, "file": e.rel, "patient": patient_id(e.rel)[0]}
+                yield e.rel, {"image": arr, "label": e.label, "file": e.rel, "patient": self._group(e.rel)}
         if n_yielded == 0:
             yield PLACEHOLDER_KEY, {"image": np.zeros((size, size, ch), np.uint8), "label": 0,
                                     "file": "", "patient": ""}
+
+
+    @staticmethod
+    def _group(rel: str) -> str:
+        return patient_id(rel)[0]
+
+
+class FlaxrayImageFolder(FlaxrayChestXray, skip_registration=True):
+    """Any ``{train,val,test}/{CLASS}/*`` folder (two or more classes, from ``scan.classes``):
+    the same decoding, de-duplication and cache as :class:`FlaxrayChestXray`, with the folder's
+    class names as the ClassLabel and, per image, its Kaggle patient or else the image itself
+    as ``patient`` (see :func:`flaxray.data.folder.group_id`)."""
+
+    name = "flaxray_image_folder"
+    KAGGLE = False
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Pass a folder laid out as {train,val,test}/{CLASS}/* as the manual dir, "
+                                    "e.g. flaxray.data.load_dataset(path).")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        shape = (self.image_size, self.image_size, self.channels)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(f"Images of the classes {', '.join(self.classes)} read from a class-folder layout, "
+                         f"resized to {shape} uint8 with PIL bilinear (aspect ratio not kept)."),
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
+                "label": tfds.features.ClassLabel(names=list(self.classes)),
+                "file": tfds.features.Text(),
+                "patient": tfds.features.Text(),
+            }),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,
+        )
+
+    @staticmethod
+    def _group(rel: str) -> str:
+        return group_id(rel)[0]

@@ -1,12 +1,16 @@
-"""Scan and validate a Kaggle-layout chest X-ray folder; patient ids; cache fingerprint.
+"""Scan and validate an image folder (the Kaggle chest X-ray layout or any class folders); patient ids.
 
-The expected layout is the Kaggle "chest_xray" one::
+Two layouts, told apart by the class folder names (:func:`folder_classes`)::
 
-    ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+    ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg     the Kaggle "chest_xray" layout
+    ROOT/{train,val,test}/{CLASS}/*                      any two or more classes
 
-``train/`` is required, ``val/`` and ``test/`` are optional, and every split that is present
-must have both class folders. Everything here is cheap: it lists directories and calls
-``stat``, it never opens an image (decoding happens in :mod:`flaxray.data.builder`).
+``train/`` is required, ``val/`` and ``test/`` are optional. In the Kaggle layout every split that
+is present must have both class folders (today's checks, unchanged); in the general one the
+classes are the sub-folders of ``train/`` (sorted by name: label = index, as Keras
+``image_dataset_from_directory`` does), and ``val/``/``test/`` may hold any of them. Everything
+here is cheap: it lists directories and calls ``stat``, it never opens an image (decoding happens
+in :mod:`flaxray.data.builder`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")  # label = index: 0 = NORMAL, 1 = PNEUMONIA
 # Extensions read as images (case-insensitive); anything else in a class folder is skipped.
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 LAYOUT = "{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg"
+GENERIC_LAYOUT = "{train,val,test}/{CLASS}/* with two or more classes"
 
 # personNNN_bacteria_MMM / personNNN_virus_MMM (one file in the real data has an extra "_1":
 # person447_virus_921_1, whose patient person447 also has other images, so the suffix is allowed).
@@ -48,6 +53,14 @@ def patient_id(filename: str) -> tuple[str, bool]:
     return stem, False
 
 
+def group_id(rel: str) -> tuple[str, bool]:
+    """Group of one image of a general class folder: the Kaggle patient when the name follows its
+    pattern, else the image on its own (its relative path, unique, so that two classes' "001.png"
+    are not taken for one patient)."""
+    pid, ok = patient_id(rel.rsplit("/", 1)[-1])
+    return (pid, True) if ok else (rel, False)
+
+
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
     """One file found in a class folder."""
@@ -68,6 +81,8 @@ class FolderScan:
     images: tuple[FileEntry, ...]  # files with an image extension, sorted by rel
     stray: tuple[dict, ...]  # [{"file": rel, "reason": ...}] non-image entries, sorted by file
     entries: tuple[FileEntry, ...]  # every entry (images + stray) for the fingerprint
+    classes: tuple[str, ...] = CLASSES  # label = index
+    kaggle: bool = True  # the NORMAL/PNEUMONIA layout (patients from file names, stems when unmatched)
 
 
 def _fail(msg: str):
@@ -83,13 +98,41 @@ def _nested_hint(root: Path) -> str:
     return f" (did you mean {subs[0]}?)" if subs else ""
 
 
-def scan_folder(path: str | os.PathLike) -> FolderScan:
-    """List and validate a Kaggle-layout folder; raise a one-line FlaxrayError if it is wrong."""
+def _root(path) -> Path:
     root = Path(path).expanduser()
     try:
-        root = root.resolve()
+        return root.resolve()
     except OSError:
-        root = root.absolute()
+        return root.absolute()
+
+
+def _subdirs(d: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def folder_classes(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """``None`` for the Kaggle layout (every class folder of every split is NORMAL or PNEUMONIA, or
+    there are none: today's checks then name what is missing), else the classes: the sorted
+    sub-folders of ``train/`` (hidden ones ignored)."""
+    root = _root(path)
+    found = {c for split in SPLITS for c in _subdirs(root / split)}
+    if not found or found <= set(CLASSES):
+        return None
+    return tuple(_subdirs(root / "train"))
+
+
+def scan_folder(path: str | os.PathLike, classes: tuple[str, ...] | None = None) -> FolderScan:
+    """List and validate a folder; raise a one-line FlaxrayError if it is wrong.
+
+    ``classes=None`` is the Kaggle layout (NORMAL/PNEUMONIA in every split); a tuple of names is
+    the general layout with those classes (from :func:`folder_classes`)."""
+    kaggle = classes is None
+    classes = CLASSES if kaggle else tuple(classes)
+    layout = LAYOUT if kaggle else GENERIC_LAYOUT
+    root = _root(path)
     if not root.exists():
         _fail(f"data folder not found: {root}")
     if not root.is_dir():
@@ -105,10 +148,14 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
         if not split_dir.exists():
             continue
         if not split_dir.is_dir():
-            _fail(f"{split_dir} is not a directory: expected the layout {LAYOUT}")
+            _fail(f"{split_dir} is not a directory: expected the layout {layout}")
         present.append(split)
-        for label, cls in enumerate(CLASSES):
+        if not kaggle:
+            _check_generic(root, split, classes)
+        for label, cls in enumerate(classes):
             cls_dir = split_dir / cls
+            if not kaggle and split != "train" and not cls_dir.is_dir():
+                continue  # val/ and test/ of a general folder may lack a class
             if not cls_dir.is_dir():
                 _fail(f"missing class folder {cls_dir}: each split needs NORMAL/ and PNEUMONIA/ ({LAYOUT})")
             n_images = 0
@@ -141,11 +188,24 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
                     images.append(entry)
                     n_images += 1
             if n_images == 0:
-                _fail(f"no images in {cls_dir}: expected *.jpeg files ({LAYOUT})")
+                _fail(f"no images in {cls_dir}: expected *.jpeg files ({LAYOUT})" if kaggle
+                      else f"no images in {cls_dir}: expected image files ({layout})")
     images.sort(key=lambda f: f.rel)
     stray.sort(key=lambda s: s["file"])
     entries.sort(key=lambda f: f.rel)
-    return FolderScan(root, tuple(present), tuple(images), tuple(stray), tuple(entries))
+    return FolderScan(root, tuple(present), tuple(images), tuple(stray), tuple(entries), classes, kaggle)
+
+
+def _check_generic(root: Path, split: str, classes: tuple[str, ...]) -> None:
+    if split == "train":
+        if len(classes) < 2:
+            found = f"only {classes[0]}/" if classes else "no class folders"
+            _fail(f"{root / 'train'} has {found}: a class-folder data set needs two or more classes "
+                  f"({GENERIC_LAYOUT})")
+        return
+    extra = sorted(set(_subdirs(root / split)) - set(classes))
+    if extra:
+        _fail(f"class folder {root / split / extra[0]} is not a class of train/ (classes: {', '.join(classes)})")
 
 
 def _utf8(name: str) -> bool:
