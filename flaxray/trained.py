@@ -23,7 +23,8 @@ from flaxray.errors import FlaxrayError
 FORMAT = 1
 TRAINED_JSON = "trained.json"
 PARAMS = "params"  # the folder of a study that holds one sub-folder per group
-DATA_KEYS = ("path", "source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names")
+DATA_KEYS = ("path", "source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names",
+             "data_dir")
 
 
 @dataclasses.dataclass
@@ -128,9 +129,11 @@ def load_run_data(trained: Trained, **kwargs):
     from flaxray.data import load_dataset
 
     data = trained.data
-    if data["path"] is None and "embedded" not in str(data.get("source")):
-        raise FlaxrayError(f"the study was trained on data given in memory ({data.get('source')}); "
-                           "load it again yourself")
+    if data.get("source") == "arrays":
+        raise FlaxrayError("the study was trained on arrays given in memory (from_arrays), which cannot be loaded "
+                           "again from the study; save them as an .npz and pass that as the data instead")
+    if data.get("data_dir"):
+        kwargs.setdefault("data_dir", data["data_dir"])
     dataset = load_dataset(data["path"], image_size=data["image_size"], channels=data["channels"],
                            val_fraction=data["val_fraction"], split_seed=data["split_seed"], **kwargs)
     if dataset.summary["fingerprint"] != data["fingerprint"]:

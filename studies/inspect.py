@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=4, metavar="N",
                    help="seeds drawn in the figures (every seed enters the numbers)")
     p.add_argument("--show-images", type=int, default=4, metavar="N",
-                   help="images drawn in the figures (every image enters the numbers); from the test split, half "
-                   "NORMAL and half PNEUMONIA")
+                   help="images drawn in the figures (every image enters the numbers); from the test split, one "
+                   "of each class in turn")
     p.add_argument("--batch-size", type=int, default=64, help="images per vmapped call (lower it if memory is short)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/inspect)")
     p.add_argument("--cache-dir", default=None, help="where prepared data is cached (as for the study)")
@@ -49,13 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _shown_first(y, n: int):
-    """Test-split order with `n` images to draw first: alternately NORMAL and PNEUMONIA, in file order."""
+    """Test-split order with `n` images to draw first: one of each class in turn, in file order."""
     import numpy as np
 
-    normal, pneumonia = list(np.flatnonzero(y == 0)), list(np.flatnonzero(y == 1))
+    pools = [list(np.flatnonzero(y == c)) for c in np.unique(y)]
     first = []
-    while len(first) < n and (normal or pneumonia):
-        for pool in (normal, pneumonia):
+    while len(first) < n and any(pools):
+        for pool in pools:
             if pool and len(first) < n:
                 first.append(pool.pop(0))
     rest = sorted(set(range(len(y))) - set(first))
@@ -83,11 +83,12 @@ def load_images(args, trained):
         return np.stack(images), [Path(f).name for f in args.image], described
     from flaxray.trained import load_run_data
 
-    test = load_run_data(trained, cache_dir=args.cache_dir, progress=not args.no_progress).test
+    dataset = load_run_data(trained, cache_dir=args.cache_dir, progress=not args.no_progress)
+    test, classes = dataset.test, dataset.class_names
     if len(test.y) == 0:
         raise FlaxrayError("the study's data has an empty test split; pass --image FILE ...")
     order = _shown_first(test.y, args.show_images)
-    labels = [f"{('NORMAL', 'PNEUMONIA')[test.y[i]]}\n{Path(test.files[i]).name}" for i in order]
+    labels = [f"{classes[test.y[i]]}\n{Path(test.files[i]).name}" for i in order]
     source = trained.data.get("path") or "the embedded default"
     return test.x[order], labels, f"the test split of {source}: {len(test.y)} images at {size}×{size}×{channels}"
 

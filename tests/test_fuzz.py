@@ -180,7 +180,7 @@ def folders(draw):
                 layout[split][cls] = (kind, ["good"] * (draw(st.integers(0, 9)) < 8) + entries)
         elif draw(st.integers(0, 3)) == 0:
             layout[split] = "file"
-    extra = draw(st.sets(st.sampled_from(["README.txt", "__MACOSX/x.jpeg", "train/OTHER/a.jpeg",
+    extra = draw(st.sets(st.sampled_from(["README.txt", "__MACOSX/x.jpeg",
                                           "Train/NORMAL/b.jpeg"])))
     return layout, sorted(extra), draw(st.sampled_from([1, 3])), draw(st.data())
 

@@ -16,6 +16,7 @@ from studies import seed_variance
 
 datasets = pytest.importorskip("sklearn.datasets")
 ARCHS = ("dense:32@0.2", "dense:16")
+SPEC = dict(archs=ARCHS, seeds=(0, 1, 2), epochs=4, batch_size=32, lrs=(1e-2,))
 
 
 def digits():
@@ -30,7 +31,7 @@ def study(tmp_path_factory):
     dataset = from_arrays(x[:1400], y[:1400], x_test=x[1400:], y_test=y[1400:],
                           class_names=[f"d{c}" for c in range(10)])
     out = tmp_path_factory.mktemp("digits") / "run"
-    return run(Study(archs=ARCHS, data=dataset, seeds=(0, 1, 2), epochs=4, batch_size=64), out, progress=False), out
+    return run(Study(data=dataset, **SPEC), out, progress=False), out
 
 
 def test_from_arrays_trains_every_seed_with_a_softmax_head_and_reports_multiclass_metrics(study):
@@ -40,8 +41,8 @@ def test_from_arrays_trains_every_seed_with_a_softmax_head_and_reports_multiclas
     assert "precision" not in keys  # binary-only metrics are not made up for ten classes
     for g in result.groups.values():
         assert g.config.num_classes == 10
-        # Chance is 0.1; a dense net reaches ~0.9 on digits in a few epochs. Bound far below any seed seen
-        # (0.85..0.95), so a failure means the multi-class head or loss is broken, not an unlucky seed.
+        # Chance is 0.1; these nets reach 0.92..0.96 after 4 epochs (AMD EPYC). A bound far below any seed
+        # seen, so a failure means the multi-class head or loss is broken, not an unlucky seed.
         assert np.all(g.history["val_accuracy"][:, -1] > 0.5)
         assert np.all((g.history["val_auc"] > 0.5) & (g.history["val_auc"] <= 1))
     ranking = result.analysis["ranking"]
@@ -61,8 +62,7 @@ def test_a_rerun_of_the_same_spec_reuses_every_group(study, monkeypatch):
         raise AssertionError("a finished group was retrained")
 
     monkeypatch.setattr("flaxray.runner.train_seeds", no_training)
-    again = run(Study(archs=ARCHS, data=result.dataset, seeds=(0, 1, 2), epochs=4, batch_size=64), out,
-                progress=False)
+    again = run(Study(data=result.dataset, **SPEC), out, progress=False)
     assert sorted(again.reused) == sorted(ARCHS)
     for name, g in result.groups.items():
         np.testing.assert_array_equal(again.groups[name].history["val_loss"], g.history["val_loss"])
@@ -79,7 +79,7 @@ def test_a_class_folder_layout_runs_from_the_command_line(tmp_path, capsys):
         Image.fromarray(image[..., 0]).save(folder / f"{i}.png")
     out = tmp_path / "run"
     argv = ["--arch", *ARCHS, "--data", str(root), "--image-size", "8", "--channels", "1", "--seeds", "2",
-            "--epochs", "2", "--batch-size", "32", "--out", str(out), "--no-progress",
+            "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--out", str(out), "--no-progress",
             "--cache-dir", str(tmp_path / "cache")]
     assert seed_variance.main(argv) == 0
     printed = capsys.readouterr().out
