@@ -43,6 +43,7 @@ params are the module's under `net`.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Callable
 
@@ -100,6 +101,14 @@ def _check_state(name: str, net) -> None:
     if not isinstance(net, nnx.Module):
         raise FlaxrayError(f"registered model {name!r}: its factory returned a {type(net).__name__}, "
                            "not a flax.nnx.Module")
+    try:
+        params = inspect.signature(net.__call__).parameters
+    except (TypeError, ValueError):  # no signature to read (a C callable): left to the call
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()) and not (
+            {"train", "dropout_key"} <= set(params)):
+        raise FlaxrayError(f"registered model {name!r}: its module must be called as module(x, *, train, dropout_key); "
+                           f"{type(net).__name__}.__call__ takes ({', '.join(params)})")
     *_, rest = nnx.split(net, nnx.Param, nnx.BatchStat, ...)
     leaves = jax.tree.leaves_with_path(rest)
     if leaves:
