@@ -19,26 +19,34 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxray.models import output_shape, parse_arch
+from flaxray.models import factory_of, is_registered, output_shape, parse_arch
 
 SEED_AXIS = "seeds"
 MEMORY_FRACTION = 0.7  # of the free memory a plan may fill: the estimate is rough, XLA needs scratch space
 BYTES = 4  # float32 parameters, optimizer state and (at worst) activations
 
 
-@functools.lru_cache(maxsize=64)
-def param_count(arch: str, input_shape: tuple[int, ...]) -> int:
+def param_count(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> int:
     """Trainable and BatchNorm parameters, from the shapes alone (nothing is initialised)."""
+    return _param_count(arch, tuple(input_shape), num_classes, factory_of(arch))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_count(arch, input_shape, num_classes, factory):  # factory: a re-registered name is counted again
     from flax import nnx
 
     from flaxray.models import build_model
 
-    model = nnx.eval_shape(lambda: build_model(arch, tuple(input_shape)))
+    model = nnx.eval_shape(lambda: build_model(arch, input_shape, num_classes=num_classes))
     return int(sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model))))
 
 
-def activation_count(arch: str, input_shape: tuple[int, ...]) -> int:
-    """Numbers one image's forward pass makes: every layer's output, and a conv's 9 shifted copies of its input."""
+def activation_count(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> int:
+    """Numbers one image's forward pass makes. Sequential models: every layer's output, and a conv's 9
+    shifted copies of its input (counted by hand). Registered modules, whose layers flaxray does not know:
+    every intermediate array of the traced training-mode forward pass (`traced_activation_count`)."""
+    if is_registered(arch):
+        return traced_activation_count(arch, tuple(input_shape), num_classes)
     shape, total = tuple(input_shape), math.prod(input_shape)
     for layer in parse_arch(arch):
         if layer.kind in ("conv", "sep"):
@@ -48,17 +56,53 @@ def activation_count(arch: str, input_shape: tuple[int, ...]) -> int:
     return total
 
 
+def traced_activation_count(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> int:
+    """Numbers per image of every array the training-mode forward pass computes, read off its jaxpr:
+    the count at batch 2 minus the count at batch 1, so what does not grow with the batch (parameter
+    casts, BatchNorm statistics) drops out. An upper bound of what the backward pass keeps (XLA fuses
+    elementwise chains); nested calls count by their outputs only. Nothing is initialised or run."""
+    return _traced_activation_count(arch, tuple(input_shape), num_classes, factory_of(arch))
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_activation_count(arch, input_shape, num_classes, factory):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from flaxray.models import build_model, graphdef
+
+    abstract = nnx.eval_shape(lambda: build_model(arch, input_shape, num_classes=num_classes))
+    _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+    params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
+    structure = graphdef(arch, input_shape, num_classes=num_classes)
+
+    def forward(params, batch_stats, images, key):
+        return nnx.merge(structure, params, batch_stats)(images, train=True, dropout_key=key)
+
+    def numbers(batch):
+        images = jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8)
+        jaxpr = jax.make_jaxpr(forward)(params, batch_stats, images, jax.eval_shape(jax.random.key, 0)).jaxpr
+        return sum(math.prod(getattr(v.aval, "shape", ())) for eqn in jaxpr.eqns for v in eqn.outvars)
+
+    return int(numbers(2) - numbers(1))
+
+
 def bytes_per_seed(config, input_shape) -> int:
     """Estimated device bytes one more seed costs while it trains.
 
     Params, Adam's two moments, the gradient and the update's temporaries (5 copies of the
     parameters in float32), plus the activations a training step keeps for its backward pass
-    (~4 numbers per layer output: pre-activation, relu, BatchNorm, dropout mask) and an eval batch's.
+    and an eval batch's. A sequential model keeps ~4 numbers per layer output (pre-activation, relu,
+    BatchNorm, dropout mask); a registered module's traced count already holds every intermediate,
+    so it is taken once. `config.num_classes` (default 2) sets the head's width.
     """
-    params = param_count(config.arch, tuple(input_shape))
-    activations = activation_count(config.arch, tuple(input_shape))
+    num_classes = getattr(config, "num_classes", 2)
+    params = param_count(config.arch, tuple(input_shape), num_classes)
+    activations = activation_count(config.arch, tuple(input_shape), num_classes)
+    per_layer_output = 1 if is_registered(config.arch) else 4
     per_number = BYTES if config.dtype == "float32" else 2  # bfloat16 activations
-    return int(5 * params * BYTES + activations * per_number * (4 * config.batch_size + config.eval_batch_size))
+    return int(5 * params * BYTES
+               + activations * per_number * (per_layer_output * config.batch_size + config.eval_batch_size))
 
 
 def free_memory(device=None) -> int:

@@ -213,3 +213,44 @@ def test_inspect_cli_errors_are_one_line(tiny_study, tmp_path, capsys):
     (old / "run.json").write_text(json.dumps({"status": "running", "study": "studies.seed_variance"}))
     assert inspect_cli.main([str(old)]) == 2
     assert "not finished" in capsys.readouterr().err
+
+
+def test_registered_models_get_saliency_through_their_own_call_and_no_layer_views():
+    from flaxray.errors import FlaxrayError
+    from flaxray.models import register, unregister
+
+    class Branches(nnx.Module):  # not sequential: two branches summed; BatchNorm
+        def __init__(self, input_shape, num_outputs, *, rngs, dtype):
+            self.conv = nnx.Conv(input_shape[-1], 3, (3, 3), rngs=rngs)
+            self.norm = nnx.BatchNorm(3, rngs=rngs)
+            self.skip = nnx.Linear(input_shape[-1], 3, rngs=rngs)
+            self.head = nnx.Linear(3, num_outputs, rngs=rngs)
+
+        def __call__(self, x, *, train, dropout_key):
+            a = nnx.relu(self.norm(self.conv(x), use_running_average=not train)) + self.skip(x)
+            return self.head(a.mean(axis=(1, 2)))
+
+    arch, shape = "branches", (8, 8, 1)
+    register(arch, Branches)
+    models, params, stats = seeds_of(arch, shape, [0, 1])
+    x = images(2, shape)
+    assert fi.conv_layers(arch) == [] and not fi.is_cnn(arch)
+    assert fi.method(arch).startswith("input-gradient saliency")
+    np.testing.assert_allclose(fi.logits(arch, one(params, 0), one(stats, 0), x), models[0](x), rtol=1e-5, atol=1e-5)
+    maps = fi.attribution_maps(arch, params, stats, x)
+    assert maps.shape == (2, 2, 8, 8) and np.isfinite(maps).all() and maps.max() > 0
+    assert fi.first_filters(arch, params) is None and fi.dense_templates(arch, params, shape) is None
+    assert fi.conv_activations(arch, params, stats, x) == {}
+    with pytest.raises(FlaxrayError, match="Grad-CAM needs"):
+        fi.grad_cam(arch, one(params, 0), one(stats, 0), x)
+    unregister(arch)
+
+
+def test_multi_class_maps_explain_the_predicted_class():
+    arch = "conv:3,gap"
+    model = build_model(arch, (6, 6, 1), key=0, num_classes=4)
+    _, p, b = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+    x = images(3, (6, 6, 1))
+    full = np.asarray(model(x))
+    np.testing.assert_allclose(fi.logits(arch, p, b, x), full.max(axis=1), rtol=1e-5)  # class count read off the head
+    assert fi.grad_cam(arch, p, b, x).shape == (3, 6, 6)

@@ -293,3 +293,36 @@ def test_cnn_keras_defaults():
     ones = build_model("flatten", (2, 2, 1))
     ones.head.kernel[...] = jnp.ones((4, 1))
     assert float(ones(jnp.full((1, 2, 2, 1), 255, jnp.uint8))[0]) == pytest.approx(4.0)
+
+
+# sha256 (first 16 hex digits) of every param and batch-stat array (with its path) and of the training-mode
+# logits of two fixed images, recorded from flaxray/models.py before num_classes and the registry existed
+# (commit 3893228): the binary models are bit for bit those of before. Small models, every layer kind
+# among them (eagerly, cnn_sep alone takes ~20 s; its hash, 499c93b46c24f4ce for key 3 at 28x28x1, also held).
+BEFORE_NUM_CLASSES = {
+    ("pyramid_d02", (8, 8, 3), 0): "d77b80e8a9cf72c9",
+    ("conv:4,pool,sep:8,bn,gap,dense:6@0.5,3", (9, 9, 2), 5): "99a8d5990594bde9",
+}
+
+
+@pytest.mark.parametrize("arch,shape,key", sorted(BEFORE_NUM_CLASSES))
+def test_binary_models_are_bit_identical_to_before_num_classes(arch, shape, key):
+    import hashlib
+
+    model = build_model(arch, shape, key=key, num_classes=2)
+    _, params, stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+    digest = hashlib.sha256()
+    for path, array in jax.tree.leaves_with_path((params, stats)):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.asarray(array).tobytes())
+    x = np.random.default_rng(0).integers(0, 256, (2, *shape)).astype(np.uint8)
+    digest.update(np.asarray(model(x, train=True, dropout_key=jax.random.key(1))).tobytes())
+    assert digest.hexdigest()[:16] == BEFORE_NUM_CLASSES[(arch, shape, key)]
+
+
+def test_multi_class_head_is_dense_c_on_the_same_features():
+    arch = "conv:4,pool,dense:6@0.5"
+    binary, multi = build_model(arch, (6, 6, 1)), build_model(arch, (6, 6, 1), num_classes=4)
+    assert count_params(multi)["total"] - count_params(binary)["total"] == 3 * (6 + 1)
+    x = np.random.default_rng(0).integers(0, 256, (3, 6, 6, 1)).astype(np.uint8)
+    assert binary(x).shape == (3,) and multi(x).shape == (3, 4) and multi(x).dtype == jnp.float32

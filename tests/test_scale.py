@@ -131,3 +131,25 @@ def test_bfloat16_computes_in_bfloat16_and_stays_close_to_float32():
 def test_bad_dtype_is_a_flaxray_error():
     with pytest.raises(FlaxrayError, match="dtype"):
         TrainConfig(dtype="float16")
+
+
+def test_a_registered_models_memory_is_estimated_from_its_traced_forward_pass():
+    from types import SimpleNamespace
+
+    from flaxray.models import count_params, build_model
+    from flax import nnx
+
+    config = SimpleNamespace(arch="resnet18", dtype="float32", batch_size=32, eval_batch_size=64)
+    per_seed = scale.bytes_per_seed(config, (28, 28, 1))
+    params = count_params(nnx.eval_shape(lambda: build_model("resnet18", (28, 28, 1))))["total"]
+    assert scale.param_count("resnet18", (28, 28, 1)) == params
+    # The traced count holds every output of the layers at least: ResNet-18's 17 convs and the stem make
+    # 28*28*64 * 5 + 14*14*128 * 4 + 7*7*256 * 4 + 4*4*512 * 4 numbers (plus the projections) per image.
+    activations = scale.activation_count("resnet18", (28, 28, 1))
+    assert activations > 28 * 28 * 64 * 5 + 14 * 14 * 128 * 4 + 7 * 7 * 256 * 4 + 4 * 4 * 512 * 4
+    assert per_seed == 5 * params * 4 + activations * 4 * (32 + 64)
+    # The traced count of a sequential model is ~4 numbers per hand-counted layer output, the factor
+    # bytes_per_seed gives the hand count: the two estimates agree within 2x.
+    hand, traced = scale.activation_count("cnn_sep", (28, 28, 1)), scale.traced_activation_count("cnn_sep", (28, 28, 1))
+    assert 2 < traced / hand < 8
+    assert scale.param_count("cnn_sep", (28, 28, 1), num_classes=5) == scale.param_count("cnn_sep", (28, 28, 1)) + 4 * 65
