@@ -135,37 +135,60 @@ def check_out(out) -> Path:
     return out
 
 
-def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int = 1,
-        chunk: int | None = None, cache_dir=None, info: dict | None = None) -> Result:
-    """Train every unit of `study` into `out` (or read it back), then write the study's files.
+@dataclasses.dataclass
+class Prepared:
+    """A study's data, loaded, checked against the spec and on the device; its configs."""
 
-    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk` and `cache_dir`
-    change where and when things are computed, never the curves. `info` is recorded in study.json
-    (e.g. the command line) and shown in the report's header.
-    """
-    from flaxray import report_study
-    from flaxray.analysis import TOTAL
+    dataset: Any
+    configs: dict[str, TrainConfig]
+    data: Any  # flaxray.train.DeviceData
+
+
+def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int = 1, chunk: int | None = None,
+            cache_dir=None) -> Prepared:
+    """Every check that can refuse a study, before anything is written: the options, `out` (None: not
+    checked, it is to be cleared), the data."""
     from flaxray.train import check_batch_size, device_data
 
-    out = Path(out)
     if checkpoint_every < 0:
         raise FlaxrayError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
     if chunk is not None and chunk < 1:
         raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
-    if overwrite:
-        results.clear_outputs(out)
-    check_out(out)
+    if out is not None:
+        check_out(out)
     dataset = study.data if not isinstance(study.data, DataSpec) else study.data.load(cache_dir=cache_dir,
                                                                                       progress=progress)
     classes = tuple(getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA")))
     weight = balanced_class_weight(dataset.train.y, len(classes)) if study.class_weight == "balanced" else None
     configs = {a: study.config(a, len(classes), weight) for a in study.archs}
-    check_batch_size(configs[study.archs[0]], len(dataset.train.y))  # before anything is written
+    check_batch_size(configs[study.archs[0]], len(dataset.train.y))
     if study.test and len(dataset.test.y) == 0:
         raise FlaxrayError("the data has an empty test split; the comparison is made on the test set")
     data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)
     if progress:
         print(describe_data(dataset), flush=True)
+    return Prepared(dataset, configs, data)
+
+
+def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int = 1,
+        chunk: int | None = None, cache_dir=None, info: dict | None = None, prepared: Prepared | None = None) -> Result:
+    """Train every unit of `study` into `out` (or read it back), then write the study's files.
+
+    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk` and `cache_dir`
+    change where and when things are computed, never the curves. `info` is recorded in study.json
+    (e.g. the command line) and shown in the report's header. `prepared` is what `prepare` returned
+    for this study and `out` (the command line prepares before it records the run).
+    """
+    from flaxray import report_study
+    from flaxray.analysis import TOTAL
+
+    out = Path(out)
+    if overwrite:
+        results.clear_outputs(out)
+    if prepared is None:
+        prepared = prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
+                           cache_dir=cache_dir)
+    dataset, configs, data = prepared.dataset, prepared.configs, prepared.data
 
     jobs = [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in SOURCES if study.decompose]
     trained, decomposition, reused = {}, {}, []

@@ -128,16 +128,19 @@ def resume_args(parse_args, args):
 
 def run_study(args, spec, module: str):
     """`flaxray.study.run` with the flags' output options, recorded in run.json, the command in study.json."""
-    from flaxray.study import run
+    from flaxray.study import prepare, run
 
     if getattr(args, "resume", None) and args.overwrite:
         raise FlaxrayError("--resume continues a study and --overwrite deletes it: pass one of them")
     out = Path(args.out) if args.out else results.default_out_dir(spec.archs)
-    cmd = command(module, args)
+    cmd, progress = command(module, args), not args.no_progress
+    options = dict(checkpoint_every=args.checkpoint_every, chunk=args.chunk, cache_dir=args.cache_dir)
+    # Every refusal happens here, before run.json or anything is written (--overwrite: the folder is cleared later).
+    prepared = prepare(spec, None if args.overwrite else out, progress=progress, **options)
     with results.recorded(out, study=module, command=cmd, argv=args.argv, resumed=bool(getattr(args, "resume", None)),
                           overwrite=args.overwrite):
-        result = run(spec, out, progress=not args.no_progress, checkpoint_every=getattr(args, "checkpoint_every", 1),
-                     chunk=args.chunk, cache_dir=args.cache_dir, info={"command": cmd, "args": vars(args)})
+        result = run(spec, out, progress=progress, info={"command": cmd, "args": vars(args)}, prepared=prepared,
+                     **options)
     if result.reused:
         print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
     return result
