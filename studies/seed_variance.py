@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"architecture names: dense stacks {', '.join(NOTES_STACKS)}; CNNs {', '.join(CNN_SPECS)}; "
                    "each also NAME_plain (no BatchNorm, no Dropout). Or spec strings like "
                    "'dense:1024@0.5,512@0.2' or 'conv:32,pool,sep:64,pool,gap,dense:128@0.5' "
-                   "(the grammar is in flaxray/models.py)")
+                   "(the grammar is in flaxray/models/spec.py); or a model registered with flaxray.models.register, e.g. resnet18")
     _cli.add_training_args(p)
     _cli.add_data_args(p)
     _cli.add_output_args(p)
