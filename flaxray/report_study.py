@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from flaxray import results
-from flaxray.groups import slug
+from flaxray.groups import Group, slug
+
+LAYOUT = 2  # study.json's "layout": 2 = one folder per arch under groups/ (issue 12)
+
+
+@dataclasses.dataclass
+class Result:
+    """What `flaxray.study.run` returns; study.json holds the same as JSON."""
+
+    out: Path
+    dataset: Any
+    groups: dict[str, Group]
+    analysis: dict
+    decomposition: dict
+    reused: list[str]
+    test: dict | None
+    record: dict
 
 
 def header(study, dataset, info: Mapping) -> dict:
@@ -54,7 +70,6 @@ def evaluate_test(study, dataset, groups: Mapping) -> dict:
 def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: list, info: Mapping):
     from flaxray import compare, diagnose, plots, report
     from flaxray.analysis import analyse
-    from flaxray.study import LAYOUT, Result
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

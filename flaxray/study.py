@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from flaxray import groups as units, results
+from flaxray.report_study import LAYOUT, Result, write
 from flaxray.errors import FlaxrayError
 from flaxray.train import SOURCES, TrainConfig
 
 MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
-LAYOUT = 2  # study.json's "layout": 2 = one folder per arch under groups/ (issue 12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,20 +102,6 @@ class Study:
         return spec
 
 
-@dataclasses.dataclass
-class Result:
-    """What `run` returns; study.json holds the same as JSON."""
-
-    out: Path
-    dataset: Any
-    groups: dict[str, units.Group]
-    analysis: dict
-    decomposition: dict
-    reused: list[str]
-    test: dict | None
-    record: dict
-
-
 def balanced_class_weight(labels, num_classes: int = 2) -> tuple[float, ...]:
     """Loss weights n / (C n_class), sklearn's 'balanced'."""
     labels = np.asarray(labels)
@@ -179,7 +165,6 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     (e.g. the command line) and shown in the report's header. `prepared` is what `prepare` returned
     for this study and `out` (the command line prepares before it records the run).
     """
-    from flaxray import report_study
     from flaxray.analysis import TOTAL
 
     out = Path(out)
@@ -209,7 +194,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
                 decomposition.setdefault(arch, {})[source] = g.history
     for arch in decomposition:
         decomposition[arch][TOTAL] = trained[arch].history  # the run where every source varies
-    return report_study.write(out, study, dataset, trained, decomposition, reused, info or {})
+    return write(out, study, dataset, trained, decomposition, reused, info or {})
 
 
 def describe_data(dataset) -> str:

@@ -81,6 +81,9 @@ def check_run_dir(run_dir) -> Path:
                            f"finish it first ({how})")
     again = f": {run['command']} --overwrite" if run and run.get("command") else " with --overwrite"
     if not (run_dir / "study.json").is_file():
+        if (run_dir / "search.json").is_file():
+            raise FlaxrayError(f"{run_dir} holds an architecture search written by an older flaxray (search.json, "
+                               f"before one layout for every study, issue 12); run it again{again}")
         raise FlaxrayError(f"{run_dir} holds no finished study (no study.json)")
     if not trained_folders(run_dir):
         raise FlaxrayError(f"{run_dir} holds no saved parameters that this flaxray reads (studies before issue 8 "

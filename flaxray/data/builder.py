@@ -167,6 +167,24 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _dataset_info(builder, what: str, **extra) -> tfds.core.DatasetInfo:
+    """The one feature layout of every folder builder: uint8 image, class label, file and patient."""
+    shape = (builder.image_size, builder.image_size, builder.channels)
+    return tfds.core.DatasetInfo(
+        builder=builder,
+        description=f"{what}, resized to {shape} uint8 with PIL bilinear (aspect ratio not kept).",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
+            "label": tfds.features.ClassLabel(names=list(builder.classes)),
+            "file": tfds.features.Text(),
+            "patient": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        disable_shuffling=True,  # keep the sorted file order
+        **extra,
+    )
+
+
 class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A Kaggle-layout ``{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg`` folder as a TFDS dataset.
 
@@ -208,24 +226,8 @@ class FlaxrayChestXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        shape = (self.image_size, self.image_size, self.channels)
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "Pediatric chest X-rays, NORMAL vs PNEUMONIA, read from a Kaggle-layout folder, "
-                f"resized to {shape} uint8 with PIL bilinear (aspect ratio not kept)."
-            ),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
-                "label": tfds.features.ClassLabel(names=list(self.classes)),
-                "file": tfds.features.Text(),
-                "patient": tfds.features.Text(),
-            }),
-            supervised_keys=("image", "label"),
-            homepage="https://data.mendeley.com/datasets/rscbjbr9sj/2",
-            citation=CITATION,
-            disable_shuffling=True,  # keep the sorted file order
-        )
+        return _dataset_info(self, "Pediatric chest X-rays, NORMAL vs PNEUMONIA, read from a Kaggle-layout folder",
+                             homepage="https://data.mendeley.com/datasets/rscbjbr9sj/2", citation=CITATION)
 
     # TFDS prints these two with termcolor on stdout; the caller shows its own progress bar.
     def _log_download_bytes(self) -> None:
@@ -323,20 +325,7 @@ class FlaxrayImageFolder(FlaxrayChestXray, skip_registration=True):
                                     "e.g. flaxray.data.load_dataset(path).")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        shape = (self.image_size, self.image_size, self.channels)
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(f"Images of the classes {', '.join(self.classes)} read from a class-folder layout, "
-                         f"resized to {shape} uint8 with PIL bilinear (aspect ratio not kept)."),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
-                "label": tfds.features.ClassLabel(names=list(self.classes)),
-                "file": tfds.features.Text(),
-                "patient": tfds.features.Text(),
-            }),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,
-        )
+        return _dataset_info(self, f"Images of the classes {', '.join(self.classes)} read from a class-folder layout")
 
     @staticmethod
     def _group(rel: str) -> str:
