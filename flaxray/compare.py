@@ -181,7 +181,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
     doc.heading(2, "What the seed ensemble buys")
     rows = []
     for n, m in analysis["models"].items():
-        for k in ("accuracy", "auc", "loss"):
+        for k in [k for k in m["summary"] if metrics.find(k).metric.headline]:  # the registry's headline metrics
             d = m["summary"][k]
             rows.append([f"`{n}`", metrics.label(k), report.num(d["mean"]), report.num(d["best"]),
                          report.num(m["ensemble"][k])])

@@ -68,6 +68,8 @@ def run(args) -> Path:
         print(f"{name}: test accuracy {s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}, "
               f"AUC {s['auc']['mean']:.4f}; ensemble accuracy {m['ensemble']['accuracy']:.4f}, "
               f"AUC {m['ensemble']['auc']:.4f}")
+    ranking = ", ".join(f"{r['rank']}. {r['arch']}" for r in result.analysis["ranking"])
+    print(f"on validation, by the {result.analysis['criterion']}: {ranking}")
     if diverged := format_diverged(result.record["diverged"]):
         print(diverged)
     out = result.out

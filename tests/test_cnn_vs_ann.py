@@ -1,5 +1,6 @@
 """CNN vs ANN on the test set: specificity, the seed ensemble, the two-sample comparison, end to end."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -70,6 +71,12 @@ def test_test_evaluation_on_the_device_matches_its_probabilities():
         np.testing.assert_allclose(from_counts[k], from_probs[k], rtol=1e-4, err_msg=k)
     hist = counts_from_probs(probs, y_test)
     np.testing.assert_array_equal(hist["pos_hist"], counts["pos_hist"])  # binned identically
+    # Evaluated again (another rate, the same program): nothing is compiled again.
+    from flaxray import runner
+    evaluate = runner._compiled(runner._program(config))[3]
+    again = evaluate_seeds(dataclasses.replace(config, lr=0.5), states, x_test, y_test)
+    np.testing.assert_array_equal(again["pos_hist"], counts["pos_hist"])
+    assert evaluate._cache_size() == 1
 
 
 def test_two_sample_on_known_inputs():
