@@ -107,6 +107,17 @@ def finished(folder: Path, wanted: dict) -> dict | None:
     return record
 
 
+def program_shape(folder: Path, lanes: int) -> dict:
+    """What decides a seed's arithmetic besides its own inputs: the lanes of each vmapped program (the
+    chunk size), the devices they were split over and the machine (`flaxray.replay` runs it again)."""
+    import jax
+
+    chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
+    return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
+            "devices": len(jax.devices()), "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind, "cpu": results.environment()["cpu"]}
+
+
 def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
                overwrite=False, progress=True, checkpoint_every=1, chunk=None) -> tuple[list[Group], bool]:
     """The groups of one unit (`name` x `lrs` x `seeds`), trained into `folder` or read back from it.
@@ -148,5 +159,5 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
                      data.x_train.shape[1:], summary)
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
-        "diverged": {g.name: g.diverged for g in groups}})
+        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(lrs) * len(seeds))})
     return groups, False

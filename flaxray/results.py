@@ -29,6 +29,18 @@ OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", "report.md", "repo
            "improvement.png", "groups", CHECKPOINTS, "params", "archs", "search.json")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(packages: Sequence[str] = PACKAGES) -> dict:
     """Versions of `packages` and the device the computation ran on (jax is imported here, not at module load)."""
     import jax
@@ -48,6 +60,8 @@ def environment(packages: Sequence[str] = PACKAGES) -> dict:
         "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
         "device": devices[0].device_kind,
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),  # XLA:CPU compiles other kernels for other CPUs: another sample of every curve
+        "xla_flags": os.environ.get("XLA_FLAGS"),
         "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

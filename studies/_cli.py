@@ -12,7 +12,7 @@ from flaxray.errors import FlaxrayError
 from flaxray.study import MAX_SEEDS
 from flaxray.train import DTYPES, SOURCES
 
-RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # the rest come from run.json
+RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -59,14 +59,18 @@ def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output fo
     p.add_argument("--out", default=out, metavar="DIR", help=out_help + "; a rerun into the same folder reuses "
                    "every arch trained there with the same settings and continues an unfinished one")
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    if True:
-        p.add_argument("--resume", default=None, metavar="DIR",
-                       help="continue the stopped or killed study in DIR, with the flags recorded in DIR/run.json, to "
-                       "the curves an uninterrupted run gives; only --no-progress, --checkpoint-every and --cache-dir "
-                       "may be given with it")
-        p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                       help="save every seed's training state in the --out folder's checkpoints/ every N epochs and "
-                       "after the last (0: never, then --resume starts over)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the stopped or killed study in DIR, with the flags recorded in DIR/run.json, to "
+                   "the curves an uninterrupted run gives; other flags given with it must equal the recorded ones "
+                   "(except --no-progress, --checkpoint-every and --cache-dir)")
+    p.add_argument("--replay", default=None, metavar="DIR",
+                   help="train --seed K of the finished study in DIR again, in the program shape it was trained in "
+                   "(its chunk of the vmapped seeds: the cost of one chunk), and check its curves and parameters "
+                   "against the recorded ones, bit for bit; exit 1 if they differ")
+    p.add_argument("--seed", type=int, default=None, metavar="K", help="the seed --replay trains again")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="save every seed's training state in the --out folder's groups/*/checkpoints/ every N epochs and "
+                   "after the last (0: never, then --resume starts over)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -99,28 +103,44 @@ def study_spec(args, archs, kind: str, **fields):
                  class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
 
 
+def _dest(token: str, names) -> str | None:
+    """The argparse destination a flag token names (argparse accepts unambiguous prefixes)."""
+    matches = [n for n in names if f"--{n.replace('_', '-')}".startswith(token)]
+    exact = [n for n in matches if f"--{n.replace('_', '-')}" == token]
+    return (exact or matches or [None])[0]
+
+
 def resume_args(parse_args, args):
     """The flags of the study in `args.resume` (from its run.json) with the few that may change;
-    None when that study is complete."""
+    None when that study is complete. Flags given with --resume must equal the recorded ones (the
+    original command with --resume added is accepted), except --no-progress, --checkpoint-every
+    and --cache-dir, which only change how it runs."""
     folder = Path(args.resume)
     run = results.read_run(folder)
     if not run or "argv" not in run:
         raise FlaxrayError(f"--resume {folder}: no readable {results.RUN_JSON} there, so no study to continue")
-    given = [t.split("=", 1)[0] for t in args.argv if t.startswith("--")]
-    for name in given:  # argparse accepts unambiguous prefixes; match them the same way
-        if not any(flag.startswith(name) for flag in RESUME_FLAGS):
-            raise FlaxrayError(f"--resume takes the study's flags from {folder / results.RUN_JSON}; only "
-                               f"{', '.join(RESUME_FLAGS[1:])} may be given with it, not {name}")
-    if run.get("status") == "complete":
-        return None
     stored = parse_args(run["argv"])
     for name in ("data", "cache_dir"):  # relative to where the study was started
         value = getattr(stored, name, None)
         if value and not str(value).startswith("tfds:"):
             setattr(stored, name, str(Path(run.get("cwd", ".")) / Path(value).expanduser()))
-    for flag in RESUME_FLAGS[1:]:
-        if any(flag.startswith(name) for name in given):
-            dest = flag[2:].replace("-", "_")
+    free = {f[2:].replace("-", "_") for f in RESUME_FLAGS}
+    for token in (t.split("=", 1)[0] for t in args.argv if t.startswith("--")):
+        dest = _dest(token, vars(args))
+        if dest is None or dest in free or dest == "out" and Path(args.out or folder).resolve() == folder.resolve():
+            continue
+        given, recorded = getattr(args, dest), getattr(stored, dest, None)
+        if dest in ("data", "cache_dir") and given and not str(given).startswith("tfds:"):
+            same = recorded is not None and Path(given).resolve() == Path(recorded).resolve()
+        else:
+            same = given == recorded
+        if not same:
+            raise FlaxrayError(f"--resume continues the study recorded in {folder / results.RUN_JSON}, where "
+                               f"{token} is {recorded!r}, not {given!r}; drop {token} or start another study")
+    if run.get("status") == "complete":
+        return None
+    for dest in free - {"resume"}:
+        if any(_dest(t.split("=", 1)[0], vars(args)) == dest for t in args.argv if t.startswith("--")):
             setattr(stored, dest, getattr(args, dest))
     stored.argv, stored.out, stored.resume, stored.overwrite = list(run["argv"]), str(folder), str(folder), False
     return stored
@@ -151,12 +171,25 @@ def command(module: str, args) -> str:
     return " ".join(["python -m", module, *args.argv])
 
 
+def replay(args) -> int:
+    """--replay DIR --seed K: 0 when every group's seed K came out bit for bit as recorded, else 1."""
+    from flaxray.replay import format_rows, replay as replay_seed
+
+    if not args.replay or args.seed is None:
+        raise FlaxrayError("--replay DIR and --seed K go together: the study to replay and the seed to train again")
+    rows = replay_seed(args.replay, args.seed, progress=not args.no_progress, cache_dir=args.cache_dir)
+    print(format_rows(rows))
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
 def main(run, parse_args, argv=None) -> int:
     """Run a study; user errors are one line on stderr and exit 2, never a traceback."""
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in study.json
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
+        if getattr(args, "replay", None) or getattr(args, "seed", None) is not None:
+            return replay(args)
         if getattr(args, "resume", None):
             resumed = resume_args(parse_args, args)
             if resumed is None:

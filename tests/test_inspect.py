@@ -160,13 +160,12 @@ def test_saved_params_read_back_as_trained(tiny_study):
     cnn = models["conv:4,pool,conv:4,gap"]
     assert cnn.seeds == [0, 1] and cnn.input_shape == (28, 28, 1) and cnn.config.epochs == 1
     assert cnn.params["blocks"][0]["kernel"].shape == (2, 3, 3, 1, 4)
-    # The saved seeds are the trained ones: retraining seed 1 alone reproduces its parameters.
+    # The saved seeds are the trained ones: retraining them in the same program shape gives their bits.
     from flaxray.runner import train_seeds
     from flaxray.train import device_data
     dataset = load_run_data(cnn, progress=False)
-    states, _ = train_seeds(cnn.config, device_data(dataset), [1], progress=False)
-    jax.tree.map(lambda saved, fresh: np.testing.assert_allclose(saved[1], fresh[0], rtol=1e-5, atol=1e-6),
-                 cnn.params, states.params)
+    states, _ = train_seeds(cnn.config, device_data(dataset), [0, 1], progress=False)
+    jax.tree.map(lambda saved, fresh: np.testing.assert_array_equal(saved, fresh), cnn.params, states.params)
     assert dataset.test.x.shape[1:] == (28, 28, 1) and len(dataset.test.y) > 0
 
 

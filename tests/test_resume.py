@@ -137,7 +137,8 @@ def test_ctrl_c_saves_the_epoch_then_stops_and_resume_matches(clean, tmp_path, m
     assert [p.name for p in (out / "groups" / "dense_8_0.5" / "checkpoints").iterdir()] == ["1"]
 
     monkeypatch.undo()
-    assert seed_variance.main(["--resume", str(out), "--no-progress"]) == 0
+    # What a user types first: the same command with --resume added. Equal flags are accepted.
+    assert seed_variance.main([*STUDY, "--out", str(out), "--resume", str(out)]) == 0
     assert curves(out) == curves(clean)
 
 

@@ -68,16 +68,30 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     assert "config.epochs 2 here, 3 asked" in err and "--overwrite" in err and err.count("\n") == 1
 
 
-def test_seed_rerun_alone_matches_its_curve_in_the_study(tmp_path):
+def test_replay_trains_a_seed_again_to_its_exact_curves_and_params(tmp_path, capsys):
+    """`--replay OUT --seed K` runs the chunk seed K was trained in, as it was, and compares bit for bit;
+    a curve that differs from the recorded one (here: edited in the file) is reported, exit 1."""
     data = make_folder(tmp_path / "xray")
-    common = ["--arch", "dense:8@0.5", "--data", str(data), "--image-size", "8", "--epochs", "2",
-              "--batch-size", "4", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
-    assert seed_variance.main([*common, "--seeds", "4", "--out", str(tmp_path / "all")]) == 0
-    assert seed_variance.main([*common, "--first-seed", "2", "--seeds", "1", "--out", str(tmp_path / "one")]) == 0
-    batch, _ = read_curves_csv(tmp_path / "all" / "curves.csv")
-    alone, _ = read_curves_csv(tmp_path / "one" / "curves.csv")
-    for key, values in alone["dense:8@0.5"].items():
-        np.testing.assert_allclose(batch["dense:8@0.5"][key][2], values[0], rtol=1e-4, atol=1e-6)
+    out = tmp_path / "all"
+    common = ["--data", str(data), "--image-size", "8", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert seed_variance.main(["--arch", "dense:8@0.5", "--epochs", "2", "--batch-size", "4", "--seeds", "5",
+                               "--lr", "1e-3", "3e-3", "--chunk", "4", "--out", str(out), *common]) == 0
+    capsys.readouterr()
+    assert seed_variance.main(["--replay", str(out), "--seed", "3", *common]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "seed 3 of dense:8@0.5@lr=1e-3 (lanes 0..3 trained again): curves and parameters identical, bit for bit",
+        "seed 3 of dense:8@0.5@lr=3e-3 (lanes 8..9 trained again): curves and parameters identical, bit for bit"]
+    curves = out / "groups" / "dense_8_0.5" / "curves.csv"
+    rows = curves.read_text().splitlines()
+    edited = [r.replace(",val,loss,", ",val,loss,1") if r.startswith("dense:8@0.5@lr=1e-3,3,2,val,loss,") else r
+              for r in rows]
+    assert edited != rows
+    curves.write_text("\n".join(edited) + "\n")
+    assert seed_variance.main(["--replay", str(out), "--seed", "3", *common]) == 1
+    assert "DIFFERENT: curves by up to" in capsys.readouterr().out
+    assert seed_variance.main(["--replay", str(out), "--seed", "7", *common]) == 2
+    assert "seed 7 is not one of the seeds" in capsys.readouterr().err
 
 
 def test_default_study_runs_on_the_embedded_data(tmp_path, capsys):
