@@ -34,6 +34,7 @@ def study(tmp_path_factory):
     return run(Study(data=dataset, **SPEC), out, progress=False), out
 
 
+@pytest.mark.numeric
 def test_from_arrays_trains_every_seed_with_a_softmax_head_and_reports_multiclass_metrics(study):
     result, out = study
     keys = set(result.groups["dense:16"].history)

@@ -42,6 +42,7 @@ def test_plan_chunk_fits_the_memory_it_is_given():
     assert scale.pad_seeds([3, 4, 5], 4) == [3, 4, 5, 5]
 
 
+@pytest.mark.numeric
 def test_chunked_run_gives_the_unchunked_curves(data, tmp_path, capsys):
     """Each chunk is the program its seeds would be alone: chunks of 2 give, bit for bit, what the
     seeds [0, 1], [2, 3] and [4] give as three separate runs (an identity: a lane's arithmetic
@@ -91,6 +92,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.numeric
 def test_four_devices_give_the_one_device_curves():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True, cwd=ROOT,
@@ -104,6 +106,7 @@ def test_four_devices_give_the_one_device_curves():
     assert_one_distribution(*out["final_val_loss"], "final val loss, 4 devices vs 1")
 
 
+@pytest.mark.numeric
 def test_bfloat16_computes_in_bfloat16_and_stays_close_to_float32():
     """The embedded default, a small dense stack, 8 seeds x 3 epochs: bfloat16 compute ends where float32
     does, as far as 8 seeds can tell: Welch's t-test of equal means of final val loss, train loss and

@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
 import numpy as np
+import pytest
 from PIL import Image
 
 from flaxray.results import read_curves_csv
@@ -68,6 +70,7 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     assert "config.epochs 2 here, 3 asked" in err and "--overwrite" in err and err.count("\n") == 1
 
 
+@pytest.mark.numeric
 def test_replay_trains_a_seed_again_to_its_exact_curves_and_params(tmp_path, capsys):
     """`--replay OUT --seed K` runs the chunk seed K was trained in, as it was, and compares bit for bit;
     a curve that differs from the recorded one (here: edited in the file) is reported, exit 1."""
@@ -120,7 +123,7 @@ def assert_one_line_error(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_bad_input_is_one_line_no_traceback(tmp_path):
+def test_bad_input_is_one_line_no_traceback(tmp_path, capsys):
     data = make_folder(tmp_path / "xray", n=4)
     empty_class = make_folder(tmp_path / "empty", n=4)
     for f in (empty_class / "train" / "NORMAL").iterdir():
@@ -136,9 +139,16 @@ def test_bad_input_is_one_line_no_traceback(tmp_path):
         (["--data", str(data), "--image-size", "2"], ["image"]),
         (["--vary", "init,luck"], ["luck"]),
     ]
-    for args, needles in cases:
-        assert_one_line_error(cli(*args, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")),
-                              *needles)
+    # One case through a real process (no traceback reaches the terminal), the rest in this one.
+    for i, (args, needles) in enumerate(cases):
+        argv = [*args, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")]
+        if i == 0:
+            assert_one_line_error(cli(*argv), *needles)
+            continue
+        assert seed_variance.main([*argv, "--no-progress"]) == 2, args
+        err = capsys.readouterr().err
+        assert_one_line_error(SimpleNamespace(returncode=2, stderr=err), *needles)
+    assert not (tmp_path / "out").exists()  # nothing written on bad input
 
 
 def test_help_lists_every_flag_with_its_default():

@@ -42,6 +42,7 @@ def test_same_seed_same_curves(data):
 
 
 # A CNN with every kind of layer that has state or randomness: BatchNorm, Dropout, both pools.
+@pytest.mark.numeric
 @pytest.mark.parametrize("arch", [CONFIG["arch"], "conv:4,bn,pool,sep:8,bn,pool:same,dropout:0.2,gap,dense:8@0.5"])
 def test_a_seeds_lane_depends_on_its_own_inputs_only(data, arch):
     """Seed 5 in lane 2 of a 4-lane program: the same bits whatever seeds the other lanes hold. An
@@ -60,6 +61,7 @@ def test_a_seeds_lane_depends_on_its_own_inputs_only(data, arch):
 SEEDS = range(8)  # enough for a rank test at ALPHA to be able to fail (tests/samples.py)
 
 
+@pytest.mark.numeric
 def test_seeds_alone_and_in_a_batch_are_one_distribution(data):
     """Seed k alone (the one-seed program, no vmap) and in a batch of 8 are different programs, so
     different numbers after a few steps; they must be samples of one distribution."""
@@ -69,6 +71,7 @@ def test_seeds_alone_and_in_a_batch_are_one_distribution(data):
     assert_one_distribution(batch["val_loss"][:, -1], alone, "final val loss, batched vs alone")
 
 
+@pytest.mark.numeric
 def test_pure_train_and_epoch_loop_are_one_distribution(data):
     """`jax.jit(jax.vmap(train))` in one call (a scan over epochs) and `train_seeds`, one call per
     epoch, are two programs of the same functions: the same History keys, one distribution."""
@@ -87,6 +90,7 @@ def initial_kernels(config, seeds, data):
     return np.asarray(states.params["blocks"][0]["dense"]["kernel"])
 
 
+@pytest.mark.numeric
 def test_vary_chooses_the_sources_of_randomness(data):
     kernels = initial_kernels(TrainConfig(**CONFIG, vary=("dropout", "order")), [0, 1], data)
     np.testing.assert_array_equal(kernels[0], kernels[1])
@@ -155,6 +159,7 @@ def test_binary_metrics_against_direct_computation():
     assert np.isnan(binary_metrics(1.0, 3, [0] * NUM_BINS, [3] + [0] * (NUM_BINS - 1))["auc"])
 
 
+@pytest.mark.numeric
 def test_a_diverging_seed_stops_alone_and_per_seed_lr_is_its_own_run(data):
     """lr=1e30 blows seeds 1 and 3 up; seeds 0 and 2 must train exactly as in the same program whose
     lanes 1 and 3 are healthy, and a seed's own learning rate must give exactly what a config with
