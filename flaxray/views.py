@@ -160,14 +160,14 @@ def write_tensorboard(out, logdir, *, confidence: float | None = None) -> Path:
     (float32); non-finite ones are left out. Writing again into the same `logdir` replaces the event
     files of the runs it writes and leaves any other runs there alone.
     """
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError:
-        raise FlaxrayError(f"writing TensorBoard event files needs the tensorboard extra: {EXTRA}") from None
     from flaxray import stats
 
     study = read_study_json(out)
     curves = read_curves(study_files(out)[1])
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        raise FlaxrayError(f"writing TensorBoard event files needs the tensorboard extra: {EXTRA}") from None
     if confidence is None:
         confidence = float((study.get("analysis") or {}).get("confidence") or 0.95)
     if not 0 < confidence < 1:

@@ -156,7 +156,8 @@ def test_bad_folders_are_one_line_errors(study, tmp_path, capsys, monkeypatch):
     shutil.copy(study / "study.json", broken)
     (broken / "curves.csv").write_text("epoch,value\n1,0.5\n")
     cases = {tmp_path / "missing": "is not a folder", half: f"{half / 'study.json'} is missing",
-             no_curves: f"{no_curves / 'curves.csv'} is missing", broken: f"cannot read {broken / 'curves.csv'}: columns epoch,value"}
+             no_curves: f"{no_curves / 'curves.csv'} is missing",
+             broken: f"cannot read {broken / 'curves.csv'}: columns epoch,value"}
     for folder, message in cases.items():
         with pytest.raises(FlaxrayError) as err:
             views.load_study(folder)
