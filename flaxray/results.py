@@ -137,6 +137,13 @@ def read_curves_csv(path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, l
     return histories, seeds
 
 
+def load_study(out):
+    """A finished study's (curves, summary) as two pandas DataFrames: `flaxray.views.load_study`."""
+    from flaxray import views
+
+    return views.load_study(out)
+
+
 def jsonable(obj):
     """numpy types, tuples and non-finite floats (as null) -> what json.dump writes."""
     if isinstance(obj, dict):
