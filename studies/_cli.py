@@ -71,6 +71,10 @@ def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output fo
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                    help="save every seed's training state in the --out folder's groups/*/checkpoints/ every N epochs and "
                    "after the last (0: never, then --resume starts over)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard event files into DIR when the study is done: a run per seed and the "
+                   "mean and CI band per arch (needs the [tensorboard] extra; `python -m studies.tensorboard` does it "
+                   "for a finished study)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -163,6 +167,10 @@ def run_study(args, spec, module: str):
                      **options)
     if result.reused:
         print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
+    if getattr(args, "tensorboard", None):
+        from flaxray.views import write_tensorboard
+
+        print(f"TensorBoard: {write_tensorboard(out, args.tensorboard)} (tensorboard --logdir {args.tensorboard})")
     return result
 
 

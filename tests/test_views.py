@@ -2,6 +2,7 @@
 DataFrames equal the study's files, the event files read back with TensorBoard's own reader equal
 curves.csv (per seed) and stats.band (the aggregate runs), bad folders are one-line errors."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -30,8 +31,17 @@ def study(tmp_path_factory):
     out = tmp / "study"
     argv = ["--arch", *GROUPS, "--data", str(data), "--image-size", "8", "--seeds", "3", "--epochs", "2",
             "--batch-size", "8", "--out", str(out), "--no-progress", "--cache-dir", str(tmp / "cache")]
+    if importlib.util.find_spec("tensorboardX") is not None:
+        argv += ["--tensorboard", str(tmp / "tb-of-the-study")]  # the study's own flag writes them too
     assert seed_variance.main(argv) == 0
     return out
+
+
+def test_the_study_flag_writes_the_same_runs(study):
+    pytest.importorskip("tensorboardX")
+    written = sorted(p.parent.relative_to(study.parent / "tb-of-the-study").as_posix()
+                     for p in (study.parent / "tb-of-the-study").rglob("events.out.tfevents.*"))
+    assert len(written) == len(GROUPS) * (3 + 3) and all("/" in w for w in written)  # 3 seeds + mean, ci_low, ci_high
 
 
 def events(run: Path) -> dict[str, list[tuple[int, float]]]:
