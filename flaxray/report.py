@@ -19,7 +19,8 @@ import numpy as np
 from flaxray import diagnose, metrics, plots, stats
 
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
-_FIGURES = {"bands": "bands.png", "intervals": "intervals.png", "improvement": "improvement.png"}
+# bands_per_arch.png, not bands.png: a study's own bands.png has every group on shared axes
+_FIGURES = {"bands": "bands_per_arch.png", "intervals": "intervals.png", "improvement": "improvement.png"}
 
 
 def num(x) -> str:
@@ -110,7 +111,7 @@ def _inline(text: str) -> str:
 
 
 def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "") -> dict[str, Path]:
-    """bands.png (one panel per arch), intervals.png (one panel per metric), improvement.png."""
+    """bands_per_arch.png (one panel per arch), intervals.png (one panel per metric), improvement.png."""
     out = Path(out)
     order = [r["arch"] for r in analysis["ranking"]]
     conf = analysis["confidence"]

@@ -26,7 +26,7 @@ RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
 # What a study writes into its folder (and what --overwrite deletes); the last four are older layouts'.
 OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", "report.md", "report.html", "intervals.png",
-           "improvement.png", "groups", CHECKPOINTS, "params", "archs", "search.json")
+           "improvement.png", "bands_per_arch.png", "groups", CHECKPOINTS, "params", "archs", "search.json")
 
 
 def cpu_model() -> str:
