@@ -295,13 +295,14 @@ def test_cnn_keras_defaults():
     assert float(ones(jnp.full((1, 2, 2, 1), 255, jnp.uint8))[0]) == pytest.approx(4.0)
 
 
-# sha256 (first 16 hex digits) of every param and batch-stat array (with its path) and of the training-mode
-# logits of two fixed images, recorded from flaxray/models.py before num_classes and the registry existed
-# (commit 3893228): the binary models are bit for bit those of before. Small models, every layer kind
-# among them (eagerly, cnn_sep alone takes ~20 s; its hash, 499c93b46c24f4ce for key 3 at 28x28x1, also held).
+# sha256 (first 16 hex digits) of every param and batch-stat array (with its path), recorded from
+# flaxray/models.py before num_classes and the registry existed (commit 3893228): the binary models are
+# initialised bit for bit as before. Initialisation is integer RNG and exact float steps, the same on any
+# CPU (checked under XLA_FLAGS=--xla_cpu_max_isa=AVX2 too); logits are not hashed, since XLA computes them
+# with each CPU's own kernels (the forward pass is covered by the byte-identical curves.csv of issue 12).
 BEFORE_NUM_CLASSES = {
-    ("pyramid_d02", (8, 8, 3), 0): "d77b80e8a9cf72c9",
-    ("conv:4,pool,sep:8,bn,gap,dense:6@0.5,3", (9, 9, 2), 5): "99a8d5990594bde9",
+    ("pyramid_d02", (8, 8, 3), 0): "9ac1d17f55978770",
+    ("conv:4,pool,sep:8,bn,gap,dense:6@0.5,3", (9, 9, 2), 5): "fceef786dca3c098",
 }
 
 
@@ -315,9 +316,9 @@ def test_binary_models_are_bit_identical_to_before_num_classes(arch, shape, key)
     for path, array in jax.tree.leaves_with_path((params, stats)):
         digest.update(jax.tree_util.keystr(path).encode())
         digest.update(np.asarray(array).tobytes())
-    x = np.random.default_rng(0).integers(0, 256, (2, *shape)).astype(np.uint8)
-    digest.update(np.asarray(model(x, train=True, dropout_key=jax.random.key(1))).tobytes())
     assert digest.hexdigest()[:16] == BEFORE_NUM_CLASSES[(arch, shape, key)]
+    x = np.random.default_rng(0).integers(0, 256, (2, *shape)).astype(np.uint8)
+    assert model(x, train=True, dropout_key=jax.random.key(1)).shape == (2,)  # one logit per image
 
 
 def test_multi_class_head_is_dense_c_on_the_same_features():
