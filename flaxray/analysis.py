@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+import warnings
+from typing import Mapping, Sequence
 
 import numpy as np
+import scipy.stats
 
 from flaxray import diagnose, stats
 from flaxray.errors import FlaxrayError
@@ -24,9 +26,40 @@ def _final_val_loss(history) -> np.ndarray:
     return stats.per_seed(history, "val_loss", "final", lower_is_better=True)
 
 
+def seed_percentiles(values, lower_is_better: bool = True) -> np.ndarray:
+    """Each seed's percentile among its arch's seeds: the share of the other seeds it beats, ties half,
+    times 100 (100: better than every other seed; a diverged seed counts as the worst). NaN for one seed."""
+    s = stats.as_scores(np.ravel(values), lower_is_better) * (-1.0 if lower_is_better else 1.0)  # higher = better
+    if s.size < 2:
+        return np.full(s.size, np.nan)
+    beats = (s[:, None] > s[None, :]).sum(1) + 0.5 * ((s[:, None] == s[None, :]).sum(1) - 1)
+    return 100 * beats / (s.size - 1)
+
+
+SETTLE_SEEDS = (3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def seeds_to_settle(a, b, *, power: float = 0.8, alpha: float = 0.05, sims: int = 400, seed: int = 0) -> int | None:
+    """Seeds per arch at which a two-sided Mann-Whitney U test at `alpha` tells `a` from `b` in a share
+    `power` of simulated studies, whose seeds are drawn with replacement from the observed per-seed
+    values (a diverged seed as the worst); None when 512 seeds would not. A bootstrap power estimate:
+    it takes the observed difference as the true one, so with few seeds it is itself rough."""
+    a, b = stats.as_scores(np.ravel(a)), stats.as_scores(np.ravel(b))
+    rng = np.random.default_rng(seed)
+    for n in SETTLE_SEEDS:
+        xa, xb = rng.choice(a, (sims, n)), rng.choice(b, (sims, n))
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-tied draws: p is NaN, counted as not told apart
+            p = scipy.stats.mannwhitneyu(xa, xb, axis=1, method="asymptotic").pvalue
+        if np.mean(p < alpha) >= power:
+            return n
+    return None
+
+
 def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: float = float(np.log(2)),
             decomposition: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
-            confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS) -> dict:
+            confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS,
+            seeds: Mapping[str, Sequence[int]] | None = None) -> dict:
     """Everything the report shows, as plain data (numpy arrays and floats).
 
     Works for any class count: everything per metric comes from the registry (`flaxray.metrics`).
@@ -37,7 +70,9 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     improvement (`stats.improvement_matrix` of final val loss, in ranking order), one_seed
     (the notes' one-run-per-arch choice: win probabilities, the winner of the mean, the chance a
     single seed picks it, and the winner of each seed index), decomposition {arch:
-    `stats.variance_shares`} when given, criterion (what ranks), thresholds, baseline, confidence.
+    `stats.variance_shares`} when given, criterion (what ranks), thresholds, baseline, confidence,
+    luck {arch: {seed: percentile of its final val loss among the arch's seeds}} (`seeds` names them;
+    default 0..S-1) and settle (`seeds_to_settle` of the first two archs of the ranking).
     """
     if not histories:
         raise FlaxrayError("no architecture to analyse")
@@ -72,6 +107,11 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     out = {"criterion": stats.RANK_CRITERION, "confidence": confidence, "baseline_loss": baseline,
            "thresholds": dataclasses.asdict(thresholds), "diagnosis": diagnosis, "summary": summary,
            "values": values, "ranking": ranking, "improvement": matrix, "one_seed": one_seed}
+    out["luck"] = {a: dict(zip((seeds or {}).get(a, range(len(scores[a]))), seed_percentiles(scores[a])))
+                   for a in order}
+    if len(order) > 1:
+        out["settle"] = {"archs": order[:2], "power": 0.8, "alpha": 0.05,
+                         "seeds": seeds_to_settle(scores[order[0]], scores[order[1]])}
     if decomposition:
         out["decomposition"] = {
             arch: stats.variance_shares({s: _final_val_loss(h) for s, h in runs.items()}, total=TOTAL,
@@ -124,4 +164,28 @@ def verdict(analysis: Mapping) -> str:
         rank = next(r["rank"] for r in ranking if r["arch"] == likeliest)
         text += (f"; the one-seed method's likeliest pick is **{likeliest}** "
                  f"({_pct(one['win_probability'][likeliest])}), ranked {rank} of {len(ranking)} here")
-    return text + "."
+    return text + ". " + settle_sentence(analysis)
+
+
+def settle_sentence(analysis: Mapping) -> str:
+    """How many seeds would tell the first two archs apart, in words ('' with one arch)."""
+    settle = analysis.get("settle")
+    if not settle:
+        return ""
+    a, b = settle["archs"]
+    how = (f"about {settle['seeds']} seeds per arch" if settle["seeds"] else "more than 512 seeds per arch")
+    return (f"Seeds a claim needs: {how} would tell **{a}** from **{b}** on final val loss with "
+            f"{_pct(settle['power'])} power (a Mann-Whitney test at {settle['alpha']:g}, simulated from the "
+            "observed seeds).")
+
+
+def luck_lines(analysis: Mapping) -> list[str]:
+    """Per arch, its luckiest seed and where it sits among the arch's seeds (none with one seed)."""
+    lines = []
+    for arch, pcts in analysis.get("luck", {}).items():
+        finite = {s: p for s, p in pcts.items() if np.isfinite(p)}
+        if len(finite) >= 3:
+            best = max(finite, key=finite.get)
+            lines.append(f"seed {best} of {arch} sits at the {finite[best]:.0f}th percentile of its {len(pcts)} seeds "
+                         "(final val loss): a pick made from it alone would be lucky")
+    return lines

@@ -231,6 +231,16 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
              "2021), the Mann-Whitney U statistic over n·m.")
     doc.image(figures["improvement"], "probability of improvement matrix")
 
+    from flaxray.analysis import luck_lines, settle_sentence  # beside analyse, which computes them
+
+    if "luck" in analysis:
+        doc.heading(2, "How lucky was a seed")
+        doc.para("Each seed's percentile among its arch's seeds on final val loss (the share of the other seeds it "
+                 "beats; a diverged seed is the worst). The notes chose from one seed per arch: the luckiest seed "
+                 "below is what such a pick would have seen. " + settle_sentence(analysis))
+        for line in luck_lines(analysis):
+            doc.para(line)
+
     doc.heading(2, "Diagnosis per seed")
     t = analysis["thresholds"]
     doc.para("From each seed's train and val loss curves (`flaxray/diagnose.py`, `Thresholds`): **diverged** "

@@ -82,7 +82,8 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
         plots.plot_bands(histories, tmp, title=head["title"])
     weight = next(iter(groups.values())).config.class_weight
     analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, weight),
-                       decomposition=decomposition or None, confidence=study.confidence)
+                       decomposition=decomposition or None, confidence=study.confidence,
+                       seeds={n: g.seeds for n, g in groups.items()})
     test = evaluate_test(study, dataset, groups) if study.test else None
     if test is not None:
         compare.write_report(out, test, info=head, bands=out / "bands.png")

@@ -55,6 +55,9 @@ def run(args) -> Path:
     print()
     print(report.ranking_markdown(result.analysis))
     print(result.analysis["verdict"].replace("**", ""))
+    from flaxray.analysis import luck_lines
+
+    print("\n".join(luck_lines(result.analysis)))
     out = result.out
     print(f"\nwrote {out / 'report.md'}, {out / 'report.html'}, {out / 'study.json'}")
     return out

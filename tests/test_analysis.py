@@ -81,3 +81,18 @@ def test_a_three_class_comparison_ranks_and_reports(tmp_path):
     assert "final_val_recall_dog" in analysis["summary"]["sharp"] and "final_val_auc" in analysis["values"]["blunt"]
     md, _ = report.write_report(tmp_path, analysis, histories, info={})
     assert "final val AUC" in md.read_text() and "holds best across seeds" in analysis["verdict"]
+
+
+def test_seed_percentiles_and_seeds_to_settle():
+    from flaxray.analysis import seed_percentiles, seeds_to_settle
+
+    # Lower loss is better: the best seed beats the 3 others (100), a diverged one none (0), ties half.
+    np.testing.assert_array_equal(seed_percentiles([0.1, 0.3, np.nan, 0.2]), [100, 100 / 3, 0, 200 / 3])
+    np.testing.assert_array_equal(seed_percentiles([0.5, 0.5]), [50, 50])
+    assert np.isnan(seed_percentiles([0.1])).all()
+    rng = np.random.default_rng(0)
+    far, near = rng.normal(0, 1, 8), rng.normal(0, 1, 8)
+    assert seeds_to_settle(far, far + 3) <= 4  # told apart at once
+    assert seeds_to_settle(near, near) is None  # the same distribution: no number of seeds settles it
+    # A smaller difference needs more seeds.
+    assert seeds_to_settle(far, far + 3) <= seeds_to_settle(far, far + 0.5) <= 512

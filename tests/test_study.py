@@ -40,6 +40,7 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     assert seed_variance.main(argv) == 0
     printed = capsys.readouterr().out
     assert "dense:8@0.5" in printed and "dense:4" in printed and "rank" in printed.lower()
+    assert "of dense:4 sits at the" in printed and "Seeds a claim needs:" in printed
 
     histories, seeds = read_curves_csv(out / "curves.csv")
     assert seeds == {"dense:8@0.5": [5, 6, 7], "dense:4": [5, 6, 7]}
@@ -55,6 +56,8 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     assert set(study["summary"]) == {"dense:8@0.5", "dense:4"}
     assert study["summary"]["dense:4"]["final_val_loss"]["n"] == 3
     assert [row["arch"] for row in study["ranking"]]
+    assert sorted(study["analysis"]["luck"]["dense:4"]) == ["5", "6", "7"]  # by seed, as trained
+    assert sorted(study["analysis"]["luck"]["dense:4"].values()) == [0, 50, 100]  # three seeds, no ties
 
     image = matplotlib.image.imread(out / "bands.png")
     assert image.shape[0] > 400 and image.shape[1] > 600
