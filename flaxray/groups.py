@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,6 +68,18 @@ class Group:
     seconds: float | None = None  # of the program it was trained in now (None: read back)
     states: Any = None  # the final per-seed state (leading seed axis) when trained now
 
+    @property
+    def params_dir(self) -> Path:
+        """Where its seeds' final params and batch statistics are (`flaxray.trained`)."""
+        return self.folder / "params" / slug(self.name)
+
+
+def write_curves(path, groups: Sequence[Group]) -> Path:
+    """curves.csv of `groups`: every seed's curves with its group's rate and diverged epoch."""
+    return results.write_curves_csv(path, {g.name: g.history for g in groups}, {g.name: g.seeds for g in groups},
+                                    lrs={g.name: g.config.lr for g in groups},
+                                    diverged={g.name: g.diverged for g in groups})
+
 
 def unit_dir(out, arch: str, source: str | None = None) -> Path:
     folder = Path(out) / GROUPS / slug(arch)
@@ -115,11 +126,11 @@ def program_shape(folder: Path, lanes: int) -> dict:
     chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
             "devices": len(jax.devices()), "backend": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind, "cpu": results.environment()["cpu"]}
+            "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
 
 
 def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
-               overwrite=False, progress=True, checkpoint_every=1, chunk=None) -> tuple[list[Group], bool]:
+               progress=True, checkpoint_every=1, chunk=None) -> tuple[list[Group], bool]:
     """The groups of one unit (`name` x `lrs` x `seeds`), trained into `folder` or read back from it.
 
     Returns (groups, reused)."""
@@ -129,8 +140,6 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
     seeds, lrs = [int(s) for s in seeds], [float(r) for r in lrs]
     names, summary = group_names(name, lrs), dataset.summary
     wanted = fingerprint(config, lrs, seeds, summary)
-    if overwrite and folder.exists():
-        shutil.rmtree(folder)
     record = finished(folder, wanted)
     if record is not None:
         histories, _ = results.read_curves_csv(folder / "curves.csv")
@@ -152,11 +161,9 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
         rows = slice(j * len(seeds), (j + 1) * len(seeds))
         groups.append(Group(n, dataclasses.replace(config, lr=lr), seeds, {k: v[rows] for k, v in history.items()},
                             diverged[rows], folder, seconds, jax.tree.map(lambda a: a[rows], states)))
-    results.write_curves_csv(folder / "curves.csv", {g.name: g.history for g in groups}, {g.name: seeds for g in groups},
-                             lrs={g.name: g.config.lr for g in groups}, diverged={g.name: g.diverged for g in groups})
+    write_curves(folder / "curves.csv", groups)
     for g in groups:
-        save_trained(folder / "params" / slug(g.name), g.name, g.config, seeds, g.states,
-                     data.x_train.shape[1:], summary)
+        save_trained(g.params_dir, g.name, g.config, seeds, g.states, data.x_train.shape[1:], summary)
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
         "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(lrs) * len(seeds))})

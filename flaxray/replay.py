@@ -57,7 +57,8 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
         dataset = DataSpec(**spec).load(cache_dir=cache_dir, progress=progress)
     if dataset.summary.get("fingerprint") != record["data"].get("fingerprint"):
         raise FlaxrayError(f"the data changed since the study in {out} (its fingerprint differs); a replay needs the same data")
-    rows = []
+    here = {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
+    data, rows = None, []
     for unit in dict.fromkeys(record["groups"].values()):
         folder = out / unit
         meta = json.loads((folder / GROUP_JSON).read_text("utf-8"))
@@ -73,24 +74,24 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
         names = group_names(meta["name"], lrs)
         trained = {n: load_folder(folder / "params" / slug(n)) for n in names}
         config = dataclasses.replace(trained[names[0]].config, lr=lrs[0])
-        here = {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
-                "cpu": results.environment()["cpu"]}
         if here["devices"] != program["devices"]:
             raise FlaxrayError(f"{folder} was trained on {program['devices']} device(s), this machine has "
                                f"{here['devices']}: the seed would run in another program shape")
+        recorded, _ = results.read_curves_csv(folder / "curves.csv")
+        if data is None:  # once: every unit trained on the same data
+            data = device_data(dataset, config.eval_batch_size)
         # The seed has one lane per rate; a chunk holds consecutive lanes, so each may be in another chunk.
-        for j, (name, lr) in enumerate(zip(names, lrs)):
+        for j, name in enumerate(names):
             lane = j * len(seeds) + seeds.index(seed)
             part = next(p for p in parts if p.start <= lane < p.stop)
             if (part.start, part.stop) not in done:
                 chunk = lanes[part]
                 done[part.start, part.stop] = train_seeds(
-                    config, device_data(dataset, config.eval_batch_size), [s for s, _ in chunk],
+                    config, data, [s for s, _ in chunk],
                     lrs=[r for _, r in chunk], class_names=tuple(dataset.class_names), progress=progress,
                     desc=f"replay {meta['name']} [{part.start}:{part.stop}]", max_seeds_per_chunk=len(chunk))
             states, history = done[part.start, part.stop]
             k = lane - part.start
-            recorded, _ = results.read_curves_csv(folder / "curves.csv")
             curves_same, curves_diff = _tree_equal({key: v[seeds.index(seed)] for key, v in recorded[name].items()},
                                                    {key: history[key][k] for key in recorded[name]})
             saved = trained[name]

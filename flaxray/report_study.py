@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flaxray import results
-from flaxray.groups import Group, slug
+from flaxray.groups import Group, write_curves
 
 LAYOUT = 2  # study.json's "layout": 2 = one folder per arch under groups/ (issue 12)
 
@@ -30,9 +30,9 @@ class Result:
     record: dict
 
 
-def header(study, dataset, info: Mapping) -> dict:
-    """The strings a report's header shows (`flaxray.report.run_info`), from the study and the machine."""
-    env = results.environment()
+def header(study, dataset, info: Mapping, env: Mapping) -> dict:
+    """The strings a report's header shows (`flaxray.report.run_info`), from the study and the machine
+    (`env`: `results.environment()`)."""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "flaxray")
     size, channels = dataset.summary.get("image_size"), dataset.summary.get("channels")
     seeds = list(study.seeds)
@@ -56,7 +56,7 @@ def evaluate_test(study, dataset, groups: Mapping) -> dict:
     classes = tuple(getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA")))
     models = {}
     for name, g in groups.items():
-        states = g.states if g.states is not None else load_folder(g.folder / "params" / slug(name))
+        states = g.states if g.states is not None else load_folder(g.params_dir)
         shape = tuple(dataset.test.x.shape[1:])
         models[name] = {"counts": evaluate_seeds(g.config, states, dataset.test.x, dataset.test.y),
                         "probs": predict(g.config, states, dataset.test.x),
@@ -74,10 +74,9 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     histories = {n: g.history for n, g in groups.items()}
-    results.write_curves_csv(out / "curves.csv", histories, {n: g.seeds for n, g in groups.items()},
-                             lrs={n: g.config.lr for n, g in groups.items()},
-                             diverged={n: g.diverged for n, g in groups.items()})
-    head = header(study, dataset, info)
+    write_curves(out / "curves.csv", list(groups.values()))
+    env = results.environment()
+    head = header(study, dataset, info, env)
     with results.atomic_path(out / "bands.png") as tmp:
         plots.plot_bands(histories, tmp, title=head["title"])
     weight = next(iter(groups.values())).config.class_weight
@@ -93,12 +92,12 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
     record = {
         "layout": LAYOUT, "study": study.kind, **{k: v for k, v in info.items() if k != "title"},
         "spec": study.record(), "configs": {n: dataclasses.asdict(g.config) for n, g in groups.items()},
-        "seeds": list(study.seeds), "environment": results.environment(), "data": dataset.summary,
+        "seeds": list(study.seeds), "environment": env, "data": dataset.summary,
         "summary": analysis["summary"], "criterion": analysis["criterion"], "ranking": analysis["ranking"],
         "diverged": diverged, "analysis": analysis, "test": test, "reused": reused,
         "train_seconds": {n: g.seconds for n, g in groups.items() if g.seconds is not None},
         "groups": {n: str(g.folder.relative_to(out)) for n, g in groups.items()},
-        "params": {n: str((g.folder / "params" / slug(n)).relative_to(out)) for n, g in groups.items()},
+        "params": {n: str(g.params_dir.relative_to(out)) for n, g in groups.items()},
     }
     results.write_json(out / "study.json", record)
     return Result(out, dataset, dict(groups), analysis, dict(decomposition), reused, test, record)

@@ -192,9 +192,10 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lrs: list[float], 
         for epoch in bar:
             states, counts = run_epoch(states, data)
             epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
-            val = history_from_counts({s: epochs[-1][s] for s in ("train", "val")}, class_names)["val_loss"]
-            bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n,
-                            diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
+            if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
+                val = history_from_counts(epochs[-1], class_names)["val_loss"]
+                bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n,
+                                diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
             if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
                                       or interrupted()):
                 saver.save(epoch + 1, states, _stack(epochs))
