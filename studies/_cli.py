@@ -129,8 +129,8 @@ def resume_args(parse_args, args):
         if value and not str(value).startswith("tfds:"):
             setattr(stored, name, str(Path(run.get("cwd", ".")) / Path(value).expanduser()))
     free = {f[2:].replace("-", "_") for f in RESUME_FLAGS}
-    for token in (t.split("=", 1)[0] for t in args.argv if t.startswith("--")):
-        dest = _dest(token, vars(args))
+    tokens = {t.split("=", 1)[0]: _dest(t.split("=", 1)[0], vars(args)) for t in args.argv if t.startswith("--")}
+    for token, dest in tokens.items():
         if dest is None or dest in free or dest == "out" and Path(args.out or folder).resolve() == folder.resolve():
             continue
         given, recorded = getattr(args, dest), getattr(stored, dest, None)
@@ -143,9 +143,8 @@ def resume_args(parse_args, args):
                                f"{token} is {recorded!r}, not {given!r}; drop {token} or start another study")
     if run.get("status") == "complete":
         return None
-    for dest in free - {"resume"}:
-        if any(_dest(t.split("=", 1)[0], vars(args)) == dest for t in args.argv if t.startswith("--")):
-            setattr(stored, dest, getattr(args, dest))
+    for dest in (free - {"resume"}) & set(tokens.values()):
+        setattr(stored, dest, getattr(args, dest))
     stored.argv, stored.out, stored.resume, stored.overwrite = list(run["argv"]), str(folder), str(folder), False
     return stored
 
