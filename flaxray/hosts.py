@@ -27,7 +27,8 @@ def initialize() -> bool:
     Returns whether this process is one of several."""
     if jax.distributed.is_initialized():
         return True
-    managed = int(os.environ.get("SLURM_NTASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
+    # srun sets SLURM_STEP_NUM_TASKS for each task of a step (salloc's shell has SLURM_NTASKS alone: one process)
+    managed = int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
     if COORDINATOR not in os.environ and not managed:
         return False
     # XLA:CPU has no collectives of its own across processes; gloo is JAX's CPU implementation.
