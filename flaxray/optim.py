@@ -1,13 +1,11 @@
-"""Keras's Adam and AdamW as optax transformations whose rates are state, so they can differ per seed.
+"""Keras's Adam and AdamW's weight decay, with rates that are state, so they can differ per vmapped seed.
 
-`keras_adam(lr)` is the optimizer of every run; `keras_adam(lr, weight_decay=wd)` adds Keras 3's
-decoupled weight decay (its `AdamW`, or any Keras optimizer given `weight_decay`): before each
+`keras_adam(lr)` is the optimizer of every run, its learning rate a leaf of its state. Weight decay
+is Keras 3's decoupled decay (its `AdamW`, or any Keras optimizer given `weight_decay`): before each
 update Keras does `var.assign(var - var * wd * lr)` on every trainable variable (biases and
-BatchNorm's scale and offset too; its moving statistics are not trainable), with `lr` the current
-learning rate. Here that is one more term of the update, `- param * wd * lr`, added to Adam's; the
-same arithmetic up to the order of two roundings. Both rates are leaves of the optimizer state
-(`optax.inject_hyperparams`), so one compiled program serves every rate, per vmapped seed; a rate of
-0 adds exactly zero, so a seed with `weight_decay=0` trains bit for bit as one without decay.
+BatchNorm's scale and offset too; the moving statistics are not trainable), `lr` the current
+learning rate, then Adam's step, which does not read the weights. `keras_weight_decay` is that first
+assignment, in that order; the trainer keeps each seed's rate in `SeedState.hparams`.
 """
 
 from __future__ import annotations
@@ -35,38 +33,25 @@ def check_lr(lr) -> None:
     check_rate(lr, "learning rate", low_ok=False)
 
 
-def keras_weight_decay(learning_rate, weight_decay) -> optax.GradientTransformation:
-    """Adds Keras's decoupled decay `- param * wd * lr` to the updates (chain it after the optimizer)."""
-
-    def update(updates, state, params):
-        return jax.tree.map(lambda u, p: u - p * weight_decay * learning_rate, updates, params), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+def keras_weight_decay(params, weight_decay, learning_rate):
+    """Keras's decoupled decay: every weight minus weight * wd * lr. Applied before Adam's step, as Keras
+    does, so that at wd = 0 (or lr = 0, a stopped seed) the weights are exactly what they were and the
+    step that follows is plain Adam's, bit for bit, even in a program that decays other seeds."""
+    return jax.tree.map(lambda p: p - p * weight_decay * learning_rate, params)
 
 
-def _adamw(learning_rate, weight_decay, b1, b2, eps):
-    return optax.chain(optax.adam(learning_rate, b1, b2, eps), keras_weight_decay(learning_rate, weight_decay))
-
-
-def keras_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7,
-               weight_decay: float | None = None):
-    """Adam as Keras computes it; with `weight_decay`, Keras's AdamW (module docstring).
+def keras_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7):
+    """Adam as Keras computes it.
 
     Keras adds `eps` to sqrt(v) *before* bias correction, which is optax's Adam with
     eps_t = eps / sqrt(1 - b2**t): larger than optax's placement in the first steps.
-    `inject_hyperparams` keeps the learning rate (and the decay) in the optimizer state, per seed.
-    Without `weight_decay` the state and the arithmetic are those of plain Adam, as before decay existed.
+    `inject_hyperparams` also keeps the learning rate in the optimizer state, per seed.
     """
-    kwargs = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=lambda count: eps / jnp.sqrt(1.0 - b2 ** (count + 1)))
-    if weight_decay is None:
-        return optax.inject_hyperparams(optax.adam)(**kwargs)
-    return optax.inject_hyperparams(_adamw)(weight_decay=weight_decay, **kwargs)
-
-
-def with_hparams(opt_state, **values):
-    """`keras_adam`'s state with other rates (learning_rate=..., weight_decay=...)."""
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, **values})
+    return optax.inject_hyperparams(optax.adam)(
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=lambda count: eps / jnp.sqrt(1.0 - b2 ** (count + 1))
+    )
 
 
 def with_lr(opt_state, lr):
-    return with_hparams(opt_state, learning_rate=lr)
+    """`keras_adam`'s state with another learning rate."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})

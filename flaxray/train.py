@@ -13,9 +13,9 @@ Two classes train one logit with sigmoid binary cross-entropy (as Keras's notes 
 more train C logits with softmax cross-entropy. Each split's metrics are accumulated on the device
 as sufficient statistics (`BinaryCounts`, `ClassCounts`; `flaxray.metrics` turns them into numbers).
 
-Each seed carries its own learning rate and weight decay (in its optimizer state, `flaxray.optim`)
-and, when `TrainConfig.dropout` replaces the arch's rates, its own dropout rate (`SeedState.hparams`),
-so one vmapped program can cross seeds with these settings. A seed whose loss, gradients or update
+Each seed carries its own learning rate (in its optimizer state, `flaxray.optim`) and, when the
+config asks for them, its own dropout rate and weight decay (`SeedState.hparams`), so one vmapped
+program can cross seeds with these settings. A seed whose loss, gradients or update
 become non-finite keeps its last finite parameters and batch statistics and stops updating
 (`SeedState.diverged`); the others are untouched, since the mask is a `jnp.where` per seed, not a
 Python branch.
@@ -36,7 +36,7 @@ from flaxray.errors import FlaxrayError
 from flaxray import models
 from flaxray.metrics import NUM_BINS
 from flaxray.models import build_model, graphdef
-from flaxray.optim import check_lr, check_rate, keras_adam, with_hparams, with_lr  # noqa: F401 - also imported from here
+from flaxray.optim import check_lr, check_rate, keras_adam, keras_weight_decay, with_lr  # noqa: F401 - imported from here
 
 SOURCES = ("init", "dropout", "order")  # the sources of randomness `vary` chooses from
 # Not a source of randomness but a probe of chaos: with "ulp" in `vary`, every initial parameter moves one
@@ -102,7 +102,7 @@ class SeedState(NamedTuple):
     order_key: jax.Array
     epoch: jax.Array  # epochs done
     diverged: jax.Array  # 0 while healthy, else the epoch (1-based) in which the seed stopped updating
-    hparams: Any = {}  # {"dropout": its rate} when `TrainConfig.dropout` replaces the arch's rates
+    hparams: Any = {}  # "dropout": its rate when `TrainConfig.dropout` is set; "weight_decay" when it is not 0
 
 
 class DeviceData(NamedTuple):
@@ -239,7 +239,7 @@ class Trainer(NamedTuple):
 
 
 def make_train(config: TrainConfig) -> Trainer:
-    tx = keras_adam(config.lr, weight_decay=config.weight_decay or None)  # 0: plain Adam, its bits unchanged
+    tx = keras_adam(config.lr)
     class_weight = jnp.asarray(config.class_weight or (1.0,) * config.num_classes, jnp.float32)
     binary = config.num_classes == 2
     Counts = counts_type(config.num_classes)
@@ -266,11 +266,12 @@ def make_train(config: TrainConfig) -> Trainer:
         opt_state = tx.init(params)
         # The rates are leaves of the state, so they can differ between vmapped seeds.
         opt_state = with_lr(opt_state, jnp.asarray(config.lr if lr is None else lr, jnp.float32))
+        hparams = {}  # only the settings the config asks for: without them, the program of before they existed
+        if config.dropout is not None:
+            hparams["dropout"] = jnp.asarray(config.dropout if dropout is None else dropout, jnp.float32)
         if config.weight_decay:
-            wd = config.weight_decay if weight_decay is None else weight_decay
-            opt_state = with_hparams(opt_state, weight_decay=jnp.asarray(wd, jnp.float32))
-        hparams = {} if config.dropout is None else {
-            "dropout": jnp.asarray(config.dropout if dropout is None else dropout, jnp.float32)}
+            hparams["weight_decay"] = jnp.asarray(config.weight_decay if weight_decay is None else weight_decay,
+                                                  jnp.float32)
         return SeedState(params, batch_stats, opt_state, keys["dropout"], keys["order"], jnp.int32(0), jnp.int32(0),
                          hparams)
 
@@ -323,7 +324,10 @@ def make_train(config: TrainConfig) -> Trainer:
             healthy = healthy & all_finite((losses, grads, new_batch_stats))
             grads = jax.tree.map(lambda g: jnp.where(healthy, g, 0), grads)
             lr = opt_state.hyperparams["learning_rate"]
-            updates, opt_state = tx.update(grads, with_lr(opt_state, jnp.where(healthy, lr, 0)), params)
+            step_lr = jnp.where(healthy, lr, 0)
+            updates, opt_state = tx.update(grads, with_lr(opt_state, step_lr), params)
+            if "weight_decay" in state.hparams:  # Keras's AdamW: decay the weights, then Adam's step
+                params = keras_weight_decay(params, state.hparams["weight_decay"], step_lr)
             params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
             batch_stats = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_batch_stats, batch_stats)
             return (params, batch_stats, opt_state, healthy, counts.add(losses, logits, y, jnp.ones_like(y))), None
