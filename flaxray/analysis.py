@@ -94,11 +94,7 @@ def setting_shares(values, *, confidence: float = 0.95, n_resamples: int = 2000,
                    share=float(setting_var / (setting_var + seed_var)),
                    p=float(scipy.stats.f.sf(ms_setting / ms_residual, k - 1, (k - 1) * (n - 1))))
         boot = _components(y[:, np.random.default_rng(seed).integers(0, n, (n_resamples, n))].transpose(1, 0, 2))
-        shares = boot[0] / (boot[0] + boot[1])
-    shares = shares[np.isfinite(shares)]
-    if shares.size:
-        tail = 50 * (1 - confidence)
-        out["share_ci_low"], out["share_ci_high"] = (float(x) for x in np.percentile(shares, [tail, 100 - tail]))
+        out["share_ci_low"], out["share_ci_high"] = stats.percentile_ci(boot[0] / (boot[0] + boot[1]), confidence)
     return out
 
 
