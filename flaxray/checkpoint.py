@@ -80,6 +80,11 @@ class Checkpoints:
         if meta.get("format") != FORMAT:
             raise FlaxrayError(f"the checkpoint in {self.directory} was written by an older flaxray (format "
                                f"{meta.get('format')}); run the study again with --overwrite")
+        saved, here = meta.get("processes", 1), self.meta.get("processes", 1)
+        if saved != here:
+            raise FlaxrayError(f"the checkpoint in {self.directory} was written by {saved} process(es), each its own "
+                               f"seeds' shards, and this run has {here}: resume it with {saved} (python -m "
+                               f"flaxray.launch -n {saved} -- ...), or start again with --overwrite")
         if meta != self.meta:
             changed = sorted(k for k in {*meta, *self.meta} if meta.get(k) != self.meta.get(k))
             raise FlaxrayError(f"the checkpoint in {self.directory} was written with other settings "

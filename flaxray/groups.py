@@ -154,7 +154,7 @@ def program_shape(folder: Path, lanes: int) -> dict:
 
     chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
-            "devices": len(jax.devices()), "backend": jax.default_backend(),
+            "devices": len(jax.devices()), "processes": jax.process_count(), "backend": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
 
 

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flaxray import diagnose, metrics, plots, stats
+from flaxray import diagnose, metrics, plots, results, stats
 
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 # bands_per_arch.png, not bands.png: a study's own bands.png has every group on shared axes
@@ -304,7 +304,7 @@ def write_report(out, analysis: Mapping, histories: Mapping, *, info: Mapping) -
     figures = draw_figures(out, analysis, histories, title=info.get("title", ""))
     doc = build(analysis, figures, info=info)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(doc.markdown())
-    page.write_text(doc.html("Architecture search report"))
+    results.write_text(md, doc.markdown())
+    results.write_text(page, doc.html("Architecture search report"))
     return md, page
 

@@ -2,7 +2,9 @@
 device, data summary, per-arch summary), `bands.png`, `checkpoints/` and `run.json`, whose `status`
 says whether the study finished ("complete"), stopped ("interrupted", "failed") or is running or
 was killed ("running"). Every file is written to a temporary name and renamed, so a result file is
-either complete or absent, and a folder without a complete run.json is recognisably unfinished."""
+either complete or absent, and a folder without a complete run.json is recognisably unfinished.
+In a study of several processes (`flaxray.hosts`) only process 0 writes them: the others compute the
+same files and drop them."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import os
 import platform
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -66,11 +70,22 @@ def environment(packages: Sequence[str] = PACKAGES) -> dict:
     }
 
 
+def elsewhere() -> bool:
+    """Whether this is another process than process 0 of a multi-process study: not the one that writes."""
+    jax = sys.modules.get("jax")  # a folder read in a notebook does not start jax to learn it is alone
+    return jax is not None and jax.distributed.is_initialized() and jax.process_index() != 0
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path` (same suffix, for writers that go by it) to write to;
-    renamed to `path` only when the block completes, removed if it fails."""
+    renamed to `path` only when the block completes, removed if it fails. On another process than
+    process 0 (`elsewhere`), a scratch path that is thrown away."""
     path = Path(path)
+    if elsewhere():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        return
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -84,6 +99,17 @@ def atomic_path(path):
 def _atomic_write(path: Path, write) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         write(f)
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+def save_figure(fig, path, **kwargs) -> Path:
+    """`fig.savefig(path)`, atomically (the suffix picks the format)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
     return Path(path)
 
 
@@ -229,9 +255,14 @@ def existing_outputs(out) -> list[str]:
 
 def clear_outputs(out) -> None:
     """Remove a study's files and checkpoints from `out`, and nothing else the folder holds."""
-    for name in existing_outputs(out):
-        path = Path(out) / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not elsewhere():
+        for name in existing_outputs(out):
+            path = Path(out) / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if "jax" in sys.modules:
+        from flaxray import hosts
+
+        hosts.barrier("flaxray.results.clear_outputs")  # the others start writing once it is empty
 
 
 def default_out_dir(archs: Sequence[str], root="runs") -> Path:

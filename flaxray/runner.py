@@ -34,8 +34,11 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
 
 
 def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
-    """{"train": counts, "val": counts} of device arrays -> nested dict of numpy arrays."""
-    return {split: {k: np.asarray(v) for k, v in c._asdict().items()} for split, c in counts.items()}
+    """{"train": counts, "val": counts} of device arrays -> nested dict of numpy arrays (gathered from
+    every process's seeds when there are several: `flaxray.hosts`)."""
+    from flaxray.hosts import gather
+
+    return {split: {k: np.asarray(v) for k, v in gather(c._asdict()).items()} for split, c in counts.items()}
 
 
 def _program(config: TrainConfig) -> TrainConfig:
@@ -89,7 +92,7 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     checkpoint there and continues from it, to the same curves. While it trains, a first Ctrl-C stops
     it after the current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
     """
-    from flaxray import scale
+    from flaxray import hosts, scale
 
     seeds = [int(s) for s in seeds]
     lanes = {name: [None if v is None else float(v)
@@ -113,9 +116,11 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
         raise FlaxrayError(f"{len(class_names)} class names for a config of {config.num_classes} classes")
     check_batch_size(config, data.x_train.shape[0])
     devices = jax.devices() if devices is None else list(devices)
-    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(devices[0])
-    size = _chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
-                       len(seeds), len(devices), checkpoint_dir)
+    progress = progress and hosts.is_primary()
+    local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
+    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(local[0])
+    size = hosts.agree(_chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
+                                   len(seeds), len(devices), checkpoint_dir))  # process 0's plan, on every process
     parts = scale.chunks(len(seeds), size)
     if progress and (len(parts) > 1 or len(devices) > 1):
         print(scale.describe(len(seeds), size, per_seed, free, len(devices)), flush=True)
@@ -159,7 +164,7 @@ def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, che
 def _host_concat(arrays):
     """Concatenate chunks' leaves on the host: numpy, or typed PRNG keys on the CPU device."""
     if jax.dtypes.issubdtype(arrays[0].dtype, jax.dtypes.prng_key):
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]
         return jnp.concatenate([jax.device_put(a, cpu) for a in arrays])
     return np.concatenate([np.asarray(a) for a in arrays])
 
@@ -176,7 +181,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
     holds each seed's (lr, dropout, weight decay)."""
     from tqdm.auto import tqdm
 
-    from flaxray import checkpoint, scale
+    from flaxray import checkpoint, hosts, scale
 
     init, run_epoch, run_one, _, _ = _compiled(_program(config))  # one compile serves every rate and epoch
     mesh = scale.seed_mesh(devices)
@@ -188,7 +193,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
     # Each seed's lr, dropout (None: the arch's own rates) and weight decay, as (seeds,) arrays.
     rates = [None if v[0] is None else jnp.asarray(v, jnp.float32) for v in zip(*padded[1])]
     seed_array, *rates = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32), *rates))
-    states = init(seed_array, data, *rates)
+    states = scale.split_seeds(mesh, init(seed_array, data, *rates))
     epochs = []  # per epoch, every split's statistics as (seeds,) numpy arrays: the same fresh or resumed
     saver = None
     if checkpoint_dir is not None and checkpoint_every > 0:
@@ -197,6 +202,8 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
             meta["dropouts"], meta["weight_decays"] = [lane[1] for lane in lanes], [lane[2] for lane in lanes]
         if len(padded[0]) > n:
             meta["padded_to"] = len(padded[0])  # the states saved hold the padding seeds too
+        if hosts.count() > 1:
+            meta["processes"] = hosts.count()  # each wrote its own shards: a resume needs as many
         saver = checkpoint.Checkpoints(checkpoint_dir, meta)
         if saver.latest() is not None:
             zeros = counts_type(config.num_classes).zeros(config.num_classes)._asdict()
@@ -213,15 +220,16 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
         for epoch in bar:
             states, counts = run_epoch(states, data)
             epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
+            died = int(np.count_nonzero(np.asarray(hosts.gather(states.diverged))[:n]))  # every process: a collective
             if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
                 val = history_from_counts(epochs[-1], class_names)["val_loss"]
-                bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n,
-                                diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
-            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
-                                      or interrupted()):
+                bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n, diverged=died)
+            stop = saver is not None and hosts.anyone(interrupted())  # every process stops after the same epoch
+            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs or stop):
                 saver.save(epoch + 1, states, _stack(epochs))
-            if interrupted():
+            if stop:
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    states = hosts.gather(states)  # several processes: each holds only its seeds; numpy on every process
     if len(padded[0]) > n:
         states = jax.tree.map(lambda a: a[:n], states)
     history = history_from_counts(_stack(epochs), class_names)

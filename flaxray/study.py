@@ -153,6 +153,7 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int =
     checked, it is to be cleared), the data."""
     from flaxray.train import check_batch_size, device_data
 
+    progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     if checkpoint_every < 0:
         raise FlaxrayError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
     if chunk is not None and chunk < 1:
@@ -185,6 +186,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     from flaxray.analysis import TOTAL
 
     out = Path(out)
+    progress = progress and not results.elsewhere()
     if overwrite:
         results.clear_outputs(out)
     if prepared is None:
