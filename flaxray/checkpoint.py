@@ -26,7 +26,7 @@ import numpy as np
 
 from flaxray.errors import FlaxrayError
 
-FORMAT = 2  # 1 saved the curves; 2 saves the statistics they are computed from
+FORMAT = 3  # 1 saved the curves; 2 saves the statistics they are computed from; 3 each seed's dropout rate
 
 
 def _is_key(x) -> bool:

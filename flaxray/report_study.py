@@ -67,6 +67,24 @@ def evaluate_test(study, dataset, groups: Mapping) -> dict:
                            confidence=study.confidence, **({"class_names": classes} if len(classes) > 2 else {}))
 
 
+SETTING_WORDS = {"lr": "the learning rate", "dropout": "dropout", "weight_decay": "weight decay"}
+
+
+def settings_of(groups: Mapping) -> dict:
+    """Per arch trained at several settings: what varies (in words) and its groups, one per setting."""
+    by_arch: dict = {}
+    for name, g in groups.items():
+        by_arch.setdefault(g.config.arch, []).append(name)
+    out = {}
+    for arch, names in by_arch.items():
+        varying = [f for f in SETTING_WORDS if len({getattr(groups[n].config, f) for n in names}) > 1]
+        if varying:
+            words = (SETTING_WORDS[varying[0]] if len(varying) == 1
+                     else "the setting (" + ", ".join(SETTING_WORDS[f] for f in varying) + ")")
+            out[arch] = {"varies": words, "groups": names}
+    return out
+
+
 def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: list, info: Mapping):
     from flaxray import compare, diagnose, plots, report
     from flaxray.analysis import analyse
@@ -80,7 +98,7 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
     weight = next(iter(groups.values())).config.class_weight
     analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, weight),
                        decomposition=decomposition or None, confidence=study.confidence,
-                       seeds={n: g.seeds for n, g in groups.items()})
+                       seeds={n: g.seeds for n, g in groups.items()}, settings=settings_of(groups))
     test = evaluate_test(study, dataset, groups) if study.test else None
     if not results.elsewhere():  # the figures and reports of a multi-process study: process 0's alone
         plots.plot_bands(histories, out / "bands.png", title=head["title"])

@@ -124,19 +124,23 @@ def curves_rows(histories: Mapping[str, Mapping[str, np.ndarray]], seeds: Mappin
 
 
 def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None = None,
-                     diverged: Mapping[str, Sequence[int]] | None = None) -> Path:
-    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`)
-    and the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not)."""
+                     diverged: Mapping[str, Sequence[int]] | None = None,
+                     extra: Mapping[str, Mapping[str, float | None]] | None = None) -> Path:
+    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`),
+    the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not) and, after them, one
+    column per `extra` setting (e.g. {"dropout": {arch: rate}}; empty for None)."""
     lr = {a: repr(float(lrs[a])) if lrs and a in lrs else "" for a in histories}
     died = {}  # arch -> seed -> the epoch it diverged in, or ""
     for a in histories:
         epochs = (diverged or {}).get(a, [0] * len(seeds[a]))
         died[a] = {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], epochs)}
 
+    more = {a: [("" if c.get(a) is None else repr(float(c[a]))) for c in (extra or {}).values()] for a in histories}
+
     def write(f):
         out = csv.writer(f)
-        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch"])
-        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s])
+        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch", *(extra or {})])
+        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s], *more[a])
                       for a, s, e, sp, m, v in curves_rows(histories, seeds))
 
     return _atomic_write(path, write)

@@ -11,7 +11,7 @@ from pathlib import Path
 from flaxray import results
 from flaxray.errors import FlaxrayError
 from flaxray.study import MAX_SEEDS
-from flaxray.train import DTYPES, SOURCES
+from flaxray.train import DTYPES, FLOOR, SOURCES
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
@@ -42,9 +42,19 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--lr", type=float, nargs="+", default=[1e-3], metavar="LR",
                    help="Adam learning rate (Keras's Adam, epsilon 1e-7); several rates are crossed with the seeds "
                    "in one vmapped program and summarised per group NAME@lr=LR")
+    p.add_argument("--dropout", type=float, nargs="+", default=None, metavar="RATE",
+                   help="replace the rate of every Dropout layer (and dense block) of each arch with RATE, "
+                   "0 <= RATE < 1 (default: each layer's own rate). Several rates are crossed with the seeds (and "
+                   "--lr, --weight-decay) in one vmapped program, groups NAME@dropout=RATE, and the variance of "
+                   "final val loss is split into the setting's share and the seeds' share")
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[0.0], metavar="WD",
+                   help="decoupled weight decay as Keras's AdamW applies it (every weight -= weight * WD * lr before "
+                   "each Adam step; 0: plain Adam). Several values are crossed with the seeds like --dropout, "
+                   "groups NAME@wd=WD")
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "
-                   f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all")
+                   f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
+                   "nudges each seed's initial parameters by one ulp (with the rest shared: the noise floor)")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                    help="'balanced' weighs each class's loss by n / (2 n_class), as sklearn and Keras users do")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -104,7 +114,7 @@ def study_spec(args, archs, kind: str, **fields):
     from flaxray.study import Study
 
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), lrs=tuple(args.lr),
-                 epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
+                 dropouts=tuple(args.dropout or (None,)), weight_decays=tuple(args.weight_decay), epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
                  class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
 
 
