@@ -96,6 +96,25 @@ class Checkpoints:
         return _unsavable(tree["states"], template), counts
 
 
+DEFAULT_EVERY = "5min"  # by wall time: on a GPU an epoch takes seconds, and a save of every seed's state more
+_UNITS = {"s": 1, "min": 60, "h": 3600}
+
+
+def every(value) -> tuple[int, float]:
+    """A checkpoint policy, `--checkpoint-every`, as (epochs, seconds): N epochs ("2" or 2), a wall time
+    ("90s", "5min", "1h") or never (0). A checkpoint is also saved after the last epoch and on Ctrl-C."""
+    text = str(value).strip()
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if text.endswith(u)), None)
+    try:
+        number = float(text[: -len(unit)]) if unit else int(text)
+    except ValueError:
+        number = -1
+    if number < 0 or (unit and number == 0):
+        raise FlaxrayError(f"--checkpoint-every takes N epochs (0: no checkpoints) or a wall time like 90s, 5min "
+                           f"or 1h, got {value!r}")
+    return (0, number * _UNITS[unit]) if unit else (int(number), 0.0)
+
+
 @contextlib.contextmanager
 def deferred_interrupt(enabled: bool = True):
     """Yields `interrupted()`: while active, a first Ctrl-C only sets it (the training loop saves a

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -70,7 +71,7 @@ def _compiled(config: TrainConfig):
 def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
                 dropouts: Sequence[float] | None = None, weight_decays: Sequence[float] | None = None,
                 class_names: Sequence[str] | None = None, progress: bool = True, desc=None, checkpoint_dir=None,
-                checkpoint_every: int = 1, max_seeds_per_chunk: int | None = None, devices=None):
+                checkpoint_every: int | str = "5min", max_seeds_per_chunk: int | None = None, devices=None):
     """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
 
     `lrs` gives each seed its own learning rate (default: `config.lr` for all), `dropouts` its own
@@ -88,12 +89,14 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     are numpy arrays on the host (typed keys on the CPU).
 
     With `checkpoint_dir`, every seed's state and the metrics' statistics so far are saved there with
-    orbax every `checkpoint_every` epochs and after the last one, and a run finds its latest
-    checkpoint there and continues from it, to the same curves. While it trains, a first Ctrl-C stops
+    orbax by `checkpoint_every` (N epochs, or a wall time such as "5min": `flaxray.checkpoint.every`;
+    0: never) and after the last epoch, and a run finds its latest checkpoint there and continues
+    from it, to the same curves; with a progress bar it says what share of the time the saves took. While it trains, a first Ctrl-C stops
     it after the current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
     """
-    from flaxray import hosts, scale
+    from flaxray import checkpoint, hosts, scale
 
+    checkpoint.every(checkpoint_every)  # a bad policy fails before anything trains
     seeds = [int(s) for s in seeds]
     lanes = {name: [None if v is None else float(v)
                     for v in ([getattr(config, name)] * len(seeds) if values is None else values)]
@@ -195,8 +198,8 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
     seed_array, *rates = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32), *rates))
     states = scale.split_seeds(mesh, init(seed_array, data, *rates))
     epochs = []  # per epoch, every split's statistics as (seeds,) numpy arrays: the same fresh or resumed
-    saver = None
-    if checkpoint_dir is not None and checkpoint_every > 0:
+    saver, (every_epochs, every_s) = None, checkpoint.every(checkpoint_every)
+    if checkpoint_dir is not None and (every_epochs or every_s):
         meta = {"config": config_record(config), "seeds": seeds, "lrs": [lane[0] for lane in lanes]}
         if config.dropout is not None or config.weight_decay:
             meta["dropouts"], meta["weight_decays"] = [lane[1] for lane in lanes], [lane[2] for lane in lanes]
@@ -212,7 +215,8 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
             states, done = saver.restore(states, template)
             epochs = [{s: {k: v[:, e] for k, v in c.items()} for s, c in done.items()}
                       for e in range(saver.latest())]
-    start = len(epochs)
+    start, began = len(epochs), time.monotonic()
+    last_save, saving, saves = began, 0.0, 0
     with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
         range(start, config.epochs), initial=start, total=config.epochs, desc=desc, unit="epoch",
         disable=not progress,
@@ -225,10 +229,20 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
                 val = history_from_counts(epochs[-1], class_names)["val_loss"]
                 bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n, diverged=died)
             stop = saver is not None and hosts.anyone(interrupted())  # every process stops after the same epoch
-            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs or stop):
+            due = saver is not None and (
+                every_epochs and (epoch + 1) % every_epochs == 0 or epoch + 1 == config.epochs or stop
+                or every_s and hosts.agree(time.monotonic() - last_save >= every_s))  # process 0's clock
+            if due:
+                before = time.monotonic()
                 saver.save(epoch + 1, states, _stack(epochs))
+                last_save = time.monotonic()
+                saving, saves = saving + last_save - before, saves + 1
             if stop:
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    if progress and saves:
+        spent = time.monotonic() - began
+        print(f"{desc}: {saves} checkpoint{'s' * (saves > 1)} took {saving:.1f} s, {saving / spent:.0%} of its "
+              f"{spent:.0f} s of training", flush=True)
     states = hosts.gather(states)  # several processes: each holds only its seeds; numpy on every process
     if len(padded[0]) > n:
         states = jax.tree.map(lambda a: a[:n], states)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from flaxray import groups as units, results
+from flaxray.checkpoint import DEFAULT_EVERY, every
 from flaxray.report_study import LAYOUT, Result, write
 from flaxray.errors import FlaxrayError
 from flaxray.optim import check_rate
@@ -147,15 +148,14 @@ class Prepared:
     data: Any  # flaxray.train.DeviceData
 
 
-def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int = 1, chunk: int | None = None,
-            cache_dir=None) -> Prepared:
+def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int | str = DEFAULT_EVERY,
+            chunk: int | None = None, cache_dir=None) -> Prepared:
     """Every check that can refuse a study, before anything is written: the options, `out` (None: not
-    checked, it is to be cleared), the data."""
+    checked, it is to be cleared), the data, the disk."""
     from flaxray.train import check_batch_size, device_data
 
     progress = progress and not results.elsewhere()  # several processes: process 0 shows it
-    if checkpoint_every < 0:
-        raise FlaxrayError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
+    saves = any(every(checkpoint_every))
     if chunk is not None and chunk < 1:
         raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
     if out is not None:
@@ -168,13 +168,42 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int =
     check_batch_size(configs[study.archs[0]], len(dataset.train.y))
     if study.test and len(dataset.test.y) == 0:
         raise FlaxrayError("the data has an empty test split; the comparison is made on the test set")
+    need = disk_needed(study, configs, dataset.train.x.shape[1:], checkpoints=saves)
+    check_disk(need, out)
     data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)
     if progress:
-        print(describe_data(dataset), flush=True)
+        print(describe_data(dataset), f"· on disk up to {need / 2**20:,.0f} MiB", flush=True)
     return Prepared(dataset, configs, data)
 
 
-def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int = 1,
+def disk_needed(study: Study, configs, input_shape, *, checkpoints: bool = True) -> int:
+    """Bytes the study's units may take on disk: every seed's final params and batch statistics, and
+    (`checkpoints`) its checkpointed training state (params, Adam's two moments: 3 copies, float32),
+    two of them at once in the unit being saved (orbax removes the older step once the new one is
+    complete). An upper bound: BatchNorm's statistics are counted like parameters."""
+    from flaxray.scale import param_count
+
+    units = 1 + (len(SOURCES) + 1) * study.decompose  # the arch, and its --decompose units
+    sizes = [param_count(a, tuple(input_shape), c.num_classes) * 4 * len(study.seeds) * study.n_settings
+             for a, c in configs.items() for _ in range(units)]
+    return int(sum(sizes) * (4 if checkpoints else 1) + max(sizes) * 3 * checkpoints)
+
+
+def check_disk(need: int, out) -> None:
+    """A one-line error when the filesystem of `out` has less than `need` bytes free."""
+    import shutil
+
+    where = Path(out or ".").absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise FlaxrayError(f"the study needs up to {need / 2**30:.2f} GiB on disk for its checkpoints and final "
+                           f"parameters, and {where} has {free / 2**30:.2f} GiB free; free some space, choose "
+                           "another --out, use fewer --seeds, or --checkpoint-every 0 (no checkpoints)")
+
+
+def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int | str = DEFAULT_EVERY,
         chunk: int | None = None, cache_dir=None, info: dict | None = None, prepared: Prepared | None = None) -> Result:
     """Train every unit of `study` into `out` (or read it back), then write the study's files.
 

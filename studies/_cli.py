@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from flaxray import results
+from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 from flaxray.study import MAX_SEEDS
 from flaxray.train import DTYPES, FLOOR, SOURCES
@@ -79,9 +80,10 @@ def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output fo
                    "(its chunk of the vmapped seeds: the cost of one chunk), and check its curves and parameters "
                    "against the recorded ones, bit for bit; exit 1 if they differ")
     p.add_argument("--seed", type=int, default=None, metavar="K", help="the seed --replay trains again")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="save every seed's training state in the --out folder's groups/*/checkpoints/ every N epochs and "
-                   "after the last (0: never, then --resume starts over)")
+    p.add_argument("--checkpoint-every", default=DEFAULT_EVERY, metavar="N|TIME",
+                   help="save every seed's training state in the --out folder's groups/*/checkpoints/ every N epochs "
+                   "or every TIME of training (90s, 5min, 1h), and after the last epoch and on Ctrl-C; a kill loses "
+                   "at most that much. 0: never, then --resume starts over")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write TensorBoard event files into DIR when the study is done: a run per seed and the "
                    "mean and CI band per arch (needs the [tensorboard] extra; `python -m studies.tensorboard` does it "

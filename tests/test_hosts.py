@@ -36,7 +36,7 @@ def env(cache, **extra):
 
 def launch(out, cache):
     return subprocess.Popen([sys.executable, "-m", "flaxray.launch", "-n", "2", "--", sys.executable, *STUDY,
-                             "--out", str(out)], cwd=ROOT, env=env(cache), stdout=subprocess.PIPE,
+                             "--out", str(out), "--checkpoint-every", "1"], cwd=ROOT, env=env(cache), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

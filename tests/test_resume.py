@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flaxray import results, runner, train
@@ -90,7 +91,8 @@ sys.exit(seed_variance.main(sys.argv[1:]))
 def test_sigkill_mid_checkpoint_then_resume_gives_the_same_curves(clean, tmp_path):
     out = tmp_path / "killed"
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_CHECKPOINT, *STUDY, "--out", str(out)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_CHECKPOINT, *STUDY, "--out", str(out),
+                                 "--checkpoint-every", "1"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
@@ -180,3 +182,28 @@ def test_checkpoint_every_0_trains_the_same_curves_and_keeps_no_checkpoint(clean
     assert seed_variance.main([*STUDY, "--out", str(out), "--checkpoint-every", "0"]) == 0
     assert curves(out) == curves(clean)
     assert not any(p.is_file() for p in out.glob(f"groups/*/{results.CHECKPOINTS}/**/*"))
+
+
+def test_checkpoint_every_takes_epochs_or_a_wall_time():
+    from flaxray.checkpoint import every
+
+    assert every(1) == every("1") == (1, 0.0) and every(0) == (0, 0.0)
+    assert every("90s") == (0, 90.0) and every("5min") == (0, 300.0) and every("1.5h") == (0, 5400.0)
+    for bad in ("-1", "0s", "5 minutes", "1.5", "m"):
+        with pytest.raises(FlaxrayError, match="--checkpoint-every"):
+            every(bad)
+
+
+def test_a_wall_time_policy_saves_when_it_is_due_and_after_the_last_epoch(tmp_path, capsys):
+    from tests.test_train import CONFIG, tiny_dataset
+
+    data, config = train.device_data(tiny_dataset(), eval_batch_size=16), train.TrainConfig(**{**CONFIG, "epochs": 3})
+    _, want = runner.train_seeds(config, data, [0, 1], progress=False)
+    for policy, steps in (("1h", ["3"]), ("0.001s", ["3"]), (1, ["3"])):  # orbax keeps the latest step only
+        folder = tmp_path / str(policy)
+        _, got = runner.train_seeds(config, data, [0, 1], checkpoint_dir=folder, checkpoint_every=policy)
+        assert sorted(p.name for p in folder.iterdir()) == steps
+        saves = 1 if policy == "1h" else 3
+        assert f"{saves} checkpoint{'s' * (saves > 1)} took" in capsys.readouterr().out
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])

@@ -144,6 +144,7 @@ def test_bad_input_is_one_line_no_traceback(tmp_path, capsys):
         (["--dropout", "1"], ["--dropout", "[0, 1)"]),
         (["--arch", "pyramid_plain", "--dropout", "0.2"], ["--dropout", "pyramid_plain", "no Dropout"]),
         (["--weight-decay=-1e-4"], ["--weight-decay"]),
+        (["--checkpoint-every", "soon"], ["--checkpoint-every", "5min"]),
     ]
     # One case through a real process (no traceback reaches the terminal), the rest in this one.
     for i, (args, needles) in enumerate(cases):
@@ -166,3 +167,23 @@ def test_help_lists_every_flag_with_its_default():
         assert flag in result.stdout
     text = " ".join(result.stdout.split())  # argparse wraps to the terminal's width
     assert "default: 16" in text and "default: 32" in text and "default: 1)" in text
+
+
+def test_a_study_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import shutil
+
+    from flaxray.errors import FlaxrayError
+    from flaxray.scale import param_count
+    from flaxray.study import Study, disk_needed, prepare
+
+    study = Study(archs=("dense:8",), seeds=(0, 1, 2), lrs=(1e-3, 1e-2), epochs=1)
+    params = param_count("dense:8", (28, 28, 3)) * 4 * 6  # 3 seeds x 2 rates, float32
+    config = {"dense:8": study.config("dense:8", 2)}
+    assert disk_needed(study, config, (28, 28, 3)) == params * (1 + 3) + params * 3  # a second checkpoint while saving
+    assert disk_needed(study, config, (28, 28, 3), checkpoints=False) == params
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=params * 2))
+    with pytest.raises(FlaxrayError, match=r"needs up to .* GiB on disk.*--checkpoint-every 0"):
+        prepare(study, tmp_path / "out", progress=False)
+    prepare(study, tmp_path / "out", progress=False, checkpoint_every=0)  # final params alone fit
+    assert not (tmp_path / "out").exists()
