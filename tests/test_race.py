@@ -153,3 +153,15 @@ def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
     help_text = capsys.readouterr().out
     for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "runs/architecture_race"):
         assert flag in help_text
+
+
+def test_replays_on_recorded_seeds_find_a_clear_winner_at_a_fraction_of_the_cost():
+    from benchmarks.race_accuracy import replay
+
+    rng = np.random.default_rng(2)
+    values = {a: rng.normal(size=9) + (0.0 if a == "best" else 8.0) for a in ("x", "best", "y", "z")}
+    rows = replay(values, "best", {"best"}, replays=20, round_seeds=3, epochs=2, confidence=0.95, progress=False)
+    by = {r[0]: r for r in rows}
+    # The three others are 8 sd worse: all gone at the first look that can reject (6 seeds), every time.
+    assert by["race"][1].startswith("100%") and by["race"][3].startswith("48 (67%)")
+    assert by["one seed per arch"][1] == "100% (exact)" and by["fixed, 9 seeds per arch"][3] == "72 (100 %)"
