@@ -33,13 +33,12 @@ the survivors), or when the next round would exceed `budget` seed-epochs ("budge
 from __future__ import annotations
 
 import dataclasses
+import functools
 from math import comb
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import scipy.stats
-
 from flaxray import results, stats
 from flaxray.errors import FlaxrayError
 
@@ -65,18 +64,26 @@ def level(n_archs: int, planned: Sequence[int], alpha: float) -> tuple[float, li
     return alpha / max(n_archs - 1, 1), []
 
 
+@functools.cache
+def _null_sf(m: int, n: int) -> np.ndarray:
+    """P(U >= u), u = 0..m n, where U counts the pairs (x, y) with x > y among m x's and n y's drawn
+    from one continuous distribution: the exact Mann-Whitney null. The largest of the m + n values is
+    an x with probability m / (m + n), and then beats all n y's; otherwise it is a y and beats nothing."""
+    pmf = np.ones(1)
+    if m and n:
+        pmf = np.zeros(m * n + 1)
+        pmf[n:] += m / (m + n) * np.diff(-_null_sf(m - 1, n), append=0.0)
+        pmf[: m * (n - 1) + 1] += n / (m + n) * np.diff(-_null_sf(m, n - 1), append=0.0)
+    return np.cumsum(pmf[::-1])[::-1]
+
+
 def worse_p(x, y) -> np.ndarray:
     """One-sided exact Mann-Whitney p that seeds of x end with higher (worse) losses than seeds of y,
-    along the last axis (broadcast); a tie between an x and a y seed counts as x better (conservative),
-    so the exact no-ties null distribution stays valid with diverged (+inf) seeds."""
-    x, y = (np.where(np.isnan(v), np.inf, v) for v in np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float)))
-    z = np.concatenate([x, y], axis=-1)
-    order = np.argsort(z, axis=-1, kind="stable")  # stable: on a tie, x (first) gets the lower rank
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(z.shape[-1]), axis=-1)
-    n = x.shape[-1]
-    return scipy.stats.mannwhitneyu(ranks[..., :n], ranks[..., n:], axis=-1, method="exact",
-                                    alternative="greater").pvalue
+    along the last axis (broadcast). A tie between an x and a y seed counts as x better, which can only
+    raise p, so the exact no-ties null stays valid with ties and diverged seeds (NaN: +inf)."""
+    x, y = (np.where(np.isnan(v), np.inf, v) for v in (np.asarray(x, float), np.asarray(y, float)))
+    u = (x[..., :, None] > y[..., None, :]).sum(axis=(-1, -2))
+    return _null_sf(x.shape[-1], y.shape[-1])[u]
 
 
 def decide(values: Mapping[str, np.ndarray], n_archs: int, planned: Sequence[int], alpha: float) -> dict:
@@ -136,6 +143,7 @@ def run_rounds(values_of: Callable[[str, Sequence[int]], np.ndarray], archs: Seq
             lo = hi
             continue
         return {"rounds": rounds, "seed_epochs": spent, "fixed_seed_epochs": len(archs) * len(seeds) * epochs,
+                "max_seeds": len(seeds),
                 "decision": {"kind": kind, "survivors": survivors, "seeds": hi}}
 
 
@@ -163,8 +171,11 @@ def evidence(race_record: dict, confidence: float = 0.95) -> dict:
     names = ", ".join(f"**{a}**" for a in d["survivors"])
     d["text"] = {
         "winner": f"**{d['leader']}** wins the race: every other arch was eliminated by round {last['round']}",
-        "tie": f"a tie between {names}: no further seed up to {d['seeds']} per arch could tell them apart at "
-               f"the race's level (leader by the ranking: **{d['leader']}**)",
+        "tie": f"a tie between {names}: " + (
+            f"at {d['seeds']} seeds per arch, the most allowed, the race's test does not tell them apart"
+            if d["seeds"] == race_record["max_seeds"] else
+            f"at {d['seeds']} seeds per arch no further seed up to {race_record['max_seeds']} could tell them apart")
+        + f" (leader by the ranking: **{d['leader']}**)",
         "budget": f"budget spent with {names} still in the race (leader by the ranking: **{d['leader']}**)",
     }[d["kind"]] + f"; {cost}."
     return race_record
