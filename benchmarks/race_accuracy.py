@@ -7,7 +7,8 @@ The fixed study (any architecture search, every arch with the same N seeds) is t
 winner is the first of its ranking (`stats.RANK_CRITERION`), its tie the archs whose P(winner improves
 on them) has a CI that includes 0.5 (the report's "not told apart"). Each replay gives every arch its
 N recorded final val losses in a random order (the seeds a race would have drawn, without
-replacement, so a race that reaches N seeds sees exactly the fixed study's values) and races them
+replacement, so a race that reaches N seeds sees exactly the fixed study's values; with --resample
+bootstrap, N drawn with replacement: a fresh sample, on which the fixed design is replayed too) and races them
 (`flaxray.race.run_rounds`, the race's own code). Beside it: one seed per arch (the notes' method;
 exact, `stats.one_seed_win_probability` over the recorded seeds) and a fixed study with only
 --round-seeds seeds (the race's first round, ranked as the search ranks). It prints a markdown table:
@@ -32,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--replays", type=int, default=500, help="races replayed on resampled seed orders")
     p.add_argument("--round-seeds", type=int, default=3, help="seeds per arch per round")
     p.add_argument("--confidence", type=float, default=0.95, help="the race's alpha is 1 - this")
+    p.add_argument("--resample", choices=("permute", "bootstrap"), default="permute",
+                   help="permute: each arch's recorded seeds in a random order (a race reaching N seeds sees "
+                   "the fixed study's values); bootstrap: N drawn with replacement (a fresh sample of seeds, "
+                   "on which a fixed study is replayed too)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -55,17 +60,18 @@ def rate(hits: int, n: int) -> str:
 
 
 def replay(values: dict[str, np.ndarray], winner: str, tie: set[str], *, replays: int, round_seeds: int,
-           epochs: int, confidence: float, seed: int = 0, progress: bool = True) -> list[list[str]]:
+           epochs: int, confidence: float, resample: str = "permute", seed: int = 0,
+           progress: bool = True) -> list[list[str]]:
     from tqdm.auto import tqdm
 
     archs, n = list(values), len(next(iter(values.values())))
     rng = np.random.default_rng(seed)
     fixed = len(archs) * n * epochs
     race_hits = {"winner": 0, "tie": 0, "survives": 0}
-    few_hits = {"winner": 0, "tie": 0}
+    few_hits, all_hits = {"winner": 0, "tie": 0}, {"winner": 0, "tie": 0}
     spent, kinds = [], {"winner": 0, "tie": 0, "budget": 0}
     for _ in tqdm(range(replays), desc="replays", disable=not progress):
-        order = {a: values[a][rng.permutation(n)] for a in archs}
+        order = {a: values[a][rng.permutation(n) if resample == "permute" else rng.integers(0, n, n)] for a in archs}
         r = race.run_rounds(lambda a, block: order[a][block], archs, range(n), round_seeds=round_seeds,
                             epochs=epochs, alpha=1 - confidence)
         last = r["rounds"][-1]["values"]
@@ -78,6 +84,9 @@ def replay(values: dict[str, np.ndarray], winner: str, tie: set[str], *, replays
         few = race.leader({a: order[a][:round_seeds] for a in archs}, confidence)[0]
         few_hits["winner"] += few == winner
         few_hits["tie"] += few in tie
+        full = race.leader(order, confidence)[0]  # with "permute", the fixed study itself
+        all_hits["winner"] += full == winner
+        all_hits["tie"] += full in tie
     one = stats.one_seed_win_probability(values)
     mean_spent = float(np.mean(spent))
     return [
@@ -88,7 +97,8 @@ def replay(values: dict[str, np.ndarray], winner: str, tie: set[str], *, replays
          f"{len(archs) * round_seeds * epochs} ({round_seeds / n:.0%})", "the race's round 1, ranked"],
         ["one seed per arch", f"{one[winner]:.0%} (exact)", f"{sum(one[a] for a in tie):.0%} (exact)",
          f"{len(archs) * epochs} ({1 / n:.0%})", "the notes' method"],
-        [f"fixed, {n} seeds per arch", "100 % (reference)", "100 % (reference)", f"{fixed} (100 %)", "the study replayed"],
+        [f"fixed, {n} seeds per arch", rate(all_hits["winner"], replays), rate(all_hits["tie"], replays),
+         f"{fixed} (100%)", "the study itself" if resample == "permute" else "a fresh sample of its seeds"],
     ]
 
 
@@ -101,12 +111,12 @@ def main(argv=None) -> int:
     values, winner, tie = reference(study)
     epochs = study["spec"]["epochs"]
     rows = replay(values, winner, tie, replays=args.replays, round_seeds=args.round_seeds, epochs=epochs,
-                  confidence=args.confidence, seed=args.seed, progress=not args.no_progress)
+                  confidence=args.confidence, resample=args.resample, seed=args.seed, progress=not args.no_progress)
     env = results.environment()
     n = len(next(iter(values.values())))
     print(f"fixed study: {args.study}, {len(values)} archs x {n} seeds x {epochs} epochs; winner {winner}; "
           f"tie ({len(tie)}): {', '.join(sorted(tie))}")
-    print(f"{args.replays} replays, {args.round_seeds} seeds a round, alpha {1 - args.confidence:g}; study trained on "
+    print(f"{args.replays} replays ({args.resample}), {args.round_seeds} seeds a round, alpha {1 - args.confidence:g}; study trained on "
           f"{study['environment']['device']} ({study['environment']['cpu']}); replayed with "
           + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + "\n")
     print("| method | picks the winner [95 % CI] | picks a member of the tie [95 % CI] | seed-epochs (share), range | note |")
