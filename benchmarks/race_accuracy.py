@@ -2,6 +2,7 @@
 
     python -m benchmarks.race_accuracy runs/fixed_s12_e3                 # 500 replays, 3 seeds a round
     python -m benchmarks.race_accuracy runs/fixed_s12_e3 --replays 2000 --round-seeds 4
+    python -m benchmarks.race_accuracy --identical 14 --replays 2000     # the error rates, simulated
 
 The fixed study (any architecture search, every arch with the same N seeds) is the reference: its
 winner is the first of its ranking (`stats.RANK_CRITERION`), its tie the archs whose P(winner improves
@@ -29,7 +30,10 @@ from flaxray import race, results, stats
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.race_accuracy", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("study", help="a finished architecture search's folder (its study.json)")
+    p.add_argument("study", nargs="?", help="a finished architecture search's folder (its study.json)")
+    p.add_argument("--identical", type=int, default=None, metavar="K",
+                   help="instead: --replays races of K identical archs (normal per-seed values, 12 seeds), "
+                   "and how often one given arch, and any arch, is eliminated")
     p.add_argument("--replays", type=int, default=500, help="races replayed on resampled seed orders")
     p.add_argument("--round-seeds", type=int, default=3, help="seeds per arch per round")
     p.add_argument("--confidence", type=float, default=0.95, help="the race's alpha is 1 - this")
@@ -102,9 +106,26 @@ def replay(values: dict[str, np.ndarray], winner: str, tie: set[str], *, replays
     ]
 
 
+def identical(k: int, *, replays: int, round_seeds: int, confidence: float, seed: int = 0) -> str:
+    """The race's error rates where every elimination is false: K archs of one distribution."""
+    rng, one, some = np.random.default_rng(seed), 0, 0
+    for _ in range(replays):
+        table = rng.normal(size=(k, 12))
+        r = race.run_rounds(lambda a, block: table[a][block], range(k), range(12), round_seeds=round_seeds,
+                            alpha=1 - confidence)
+        one += 0 not in r["decision"]["survivors"]
+        some += len(r["decision"]["survivors"]) < k
+    return (f"{k} identical archs, {replays} races, 12 seeds, {round_seeds} a round, alpha {1 - confidence:g}: "
+            f"a given arch eliminated {rate(one, replays)}, some arch eliminated {rate(some, replays)}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    study = results.read_json(f"{args.study}/study.json")
+    if args.identical:
+        print(identical(args.identical, replays=args.replays, round_seeds=args.round_seeds,
+                        confidence=args.confidence, seed=args.seed))
+        return 0
+    study = results.read_json(f"{args.study}/study.json") if args.study else {}
     if not study.get("analysis"):
         print(f"error: {args.study} holds no finished study (study.json with an analysis)", file=sys.stderr)
         return 2
