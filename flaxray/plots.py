@@ -465,7 +465,8 @@ def plot_race(rounds, path, *, confidence: float = 0.95, title: str | None = Non
     ax = fig.subplots()
     x = np.array([r["seeds"] for r in rounds], dtype=float)
     step = np.min(np.diff(x)) if x.size > 1 else 1.0
-    for i, (arch, color) in enumerate(zip(archs, _colors(len(archs)))):
+    colors = _colors(len(archs)) if len(archs) <= 10 else [colormaps["tab20"].colors[i % 20] for i in range(len(archs))]
+    for i, (arch, color) in enumerate(zip(archs, colors)):
         dodge = 0.5 * step * (i - (len(archs) - 1) / 2) / max(len(archs), 1)
         idx = [j for j, r in enumerate(rounds) if arch in r["survivors"]]
         mid, low, high = (np.array([rounds[j]["intervals"][arch][k] for j in idx], dtype=float) for k in range(3))
