@@ -48,14 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "survivor beats it, at 1 - --confidence split over its rivals x the planned looks. Stops "
                       "with one arch left, a tie no further seed up to --max-seeds can break, or --budget spent. "
                       "A rerun with the same --out reuses every finished round")
-    race.add_argument("--max-seeds", type=int, default=None, metavar="N",
-                      help="with --race: the most seeds an arch gets (default 12); the fixed design the race is "
-                      "measured against trains every arch with N")
-    race.add_argument("--round-seeds", type=int, default=None, metavar="R", help="with --race: seeds per arch "
-                      "per round (default 3)")
+    race.add_argument("--max-seeds", type=int, default=12, metavar="N",
+                      help="with --race: the most seeds an arch gets; the fixed design the race is measured "
+                      "against trains every arch with N")
+    race.add_argument("--round-seeds", type=int, default=3, metavar="R", help="with --race: seeds per arch per round")
     race.add_argument("--budget", type=float, default=None, metavar="SEED_EPOCHS",
                       help="with --race: stop before a round that would take the seed-epochs trained past this "
-                      "(default: the fixed design's, archs x N x --epochs)")
+                      "(none: the fixed design's, archs x N x --epochs; default: %(default)s)")
     _cli.add_training_args(p, seeds=8, epochs=20)
     _cli.add_data_args(p)
     _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
@@ -71,10 +70,11 @@ def run(args) -> Path:
     from flaxray import report
 
     archs = list(dict.fromkeys(args.arch))  # a name given twice is trained once
+    given = {_cli._dest(t.split("=", 1)[0], vars(args)) for t in args.argv if t.startswith("--")}
     if args.race:
-        return run_race(args, archs)
+        return run_race(args, archs, given)
     for flag in RACE_FLAGS:
-        if getattr(args, flag) is not None:
+        if flag in given:
             raise FlaxrayError(f"--{flag.replace('_', '-')} goes with --race")
     args.out = args.out or "runs/architecture_search"
     spec = _cli.study_spec(args, archs, "architecture_search", decompose=args.decompose, confidence=args.confidence)
@@ -90,18 +90,17 @@ def run(args) -> Path:
     return out
 
 
-def run_race(args, archs) -> Path:
+def run_race(args, archs, given) -> Path:
     """--race: `flaxray.race.race` through the same runner as every study (run.json, --resume)."""
     import dataclasses
     import functools
 
     from flaxray import race
 
-    if "--seeds" in args.argv or args.decompose or args.tensorboard:
+    if "seeds" in given or args.decompose or args.tensorboard:
         raise FlaxrayError("--race sets the seeds with --max-seeds and --round-seeds, and writes no "
                            "--decompose or --tensorboard files; drop --seeds, --decompose and --tensorboard")
-    max_seeds = 12 if args.max_seeds is None else args.max_seeds
-    round_seeds = 3 if args.round_seeds is None else args.round_seeds
+    max_seeds, round_seeds = args.max_seeds, args.round_seeds
     if not 2 <= max_seeds <= MAX_SEEDS:
         raise FlaxrayError(f"--max-seeds must be between 2 and {MAX_SEEDS}, got {max_seeds}")
     spec = _cli.study_spec(args, archs, "architecture_race", confidence=args.confidence)
