@@ -20,6 +20,7 @@ from flaxray import diagnose, stats
 from flaxray.errors import FlaxrayError
 
 TOTAL = "all"  # the decomposition's run where every source of randomness varies
+FLOOR = "ulp"  # the decomposition's run where only a one-ulp nudge of the initial parameters varies (train.FLOOR)
 
 
 def _final_val_loss(history) -> np.ndarray:
@@ -56,10 +57,67 @@ def seeds_to_settle(a, b, *, power: float = 0.8, alpha: float = 0.05, sims: int 
     return None
 
 
+def _components(y):
+    """(setting variance, seeds' variance, MS settings, MS residual) of (..., settings, seeds) arrays."""
+    k, n = y.shape[-2:]
+    rows, cols = y.mean(-1, keepdims=True), y.mean(-2, keepdims=True)
+    grand = rows.mean(-2, keepdims=True)
+    ms_setting = n * ((rows - grand) ** 2).sum((-2, -1)) / (k - 1)
+    ms_residual = ((y - rows - cols + grand) ** 2).sum((-2, -1)) / ((k - 1) * (n - 1))
+    seed_var = ((y - rows) ** 2).sum((-2, -1)) / (k * (n - 1))
+    return np.maximum(0.0, (ms_setting - ms_residual) / n), seed_var, ms_setting, ms_residual
+
+
+def setting_shares(values, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """How much of the variance of a per-seed value (final val loss) the settings explain, against the seeds.
+
+    `values[i, j]`: setting i (e.g. a dropout rate), seed j; the same seeds at every setting, as a
+    unit trains them (seeds with a non-finite value anywhere are left out). A two-way ANOVA of this
+    crossed design, the settings fixed (the grid asked for) and the seeds random:
+    seeds' variance = the pooled within-setting variance (what the seed moves at one setting);
+    setting variance = (MS settings - MS residual) / seeds, >= 0: the spread of the settings' true
+    means (a seed's effect shared by every setting cancels from it, so it is unbiased even when a seed
+    is lucky at every setting). `share` = setting / (setting + seeds); above 0.5 the setting moves the
+    result more than the seed does (Bouthillier et al., MLSys 2021). CI: a percentile bootstrap over
+    seeds (whole columns, so the crossing is kept); `p`: the F-test of no setting effect.
+    """
+    y = np.asarray(values, float)
+    y = y[:, np.isfinite(y).all(0)]
+    k, n = y.shape
+    out = {"settings": k, "n": n, **{key: float("nan") for key in
+                                     ("setting_var", "seed_var", "share", "share_ci_low", "share_ci_high", "p")}}
+    if k < 2 or n < 2:
+        return out
+    setting_var, seed_var, ms_setting, ms_residual = _components(y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out.update(setting_var=float(setting_var), seed_var=float(seed_var),
+                   share=float(setting_var / (setting_var + seed_var)),
+                   p=float(scipy.stats.f.sf(ms_setting / ms_residual, k - 1, (k - 1) * (n - 1))))
+        boot = _components(y[:, np.random.default_rng(seed).integers(0, n, (n_resamples, n))].transpose(1, 0, 2))
+        out["share_ci_low"], out["share_ci_high"] = stats.percentile_ci(boot[0] / (boot[0] + boot[1]), confidence)
+    return out
+
+
+def setting_sentence(arch: str, varies: str, d: Mapping) -> str:
+    """Whether the settings of `arch` move final val loss more than its seeds do, in words."""
+    if not np.isfinite(d["share"]):
+        return f"{arch}: too few seeds to split the variance between {varies} and the seed"
+    low, high = d["share_ci_low"], d["share_ci_high"]
+    if low > 0.5:
+        how = f"{varies} moves final val loss more than the seed does"
+    elif high < 0.5:
+        how = f"the seed moves final val loss more than {varies} does"
+    else:
+        how = f"{varies} and the seed are not told apart as the larger source"
+    return (f"{arch}: {how}: {varies}'s share of the variance {d['share']:.2f} ({low:.2f}–{high:.2f}), the seeds' "
+            f"{1 - d['share']:.2f}; F-test of no {varies} effect p = {d['p']:.2g} ({d['settings']} settings x "
+            f"{d['n']} seeds)")
+
+
 def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: float = float(np.log(2)),
             decomposition: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
             confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS,
-            seeds: Mapping[str, Sequence[int]] | None = None) -> dict:
+            seeds: Mapping[str, Sequence[int]] | None = None, settings: Mapping[str, Mapping] | None = None) -> dict:
     """Everything the report shows, as plain data (numpy arrays and floats).
 
     Works for any class count: everything per metric comes from the registry (`flaxray.metrics`).
@@ -73,6 +131,8 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     `stats.variance_shares`} when given, criterion (what ranks), thresholds, baseline, confidence,
     luck {arch: {seed: percentile of its final val loss among the arch's seeds}} (`seeds` names them;
     default 0..S-1) and settle (`seeds_to_settle` of the first two archs of the ranking).
+    `settings` {arch: {"varies": "dropout", "groups": [group names, one per setting]}} (the groups of
+    one unit, same seeds) adds settings {arch: `setting_shares` + varies}.
     """
     if not histories:
         raise FlaxrayError("no architecture to analyse")
@@ -115,9 +175,12 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     if decomposition:
         out["decomposition"] = {
             arch: stats.variance_shares({s: _final_val_loss(h) for s, h in runs.items()}, total=TOTAL,
-                                        confidence=confidence)
+                                        confidence=confidence, floor=FLOOR)
             for arch, runs in decomposition.items()
         }
+    if settings:
+        out["settings"] = {arch: {"varies": d["varies"], "groups": list(d["groups"]), **setting_shares(
+            [_final_val_loss(histories[g]) for g in d["groups"]], confidence=confidence)} for arch, d in settings.items()}
     out["verdict"] = verdict(out)
     return out
 
@@ -177,6 +240,20 @@ def settle_sentence(analysis: Mapping) -> str:
     return (f"Seeds a claim needs: {how} would tell **{a}** from **{b}** on final val loss with "
             f"{_pct(settle['power'])} power (a Mann-Whitney test at {settle['alpha']:g}, simulated from the "
             "observed seeds).")
+
+
+def variance_lines(analysis: Mapping) -> list[str]:
+    """The settings' share against the seeds' per arch, and the noise floor per decomposed arch."""
+    lines = [setting_sentence(a, d["varies"], d) for a, d in analysis.get("settings", {}).items()]
+    for arch, dec in analysis.get("decomposition", {}).items():
+        if FLOOR in dec:
+            f = dec[FLOOR]
+            above = ", ".join(f"{s} {d['above_floor']:+.2f} ({d['above_floor_ci_low']:+.2f}–{d['above_floor_ci_high']:+.2f})"
+                              for s, d in dec.items() if "above_floor" in d)
+            lines.append(f"{arch}: numerical-noise floor (only a one-ulp nudge of the initial parameters) = "
+                         f"{f['share']:.2f} ({f['share_ci_low']:.2f}–{f['share_ci_high']:.2f}) of the variance with "
+                         f"every source varied; each source's share above it: {above}")
+    return lines
 
 
 def luck_lines(analysis: Mapping) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from flaxray.errors import FlaxrayError
 
-FORMAT = 2  # 1 saved the curves; 2 saves the statistics they are computed from
+FORMAT = 3  # 1 saved the curves; 2 saves the statistics they are computed from; 3 each seed's dropout rate
 
 
 def _is_key(x) -> bool:
@@ -80,6 +80,11 @@ class Checkpoints:
         if meta.get("format") != FORMAT:
             raise FlaxrayError(f"the checkpoint in {self.directory} was written by an older flaxray (format "
                                f"{meta.get('format')}); run the study again with --overwrite")
+        saved, here = meta.get("processes", 1), self.meta.get("processes", 1)
+        if saved != here:
+            raise FlaxrayError(f"the checkpoint in {self.directory} was written by {saved} process(es), each its own "
+                               f"seeds' shards, and this run has {here}: resume it with {saved} (python -m "
+                               f"flaxray.launch -n {saved} -- ...), or start again with --overwrite")
         if meta != self.meta:
             changed = sorted(k for k in {*meta, *self.meta} if meta.get(k) != self.meta.get(k))
             raise FlaxrayError(f"the checkpoint in {self.directory} was written with other settings "

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import scipy.stats
 
-from flaxray import metrics, plots, report, stats
+from flaxray import metrics, plots, report, results, stats
 from flaxray.metrics import CHEST
 
 ENSEMBLE = "{name} ensemble"
@@ -207,6 +207,6 @@ def write_report(out, analysis: Mapping, *, info: Mapping, bands: Path) -> tuple
         title=f"Test metrics · {info.get('title', '')} · ensemble: the seeds' mean probability as one model (no bar)")
     doc = build(analysis, {"intervals": Path(intervals), "bands": Path(bands)}, info=info)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(doc.markdown())
-    page.write_text(doc.html("CNN vs ANN report"))
+    results.write_text(md, doc.markdown())
+    results.write_text(page, doc.html("CNN vs ANN report"))
     return md, page

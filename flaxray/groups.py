@@ -1,11 +1,13 @@
-"""One unit of a study on disk: an arch's seeds (crossed with its learning rates) trained, or read back.
+"""One unit of a study on disk: an arch's seeds (crossed with its settings) trained, or read back.
 
-    OUT/groups/<arch>/              one vmapped program: the arch x its rates x the seeds
+    OUT/groups/<arch>/              one vmapped program: the arch x its settings x the seeds
         group.json                  what was trained (the fingerprint) and how it ended; written last
-        curves.csv                  its groups' curves (`NAME` or `NAME@lr=RATE`)
+        curves.csv                  its groups' curves (`NAME`, or `NAME@lr=RATE,dropout=RATE,wd=DECAY`
+                                    naming the settings that take several values)
         checkpoints/                every seed's training state while it trains (orbax)
         params/<group>/             every seed's final params and batch statistics (`flaxray.trained`)
-    OUT/groups/<arch>/only-<source>/   the same, with only one source of randomness varied (--decompose)
+    OUT/groups/<arch>/only-<source>/   the same, with only one source of randomness varied (--decompose;
+                                       only-ulp: only a one-ulp nudge of the initial parameters)
 
 A unit whose group.json matches what is asked is read back instead of trained again; one trained with
 other settings is refused, naming the difference; one without group.json (killed, interrupted) is
@@ -43,16 +45,32 @@ def slug(text: str) -> str:
 
 
 def lr_label(lr: float) -> str:
-    """Shortest text that reads back as `lr`: 3e-4, 0.01, 1e+30."""
+    """Shortest text that reads back as `lr`: 3e-4, 0.01, 1e+30, 0."""
     lr = float(lr)
-    if 1e-2 <= lr < 1e4:
+    if lr == 0 or 1e-2 <= lr < 1e4:
         return np.format_float_positional(lr, trim="-")
     return np.format_float_scientific(lr, trim="-", exp_digits=1)
 
 
-def group_names(name: str, lrs: Sequence[float]) -> list[str]:
-    """`NAME` for one rate, `NAME@lr=RATE` for each of several."""
-    return [name] if len(lrs) == 1 else [f"{name}@lr={lr_label(lr)}" for lr in lrs]
+# The settings a unit crosses with its seeds: the TrainConfig field, its label in group names, its default.
+SETTINGS = (("lr", "lr", None), ("dropout", "dropout", None), ("weight_decay", "wd", 0.0))
+
+
+def settings(lrs: Sequence[float], dropouts: Sequence = (None,), weight_decays: Sequence[float] = (0.0,)) -> list[dict]:
+    """Every {lr, dropout, weight_decay} of a unit, lr outermost: the order its lanes are trained in."""
+    return [{"lr": float(r), "dropout": None if d is None else float(d), "weight_decay": float(w)}
+            for r in lrs for d in dropouts for w in weight_decays]
+
+
+def group_names(name: str, lrs: Sequence[float], dropouts: Sequence = (None,),
+                weight_decays: Sequence[float] = (0.0,)) -> list[str]:
+    """`NAME` for one setting; for several, `NAME@` and the settings that vary: `NAME@lr=RATE`,
+    `NAME@dropout=0.2`, `NAME@lr=0.001,wd=1e-4`."""
+    grid = settings(lrs, dropouts, weight_decays)
+    varying = [(field, label) for field, label, _ in SETTINGS if len({g[field] for g in grid}) > 1]
+    if not varying:
+        return [name]
+    return [f"{name}@" + ",".join(f"{label}={lr_label(g[field])}" for field, label in varying) for g in grid]
 
 
 @dataclasses.dataclass
@@ -75,10 +93,13 @@ class Group:
 
 
 def write_curves(path, groups: Sequence[Group]) -> Path:
-    """curves.csv of `groups`: every seed's curves with its group's rate and diverged epoch."""
+    """curves.csv of `groups`: every seed's curves with its group's rate and diverged epoch, and its
+    dropout and weight decay columns when a group sets them (so a default study's file is unchanged)."""
+    extra = {field: {g.name: getattr(g.config, field) for g in groups} for field, _, default in SETTINGS[1:]
+             if any(getattr(g.config, field) != default for g in groups)}
     return results.write_curves_csv(path, {g.name: g.history for g in groups}, {g.name: g.seeds for g in groups},
                                     lrs={g.name: g.config.lr for g in groups},
-                                    diverged={g.name: g.diverged for g in groups})
+                                    diverged={g.name: g.diverged for g in groups}, extra=extra)
 
 
 def unit_dir(out, arch: str, source: str | None = None) -> Path:
@@ -86,11 +107,19 @@ def unit_dir(out, arch: str, source: str | None = None) -> Path:
     return folder if source is None else folder / f"only-{source}"
 
 
-def fingerprint(config, lrs: Sequence[float], seeds: Sequence[int], data_summary) -> dict:
-    """What a saved unit must match to be reused: the config (its rate aside), the rates, the seeds, the data."""
-    return results.jsonable({"config": {**dataclasses.asdict(config), "lr": None}, "lrs": [float(r) for r in lrs],
-                             "seeds": [int(s) for s in seeds],
-                             "data": {k: data_summary.get(k) for k in DATA_KEYS}})
+def fingerprint(config, lrs: Sequence[float], seeds: Sequence[int], data_summary, dropouts: Sequence = (None,),
+                weight_decays: Sequence[float] = (0.0,)) -> dict:
+    """What a saved unit must match to be reused: the config (its settings aside), the settings, the
+    seeds, the data. Dropouts and weight decays only when not the defaults, so a default unit's
+    fingerprint is the one it had before they existed (its folder stays reusable)."""
+    skip = {field for field, _, _ in SETTINGS}
+    out = {"config": {**{k: v for k, v in dataclasses.asdict(config).items() if k not in skip}, "lr": None},
+           "lrs": [float(r) for r in lrs], "seeds": [int(s) for s in seeds],
+           "data": {k: data_summary.get(k) for k in DATA_KEYS}}
+    for key, values, default in (("dropouts", dropouts, None), ("weight_decays", weight_decays, 0.0)):
+        if list(values) != [default]:
+            out[key] = [None if v is None else float(v) for v in values]
+    return results.jsonable(out)
 
 
 def differences(saved, wanted, prefix="") -> list[str]:
@@ -125,46 +154,51 @@ def program_shape(folder: Path, lanes: int) -> dict:
 
     chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
-            "devices": len(jax.devices()), "backend": jax.default_backend(),
+            "devices": len(jax.devices()), "processes": jax.process_count(), "backend": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
 
 
 def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
-               progress=True, checkpoint_every=1, chunk=None) -> tuple[list[Group], bool]:
-    """The groups of one unit (`name` x `lrs` x `seeds`), trained into `folder` or read back from it.
+               progress=True, checkpoint_every=1, chunk=None, dropouts: Sequence = (None,),
+               weight_decays: Sequence[float] = (0.0,)) -> tuple[list[Group], bool]:
+    """The groups of one unit (`name` x `lrs` x `dropouts` x `weight_decays` x `seeds`, one vmapped
+    program), trained into `folder` or read back from it. `dropouts`: rates replacing the arch's
+    (None: its own); `weight_decays`: Keras's decoupled decay (0: none).
 
     Returns (groups, reused)."""
     from flaxray.runner import train_seeds
     from flaxray.trained import save_trained
 
-    seeds, lrs = [int(s) for s in seeds], [float(r) for r in lrs]
-    names, summary = group_names(name, lrs), dataset.summary
-    wanted = fingerprint(config, lrs, seeds, summary)
+    seeds, grid = [int(s) for s in seeds], settings(lrs, dropouts, weight_decays)
+    names, summary = group_names(name, lrs, dropouts, weight_decays), dataset.summary
+    wanted = fingerprint(config, lrs, seeds, summary, dropouts, weight_decays)
     record = finished(folder, wanted)
     if record is not None:
         histories, _ = results.read_curves_csv(folder / "curves.csv")
-        return [Group(n, dataclasses.replace(config, lr=lr), seeds, histories[n],
+        return [Group(n, dataclasses.replace(config, **g), seeds, histories[n],
                       np.asarray(record["diverged"][n], np.int64), folder)
-                for n, lr in zip(names, lrs)], True
+                for n, g in zip(names, grid)], True
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    states, history = train_seeds(config, data, [s for _ in lrs for s in seeds], lrs=[r for r in lrs for _ in seeds],
+    lanes = {field: [g[field] for g in grid for _ in seeds] for field, _, _ in SETTINGS}
+    states, history = train_seeds(config, data, [s for _ in grid for s in seeds], lrs=lanes["lr"],
+                                  dropouts=lanes["dropout"], weight_decays=lanes["weight_decay"],
                                   class_names=getattr(dataset, "class_names", None), progress=progress,
-                                  desc=name + (f" x {len(lrs)} lr" if len(lrs) > 1 else ""),
+                                  desc=name + (f" x {len(grid)} settings" if len(grid) > 1 else ""),
                                   checkpoint_dir=folder / results.CHECKPOINTS, checkpoint_every=checkpoint_every,
                                   max_seeds_per_chunk=chunk)
     seconds = time.perf_counter() - start
     import jax
 
     diverged, groups = np.asarray(states.diverged), []
-    for j, (n, lr) in enumerate(zip(names, lrs)):
+    for j, (n, g) in enumerate(zip(names, grid)):
         rows = slice(j * len(seeds), (j + 1) * len(seeds))
-        groups.append(Group(n, dataclasses.replace(config, lr=lr), seeds, {k: v[rows] for k, v in history.items()},
+        groups.append(Group(n, dataclasses.replace(config, **g), seeds, {k: v[rows] for k, v in history.items()},
                             diverged[rows], folder, seconds, jax.tree.map(lambda a: a[rows], states)))
     write_curves(folder / "curves.csv", groups)
     for g in groups:
         save_trained(g.params_dir, g.name, g.config, seeds, g.states, data.x_train.shape[1:], summary)
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
-        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(lrs) * len(seeds))})
+        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(grid) * len(seeds))})
     return groups, False

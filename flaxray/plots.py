@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from flaxray import metrics, stats
+from flaxray import metrics, results, stats
 
 BAND_CAPTION = "line: mean over seeds · band: {pct:g} % bootstrap CI of the mean · faint: individual seeds"
 SINGLE_SEED_CAPTION = "one seed per architecture: no confidence band (it needs 2 or more seeds)"
@@ -206,7 +206,7 @@ def plot_bands(
         title=_caption(max_seeds, max_epochs, confidence),
         title_fontsize=9,
     )
-    fig.savefig(path, dpi=120)
+    results.save_figure(fig, path, dpi=120)
     fig.clear()  # no pyplot registry to close from; drop the artists so the memory goes now
     return path
 
@@ -220,7 +220,7 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
 
 
 def _save(fig: Figure, path):
-    fig.savefig(path, dpi=fig.dpi)
+    results.save_figure(fig, path, dpi=fig.dpi)
     fig.clear()
     return path
 

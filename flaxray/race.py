@@ -218,7 +218,8 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
     def values_of(arch, block):
         (group,), was_reused = units.train_unit(arch, prepared.configs[arch], study.lrs, block,
                                                 block_dir(out, arch, block), prepared.data, prepared.dataset,
-                                                progress=progress, checkpoint_every=checkpoint_every, chunk=chunk)
+                                                progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
+                                                dropouts=study.dropouts, weight_decays=study.weight_decays)
         trained[arch].append(group)
         reused.extend([f"{arch} seeds {block[0]}-{block[-1]}"] if was_reused else [])
         return stats.per_seed_values(group.history, diverged=group.diverged > 0)[stats.RANK_KEY]
@@ -226,7 +227,7 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
     def record_round(r):  # a killed race leaves the rounds it finished in race.json
         results.write_json(out / RACE_JSON, {"status": "running", "rounds": rounds_so_far + [r]})
         rounds_so_far.append(r)
-        if progress:
+        if progress and not results.elsewhere():
             gone = ", ".join(f"{a} (p {p:.2g} vs {b})" for a, (b, p) in r["eliminated"].items()) or "none"
             print(f"round {r['round']}: {len(r['survivors'])} archs at {r['seeds']} seeds, out: {gone}", flush=True)
         if on_round:
@@ -240,14 +241,16 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
                   alpha=1 - study.confidence, planned_looks=looks(len(study.seeds), round_seeds),
                   environment=results.environment(), data=prepared.dataset.summary, **dict(info or {}))
     results.write_json(out / RACE_JSON, record)
-    write_report(out, record, trained, study, prepared.dataset)
+    if not results.elsewhere():  # a multi-process race: process 0 writes the report
+        write_report(out, record, trained, study, prepared.dataset)
     return RaceResult(out, record, trained, reused)
 
 
 def check(study, round_seeds: int, budget: float | None) -> None:
     """The race's own refusals, one line each, before anything is trained."""
-    if study.decompose or study.test or len(study.lrs) > 1:
-        raise FlaxrayError("--race compares archs at one learning rate, without --decompose")
+    if study.decompose or study.test or study.n_settings > 1:
+        raise FlaxrayError("--race compares archs at one setting (one --lr, --dropout, --weight-decay), "
+                           "without --decompose")
     if len(study.archs) < 2:
         raise FlaxrayError("--race needs at least two archs")
     if not 1 <= round_seeds <= len(study.seeds):

@@ -21,7 +21,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.errors import FlaxrayError
-from flaxray.groups import GROUP_JSON, group_names, slug
+from flaxray.groups import GROUP_JSON, group_names, settings, slug
 
 
 def _tree_equal(a, b) -> tuple[bool, float]:
@@ -66,29 +66,30 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
         if program is None:
             raise FlaxrayError(f"{folder} records no program shape (trained before replays existed); run the study "
                                "again to replay its seeds")
-        seeds, lrs = fp["seeds"], fp["lrs"]
+        seeds, grid = fp["seeds"], (fp["lrs"], fp.get("dropouts", [None]), fp.get("weight_decays", [0.0]))
         if seed not in seeds:
             continue
-        lanes = [(s, r) for r in lrs for s in seeds]  # the order train_unit trained them in
+        lanes = [(s, g) for g in settings(*grid) for s in seeds]  # the order train_unit trained them in
         parts, done = scale.chunks(len(lanes), program["seeds_per_chunk"]), {}
-        names = group_names(meta["name"], lrs)
+        names = group_names(meta["name"], *grid)
         trained = {n: load_folder(folder / "params" / slug(n)) for n in names}
-        config = dataclasses.replace(trained[names[0]].config, lr=lrs[0])
+        config = dataclasses.replace(trained[names[0]].config, **lanes[0][1])
         if here["devices"] != program["devices"]:
             raise FlaxrayError(f"{folder} was trained on {program['devices']} device(s), this machine has "
                                f"{here['devices']}: the seed would run in another program shape")
         recorded, _ = results.read_curves_csv(folder / "curves.csv")
         if data is None:  # once: every unit trained on the same data
             data = device_data(dataset, config.eval_batch_size)
-        # The seed has one lane per rate; a chunk holds consecutive lanes, so each may be in another chunk.
+        # The seed has one lane per setting; a chunk holds consecutive lanes, so each may be in another chunk.
         for j, name in enumerate(names):
             lane = j * len(seeds) + seeds.index(seed)
             part = next(p for p in parts if p.start <= lane < p.stop)
             if (part.start, part.stop) not in done:
                 chunk = lanes[part]
                 done[part.start, part.stop] = train_seeds(
-                    config, data, [s for s, _ in chunk],
-                    lrs=[r for _, r in chunk], class_names=tuple(dataset.class_names), progress=progress,
+                    config, data, [s for s, _ in chunk], lrs=[g["lr"] for _, g in chunk],
+                    dropouts=[g["dropout"] for _, g in chunk], weight_decays=[g["weight_decay"] for _, g in chunk],
+                    class_names=tuple(dataset.class_names), progress=progress,
                     desc=f"replay {meta['name']} [{part.start}:{part.stop}]", max_seeds_per_chunk=len(chunk))
             states, history = done[part.start, part.stop]
             k = lane - part.start

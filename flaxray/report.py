@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flaxray import diagnose, metrics, plots, stats
+from flaxray import diagnose, metrics, plots, results, stats
 
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 # bands_per_arch.png, not bands.png: a study's own bands.png has every group on shared axes
@@ -241,6 +241,19 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
         for line in luck_lines(analysis):
             doc.para(line)
 
+    if "settings" in analysis:
+        from flaxray.analysis import setting_sentence
+
+        doc.heading(2, "Settings beside seeds")
+        doc.para("Each arch's settings were trained on the same seeds in one vmapped program. The variance of final "
+                 "val loss is split by a two-way ANOVA of settings x seeds: the seeds' variance is the pooled "
+                 "within-setting variance, the settings' is (MS settings - MS residual) / seeds (>= 0); the "
+                 f"settings' share = settings / (settings + seeds), with a {conf} percentile bootstrap over seeds. "
+                 "Above 0.5 the setting moves the result more than the seed does (Bouthillier et al., MLSys 2021).")
+        for arch, d in analysis["settings"].items():
+            doc.para(setting_sentence(f"`{arch}`", d["varies"], d) + " (groups: "
+                     + ", ".join(f"`{g}`" for g in d["groups"]) + ").")
+
     doc.heading(2, "Diagnosis per seed")
     t = analysis["thresholds"]
     doc.para("From each seed's train and val loss curves (`flaxray/diagnose.py`, `Thresholds`): **diverged** "
@@ -262,13 +275,18 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
         doc.heading(2, "Where the variance comes from")
         doc.para("Each arch trained again with only one source of randomness varied between seeds (the others "
                  "shared): its share = var(final val loss, that source only) / var(all sources varied). Shares need "
-                 "not add to 1: sources interact and every variance is estimated from the same few seeds.")
+                 "not add to 1: sources interact and every variance is estimated from the same few seeds. "
+                 "**ulp** is the numerical-noise floor (Summers & Dinneen, ICML 2021): every source shared, only "
+                 "each seed's initial parameters nudged by one ulp, so its spread is what float rounding alone "
+                 "gives; under each source, its share above that floor.")
         rows = []
         for a, dec in analysis["decomposition"].items():
             cells = [f"`{a}`"]
             for source in [s for s in dec if s != "all"]:
                 d = dec[source]
-                cells.append(f"{num(d['share'])} {ci(d['share_ci_low'], d['share_ci_high'])}")
+                cells.append(f"{num(d['share'])} {ci(d['share_ci_low'], d['share_ci_high'])}" + (
+                    f"; above floor {num(d['above_floor'])} {ci(d['above_floor_ci_low'], d['above_floor_ci_high'])}"
+                    if "above_floor" in d else ""))
             cells += [num(dec["all"]["std"]), num(dec["all"]["remainder"])]
             rows.append(cells)
         sources = [s for s in next(iter(analysis["decomposition"].values())) if s != "all"]
@@ -286,7 +304,7 @@ def write_report(out, analysis: Mapping, histories: Mapping, *, info: Mapping) -
     figures = draw_figures(out, analysis, histories, title=info.get("title", ""))
     doc = build(analysis, figures, info=info)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(doc.markdown())
-    page.write_text(doc.html("Architecture search report"))
+    results.write_text(md, doc.markdown())
+    results.write_text(page, doc.html("Architecture search report"))
     return md, page
 

@@ -67,6 +67,24 @@ def evaluate_test(study, dataset, groups: Mapping) -> dict:
                            confidence=study.confidence, **({"class_names": classes} if len(classes) > 2 else {}))
 
 
+SETTING_WORDS = {"lr": "the learning rate", "dropout": "dropout", "weight_decay": "weight decay"}
+
+
+def settings_of(groups: Mapping) -> dict:
+    """Per arch trained at several settings: what varies (in words) and its groups, one per setting."""
+    by_arch: dict = {}
+    for name, g in groups.items():
+        by_arch.setdefault(g.config.arch, []).append(name)
+    out = {}
+    for arch, names in by_arch.items():
+        varying = [f for f in SETTING_WORDS if len({getattr(groups[n].config, f) for n in names}) > 1]
+        if varying:
+            words = (SETTING_WORDS[varying[0]] if len(varying) == 1
+                     else "the setting (" + ", ".join(SETTING_WORDS[f] for f in varying) + ")")
+            out[arch] = {"varies": words, "groups": names}
+    return out
+
+
 def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: list, info: Mapping):
     from flaxray import compare, diagnose, plots, report
     from flaxray.analysis import analyse
@@ -77,17 +95,17 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
     write_curves(out / "curves.csv", list(groups.values()))
     env = results.environment()
     head = header(study, dataset, info, env)
-    with results.atomic_path(out / "bands.png") as tmp:
-        plots.plot_bands(histories, tmp, title=head["title"])
     weight = next(iter(groups.values())).config.class_weight
     analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, weight),
                        decomposition=decomposition or None, confidence=study.confidence,
-                       seeds={n: g.seeds for n, g in groups.items()})
+                       seeds={n: g.seeds for n, g in groups.items()}, settings=settings_of(groups))
     test = evaluate_test(study, dataset, groups) if study.test else None
-    if test is not None:
-        compare.write_report(out, test, info=head, bands=out / "bands.png")
-    else:
-        report.write_report(out, analysis, histories, info=head)
+    if not results.elsewhere():  # the figures and reports of a multi-process study: process 0's alone
+        plots.plot_bands(histories, out / "bands.png", title=head["title"])
+        if test is not None:
+            compare.write_report(out, test, info=head, bands=out / "bands.png")
+        else:
+            report.write_report(out, analysis, histories, info=head)
     diverged = {n: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for n, g in groups.items()}
     record = {
         "layout": LAYOUT, "study": study.kind, **{k: v for k, v in info.items() if k != "title"},

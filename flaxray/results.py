@@ -2,7 +2,9 @@
 device, data summary, per-arch summary), `bands.png`, `checkpoints/` and `run.json`, whose `status`
 says whether the study finished ("complete"), stopped ("interrupted", "failed") or is running or
 was killed ("running"). Every file is written to a temporary name and renamed, so a result file is
-either complete or absent, and a folder without a complete run.json is recognisably unfinished."""
+either complete or absent, and a folder without a complete run.json is recognisably unfinished.
+In a study of several processes (`flaxray.hosts`) only process 0 writes them: the others compute the
+same files and drop them."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import os
 import platform
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -67,11 +71,22 @@ def environment(packages: Sequence[str] = PACKAGES) -> dict:
     }
 
 
+def elsewhere() -> bool:
+    """Whether this is another process than process 0 of a multi-process study: not the one that writes."""
+    jax = sys.modules.get("jax")  # a folder read in a notebook does not start jax to learn it is alone
+    return jax is not None and jax.distributed.is_initialized() and jax.process_index() != 0
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path` (same suffix, for writers that go by it) to write to;
-    renamed to `path` only when the block completes, removed if it fails."""
+    renamed to `path` only when the block completes, removed if it fails. On another process than
+    process 0 (`elsewhere`), a scratch path that is thrown away."""
     path = Path(path)
+    if elsewhere():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        return
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -88,6 +103,17 @@ def _atomic_write(path: Path, write) -> Path:
     return Path(path)
 
 
+def write_text(path, text: str) -> Path:
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+def save_figure(fig, path, **kwargs) -> Path:
+    """`fig.savefig(path)`, atomically (the suffix picks the format)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return Path(path)
+
+
 def curves_rows(histories: Mapping[str, Mapping[str, np.ndarray]], seeds: Mapping[str, Sequence[int]]):
     """Tidy rows (arch, seed, epoch, split, metric, value) from Keras-style histories of shape (S, E)."""
     for arch, history in histories.items():
@@ -99,19 +125,23 @@ def curves_rows(histories: Mapping[str, Mapping[str, np.ndarray]], seeds: Mappin
 
 
 def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None = None,
-                     diverged: Mapping[str, Sequence[int]] | None = None) -> Path:
-    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`)
-    and the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not)."""
+                     diverged: Mapping[str, Sequence[int]] | None = None,
+                     extra: Mapping[str, Mapping[str, float | None]] | None = None) -> Path:
+    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`),
+    the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not) and, after them, one
+    column per `extra` setting (e.g. {"dropout": {arch: rate}}; empty for None)."""
     lr = {a: repr(float(lrs[a])) if lrs and a in lrs else "" for a in histories}
     died = {}  # arch -> seed -> the epoch it diverged in, or ""
     for a in histories:
         epochs = (diverged or {}).get(a, [0] * len(seeds[a]))
         died[a] = {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], epochs)}
 
+    more = {a: [("" if c.get(a) is None else repr(float(c[a]))) for c in (extra or {}).values()] for a in histories}
+
     def write(f):
         out = csv.writer(f)
-        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch"])
-        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s])
+        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch", *(extra or {})])
+        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s], *more[a])
                       for a, s, e, sp, m, v in curves_rows(histories, seeds))
 
     return _atomic_write(path, write)
@@ -226,9 +256,14 @@ def existing_outputs(out) -> list[str]:
 
 def clear_outputs(out) -> None:
     """Remove a study's files and checkpoints from `out`, and nothing else the folder holds."""
-    for name in existing_outputs(out):
-        path = Path(out) / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not elsewhere():
+        for name in existing_outputs(out):
+            path = Path(out) / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if "jax" in sys.modules:
+        from flaxray import hosts
+
+        hosts.barrier("flaxray.results.clear_outputs")  # the others start writing once it is empty
 
 
 def default_out_dir(archs: Sequence[str], root="runs") -> Path:

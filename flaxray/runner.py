@@ -25,7 +25,8 @@ import numpy as np
 
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import history_from_counts, mask_diverged
-from flaxray.train import TrainConfig, check_batch_size, check_lr, counts_type, make_train, pad_to_batches
+from flaxray.train import (TrainConfig, check_batch_size, check_lr, check_rate, config_record, counts_type,
+                           make_train, pad_to_batches)
 
 
 def default_class_names(num_classes: int) -> tuple[str, ...]:
@@ -33,13 +34,18 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
 
 
 def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
-    """{"train": counts, "val": counts} of device arrays -> nested dict of numpy arrays."""
-    return {split: {k: np.asarray(v) for k, v in c._asdict().items()} for split, c in counts.items()}
+    """{"train": counts, "val": counts} of device arrays -> nested dict of numpy arrays (gathered from
+    every process's seeds when there are several: `flaxray.hosts`)."""
+    from flaxray.hosts import gather
+
+    return {split: {k: np.asarray(v) for k, v in gather(c._asdict()).items()} for split, c in counts.items()}
 
 
 def _program(config: TrainConfig) -> TrainConfig:
-    """The config a compiled program depends on: the rate is state and the epochs a host loop."""
-    return dataclasses.replace(config, lr=1.0, epochs=1)
+    """The config a compiled program depends on: the rates are state and the epochs a host loop; only
+    whether dropout rates are replaced and whether weight decay is on change the program."""
+    return dataclasses.replace(config, lr=1.0, epochs=1, dropout=None if config.dropout is None else 0.5,
+                               weight_decay=1.0 if config.weight_decay else 0.0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -54,7 +60,7 @@ def _compiled(config: TrainConfig):
         state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
         return jax.tree.map(lambda a: a[None], (state, counts))
 
-    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))),
+    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0, 0))),
             jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0),
             jax.jit(one_seed, donate_argnums=0),
             jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None, None, None))),
@@ -62,13 +68,16 @@ def _compiled(config: TrainConfig):
 
 
 def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
+                dropouts: Sequence[float] | None = None, weight_decays: Sequence[float] | None = None,
                 class_names: Sequence[str] | None = None, progress: bool = True, desc=None, checkpoint_dir=None,
                 checkpoint_every: int = 1, max_seeds_per_chunk: int | None = None, devices=None):
     """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
 
-    `lrs` gives each seed its own learning rate (default: `config.lr` for all); a seed may appear
-    several times with different rates. Returns the final per-seed `SeedState` (leading seed axis)
-    and a Keras-style History whose values have shape (seeds, epochs), NaN from the epoch a seed
+    `lrs` gives each seed its own learning rate (default: `config.lr` for all), `dropouts` its own
+    dropout rate (replacing the arch's; default `config.dropout`, None: the arch's own rates for all)
+    and `weight_decays` its own weight decay (default `config.weight_decay`); a seed may appear
+    several times with different settings. One compiled program serves every value. Returns the
+    final per-seed `SeedState` (leading seed axis) and a Keras-style History whose values have shape (seeds, epochs), NaN from the epoch a seed
     diverged in (`states.diverged`); its metrics are `flaxray.metrics`' for `class_names`. Same
     functions as `make_train(config).train`, so the same curves.
 
@@ -83,22 +92,35 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     checkpoint there and continues from it, to the same curves. While it trains, a first Ctrl-C stops
     it after the current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
     """
-    from flaxray import scale
+    from flaxray import hosts, scale
 
     seeds = [int(s) for s in seeds]
-    lrs = [float(config.lr)] * len(seeds) if lrs is None else [float(lr) for lr in lrs]
-    if len(lrs) != len(seeds) or not seeds:
-        raise ValueError(f"need one learning rate per seed and at least one seed, got {len(lrs)} for {len(seeds)}")
-    for lr in lrs:
+    lanes = {name: [None if v is None else float(v)
+                    for v in ([getattr(config, name)] * len(seeds) if values is None else values)]
+             for name, values in (("lr", lrs), ("dropout", dropouts), ("weight_decay", weight_decays))}
+    if any(len(v) != len(seeds) for v in lanes.values()) or not seeds:
+        raise ValueError(f"need one learning rate, dropout and weight decay per seed and at least one seed, got "
+                         f"{[len(v) for v in lanes.values()]} for {len(seeds)}")
+    if len({d is None for d in lanes["dropout"]}) > 1:
+        raise ValueError("dropouts must replace every seed's rates or none's (None for all)")
+    for lr, dropout, decay in zip(*lanes.values()):
         check_lr(lr)
+        check_rate(decay, "--weight-decay")
+        if dropout is not None:
+            check_rate(dropout, "--dropout", high=1.0)
+    # The program: rates replaced if any is given, weight decay on if any seed decays (0 adds exactly 0).
+    config = dataclasses.replace(config, dropout=lanes["dropout"][0], weight_decay=max(lanes["weight_decay"]))
+    lanes = [tuple(v) for v in zip(*lanes.values())]  # (lr, dropout, weight decay) of each seed
     class_names = tuple(class_names or default_class_names(config.num_classes))
     if len(class_names) != config.num_classes:
         raise FlaxrayError(f"{len(class_names)} class names for a config of {config.num_classes} classes")
     check_batch_size(config, data.x_train.shape[0])
     devices = jax.devices() if devices is None else list(devices)
-    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(devices[0])
-    size = _chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
-                       len(seeds), len(devices), checkpoint_dir)
+    progress = progress and hosts.is_primary()
+    local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
+    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(local[0])
+    size = hosts.agree(_chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
+                                   len(seeds), len(devices), checkpoint_dir))  # process 0's plan, on every process
     parts = scale.chunks(len(seeds), size)
     if progress and (len(parts) > 1 or len(devices) > 1):
         print(scale.describe(len(seeds), size, per_seed, free, len(devices)), flush=True)
@@ -108,7 +130,7 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
         if checkpoint_dir is not None and len(parts) > 1:
             folder = Path(checkpoint_dir) / f"chunk-{k}"
         label = (desc or config.arch) + (f" [{k + 1}/{len(parts)}]" if len(parts) > 1 else "")
-        done.append(_train_chunk(config, data, seeds[part], lrs[part], devices, class_names, progress=progress,
+        done.append(_train_chunk(config, data, seeds[part], lanes[part], devices, class_names, progress=progress,
                                  desc=label, checkpoint_dir=folder, checkpoint_every=checkpoint_every))
     if len(done) == 1:
         return done[0]
@@ -142,7 +164,7 @@ def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, che
 def _host_concat(arrays):
     """Concatenate chunks' leaves on the host: numpy, or typed PRNG keys on the CPU device."""
     if jax.dtypes.issubdtype(arrays[0].dtype, jax.dtypes.prng_key):
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]
         return jnp.concatenate([jax.device_put(a, cpu) for a in arrays])
     return np.concatenate([np.asarray(a) for a in arrays])
 
@@ -153,29 +175,35 @@ def _stack(epochs: Sequence[dict]) -> dict:
             for split in epochs[0]}
 
 
-def _train_chunk(config: TrainConfig, data, seeds: list[int], lrs: list[float], devices, class_names, *,
+def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple], devices, class_names, *,
                  progress, desc, checkpoint_dir, checkpoint_every):
-    """`train_seeds` for seeds that fit on `devices` together: the seed axis split over them."""
+    """`train_seeds` for seeds that fit on `devices` together: the seed axis split over them; `lanes`
+    holds each seed's (lr, dropout, weight decay)."""
     from tqdm.auto import tqdm
 
-    from flaxray import checkpoint, scale
+    from flaxray import checkpoint, hosts, scale
 
     init, run_epoch, run_one, _, _ = _compiled(_program(config))  # one compile serves every rate and epoch
     mesh = scale.seed_mesh(devices)
     n = len(seeds)
-    padded = scale.pad_seeds(seeds, len(devices)), scale.pad_seeds(lrs, len(devices))
+    padded = scale.pad_seeds(seeds, len(devices)), scale.pad_seeds(lanes, len(devices))
     if mesh is None and n == 1:
         run_epoch = run_one
     data = scale.replicate(mesh, data)
-    seed_array, lr_array = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32),
-                                                    jnp.asarray(padded[1], jnp.float32)))
-    states = init(seed_array, data, lr_array)
+    # Each seed's lr, dropout (None: the arch's own rates) and weight decay, as (seeds,) arrays.
+    rates = [None if v[0] is None else jnp.asarray(v, jnp.float32) for v in zip(*padded[1])]
+    seed_array, *rates = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32), *rates))
+    states = scale.split_seeds(mesh, init(seed_array, data, *rates))
     epochs = []  # per epoch, every split's statistics as (seeds,) numpy arrays: the same fresh or resumed
     saver = None
     if checkpoint_dir is not None and checkpoint_every > 0:
-        meta = {"config": dataclasses.asdict(config), "seeds": seeds, "lrs": lrs}
+        meta = {"config": config_record(config), "seeds": seeds, "lrs": [lane[0] for lane in lanes]}
+        if config.dropout is not None or config.weight_decay:
+            meta["dropouts"], meta["weight_decays"] = [lane[1] for lane in lanes], [lane[2] for lane in lanes]
         if len(padded[0]) > n:
             meta["padded_to"] = len(padded[0])  # the states saved hold the padding seeds too
+        if hosts.count() > 1:
+            meta["processes"] = hosts.count()  # each wrote its own shards: a resume needs as many
         saver = checkpoint.Checkpoints(checkpoint_dir, meta)
         if saver.latest() is not None:
             zeros = counts_type(config.num_classes).zeros(config.num_classes)._asdict()
@@ -192,15 +220,16 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lrs: list[float], 
         for epoch in bar:
             states, counts = run_epoch(states, data)
             epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
+            died = int(np.count_nonzero(np.asarray(hosts.gather(states.diverged))[:n]))  # every process: a collective
             if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
                 val = history_from_counts(epochs[-1], class_names)["val_loss"]
-                bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n,
-                                diverged=int(np.count_nonzero(np.asarray(states.diverged)[:n])))
-            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
-                                      or interrupted()):
+                bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n, diverged=died)
+            stop = saver is not None and hosts.anyone(interrupted())  # every process stops after the same epoch
+            if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs or stop):
                 saver.save(epoch + 1, states, _stack(epochs))
-            if interrupted():
+            if stop:
                 raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    states = hosts.gather(states)  # several processes: each holds only its seeds; numpy on every process
     if len(padded[0]) > n:
         states = jax.tree.map(lambda a: a[:n], states)
     history = history_from_counts(_stack(epochs), class_names)

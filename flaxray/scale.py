@@ -141,12 +141,32 @@ def seed_mesh(devices=None) -> Mesh | None:
 
 def shard_seeds(mesh: Mesh | None, tree):
     """Split the leading (seed) axis of every leaf over the mesh's devices."""
-    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, PartitionSpec(SEED_AXIS)))
+    return tree if mesh is None else _place(tree, NamedSharding(mesh, PartitionSpec(SEED_AXIS)))
+
+
+def split_seeds(mesh: Mesh | None, tree):
+    """Device arrays with a leading seed axis (e.g. what `init` made: XLA lays its constant leaves out
+    on every device) resplit over the mesh as every epoch's program returns them, so the epoch program
+    is compiled once, not once for the first epoch and again for the rest."""
+    return tree if mesh is None else jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec(SEED_AXIS)))(tree)
 
 
 def replicate(mesh: Mesh | None, tree):
     """A copy of every leaf on every device of the mesh (the data every seed reads)."""
-    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return tree if mesh is None else _place(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _place(tree, sharding: NamedSharding):
+    """`tree` laid out by `sharding`. A mesh over several processes' devices (`flaxray.hosts`) holds
+    global arrays: every process has the whole host value and puts only its own devices' pieces."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def one(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
 def pad_seeds(values: list, multiple: int) -> list:

@@ -441,8 +441,20 @@ def winner_of_mean(scores: Mapping[str, np.ndarray], *, lower_is_better: bool = 
     return min(means, key=lambda a: (np.nan_to_num(means[a], nan=np.inf), list(scores).index(a)))
 
 
+def percentile_ci(samples, confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap `samples`, leaving out the non-finite ones (a resample with
+    no spread in a denominator); NaN when none is finite."""
+    samples = np.asarray(samples, float)
+    samples = samples[np.isfinite(samples)]
+    if not samples.size:
+        return float("nan"), float("nan")
+    tail = 50 * (1 - confidence)
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def variance_shares(finals: Mapping[str, np.ndarray], *, total: str = "all", confidence: float = 0.95,
-                    n_resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
+                    n_resamples: int = 2000, seed: int = 0, floor: str | None = None) -> dict[str, dict]:
     """Each source's share of the seed-to-seed variance of one per-seed value (final val loss).
 
     `finals[source]` holds the values of a run where only that source of randomness varied
@@ -450,6 +462,11 @@ def variance_shares(finals: Mapping[str, np.ndarray], *, total: str = "all", con
     (ddof=1), with a bootstrap CI resampling the two runs independently. Shares need not sum to
     1: sources interact, and each variance is itself estimated from a few seeds; `remainder`
     (1 - sum) says how far off. Non-finite seeds are left out here (a variance of inf says nothing).
+
+    `finals[floor]`, when given, is the numerical-noise floor: a run whose seeds differ only by float
+    rounding. Each other source then also gets `above_floor` = (var(source) - var(floor)) / var(total),
+    its share beyond what rounding alone gives, with a percentile bootstrap CI resampling the three
+    runs independently (`percentile_ci`).
     """
     def ratio(a, b, axis=-1):
         return np.var(a, ddof=1, axis=axis) / np.var(b, ddof=1, axis=axis)
@@ -478,6 +495,18 @@ def variance_shares(finals: Mapping[str, np.ndarray], *, total: str = "all", con
                 d["share_ci_low"], d["share_ci_high"] = (float(res.confidence_interval.low),
                                                          float(res.confidence_interval.high))
         out[source] = d
-    shares = [d["share"] for s, d in out.items() if s != total]
+    noise = np.asarray(finals[floor], float).ravel() if floor in finals else None
+    for source, d in out.items():
+        if noise is not None and source not in (total, floor):
+            v, noise_v = (x[np.isfinite(x)] for x in (np.asarray(finals[source], float).ravel(), noise))
+            d["above_floor"] = d["share"] - out[floor]["share"]
+            d["above_floor_ci_low"] = d["above_floor_ci_high"] = float("nan")
+            if min(v.size, noise_v.size, all_v.size) >= 2 and np.isfinite(d["above_floor"]):
+                rng = np.random.default_rng(seed)
+                a, f, b = (x[rng.integers(0, x.size, (n_resamples, x.size))] for x in (v, noise_v, all_v))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    low_high = percentile_ci(ratio(a, b) - ratio(f, b), confidence)
+                d["above_floor_ci_low"], d["above_floor_ci_high"] = low_high
+    shares = [d["share"] for s, d in out.items() if s not in (total, floor)]
     out[total]["remainder"] = float(1.0 - np.sum(shares)) if shares else float("nan")
     return out

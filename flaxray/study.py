@@ -23,7 +23,8 @@ import numpy as np
 from flaxray import groups as units, results
 from flaxray.report_study import LAYOUT, Result, write
 from flaxray.errors import FlaxrayError
-from flaxray.train import SOURCES, TrainConfig
+from flaxray.optim import check_rate
+from flaxray.train import FLOOR, SOURCES, TrainConfig
 
 MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
 
@@ -51,18 +52,20 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """What to compare: every arch x every rate, on the same seeds and data."""
+    """What to compare: every arch x every learning rate x dropout x weight decay, on the same seeds and data."""
 
     archs: tuple[str, ...] = ("pyramid",)
     data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
     seeds: tuple[int, ...] = tuple(range(16))
     lrs: tuple[float, ...] = (1e-3,)
+    dropouts: tuple = (None,)  # rates replacing every Dropout layer's (None: each arch's own)
+    weight_decays: tuple[float, ...] = (0.0,)  # Keras's decoupled weight decay (AdamW); 0: none
     epochs: int = 20
     batch_size: int = 32
     vary: tuple[str, ...] = SOURCES  # what differs between seeds (`TrainConfig.vary`)
     class_weight: str = "none"  # or "balanced": n / (C n_class), as sklearn's
     dtype: str = "float32"
-    decompose: bool = False  # also train each arch with one source of randomness varied at a time
+    decompose: bool = False  # also train each arch with one source of randomness varied at a time, and the ulp floor
     test: bool = False  # evaluate every seed once on the test split and compare the first two archs there
     confidence: float = 0.95
     kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
@@ -79,21 +82,35 @@ class Study:
                 raise FlaxrayError(f"--lr must be finite numbers > 0, got {lr}")
         if not self.lrs or len(set(self.lrs)) < len(self.lrs):
             raise FlaxrayError(f"--lr lists a learning rate twice (or none): {' '.join(map(str, self.lrs))}")
+        for flag, values in (("--dropout", self.dropouts), ("--weight-decay", self.weight_decays)):
+            if not values or len(set(values)) < len(values):
+                raise FlaxrayError(f"{flag} lists a value twice (or none): {' '.join(map(str, values))}")
+        if tuple(self.dropouts) != (None,):
+            for rate in self.dropouts:
+                check_rate(rate, "--dropout", high=1.0)
+        for decay in self.weight_decays:
+            check_rate(decay, "--weight-decay")
         if self.class_weight not in ("none", "balanced"):
             raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
         if not 0 < self.confidence < 1:
             raise FlaxrayError(f"--confidence must be between 0 and 1, got {self.confidence}")
-        if self.decompose and (len(self.lrs) > 1 or set(self.vary) != set(SOURCES)):
+        if self.decompose and (self.n_settings > 1 or set(self.vary) != set(SOURCES)):
             raise FlaxrayError("--decompose varies each source in turn against a run that varies all, at one "
-                               "learning rate; drop --vary and give one --lr")
-        if self.test and len(self.archs) * len(self.lrs) != 2:
-            raise FlaxrayError("a test-set comparison takes two groups: two archs at one learning rate")
+                               "setting; drop --vary and give one --lr, --dropout and --weight-decay")
+        if self.test and len(self.archs) * self.n_settings != 2:
+            raise FlaxrayError("a test-set comparison takes two groups: two archs at one setting (one --lr, "
+                               "--dropout and --weight-decay)")
         for arch in self.archs:  # unknown names and bad flags fail here, before any data is read
             self.config(arch, 2)
 
+    @property
+    def n_settings(self) -> int:
+        return len(self.lrs) * len(self.dropouts) * len(self.weight_decays)
+
     def config(self, arch: str, num_classes: int, class_weight=None) -> TrainConfig:
         return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lrs[0],
-                           vary=tuple(self.vary), dtype=self.dtype, num_classes=num_classes, class_weight=class_weight)
+                           vary=tuple(self.vary), dtype=self.dtype, num_classes=num_classes, class_weight=class_weight,
+                           dropout=self.dropouts[0], weight_decay=self.weight_decays[0])
 
     def record(self) -> dict:
         spec = dataclasses.asdict(dataclasses.replace(self, data=DataSpec()))
@@ -136,6 +153,7 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int =
     checked, it is to be cleared), the data."""
     from flaxray.train import check_batch_size, device_data
 
+    progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     if checkpoint_every < 0:
         raise FlaxrayError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
     if chunk is not None and chunk < 1:
@@ -168,6 +186,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     from flaxray.analysis import TOTAL
 
     out = Path(out)
+    progress = progress and not results.elsewhere()
     if overwrite:
         results.clear_outputs(out)
     if prepared is None:
@@ -175,7 +194,8 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
                            cache_dir=cache_dir)
     dataset, configs, data = prepared.dataset, prepared.configs, prepared.data
 
-    jobs = [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in SOURCES if study.decompose]
+    sources = (*SOURCES, FLOOR) if study.decompose else ()  # FLOOR: the numerical-noise floor
+    jobs = [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in sources]
     trained, decomposition, reused = {}, {}, []
     from tqdm.auto import tqdm
 
@@ -184,7 +204,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
         name = arch if source is None else f"{arch} only {source}"
         got, was_reused = units.train_unit(name, config, study.lrs, study.seeds, units.unit_dir(out, arch, source),
                                            data, dataset, progress=progress, checkpoint_every=checkpoint_every,
-                                           chunk=chunk)
+                                           chunk=chunk, dropouts=study.dropouts, weight_decays=study.weight_decays)
         if was_reused:
             reused.append(name)
         for g in got:

@@ -13,8 +13,9 @@ Two classes train one logit with sigmoid binary cross-entropy (as Keras's notes 
 more train C logits with softmax cross-entropy. Each split's metrics are accumulated on the device
 as sufficient statistics (`BinaryCounts`, `ClassCounts`; `flaxray.metrics` turns them into numbers).
 
-Each seed carries its own learning rate (in its optimizer state, through `optax.inject_hyperparams`),
-so one vmapped program can cross seeds with learning rates. A seed whose loss, gradients or update
+Each seed carries its own learning rate (in its optimizer state, `flaxray.optim`) and, when the
+config asks for them, its own dropout rate and weight decay (`SeedState.hparams`), so one vmapped
+program can cross seeds with these settings. A seed whose loss, gradients or update
 become non-finite keeps its last finite parameters and batch statistics and stops updating
 (`SeedState.diverged`); the others are untouched, since the mask is a `jnp.where` per seed, not a
 Python branch.
@@ -23,8 +24,6 @@ Python branch.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -37,8 +36,13 @@ from flaxray.errors import FlaxrayError
 from flaxray import models
 from flaxray.metrics import NUM_BINS
 from flaxray.models import build_model, graphdef
+from flaxray.optim import check_lr, check_rate, keras_adam, keras_weight_decay, with_lr  # noqa: F401 - imported from here
 
 SOURCES = ("init", "dropout", "order")  # the sources of randomness `vary` chooses from
+# Not a source of randomness but a probe of chaos: with "ulp" in `vary`, every initial parameter moves one
+# ulp up or down (a coin flip per element from the seed), so a run varying only it measures how far
+# float rounding alone spreads the seeds: the numerical-noise floor (Summers & Dinneen, ICML 2021).
+FLOOR = "ulp"
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
 
 
@@ -54,6 +58,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     dtype: str = "float32"  # compute dtype of activations and matmuls (`DTYPES`)
     num_classes: int = 2  # 2: one logit, sigmoid; 3 or more: one logit per class, softmax
+    dropout: float | None = None  # replaces every Dropout layer's rate (None: the arch's own rates)
+    weight_decay: float = 0.0  # Keras's decoupled decay (AdamW); 0: plain Adam, as before it existed
 
     def __post_init__(self):
         models.check_arch(self.arch)  # unknown names and bad spec strings fail here, before any work
@@ -62,32 +68,28 @@ class TrainConfig:
         if self.class_weight is not None and len(self.class_weight) != self.num_classes:
             raise FlaxrayError(f"class_weight needs one weight per class ({self.num_classes}), "
                                f"got {len(self.class_weight)}")
-        if unknown := set(self.vary) - set(SOURCES):
-            raise FlaxrayError(f"--vary: unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)}")
+        if unknown := set(self.vary) - {*SOURCES, FLOOR}:
+            raise FlaxrayError(f"--vary: unknown source(s) {sorted(unknown)}; choose from {', '.join((*SOURCES, FLOOR))}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_lr(self.lr)
+        check_rate(self.weight_decay, "--weight-decay")
+        if self.dropout is not None:
+            check_rate(self.dropout, "--dropout", high=1.0)
+            models.check_dropout(self.arch)
         if self.dtype not in DTYPES:
             raise FlaxrayError(f"--dtype: unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
 
 
-def check_lr(lr) -> None:
-    ok = isinstance(lr, numbers.Real) and not isinstance(lr, bool)  # numpy scalars too
-    if not (ok and math.isfinite(lr) and lr > 0):
-        raise FlaxrayError(f"learning rate must be a finite number > 0, got {lr!r}")
-
-
-def keras_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7):
-    """Adam as Keras computes it.
-
-    Keras adds `eps` to sqrt(v) *before* bias correction, which is optax's Adam with
-    eps_t = eps / sqrt(1 - b2**t): larger than optax's placement in the first steps.
-    `inject_hyperparams` also keeps the learning rate in the optimizer state, per seed.
-    """
-    return optax.inject_hyperparams(optax.adam)(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=lambda count: eps / jnp.sqrt(1.0 - b2 ** (count + 1))
-    )
+def config_record(config: TrainConfig) -> dict:
+    """The config as a dict, without the settings added since at their defaults (dropout, weight
+    decay): what a default run recorded before they existed, so its units and checkpoints still match."""
+    record = dataclasses.asdict(config)
+    for name, default in (("dropout", None), ("weight_decay", 0.0)):
+        if record[name] == default:
+            del record[name]
+    return record
 
 
 class SeedState(NamedTuple):
@@ -100,6 +102,7 @@ class SeedState(NamedTuple):
     order_key: jax.Array
     epoch: jax.Array  # epochs done
     diverged: jax.Array  # 0 while healthy, else the epoch (1-based) in which the seed stopped updating
+    hparams: Any = {}  # "dropout": its rate when `TrainConfig.dropout` is set; "weight_decay" when it is not 0
 
 
 class DeviceData(NamedTuple):
@@ -217,17 +220,20 @@ def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.
     }
 
 
-def with_lr(opt_state, lr):
-    """`keras_adam`'s state with another learning rate."""
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+def nudge_one_ulp(params, key):
+    """Every element one ulp up or down, by a coin flip from `key` (`FLOOR`)."""
+    leaves, tree = jax.tree.flatten(params)
+    ups = [jax.random.bernoulli(k, 0.5, leaf.shape) for k, leaf in zip(jax.random.split(key, len(leaves)), leaves)]
+    return tree.unflatten([jnp.nextafter(leaf, jnp.where(up, jnp.inf, -jnp.inf).astype(leaf.dtype))
+                           for leaf, up in zip(leaves, ups)])
 
 
 class Trainer(NamedTuple):
     """Pure functions of one seed; `jax.vmap` them over seeds."""
 
-    init: Any  # (seed, data, lr=config.lr) -> SeedState
+    init: Any  # (seed, data, lr=config.lr, dropout=config.dropout, weight_decay=config.weight_decay) -> SeedState
     run_epoch: Any  # (SeedState, data) -> (SeedState, {"train": counts, "val": counts})
-    train: Any  # (seed, data, lr=config.lr) -> (SeedState, counts with a leading epoch axis)
+    train: Any  # (seed, data, lr=config.lr, ...) -> (SeedState, counts with a leading epoch axis)
     evaluate: Any  # (params, batch_stats, x, y, mask) -> BinaryCounts or ClassCounts
     predict: Any  # (params, batch_stats, x) -> probabilities (N,) or (N, C), x whole eval batches
 
@@ -243,24 +249,34 @@ def make_train(config: TrainConfig) -> Trainer:
             return optax.sigmoid_binary_cross_entropy(logits, y)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
 
-    def forward(params, batch_stats, x, *, train, dropout_key=None):
+    def forward(params, batch_stats, x, *, train, dropout_key=None, hparams=None):
         model = nnx.merge(graphdef(config.arch, x.shape[1:], config.dtype, config.num_classes), params, batch_stats)
-        logits = model(x, train=train, dropout_key=dropout_key)
+        rate = (hparams or {}).get("dropout")
+        logits = model(x, train=train, dropout_key=dropout_key, **({} if rate is None else {"dropout_rate": rate}))
         return logits, nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
-    def init(seed, data: DeviceData, lr=None) -> SeedState:
+    def init(seed, data: DeviceData, lr=None, dropout=None, weight_decay=None) -> SeedState:
         keys = seed_keys(seed, config.vary, config.shared_seed)
         model = build_model(config.arch, data.x_train.shape[1:], key=keys["init"], dtype=config.dtype,
                             num_classes=config.num_classes)
         # Pure arrays, not Variables: the state crosses jit, vmap and grad as a plain pytree.
         _, params, batch_stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+        if FLOOR in config.vary:  # its own key: the other sources' draws are those of a run without it
+            params = nudge_one_ulp(params, jax.random.fold_in(jax.random.key(seed), len(SOURCES)))
         opt_state = tx.init(params)
-        # The learning rate is a leaf of the optimizer state, so it can differ between vmapped seeds.
+        # The rates are leaves of the state, so they can differ between vmapped seeds.
         opt_state = with_lr(opt_state, jnp.asarray(config.lr if lr is None else lr, jnp.float32))
-        return SeedState(params, batch_stats, opt_state, keys["dropout"], keys["order"], jnp.int32(0), jnp.int32(0))
+        hparams = {}  # only the settings the config asks for: without them, the program of before they existed
+        if config.dropout is not None:
+            hparams["dropout"] = jnp.asarray(config.dropout if dropout is None else dropout, jnp.float32)
+        if config.weight_decay:
+            hparams["weight_decay"] = jnp.asarray(config.weight_decay if weight_decay is None else weight_decay,
+                                                  jnp.float32)
+        return SeedState(params, batch_stats, opt_state, keys["dropout"], keys["order"], jnp.int32(0), jnp.int32(0),
+                         hparams)
 
-    def loss_fn(params, batch_stats, x, y, dropout_key):
-        logits, batch_stats = forward(params, batch_stats, x, train=True, dropout_key=dropout_key)
+    def loss_fn(params, batch_stats, x, y, dropout_key, hparams):
+        logits, batch_stats = forward(params, batch_stats, x, train=True, dropout_key=dropout_key, hparams=hparams)
         # Keras's class_weight scales each sample's loss; the batch loss is their mean.
         losses = class_weight[y.astype(jnp.int32)] * sample_losses(logits, y)
         return jnp.mean(losses), (losses, logits, batch_stats)
@@ -296,7 +312,7 @@ def make_train(config: TrainConfig) -> Trainer:
             i, idx = inputs
             x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
             grads, (losses, logits, new_batch_stats) = jax.grad(loss_fn, has_aux=True)(
-                params, batch_stats, x, y, jax.random.fold_in(epoch_key, i)
+                params, batch_stats, x, y, jax.random.fold_in(epoch_key, i), state.hparams
             )
             # Once the loss, a gradient or a batch statistic is non-finite the seed stops for good: a
             # select per seed, so the vmapped program has no branch and the other seeds are unchanged.
@@ -308,7 +324,10 @@ def make_train(config: TrainConfig) -> Trainer:
             healthy = healthy & all_finite((losses, grads, new_batch_stats))
             grads = jax.tree.map(lambda g: jnp.where(healthy, g, 0), grads)
             lr = opt_state.hyperparams["learning_rate"]
-            updates, opt_state = tx.update(grads, with_lr(opt_state, jnp.where(healthy, lr, 0)), params)
+            step_lr = jnp.where(healthy, lr, 0)
+            updates, opt_state = tx.update(grads, with_lr(opt_state, step_lr), params)
+            if "weight_decay" in state.hparams:  # Keras's AdamW: decay the weights, then Adam's step
+                params = keras_weight_decay(params, state.hparams["weight_decay"], step_lr)
             params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
             batch_stats = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_batch_stats, batch_stats)
             return (params, batch_stats, opt_state, healthy, counts.add(losses, logits, y, jnp.ones_like(y))), None
@@ -323,8 +342,8 @@ def make_train(config: TrainConfig) -> Trainer:
                                diverged=diverged)
         return state, {"train": train_counts, "val": val_counts}
 
-    def train(seed, data: DeviceData, lr=None):
-        state = init(seed, data, lr)
+    def train(seed, data: DeviceData, lr=None, dropout=None, weight_decay=None):
+        state = init(seed, data, lr, dropout, weight_decay)
         return jax.lax.scan(lambda s, _: run_epoch(s, data), state, None, length=config.epochs)
 
     return Trainer(init, run_epoch, train, evaluate, predict)

@@ -51,7 +51,8 @@ def save_trained(folder, name: str, config, seeds: Sequence[int], states, input_
     import orbax.checkpoint as ocp
 
     folder = Path(folder).absolute()
-    (folder / TRAINED_JSON).unlink(missing_ok=True)
+    if not results.elsewhere():
+        (folder / TRAINED_JSON).unlink(missing_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(folder / "state", {"params": states.params, "batch_stats": states.batch_stats}, force=True)
     results.write_json(folder / TRAINED_JSON, {

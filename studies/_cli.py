@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from flaxray import results
 from flaxray.errors import FlaxrayError
 from flaxray.study import MAX_SEEDS
-from flaxray.train import DTYPES, SOURCES
+from flaxray.train import DTYPES, FLOOR, SOURCES
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
@@ -41,16 +42,26 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--lr", type=float, nargs="+", default=[1e-3], metavar="LR",
                    help="Adam learning rate (Keras's Adam, epsilon 1e-7); several rates are crossed with the seeds "
                    "in one vmapped program and summarised per group NAME@lr=LR")
+    p.add_argument("--dropout", type=float, nargs="+", default=None, metavar="RATE",
+                   help="replace the rate of every Dropout layer (and dense block) of each arch with RATE, "
+                   "0 <= RATE < 1 (default: each layer's own rate). Several rates are crossed with the seeds (and "
+                   "--lr, --weight-decay) in one vmapped program, groups NAME@dropout=RATE, and the variance of "
+                   "final val loss is split into the setting's share and the seeds' share")
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[0.0], metavar="WD",
+                   help="decoupled weight decay as Keras's AdamW applies it (every weight -= weight * WD * lr before "
+                   "each Adam step; 0: plain Adam). Several values are crossed with the seeds like --dropout, "
+                   "groups NAME@wd=WD")
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "
-                   f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all")
+                   f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
+                   "nudges each seed's initial parameters by one ulp (with the rest shared: the noise floor)")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                    help="'balanced' weighs each class's loss by n / (2 n_class), as sklearn and Keras users do")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype of activations and matmuls; parameters and Adam's state stay float32")
     p.add_argument("--chunk", type=int, default=None, metavar="N",
                    help="train at most N seeds at once (default: as many as fit in the free device memory, "
-                   "estimated; the seeds are split over every local device). Does not change the curves")
+                   "estimated; the seeds are split over every device of every process). Does not change the curves")
 
 
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
@@ -103,7 +114,7 @@ def study_spec(args, archs, kind: str, **fields):
     from flaxray.study import Study
 
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), lrs=tuple(args.lr),
-                 epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
+                 dropouts=tuple(args.dropout or (None,)), weight_decays=tuple(args.weight_decay), epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
                  class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
 
 
@@ -169,7 +180,7 @@ def run_study(args, spec, module: str, run=None):
                      **options)
     if result.reused:
         print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
-    if getattr(args, "tensorboard", None):
+    if getattr(args, "tensorboard", None) and not results.elsewhere():
         from flaxray.views import write_tensorboard
 
         print(f"TensorBoard: {write_tensorboard(out, args.tensorboard)} (tensorboard --logdir {args.tensorboard})")
@@ -192,11 +203,33 @@ def replay(args) -> int:
     return 0 if all(r["identical"] for r in rows) else 1
 
 
+def _abandon(err: BaseException) -> None:
+    """Exit now: one process of several failed, or lost a peer (killed, or its host is gone). A normal
+    exit would wait in jax.distributed's shutdown for peers that will never come; exiting makes the
+    others' next collective fail at once, and each of them exits so too (run.json says "failed")."""
+    import traceback
+
+    import jax
+
+    traceback.print_exc()
+    print(f"error: process {jax.process_index()} of {jax.process_count()} stopped ({' '.join(str(err).split())[:300]}); "
+          "the others stop too. Continue with --resume under the same launcher", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def main(run, parse_args, argv=None) -> int:
-    """Run a study; user errors are one line on stderr and exit 2, never a traceback."""
+    """Run a study; user errors are one line on stderr and exit 2, never a traceback. Started as one
+    of several processes (`python -m flaxray.launch`, SLURM), it joins them first; then only process 0
+    prints and writes."""
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in study.json
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+    from flaxray import hosts
+
+    if hosts.initialize() and not hosts.is_primary():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - process 0 prints the tables; errors still reach stderr
     try:
         if getattr(args, "replay", None) or getattr(args, "seed", None) is not None:
             return replay(args)
@@ -215,6 +248,8 @@ def main(run, parse_args, argv=None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - only device memory is turned into a one-line message
         if "RESOURCE_EXHAUSTED" not in str(err):
+            if hosts.count() > 1:
+                _abandon(err)
             raise
         print("error: out of device memory; use fewer --seeds or --lr values, a smaller --batch-size, "
               "--image-size or arch", file=sys.stderr)

@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    + ", ".join(f"{a} is {b}" for a, b in SAME_STACK.items()) + ")")
     p.add_argument("--decompose", action="store_true",
                    help="also train each arch with only init, only dropout masks, only data order varied, and "
-                   "report each source's share of the variance of final val loss (4x the training)")
+                   "with only a one-ulp nudge of the initial parameters (the numerical-noise floor), and report each "
+                   "source's share of the variance of final val loss and its share above the floor (5x the training)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
     race = p.add_argument_group("race", "spend seeds only where the choice is still open (flaxray.race)")
     race.add_argument("--race", action="store_true",
@@ -82,9 +83,9 @@ def run(args) -> Path:
     print()
     print(report.ranking_markdown(result.analysis))
     print(result.analysis["verdict"].replace("**", ""))
-    from flaxray.analysis import luck_lines
+    from flaxray.analysis import luck_lines, variance_lines
 
-    print("\n".join(luck_lines(result.analysis)))
+    print("\n".join(luck_lines(result.analysis) + variance_lines(result.analysis)))
     out = result.out
     print(f"\nwrote {out / 'report.md'}, {out / 'report.html'}, {out / 'study.json'}")
     return out

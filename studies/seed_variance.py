@@ -49,9 +49,10 @@ def run(args) -> Path:
     result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
     print()
     print(stats.format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
-    from flaxray.analysis import luck_lines, settle_sentence
+    from flaxray.analysis import luck_lines, settle_sentence, variance_lines
 
-    for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", "")]:
+    for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),
+                 *variance_lines(result.analysis)]:
         if line:
             print(line)
     if diverged := format_diverged(result.record["diverged"]):

@@ -141,6 +141,9 @@ def test_bad_input_is_one_line_no_traceback(tmp_path, capsys):
         (["--seeds", "0"], ["--seeds"]),
         (["--data", str(data), "--image-size", "2"], ["image"]),
         (["--vary", "init,luck"], ["luck"]),
+        (["--dropout", "1"], ["--dropout", "[0, 1)"]),
+        (["--arch", "pyramid_plain", "--dropout", "0.2"], ["--dropout", "pyramid_plain", "no Dropout"]),
+        (["--weight-decay=-1e-4"], ["--weight-decay"]),
     ]
     # One case through a real process (no traceback reaches the terminal), the rest in this one.
     for i, (args, needles) in enumerate(cases):
@@ -159,7 +162,7 @@ def test_help_lists_every_flag_with_its_default():
     assert result.returncode == 0
     for flag in ("--arch", "--seeds", "--first-seed", "--epochs", "--batch-size", "--lr", "--image-size",
                  "--channels", "--data", "--out", "--vary", "--class-weight", "--strict", "--resume", "--overwrite",
-                 "--checkpoint-every", "--replay", "--seed", "--data-dir"):
+                 "--checkpoint-every", "--replay", "--seed", "--data-dir", "--dropout", "--weight-decay"):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())  # argparse wraps to the terminal's width
     assert "default: 16" in text and "default: 32" in text and "default: 1)" in text

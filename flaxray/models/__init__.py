@@ -52,6 +52,16 @@ def check_arch(arch: str) -> str:
     return arch
 
 
+def check_dropout(arch: str) -> None:
+    """A one-line error unless `arch` has a layer whose dropout rate `--dropout` replaces: a sequential
+    arch's Dropout layers and dense:N@R blocks (a registered module's own dropout is its own)."""
+    if is_registered(arch):
+        raise FlaxrayError(f"--dropout sets the rate of a sequential arch's Dropout layers; {arch!r} is a registered "
+                           "module, whose dropout is its own")
+    if not any(layer.kind == "dropout" or layer.kind == "dense" and layer.rate is not None for layer in parse_arch(arch)):
+        raise FlaxrayError(f"--dropout: {arch!r} has no Dropout layer (nor a dense:N@R block) whose rate it could set")
+
+
 def num_outputs(num_classes: int) -> int:
     """The head's width for `num_classes` classes: 1 (a sigmoid logit) for two, C for C >= 3."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -107,7 +117,7 @@ def count_params(model: nnx.Module) -> dict[str, int]:
 __all__ = [
     "CNN_SPECS", "ENDS_MAP", "NEEDS_MAP", "NOTES_STACKS", "USAGE", "BatchNorm", "Conv2D", "DenseBlock", "Dropout",
     "Flatten", "GlobalAveragePooling2D", "Layer", "MaxPool2D", "Registered", "ResNet18", "SeparableConv2D",
-    "Sequential", "build_layer", "build_model", "check_arch", "count_params", "dense", "factory_of", "glorot_uniform",
+    "Sequential", "build_layer", "build_model", "check_arch", "check_dropout", "count_params", "dense", "factory_of", "glorot_uniform",
     "graphdef", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "neighbourhoods", "num_outputs",
     "output_shape", "parse_arch", "parse_spec", "plain", "register", "registered_names", "unregister",
 ]

@@ -33,12 +33,12 @@ class DenseBlock(nnx.Module):
             self.norm = keras_batch_norm(block.units, rngs, dtype)
             self.dropout = nnx.Dropout(block.rate)
 
-    def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
+    def __call__(self, x, *, train: bool, dropout_key: jax.Array | None, dropout_rate=None):
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
         if self.plain:
             return x
         x = self.norm(x, use_running_average=not train)
-        return self.dropout(x, deterministic=not train, rngs=dropout_key)
+        return dropout(self.dropout, x, train=train, dropout_key=dropout_key, dropout_rate=dropout_rate)
 
 
 def neighbourhoods(x, stride: int = 1):
@@ -103,14 +103,25 @@ class BatchNorm(nnx.Module):
         return self.norm(x, use_running_average=not train)
 
 
+def dropout(layer: nnx.Dropout, x, *, train: bool, dropout_key, dropout_rate=None):
+    """`layer` on `x`, or, with `dropout_rate`, the same inverted dropout at that rate instead: a traced
+    value (one per vmapped seed, `TrainConfig.dropout`), which `nnx.Dropout` cannot take (it branches
+    on its rate in Python). The same arithmetic: keep with probability 1 - rate, scale by 1 / (1 - rate)."""
+    if dropout_rate is None or not train:
+        return layer(x, deterministic=not train, rngs=dropout_key)
+    keep = 1.0 - jnp.asarray(dropout_rate, jnp.float32)
+    mask = jax.random.bernoulli(dropout_key, keep, x.shape)
+    return jax.lax.select(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
 class Dropout(nnx.Module):
     """Keras's Dropout(rate): inverted (kept values scaled by 1/(1-rate) in training), identity at inference."""
 
     def __init__(self, rate: float):
         self.dropout = nnx.Dropout(rate)
 
-    def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
-        return self.dropout(x, deterministic=not train, rngs=dropout_key)
+    def __call__(self, x, *, train: bool, dropout_key: jax.Array | None, dropout_rate=None):
+        return dropout(self.dropout, x, train=train, dropout_key=dropout_key, dropout_rate=dropout_rate)
 
 
 class MaxPool2D(nnx.Module):
@@ -190,11 +201,13 @@ class Sequential(nnx.Module):
         self.dtype = jnp.dtype(dtype).name  # a string: a static attribute of the graph
         self.num_outputs = num_outputs
 
-    def __call__(self, images, *, train: bool = False, dropout_key: jax.Array | None = None):
+    def __call__(self, images, *, train: bool = False, dropout_key: jax.Array | None = None, dropout_rate=None):
+        """`dropout_rate` (None: each layer's own) replaces the rate of every Dropout layer and dense block."""
         x = images.astype(self.dtype) / 255.0
         for i, block in enumerate(self.blocks):
             # One independent dropout key per layer, derived so a step's key fixes all masks.
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x = block(x, train=train, dropout_key=key)
+            drops = dropout_rate is not None and isinstance(block, (Dropout, DenseBlock))
+            x = block(x, train=train, dropout_key=key, **({"dropout_rate": dropout_rate} if drops else {}))
         logits = self.head(x.reshape(x.shape[0], -1)).astype(jnp.float32)
         return logits[:, 0] if self.num_outputs == 1 else logits
