@@ -445,3 +445,45 @@ def plot_throughput(rows, path, *, title: str | None = None):
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- race
+
+
+def plot_race(rounds, path, *, confidence: float = 0.95, title: str | None = None):
+    """The elimination trace of a race (`flaxray.race`'s rounds with their `intervals`); returns `path`.
+
+    x: seeds per arch after each round; per arch (one colour, dodged) its IQM of final val loss with
+    the CI as a bar, a line joining its rounds, an × on the round it was eliminated in. Archs are
+    listed in the legend by how long they lasted, the survivors first.
+    """
+    archs = list(rounds[0]["survivors"])
+    last = {a: max(i for i, r in enumerate(rounds) if a in r["survivors"]) for a in archs}
+    archs.sort(key=lambda a: (-last[a], rounds[last[a]]["intervals"][a][0]))
+    fig = Figure(figsize=(10, 5.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x = np.array([r["seeds"] for r in rounds], dtype=float)
+    step = np.min(np.diff(x)) if x.size > 1 else 1.0
+    colors = _colors(len(archs)) if len(archs) <= 10 else [colormaps["tab20"].colors[i % 20] for i in range(len(archs))]
+    for i, (arch, color) in enumerate(zip(archs, colors)):
+        dodge = 0.5 * step * (i - (len(archs) - 1) / 2) / max(len(archs), 1)
+        idx = [j for j, r in enumerate(rounds) if arch in r["survivors"]]
+        mid, low, high = (np.array([rounds[j]["intervals"][arch][k] for j in idx], dtype=float) for k in range(3))
+        xs = x[idx] + dodge
+        ax.plot(xs, mid, color=color, lw=1.2, marker="o", ms=3.5,
+                label=f"{arch} ({'in' if arch in rounds[-1]['survivors'] and arch not in rounds[-1]['eliminated'] else 'out'})")
+        ax.vlines(xs, np.where(np.isfinite(low), low, np.nan), np.where(np.isfinite(high), high, np.nan),
+                  color=color, lw=3, alpha=0.45)
+        gone = [k for k, j in enumerate(idx) if arch in rounds[j]["eliminated"]]
+        if gone:
+            ax.plot(xs[gone], mid[gone], marker="x", ms=11, mew=2.5, color=color, ls="none")
+    ax.set_xticks(x, [f"{int(s)}\n({len(r['survivors'])} in)" for s, r in zip(x, rounds)])
+    ax.set_xlabel("seeds per arch after the round (archs raced in it)")
+    ax.set_ylabel("final val loss: IQM over seeds")
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False,
+              title=f"bar: {100 * confidence:g} % bootstrap CI · ×: eliminated", title_fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return _save(fig, path)

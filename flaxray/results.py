@@ -30,7 +30,8 @@ RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
 # What a study writes into its folder (and what --overwrite deletes); the last four are older layouts'.
 OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", "report.md", "report.html", "intervals.png",
-           "improvement.png", "bands_per_arch.png", "groups", CHECKPOINTS, "params", "archs", "search.json")
+           "improvement.png", "bands_per_arch.png", "groups", CHECKPOINTS, "params", "archs", "search.json",
+           "race.json", "trace.png")
 
 
 def cpu_model() -> str:

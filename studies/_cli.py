@@ -162,9 +162,12 @@ def resume_args(parse_args, args):
     return stored
 
 
-def run_study(args, spec, module: str):
-    """`flaxray.study.run` with the flags' output options, recorded in run.json, the command in study.json."""
-    from flaxray.study import prepare, run
+def run_study(args, spec, module: str, run=None):
+    """`run` (default `flaxray.study.run`; `flaxray.race.race` takes the same arguments) with the flags'
+    output options, recorded in run.json, the command in study.json."""
+    from flaxray.study import prepare, run as run_fixed
+
+    run = run or run_fixed
 
     if getattr(args, "resume", None) and args.overwrite:
         raise FlaxrayError("--resume continues a study and --overwrite deletes it: pass one of them")

@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from flaxray.errors import FlaxrayError
+from flaxray.study import MAX_SEEDS
 from studies import _cli
 
 
@@ -39,18 +41,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "with only a one-ulp nudge of the initial parameters (the numerical-noise floor), and report each "
                    "source's share of the variance of final val loss and its share above the floor (5x the training)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
+    race = p.add_argument_group("race", "spend seeds only where the choice is still open (flaxray.race)")
+    race.add_argument("--race", action="store_true",
+                      help="race the archs instead of giving each --seeds: round 1 trains every arch with "
+                      "--round-seeds seeds, each later round the survivors with the next seeds (a fixed study's "
+                      "seeds, in order); an arch is out when a one-sided exact Mann-Whitney test says another "
+                      "survivor beats it, at 1 - --confidence split over its rivals x the planned looks. Stops "
+                      "with one arch left, a tie no further seed up to --max-seeds can break, or --budget spent. "
+                      "A rerun with the same --out reuses every finished round")
+    race.add_argument("--max-seeds", type=int, default=12, metavar="N",
+                      help="with --race: the most seeds an arch gets; the fixed design the race is measured "
+                      "against trains every arch with N")
+    race.add_argument("--round-seeds", type=int, default=3, metavar="R", help="with --race: seeds per arch per round")
+    race.add_argument("--budget", type=float, default=None, metavar="SEED_EPOCHS",
+                      help="with --race: stop before a round that would take the seed-epochs trained past this "
+                      "(none: the fixed design's, archs x N x --epochs; default: %(default)s)")
     _cli.add_training_args(p, seeds=8, epochs=20)
     _cli.add_data_args(p)
-    _cli.add_output_args(p, out="runs/architecture_search",
-                         out_help="output folder; a rerun with the same folder skips every finished arch",
+    _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
+                         "runs/architecture_race); a rerun with the same folder skips every finished arch",
                          overwrite_help="retrain every arch even if --out holds a finished run of it")
     return p.parse_args(argv)
+
+
+RACE_FLAGS = ("max_seeds", "round_seeds", "budget")
 
 
 def run(args) -> Path:
     from flaxray import report
 
     archs = list(dict.fromkeys(args.arch))  # a name given twice is trained once
+    given = {_cli._dest(t.split("=", 1)[0], vars(args)) for t in args.argv if t.startswith("--")}
+    if args.race:
+        return run_race(args, archs, given)
+    for flag in RACE_FLAGS:
+        if flag in given:
+            raise FlaxrayError(f"--{flag.replace('_', '-')} goes with --race")
+    args.out = args.out or "runs/architecture_search"
     spec = _cli.study_spec(args, archs, "architecture_search", decompose=args.decompose, confidence=args.confidence)
     result = _cli.run_study(args, spec, "studies.architecture_search")
     print()
@@ -62,6 +89,30 @@ def run(args) -> Path:
     out = result.out
     print(f"\nwrote {out / 'report.md'}, {out / 'report.html'}, {out / 'study.json'}")
     return out
+
+
+def run_race(args, archs, given) -> Path:
+    """--race: `flaxray.race.race` through the same runner as every study (run.json, --resume)."""
+    import dataclasses
+    import functools
+
+    from flaxray import race
+
+    if "seeds" in given or args.decompose or args.tensorboard:
+        raise FlaxrayError("--race sets the seeds with --max-seeds and --round-seeds, and writes no "
+                           "--decompose or --tensorboard files; drop --seeds, --decompose and --tensorboard")
+    max_seeds, round_seeds = args.max_seeds, args.round_seeds
+    if not 2 <= max_seeds <= MAX_SEEDS:
+        raise FlaxrayError(f"--max-seeds must be between 2 and {MAX_SEEDS}, got {max_seeds}")
+    spec = _cli.study_spec(args, archs, "architecture_race", confidence=args.confidence)
+    spec = dataclasses.replace(spec, seeds=tuple(range(args.first_seed, args.first_seed + max_seeds)))
+    race.check(spec, round_seeds, args.budget)
+    args.out = args.out or "runs/architecture_race"
+    result = _cli.run_study(args, spec, "studies.architecture_search",
+                            run=functools.partial(race.race, round_seeds=round_seeds, budget=args.budget))
+    print("\n" + result.decision["text"].replace("**", ""))
+    print(f"\nwrote {result.out / 'report.md'}, {result.out / 'report.html'}, {result.out / race.RACE_JSON}")
+    return result.out
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,168 @@
+"""The race: its test against known answers on simulated seeds (no training), and one tiny race end to
+end on the embedded default, killed after round 1 and resumed."""
+
+import json
+from math import comb
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from flaxray import race, results
+from flaxray.study import DataSpec, Study
+from studies import architecture_search
+
+ALPHA = 1e-3  # each statistical assertion below fails a correct race with probability at most this
+
+
+def simulate(draw, n_archs, races, *, max_seeds=12, round_seeds=3, alpha=0.05, seed=0):
+    """`races` races on simulated final losses, `draw(rng, arch, n)` per arch; the race records."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(races):
+        table = {a: draw(rng, a, max_seeds) for a in range(n_archs)}
+        out.append(race.run_rounds(lambda a, block: table[a][block], range(n_archs), range(max_seeds),
+                                   round_seeds=round_seeds, alpha=alpha))
+    return out
+
+
+def assert_rate_at_most(hits, n, bound, what):
+    """`hits` of `n` is no more than a rate `bound` would give: a one-sided binomial test at ALPHA."""
+    p = scipy.stats.binomtest(hits, n, bound, alternative="greater").pvalue
+    assert p > ALPHA, f"{what}: {hits} of {n}, more than a rate of {bound} gives (p = {p:.2g})"
+
+
+def test_the_level_and_the_exact_test_are_the_stated_ones():
+    assert race.looks(12, 3) == [3, 6, 9, 12] and race.looks(10, 4) == [4, 8, 10]
+    # 14 archs, looks at 3..12: 3 seeds cannot reach p < 1 / C(6, 3) = 0.05 at any share, so the
+    # 0.05 is split over 13 rivals x the 3 looks that can reject, where 6 seeds reach 1 / 924.
+    share, active = race.level(14, [3, 6, 9, 12], 0.05)
+    assert active == [6, 9, 12] and share == pytest.approx(0.05 / 39) and 1 / comb(12, 6) <= share
+    # Complete separation of 6 and 6 seeds: the smallest exact p; a tie counts in the tested arch's favour.
+    assert race.worse_p(np.arange(6) + 10.0, np.arange(6.0)) == pytest.approx(1 / 924)
+    assert race.worse_p(np.ones(4), np.ones(4)) == pytest.approx(1.0)
+    assert race.worse_p([np.inf, np.inf, 1.0], [np.inf, 0.0, 0.5]) == pytest.approx(
+        scipy.stats.mannwhitneyu([3, 4, 2], [5, 0, 1], method="exact", alternative="greater").pvalue)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda rng, a, n: rng.normal(size=n),  # continuous
+    lambda rng, a, n: rng.choice([0.2, 0.3, 0.3, np.inf], size=n),  # ties, and diverged seeds
+], ids=["normal", "ties-and-diverged"])
+def test_identical_archs_are_eliminated_at_most_at_the_stated_rate(draw):
+    # The guarantee: an arch no other arch beats survives with probability >= 1 - alpha. With all
+    # archs identical, each is such an arch; arch 0's eliminations over many races are a binomial count.
+    records = simulate(draw, 6, 1000, alpha=0.05)
+    gone = sum(0 not in r["decision"]["survivors"] for r in records)
+    assert_rate_at_most(gone, len(records), 0.05, "arch 0 eliminated")
+
+
+def test_a_clearly_worse_arch_is_eliminated_and_the_rest_tie():
+    def draw(rng, a, n):
+        return rng.normal(size=n) + (6.0 if a == 3 else 0.0)
+
+    records = simulate(draw, 4, 100, seed=1)
+    # 6 and 6 seeds 6 sd apart overlap with probability < 0.01 per race, then it goes at the first look that can reject.
+    out_early = sum(len(r["rounds"]) > 1 and 3 in r["rounds"][1]["eliminated"] for r in records)
+    assert_rate_at_most(len(records) - out_early, len(records), 0.02, "the worse arch survived 6 seeds")
+    assert all(r["seed_epochs"] < r["fixed_seed_epochs"] for r in records)
+
+
+def test_survivors_that_no_further_seed_can_separate_end_the_race_as_a_tie_early():
+    # Two archs, 2 seeds a round up to 4: with equal seeds even 2 more seeds as extreme as possible
+    # cannot reach p <= 0.05 (their best is 4 / 70), so the race stops after round 1, at half the cost.
+    same = np.array([1.0, 2.0, 3.0, 4.0])
+    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2)
+    assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2}
+    assert r["seed_epochs"] * 2 == r["fixed_seed_epochs"]
+    # The seeds of each round are the next indices of a fixed study's seeds.
+    asked = []
+    race.run_rounds(lambda a, block: asked.append((a, list(block))) or np.arange(len(block)) + (a == "b") * 9.0,
+                    ["a", "b"], range(10, 16), round_seeds=3)
+    assert asked == [("a", [10, 11, 12]), ("b", [10, 11, 12]), ("a", [13, 14, 15]), ("b", [13, 14, 15])]
+
+
+TINY = ["--epochs", "1", "--batch-size", "32", "--no-progress"]
+ARCHS = ["dense:8@0.5", "dense:4"]
+
+
+def tiny_npz(path):
+    """200 + 100 images of 8x8 whose class shows in their brightness: a few steps learn something."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    x = np.clip(rng.normal(100 + 60 * y[:, None, None], 40, (300, 8, 8)), 0, 255).astype(np.uint8)
+    np.savez(path, x_train=x[:200], y_train=y[:200], x_val=x[200:], y_val=y[200:])
+    return str(path)
+
+
+def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, monkeypatch):
+    out, data = tmp_path / "race", tiny_npz(tmp_path / "tiny.npz")
+    study = Study(archs=tuple(ARCHS), data=DataSpec(path=data), seeds=tuple(range(6)), epochs=1, batch_size=32)
+
+    def kill(record):
+        raise KeyboardInterrupt("killed after round 1")
+
+    with pytest.raises(KeyboardInterrupt):
+        race.race(study, out, round_seeds=2, progress=False, on_round=kill)
+    first = json.loads((out / race.RACE_JSON).read_text())
+    assert first["status"] == "running" and [r["seeds"] for r in first["rounds"]] == [2]
+
+    # The same race from the command line: round 1 is read back, not trained again.
+    trained = []
+    real = __import__("flaxray.runner", fromlist=["train_seeds"]).train_seeds
+    monkeypatch.setattr("flaxray.runner.train_seeds", lambda config, data, seeds, **kw: trained.append(
+        (config.arch, list(seeds))) or real(config, data, seeds, **kw))
+    argv = ["--race", "--arch", *ARCHS, "--max-seeds", "6", "--round-seeds", "2", "--budget", "8", *TINY,
+            "--data", data, "--out", str(out)]
+    assert architecture_search.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert trained == [(a, [2, 3]) for a in ARCHS]
+    record = json.loads((out / race.RACE_JSON).read_text())
+    assert record["status"] == "complete" and record["rounds"][0]["values"] == first["rounds"][0]["values"]
+    # 2 archs x 4 seeds x 1 epoch = 8 seed-epochs; round 3 would exceed the budget (or one arch is left).
+    assert record["seed_epochs"] == 8 and record["fixed_seed_epochs"] == 12
+    assert record["decision"]["seeds"] == 4 and "seed-epochs" in printed  # winner, tie or budget: the seeds decide
+    md = (out / "report.md").read_text()
+    for section in ("## The test", "## Compute", "## Elimination trace", "](trace.png)", "## Ranking over"):
+        assert section in md
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
+    assert results.read_curves_csv(out / "curves.csv")[1] == {a: [0, 1, 2, 3] for a in ARCHS}  # every seed trained
+
+    # Again: nothing trained, the same decision.
+    monkeypatch.setattr("flaxray.runner.train_seeds", lambda *a, **k: pytest.fail("a finished round was retrained"))
+    assert architecture_search.main(argv) == 0
+    assert json.loads((out / race.RACE_JSON).read_text())["decision"] == record["decision"]
+
+
+def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
+    def error(*args):
+        assert architecture_search.main([*args, "--no-progress", "--out", str(tmp_path / "out")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:")
+        return lines[0]
+
+    assert "--budget goes with --race" in error("--budget", "100")
+    assert "--seeds" in error("--race", "--seeds", "4")
+    assert "--round-seeds" in error("--race", "--round-seeds", "0")
+    assert "--max-seeds" in error("--race", "--max-seeds", "1")
+    assert "--budget" in error("--race", "--budget", "1")
+    assert "--race" in error("--race", "--lr", "1e-3", "1e-2")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        architecture_search.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "runs/architecture_race"):
+        assert flag in help_text
+
+
+def test_replays_on_recorded_seeds_find_a_clear_winner_at_a_fraction_of_the_cost():
+    from benchmarks.race_accuracy import replay
+
+    rng = np.random.default_rng(2)
+    values = {a: rng.normal(size=9) + (0.0 if a == "best" else 8.0) for a in ("x", "best", "y", "z")}
+    rows = replay(values, "best", {"best"}, replays=8, round_seeds=3, epochs=2, confidence=0.95, progress=False)
+    by = {r[0]: r for r in rows}
+    # The three others are 8 sd worse: all gone at the first look that can reject (6 seeds), every time.
+    assert by["race"][1].startswith("100%") and by["race"][3].startswith("48 (67%)")
+    assert by["one seed per arch"][1] == "100% (exact)" and by["fixed, 9 seeds per arch"][1:4] == [
+        "100% [63%, 100%]", "100% [63%, 100%]", "72 (100%)"]
