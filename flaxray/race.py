@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from flaxray import results, stats
+from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 
 RACE_JSON = "race.json"
@@ -200,7 +201,7 @@ def block_dir(out, arch: str, seeds: Sequence[int]) -> Path:
 
 
 def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progress: bool = True,
-         checkpoint_every: int = 1, chunk: int | None = None, cache_dir=None, info: Mapping | None = None,
+         checkpoint_every: int | str = DEFAULT_EVERY, chunk: int | None = None, cache_dir=None, info: Mapping | None = None,
          prepared: Any = None, on_round: Callable[[dict], None] | None = None) -> RaceResult:
     """Race `study.archs` over the seeds `study.seeds` (in order, `round_seeds` a round) into `out`:
     trains (or reads back) each round's units, writes race.json after every round, then the report.
