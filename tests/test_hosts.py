@@ -19,7 +19,7 @@ from flaxray import checkpoint
 from flaxray.errors import FlaxrayError
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = ["-m", "studies.seed_variance", "--arch", "dense:8@0.5", "--channels", "1", "--seeds", "3", "--epochs", "20",
+STUDY = ["-m", "studies.seed_variance", "--arch", "dense:8@0.5", "--channels", "1", "--seeds", "3", "--epochs", "12",
          "--batch-size", "512", "--lr", "1e-3", "1e30", "--no-progress"]
 FAIL_WITHIN_S = 30  # a killed process's peer stops within this: at its next collective (~1 s here), or
 # when the launcher kills it (its --grace, 10 s, after it saw the failure)

@@ -166,7 +166,7 @@ def test_help_lists_every_flag_with_its_default():
                  "--checkpoint-every", "--replay", "--seed", "--data-dir", "--dropout", "--weight-decay"):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())  # argparse wraps to the terminal's width
-    assert "default: 16" in text and "default: 32" in text and "default: 1)" in text
+    assert "default: 16" in text and "default: 32" in text and "default: 5min)" in text
 
 
 def test_a_study_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch):
