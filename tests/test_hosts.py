@@ -37,7 +37,7 @@ def env(cache, **extra):
 def launch(out, cache):
     return subprocess.Popen([sys.executable, "-m", "flaxray.launch", "-n", "2", "--", sys.executable, *STUDY,
                              "--out", str(out), "--checkpoint-every", "1"], cwd=ROOT, env=env(cache), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # a group to kill
 
 
 def children(pid: int) -> dict[int, int]:
@@ -56,18 +56,19 @@ def test_two_processes_survive_a_kill_and_give_the_curves_of_one_process_with_tw
     out, cache = tmp_path / "two", tmp_path / "cache"
     launcher = launch(out, cache)
     start = time.monotonic()
-    while not any(p.name.isdigit() for p in out.glob("groups/*/checkpoints/*")):
-        assert launcher.poll() is None, launcher.stdout.read()
-        assert time.monotonic() - start < START_S, "no checkpoint in time"
-        time.sleep(0.05)
-    pids = children(launcher.pid)
-    os.kill(pids[1], signal.SIGKILL)
-    killed = time.monotonic()
     try:
-        code = launcher.wait(timeout=FAIL_WITHIN_S)
-    except subprocess.TimeoutExpired:
-        launcher.kill()
-        pytest.fail(f"process 0 still ran {FAIL_WITHIN_S} s after its peer was killed")
+        while not any(p.name.isdigit() for p in out.glob("groups/*/checkpoints/*")):
+            assert launcher.poll() is None, launcher.stdout.read()
+            assert time.monotonic() - start < START_S, "no checkpoint in time"
+            time.sleep(0.05)
+        pids = children(launcher.pid)
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.monotonic()
+        code = launcher.wait(timeout=FAIL_WITHIN_S)  # TimeoutExpired: process 0 hangs on its dead peer
+    finally:
+        if launcher.poll() is None:  # a failed test leaves no process behind
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
     log = launcher.stdout.read()
     # Process 0 exits at its next collective ("process 0 of 2 stopped"), or the launcher stops it.
     assert code != 0 and "stopped the other 1" in log, log[-2000:]
@@ -78,7 +79,7 @@ def test_two_processes_survive_a_kill_and_give_the_curves_of_one_process_with_tw
     resumed = subprocess.run([sys.executable, "-m", "flaxray.launch", "-n", "2", "--", sys.executable,
                               "-m", "studies.seed_variance", "--resume", str(out), "--no-progress",
                               "--checkpoint-every", "1000"],  # saved after the last epoch only: quicker
-                             cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=600)
+                             cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     assert resumed.stdout.count("\nwrote ") == 1  # the printout, from process 0 only
@@ -88,7 +89,7 @@ def test_two_processes_survive_a_kill_and_give_the_curves_of_one_process_with_tw
     one = tmp_path / "one"
     alone = subprocess.run([sys.executable, *STUDY, "--out", str(one), "--checkpoint-every", "0"], cwd=ROOT,
                            capture_output=True, text=True,
-                           env=env(cache, XLA_FLAGS="--xla_force_host_platform_device_count=2"), timeout=600)
+                           env=env(cache, XLA_FLAGS="--xla_force_host_platform_device_count=2"), timeout=300)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert (out / "curves.csv").read_bytes() == (one / "curves.csv").read_bytes()
     diverged = json.loads((out / "study.json").read_text())["diverged"]
