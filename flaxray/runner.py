@@ -68,6 +68,40 @@ def _compiled(config: TrainConfig):
             jax.jit(jax.vmap(trainer.predict, in_axes=(0, 0, None))))
 
 
+def program_bytes(config: TrainConfig, data, lanes: int) -> int:
+    """Peak device bytes of the epoch program of `lanes` vmapped seeds, from XLA's own memory analysis of
+    the compiled program (its arguments, its outputs less those aliased to donated arguments, and its
+    temporaries); nothing is run. Each call compiles once: it is for the chunk plan near the memory."""
+    init, run_epoch = _compiled(_program(config))[:2]
+    n = jax.ShapeDtypeStruct((lanes,), jnp.float32)
+    states = jax.eval_shape(init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, n,  # as `_train_chunk` calls it
+                            None if config.dropout is None else n, n)
+    memory = run_epoch.lower(states, data).compile().memory_analysis()
+    return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+               + memory.temp_size_in_bytes)
+
+
+def compiled_bytes_per_seed(config: TrainConfig, data) -> tuple[int, int]:
+    """(bytes one more seed costs, bytes that do not grow with the seeds: the data), from the compiled
+    epoch program at 1 and 2 seeds (`program_bytes`)."""
+    one, two = program_bytes(config, data, 1), program_bytes(config, data, 2)
+    return max(1, two - one), max(0, 2 * one - two)
+
+
+def _plan(config: TrainConfig, data, n_seeds: int, free: int, n_devices: int) -> tuple[int, int, str]:
+    """(seeds per chunk, bytes per seed, where the figure is from). The hand estimate
+    (`scale.bytes_per_seed`) when the seeds take less than half the free memory by it; else XLA's own
+    figure for the compiled program, so a plan near the memory is the compiler's, not a guess."""
+    from flaxray import scale
+
+    per_seed = scale.bytes_per_seed(config, data.x_train.shape[1:])
+    seeds_per_device = -(-n_seeds // n_devices)
+    if seeds_per_device * per_seed <= free // 2:
+        return scale.plan_chunk(n_seeds, per_seed, free, n_devices), per_seed, "estimated"
+    per_seed, fixed = compiled_bytes_per_seed(config, data)
+    return scale.plan_chunk(n_seeds, per_seed, max(0, free - fixed), n_devices), per_seed, "compiled"
+
+
 def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
                 dropouts: Sequence[float] | None = None, weight_decays: Sequence[float] | None = None,
                 class_names: Sequence[str] | None = None, progress: bool = True, desc=None, checkpoint_dir=None,
@@ -83,7 +117,9 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     functions as `make_train(config).train`, so the same curves.
 
     Seeds that do not fit in the device memory together are trained in chunks, one after another
-    (`flaxray.scale.bytes_per_seed` against the free memory; `max_seeds_per_chunk` caps a chunk), and
+    (the bytes a seed costs against the free memory: `scale.bytes_per_seed`'s estimate, or near the
+    memory XLA's figure for the compiled program, `compiled_bytes_per_seed`; `max_seeds_per_chunk`
+    caps a chunk), and
     each chunk's seeds are split over `devices` (default: all), the count padded to a multiple of
     them with copies of the last seed, which are dropped. With several chunks the returned states
     are numpy arrays on the host (typed keys on the CPU).
@@ -121,12 +157,13 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     devices = jax.devices() if devices is None else list(devices)
     progress = progress and hosts.is_primary()
     local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
-    per_seed, free = scale.bytes_per_seed(config, data.x_train.shape[1:]), scale.free_memory(local[0])
-    size = hosts.agree(_chunk_size(scale.plan_chunk(len(seeds), per_seed, free, len(devices)), max_seeds_per_chunk,
-                                   len(seeds), len(devices), checkpoint_dir))  # process 0's plan, on every process
+    free = scale.free_memory(local[0])
+    planned, per_seed, source = _plan(config, data, len(seeds), free, len(devices))
+    size = hosts.agree(_chunk_size(planned, max_seeds_per_chunk, len(seeds), len(devices),
+                                   checkpoint_dir))  # process 0's plan, on every process
     parts = scale.chunks(len(seeds), size)
     if progress and (len(parts) > 1 or len(devices) > 1):
-        print(scale.describe(len(seeds), size, per_seed, free, len(devices)), flush=True)
+        print(scale.describe(len(seeds), size, per_seed, free, len(devices), source), flush=True)
     done = []
     for k, part in enumerate(parts):
         folder = checkpoint_dir

@@ -174,8 +174,8 @@ def pad_seeds(values: list, multiple: int) -> list:
     return values + values[-1:] * (-len(values) % multiple)
 
 
-def describe(n_seeds: int, size: int, per_seed: int, free: int, n_devices: int) -> str:
+def describe(n_seeds: int, size: int, per_seed: int, free: int, n_devices: int, source: str = "estimated") -> str:
     n = len(chunks(n_seeds, size))
     where = f"{n_devices} devices" if n_devices > 1 else "1 device"
     return (f"{n_seeds} seeds in {n} chunk{'s' if n > 1 else ''} of up to {size}, on {where} "
-            f"(~{per_seed / 2**20:.1f} MiB per seed, {free / 2**30:.1f} GiB free per device)")
+            f"(~{per_seed / 2**20:.1f} MiB per seed, {source}; {free / 2**30:.1f} GiB free per device)")

@@ -160,3 +160,18 @@ def test_a_registered_models_memory_is_estimated_from_its_traced_forward_pass():
     hand, traced = scale.activation_count("cnn_sep", (28, 28, 1)), scale.traced_activation_count("cnn_sep", (28, 28, 1))
     assert 2 < traced / hand < 8
     assert scale.param_count("cnn_sep", (28, 28, 1), num_classes=5) == scale.param_count("cnn_sep", (28, 28, 1)) + 4 * 65
+
+
+def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data):
+    from flaxray import runner
+
+    config = TrainConfig(**CONFIG)
+    per_seed, fixed = runner.compiled_bytes_per_seed(config, data)
+    # Linear in the seeds, as the plan assumes: the 4-seed program's own figure within 25 %.
+    four = runner.program_bytes(config, data, 4)
+    assert per_seed > 0 and abs(fixed + 4 * per_seed - four) < 0.25 * four
+    # Far from the memory, the estimate (no compile); near it, the compiler's figure: 2 seeds fit here.
+    assert runner._plan(config, data, 5, 2**40, 1) == (5, scale.bytes_per_seed(config, data.x_train.shape[1:]),
+                                                        "estimated")
+    free = fixed + int(2.5 * per_seed / scale.MEMORY_FRACTION)
+    assert runner._plan(config, data, 5, free, 1) == (2, per_seed, "compiled")
