@@ -116,8 +116,9 @@ def study_spec(args, archs, kind: str, **fields):
     from flaxray.study import Study
 
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), lrs=tuple(args.lr),
-                 dropouts=tuple(args.dropout or (None,)), weight_decays=tuple(args.weight_decay), epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
-                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
+                 dropouts=tuple(args.dropout or (None,)), weight_decays=tuple(args.weight_decay), epochs=args.epochs,
+                 batch_size=args.batch_size, vary=parse_vary(args.vary), class_weight=args.class_weight,
+                 dtype=args.dtype, kind=kind, **fields)
 
 
 def _dest(token: str, names) -> str | None:
@@ -214,8 +215,9 @@ def _abandon(err: BaseException) -> None:
     import jax
 
     traceback.print_exc()
-    print(f"error: process {jax.process_index()} of {jax.process_count()} stopped ({' '.join(str(err).split())[:300]}); "
-          "the others stop too. Continue with --resume under the same launcher", file=sys.stderr)
+    reason = " ".join(str(err).split())[:300]
+    print(f"error: process {jax.process_index()} of {jax.process_count()} stopped ({reason}); the others stop too. "
+          "Continue with --resume under the same launcher", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
