@@ -21,7 +21,6 @@ import sys
 import threading
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from flaxray.errors import FlaxrayError
@@ -30,15 +29,21 @@ FORMAT = 3  # 1 saved the curves; 2 saves the statistics they are computed from;
 
 
 def _is_key(x) -> bool:
+    import jax  # here, not at the top: the policy (`every`) is read where jax is not loaded (groups, race)
+
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _savable(states):
     """Typed PRNG keys -> their raw uint32 data (what orbax can write)."""
+    import jax
+
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, states)
 
 
 def _unsavable(saved, template):
+    import jax
+
     return jax.tree.map(
         lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, saved, template
     )
@@ -75,6 +80,8 @@ class Checkpoints:
     def restore(self, template, counts_template):
         """(states, counts) of the latest step; `template` gives the states' shapes and key types,
         `counts_template` the statistics' (numpy, so they are restored as numpy)."""
+        import jax
+
         ocp, epoch = self._ocp, self.latest()
         meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("format") != FORMAT:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flaxray import results
+from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 
 GROUPS = "groups"
@@ -159,7 +160,7 @@ def program_shape(folder: Path, lanes: int) -> dict:
 
 
 def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
-               progress=True, checkpoint_every="5min", chunk=None, dropouts: Sequence = (None,),
+               progress=True, checkpoint_every=DEFAULT_EVERY, chunk=None, dropouts: Sequence = (None,),
                weight_decays: Sequence[float] = (0.0,)) -> tuple[list[Group], bool]:
     """The groups of one unit (`name` x `lrs` x `dropouts` x `weight_decays` x `seeds`, one vmapped
     program), trained into `folder` or read back from it. `dropouts`: rates replacing the arch's

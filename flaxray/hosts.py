@@ -15,8 +15,10 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-COORDINATOR, PROCESSES, PROCESS_ID = "FLAXRAY_COORDINATOR", "FLAXRAY_NUM_PROCESSES", "FLAXRAY_PROCESS_ID"
+from flaxray.launch import COORDINATOR, PROCESS_ID, PROCESSES  # what the launcher sets
+
 HEARTBEAT_S = 20  # a process that stops answering for this long fails the others (the default is 100 s)
 
 
@@ -55,7 +57,6 @@ def gather(tree):
     process's shards here). Typed PRNG keys are gathered as their raw data and wrapped again."""
     if count() == 1:
         return tree
-    from jax.experimental import multihost_utils
 
     def one(leaf):
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -70,12 +71,10 @@ def gather(tree):
 
 
 def agree(value: int) -> int:
-    """Process 0's `value` on every process: host decisions (a chunk size from the free memory, whether
-    Ctrl-C was pressed) must be the same everywhere, or the processes wait for each other forever."""
+    """Process 0's `value` on every process: host decisions (a chunk size from the free memory, whether a
+    wall-time checkpoint is due) must be the same everywhere, or the processes wait for each other forever."""
     if count() == 1:
         return int(value)
-    from jax.experimental import multihost_utils
-
     return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
@@ -83,14 +82,10 @@ def anyone(flag: bool) -> bool:
     """Whether `flag` is true on any process."""
     if count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
 def barrier(name: str) -> None:
     """Wait until every process got here (e.g. process 0 cleared a folder the others are about to use)."""
     if count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)

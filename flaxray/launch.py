@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-from flaxray.hosts import COORDINATOR, PROCESS_ID, PROCESSES
+# Read by `flaxray.hosts.initialize` in every process; this module stays free of jax, the launcher only waits.
+COORDINATOR, PROCESSES, PROCESS_ID = "FLAXRAY_COORDINATOR", "FLAXRAY_NUM_PROCESSES", "FLAXRAY_PROCESS_ID"
 
 
 def free_port() -> int:

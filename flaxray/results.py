@@ -71,10 +71,15 @@ def environment(packages: Sequence[str] = PACKAGES) -> dict:
     }
 
 
+def _distributed() -> bool:
+    """Whether this process is one of several (`flaxray.hosts`)."""
+    jax = sys.modules.get("jax")  # a folder read in a notebook does not start jax to learn it is alone
+    return jax is not None and jax.distributed.is_initialized()
+
+
 def elsewhere() -> bool:
     """Whether this is another process than process 0 of a multi-process study: not the one that writes."""
-    jax = sys.modules.get("jax")  # a folder read in a notebook does not start jax to learn it is alone
-    return jax is not None and jax.distributed.is_initialized() and jax.process_index() != 0
+    return _distributed() and sys.modules["jax"].process_index() != 0
 
 
 @contextlib.contextmanager
@@ -260,7 +265,7 @@ def clear_outputs(out) -> None:
         for name in existing_outputs(out):
             path = Path(out) / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if "jax" in sys.modules:
+    if _distributed():
         from flaxray import hosts
 
         hosts.barrier("flaxray.results.clear_outputs")  # the others start writing once it is empty

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import history_from_counts, mask_diverged
 from flaxray.train import (TrainConfig, check_batch_size, check_lr, check_rate, config_record, counts_type,
@@ -105,7 +106,7 @@ def _plan(config: TrainConfig, data, n_seeds: int, free: int, n_devices: int) ->
 def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
                 dropouts: Sequence[float] | None = None, weight_decays: Sequence[float] | None = None,
                 class_names: Sequence[str] | None = None, progress: bool = True, desc=None, checkpoint_dir=None,
-                checkpoint_every: int | str = "5min", max_seeds_per_chunk: int | None = None, devices=None):
+                checkpoint_every: int | str = DEFAULT_EVERY, max_seeds_per_chunk: int | None = None, devices=None):
     """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
 
     `lrs` gives each seed its own learning rate (default: `config.lr` for all), `dropouts` its own

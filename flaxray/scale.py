@@ -148,7 +148,9 @@ def split_seeds(mesh: Mesh | None, tree):
     """Device arrays with a leading seed axis (e.g. what `init` made: XLA lays its constant leaves out
     on every device) resplit over the mesh as every epoch's program returns them, so the epoch program
     is compiled once, not once for the first epoch and again for the rest."""
-    return tree if mesh is None else jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec(SEED_AXIS)))(tree)
+    if mesh is None:
+        return tree
+    return jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec(SEED_AXIS)))(tree)
 
 
 def replicate(mesh: Mesh | None, tree):

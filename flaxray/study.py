@@ -149,16 +149,16 @@ class Prepared:
 
 
 def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int | str = DEFAULT_EVERY,
-            chunk: int | None = None, cache_dir=None) -> Prepared:
-    """Every check that can refuse a study, before anything is written: the options, `out` (None: not
-    checked, it is to be cleared), the data, the disk."""
+            chunk: int | None = None, cache_dir=None, overwrite: bool = False) -> Prepared:
+    """Every check that can refuse a study, before anything is written: the options, `out` (what it
+    holds is not checked with `overwrite`: it is to be cleared), the data, the disk `out` is on."""
     from flaxray.train import check_batch_size, device_data
 
     progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     saves = any(every(checkpoint_every))
     if chunk is not None and chunk < 1:
         raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
-    if out is not None:
+    if not overwrite:
         check_out(out)
     dataset = study.data if not isinstance(study.data, DataSpec) else study.data.load(cache_dir=cache_dir,
                                                                                       progress=progress)
@@ -176,6 +176,13 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
     return Prepared(dataset, configs, data)
 
 
+def jobs(study: Study) -> list[tuple[str, str | None]]:
+    """The units of a study, (arch, source): each arch with every source varied (None), then with
+    --decompose each source alone and the numerical-noise floor (`FLOOR`)."""
+    sources = (*SOURCES, FLOOR) if study.decompose else ()
+    return [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in sources]
+
+
 def disk_needed(study: Study, configs, input_shape, *, checkpoints: bool = True) -> int:
     """Bytes the study's units may take on disk: every seed's final params and batch statistics, and
     (`checkpoints`) its checkpointed training state (params, Adam's two moments: 3 copies, float32),
@@ -183,9 +190,8 @@ def disk_needed(study: Study, configs, input_shape, *, checkpoints: bool = True)
     complete). An upper bound: BatchNorm's statistics are counted like parameters."""
     from flaxray.scale import param_count
 
-    units = 1 + (len(SOURCES) + 1) * study.decompose  # the arch, and its --decompose units
-    sizes = [param_count(a, tuple(input_shape), c.num_classes) * 4 * len(study.seeds) * study.n_settings
-             for a, c in configs.items() for _ in range(units)]
+    sizes = [param_count(a, tuple(input_shape), configs[a].num_classes) * 4 * len(study.seeds) * study.n_settings
+             for a, _ in jobs(study)]
     return int(sum(sizes) * (4 if checkpoints else 1) + max(sizes) * 3 * checkpoints)
 
 
@@ -193,7 +199,7 @@ def check_disk(need: int, out) -> None:
     """A one-line error when the filesystem of `out` has less than `need` bytes free."""
     import shutil
 
-    where = Path(out or ".").absolute()
+    where = Path(out).absolute()
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free
@@ -223,12 +229,11 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
                            cache_dir=cache_dir)
     dataset, configs, data = prepared.dataset, prepared.configs, prepared.data
 
-    sources = (*SOURCES, FLOOR) if study.decompose else ()  # FLOOR: the numerical-noise floor
-    jobs = [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in sources]
     trained, decomposition, reused = {}, {}, []
     from tqdm.auto import tqdm
 
-    for arch, source in tqdm(jobs, desc="archs", unit="arch", disable=not progress or len(jobs) < 2):
+    todo = jobs(study)
+    for arch, source in tqdm(todo, desc="archs", unit="arch", disable=not progress or len(todo) < 2):
         config = configs[arch] if source is None else dataclasses.replace(configs[arch], vary=(source,))
         name = arch if source is None else f"{arch} only {source}"
         got, was_reused = units.train_unit(name, config, study.lrs, study.seeds, units.unit_dir(out, arch, source),

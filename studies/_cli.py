@@ -176,7 +176,7 @@ def run_study(args, spec, module: str, run=None):
     cmd, progress = command(module, args), not args.no_progress
     options = dict(checkpoint_every=args.checkpoint_every, chunk=args.chunk, cache_dir=args.cache_dir)
     # Every refusal happens here, before run.json or anything is written (--overwrite: the folder is cleared later).
-    prepared = prepare(spec, None if args.overwrite else out, progress=progress, **options)
+    prepared = prepare(spec, out, progress=progress, overwrite=args.overwrite, **options)
     with results.recorded(out, study=module, command=cmd, argv=args.argv, resumed=bool(getattr(args, "resume", None)),
                           overwrite=args.overwrite):
         result = run(spec, out, progress=progress, info={"command": cmd, "args": vars(args)}, prepared=prepared,
