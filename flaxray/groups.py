@@ -155,13 +155,15 @@ def program_shape(folder: Path, lanes: int) -> dict:
 
     chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
+            "strategy": chunks.get("strategy", "vmap"), "strategy_source": chunks.get("strategy_source", "asked"),
+            **({"probe_s": chunks["probe_s"]} if "probe_s" in chunks else {}),
             "devices": len(jax.devices()), "processes": jax.process_count(), "backend": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
 
 
 def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
                progress=True, checkpoint_every=DEFAULT_EVERY, chunk=None, dropouts: Sequence = (None,),
-               weight_decays: Sequence[float] = (0.0,)) -> tuple[list[Group], bool]:
+               weight_decays: Sequence[float] = (0.0,), strategy=None) -> tuple[list[Group], bool]:
     """The groups of one unit (`name` x `lrs` x `dropouts` x `weight_decays` x `seeds`, one vmapped
     program), trained into `folder` or read back from it. `dropouts`: rates replacing the arch's
     (None: its own); `weight_decays`: Keras's decoupled decay (0: none).
@@ -187,7 +189,7 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
                                   class_names=getattr(dataset, "class_names", None), progress=progress,
                                   desc=name + (f" x {len(grid)} settings" if len(grid) > 1 else ""),
                                   checkpoint_dir=folder / results.CHECKPOINTS, checkpoint_every=checkpoint_every,
-                                  max_seeds_per_chunk=chunk)
+                                  max_seeds_per_chunk=chunk, strategy=strategy)
     seconds = time.perf_counter() - start
     import jax
 

@@ -202,7 +202,7 @@ def block_dir(out, arch: str, seeds: Sequence[int]) -> Path:
 
 def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progress: bool = True,
          checkpoint_every: int | str = DEFAULT_EVERY, chunk: int | None = None, cache_dir=None, info: Mapping | None = None,
-         prepared: Any = None, on_round: Callable[[dict], None] | None = None) -> RaceResult:
+         prepared: Any = None, on_round: Callable[[dict], None] | None = None, strategy=None) -> RaceResult:
     """Race `study.archs` over the seeds `study.seeds` (in order, `round_seeds` a round) into `out`:
     trains (or reads back) each round's units, writes race.json after every round, then the report.
     `budget`: seed-epochs at most (None: the fixed design's). alpha = 1 - study.confidence."""
@@ -213,14 +213,15 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
     check(study, round_seeds, budget)
     out = Path(out)
     prepared = prepared or prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, strategy=strategy)
     trained, reused = {a: [] for a in study.archs}, []
 
     def values_of(arch, block):
         (group,), was_reused = units.train_unit(arch, prepared.configs[arch], study.lrs, block,
                                                 block_dir(out, arch, block), prepared.data, prepared.dataset,
                                                 progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
-                                                dropouts=study.dropouts, weight_decays=study.weight_decays)
+                                                dropouts=study.dropouts, weight_decays=study.weight_decays,
+                                                strategy=strategy)
         trained[arch].append(group)
         reused.extend([f"{arch} seeds {block[0]}-{block[-1]}"] if was_reused else [])
         return stats.per_seed_values(group.history, diverged=group.diverged > 0)[stats.RANK_KEY]

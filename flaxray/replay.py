@@ -90,7 +90,8 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
                     config, data, [s for s, _ in chunk], lrs=[g["lr"] for _, g in chunk],
                     dropouts=[g["dropout"] for _, g in chunk], weight_decays=[g["weight_decay"] for _, g in chunk],
                     class_names=tuple(dataset.class_names), progress=progress,
-                    desc=f"replay {meta['name']} [{part.start}:{part.stop}]", max_seeds_per_chunk=len(chunk))
+                    desc=f"replay {meta['name']} [{part.start}:{part.stop}]", max_seeds_per_chunk=len(chunk),
+                    strategy=program.get("strategy", "vmap"))
             states, history = done[part.start, part.stop]
             k = lane - part.start
             curves_same, curves_diff = _tree_equal({key: v[seeds.index(seed)] for key, v in recorded[name].items()},

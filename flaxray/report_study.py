@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flaxray import results
-from flaxray.groups import Group, write_curves
+from flaxray.groups import GROUP_JSON, Group, write_curves
 
 LAYOUT = 2  # study.json's "layout": 2 = one folder per arch under groups/ (issue 12)
 
@@ -115,6 +115,9 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
         "diverged": diverged, "analysis": analysis, "test": test, "reused": reused,
         "train_seconds": {n: g.seconds for n, g in groups.items() if g.seconds is not None},
         "groups": {n: str(g.folder.relative_to(out)) for n, g in groups.items()},
+        # Each unit's program shape: its chunks, its strategy (and why: `flaxray.strategy`), its devices.
+        "programs": {str(f.relative_to(out)): results.read_json(f / GROUP_JSON).get("program")
+                     for f in dict.fromkeys(g.folder for g in groups.values())},
         "params": {n: str(g.params_dir.relative_to(out)) for n, g in groups.items()},
     }
     results.write_json(out / "study.json", record)

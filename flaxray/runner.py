@@ -14,7 +14,6 @@ evaluation, prediction) is compiled once per config and shape in a process and r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from pathlib import Path
@@ -24,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxray import programs, scale, strategy as strategies
 from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import history_from_counts, mask_diverged
-from flaxray.train import (TrainConfig, check_batch_size, check_lr, check_rate, config_record, counts_type,
-                           make_train, pad_to_batches)
+from flaxray.train import TrainConfig, check_batch_size, check_lr, check_rate, config_record, counts_type, pad_to_batches
 
 
 def default_class_names(num_classes: int) -> tuple[str, ...]:
@@ -43,70 +42,11 @@ def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
     return {split: {k: np.asarray(v) for k, v in gather(c._asdict()).items()} for split, c in counts.items()}
 
 
-def _program(config: TrainConfig) -> TrainConfig:
-    """The config a compiled program depends on: the rates are state and the epochs a host loop; only
-    whether dropout rates are replaced and whether weight decay is on change the program."""
-    return dataclasses.replace(config, lr=1.0, epochs=1, dropout=None if config.dropout is None else 0.5,
-                               weight_decay=1.0 if config.weight_decay else 0.0)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(config: TrainConfig):
-    """`init`, `run_epoch`, one seed's `run_epoch`, `evaluate` and `predict`, vmapped over seeds and
-    jitted, once per config and process: a resume, a test evaluation or a study run again in the same
-    notebook reuses them. The single-seed program runs without `vmap`: a vmap over one seed compiles
-    to worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then back) at half the speed."""
-    trainer = make_train(config)
-
-    def one_seed(state, data):
-        state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
-        return jax.tree.map(lambda a: a[None], (state, counts))
-
-    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0, 0))),
-            jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0),
-            jax.jit(one_seed, donate_argnums=0),
-            jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None, None, None))),
-            jax.jit(jax.vmap(trainer.predict, in_axes=(0, 0, None))))
-
-
-def program_bytes(config: TrainConfig, data, lanes: int) -> int:
-    """Peak device bytes of the epoch program of `lanes` vmapped seeds, from XLA's own memory analysis of
-    the compiled program (its arguments, its outputs less those aliased to donated arguments, and its
-    temporaries); nothing is run. Each call compiles once: it is for the chunk plan near the memory."""
-    init, run_epoch = _compiled(_program(config))[:2]
-    n = jax.ShapeDtypeStruct((lanes,), jnp.float32)
-    states = jax.eval_shape(init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, n,  # as `_train_chunk` calls it
-                            None if config.dropout is None else n, n)
-    memory = run_epoch.lower(states, data).compile().memory_analysis()
-    return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-               + memory.temp_size_in_bytes)
-
-
-def compiled_bytes_per_seed(config: TrainConfig, data) -> tuple[int, int]:
-    """(bytes one more seed costs, bytes that do not grow with the seeds: the data), from the compiled
-    epoch program at 1 and 2 seeds (`program_bytes`)."""
-    one, two = program_bytes(config, data, 1), program_bytes(config, data, 2)
-    return max(1, two - one), max(0, 2 * one - two)
-
-
-def _plan(config: TrainConfig, data, n_seeds: int, free: int, n_devices: int) -> tuple[int, int, str]:
-    """(seeds per chunk, bytes per seed, where the figure is from). The hand estimate
-    (`scale.bytes_per_seed`) when the seeds take less than half the free memory by it; else XLA's own
-    figure for the compiled program, so a plan near the memory is the compiler's, not a guess."""
-    from flaxray import scale
-
-    per_seed = scale.bytes_per_seed(config, data.x_train.shape[1:])
-    seeds_per_device = -(-n_seeds // n_devices)
-    if seeds_per_device * per_seed <= free // 2:
-        return scale.plan_chunk(n_seeds, per_seed, free, n_devices), per_seed, "estimated"
-    per_seed, fixed = compiled_bytes_per_seed(config, data)
-    return scale.plan_chunk(n_seeds, per_seed, max(0, free - fixed), n_devices), per_seed, "compiled"
-
-
 def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequence[float] | None = None,
                 dropouts: Sequence[float] | None = None, weight_decays: Sequence[float] | None = None,
                 class_names: Sequence[str] | None = None, progress: bool = True, desc=None, checkpoint_dir=None,
-                checkpoint_every: int | str = DEFAULT_EVERY, max_seeds_per_chunk: int | None = None, devices=None):
+                checkpoint_every: int | str = DEFAULT_EVERY, max_seeds_per_chunk: int | None = None, devices=None,
+                strategy=None, cache_dir=None):
     """Train `seeds` together, one jitted call per epoch (for the progress bar and checkpoints).
 
     `lrs` gives each seed its own learning rate (default: `config.lr` for all), `dropouts` its own
@@ -125,13 +65,18 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     them with copies of the last seed, which are dropped. With several chunks the returned states
     are numpy arrays on the host (typed keys on the CPU).
 
+    `strategy` says how a chunk's seeds share a device (`flaxray.strategy`): "vmap", "map", a group
+    size K, or "auto" (default: $FLAXRAY_STRATEGY, else auto), which probes the candidates here and
+    remembers the fastest in `cache_dir` (default $FLAXRAY_CACHE or ~/.cache/flaxray). A run with
+    `checkpoint_dir` records its chunk size and strategy there and keeps them when resumed.
+
     With `checkpoint_dir`, every seed's state and the metrics' statistics so far are saved there with
     orbax by `checkpoint_every` (N epochs, or a wall time such as "5min": `flaxray.checkpoint.every`;
     0: never) and after the last epoch, and a run finds its latest checkpoint there and continues
     from it, to the same curves; with a progress bar it says what share of the time the saves took. While it trains, a first Ctrl-C stops
     it after the current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
     """
-    from flaxray import checkpoint, hosts, scale
+    from flaxray import checkpoint, hosts
 
     checkpoint.every(checkpoint_every)  # a bad policy fails before anything trains
     seeds = [int(s) for s in seeds]
@@ -159,12 +104,27 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     progress = progress and hosts.is_primary()
     local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
     free = scale.free_memory(local[0])
-    planned, per_seed, source = _plan(config, data, len(seeds), free, len(devices))
-    size = hosts.agree(_chunk_size(planned, max_seeds_per_chunk, len(seeds), len(devices),
-                                   checkpoint_dir))  # process 0's plan, on every process
+    planned, per_seed, source = programs.plan(config, data, len(seeds), free, len(devices))
+    asked = strategies.default() if strategy is None else strategies.parse(strategy)
+    recorded = _recorded_plan(checkpoint_dir, len(seeds))
+    if recorded is None:
+        size = hosts.agree(_cap(planned, max_seeds_per_chunk, len(devices)))  # process 0's plan, on every process
+        chosen = programs.choose_strategy(config, data, asked, min(size, len(seeds)), devices, cache_dir=cache_dir)
+        if checkpoint_dir is not None:  # atomic: a kill mid-write cannot break a resume
+            from flaxray import results
+
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            results.write_json(Path(checkpoint_dir) / PLAN, {
+                "seeds_per_chunk": size, "strategy": chosen["strategy"], "strategy_source": chosen["source"],
+                **({"probe_s": chosen["times"]} if chosen.get("times") else {})})
+    else:
+        size, chosen = recorded["seeds_per_chunk"], {"strategy": recorded["strategy"], "source": "recorded"}
     parts = scale.chunks(len(seeds), size)
     if progress and (len(parts) > 1 or len(devices) > 1):
         print(scale.describe(len(seeds), size, per_seed, free, len(devices), source), flush=True)
+    if progress and chosen["source"] in ("probed", "probed here before", "recorded"):
+        print(f"{desc or config.arch}: {strategies.describe(chosen, -(-min(size, len(seeds)) // len(devices)))}",
+              flush=True)
     done = []
     for k, part in enumerate(parts):
         folder = checkpoint_dir
@@ -172,34 +132,40 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
             folder = Path(checkpoint_dir) / f"chunk-{k}"
         label = (desc or config.arch) + (f" [{k + 1}/{len(parts)}]" if len(parts) > 1 else "")
         done.append(_train_chunk(config, data, seeds[part], lanes[part], devices, class_names, progress=progress,
-                                 desc=label, checkpoint_dir=folder, checkpoint_every=checkpoint_every))
+                                 desc=label, checkpoint_dir=folder, checkpoint_every=checkpoint_every,
+                                 strategy=chosen["strategy"]))
     if len(done) == 1:
         return done[0]
     states = jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, _ in done])
     return states, {key: np.concatenate([h[key] for _, h in done]) for key in done[0][1]}
 
 
-def _chunk_size(planned: int, cap: int | None, n_seeds: int, n_devices: int, checkpoint_dir) -> int:
-    """The seeds per chunk: `planned`, capped by `cap` (rounded up to the devices), or the size the
-    run in `checkpoint_dir` was started with, so a resume finds its chunks' checkpoints again (a
-    run in several chunks writes its size to chunks.json; one in a single chunk is an orbax folder)."""
-    from flaxray import results
+PLAN = "chunks.json"  # a checkpointed run's seeds per chunk and strategy
 
-    if cap is not None:
-        if cap < 1:
-            raise FlaxrayError(f"max_seeds_per_chunk must be >= 1, got {cap}")
-        planned = min(planned, -(-cap // n_devices) * n_devices)
-    if checkpoint_dir is None:
+
+def _cap(planned: int, cap: int | None, n_devices: int) -> int:
+    """The seeds per chunk: `planned`, capped by `cap` rounded up to the devices."""
+    if cap is None:
         return planned
-    plan = Path(checkpoint_dir) / "chunks.json"
-    if plan.exists():
-        return int(json.loads(plan.read_text())["seeds_per_chunk"])
+    if cap < 1:
+        raise FlaxrayError(f"max_seeds_per_chunk must be >= 1, got {cap}")
+    return min(planned, -(-cap // n_devices) * n_devices)
+
+
+def _recorded_plan(checkpoint_dir, n_seeds: int) -> dict | None:
+    """The chunk size and strategy the run in `checkpoint_dir` was started with, so a resume finds its
+    chunks' checkpoints again and continues in the same program; None for a fresh run. (A run from
+    before the plan was always written: chunks.json only with several chunks, and vmap.)"""
+    if checkpoint_dir is None:
+        return None
+    path = Path(checkpoint_dir) / PLAN
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        return {"seeds_per_chunk": int(recorded["seeds_per_chunk"]),
+                "strategy": strategies.parse(recorded.get("strategy", strategies.VMAP))}
     if Path(checkpoint_dir).exists() and any(Path(checkpoint_dir).iterdir()):
-        return n_seeds  # a run checkpointed in one chunk
-    if planned < n_seeds:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        results.write_json(plan, {"seeds_per_chunk": planned})  # atomic: a kill mid-write cannot break a resume
-    return planned
+        return {"seeds_per_chunk": n_seeds, "strategy": strategies.VMAP}  # checkpointed in one chunk
+    return None
 
 
 def _host_concat(arrays):
@@ -217,24 +183,21 @@ def _stack(epochs: Sequence[dict]) -> dict:
 
 
 def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple], devices, class_names, *,
-                 progress, desc, checkpoint_dir, checkpoint_every):
-    """`train_seeds` for seeds that fit on `devices` together: the seed axis split over them; `lanes`
-    holds each seed's (lr, dropout, weight decay)."""
+                 progress, desc, checkpoint_dir, checkpoint_every, strategy):
+    """`train_seeds` for seeds that fit on `devices` together: the seed axis split over them, each
+    device's seeds in `strategy`; `lanes` holds each seed's (lr, dropout, weight decay)."""
     from tqdm.auto import tqdm
 
-    from flaxray import checkpoint, hosts, scale
+    from flaxray import checkpoint, hosts
 
-    init, run_epoch, run_one, _, _ = _compiled(_program(config))  # one compile serves every rate and epoch
+    run_one = programs.compiled(programs.program_config(config))[2]  # one compile serves every rate and epoch
     mesh = scale.seed_mesh(devices)
     n = len(seeds)
-    padded = scale.pad_seeds(seeds, len(devices)), scale.pad_seeds(lanes, len(devices))
-    if mesh is None and n == 1:
-        run_epoch = run_one
+    whole = len(devices) * strategies.multiple(strategy)  # every device the same count of whole groups
+    padded = scale.pad_seeds(seeds, whole), scale.pad_seeds(lanes, whole)
+    run_epoch = run_one if mesh is None and n == 1 else programs.epoch(programs.program_config(config), strategy, mesh)
     data = scale.replicate(mesh, data)
-    # Each seed's lr, dropout (None: the arch's own rates) and weight decay, as (seeds,) arrays.
-    rates = [None if v[0] is None else jnp.asarray(v, jnp.float32) for v in zip(*padded[1])]
-    seed_array, *rates = scale.shard_seeds(mesh, (jnp.asarray(padded[0], jnp.int32), *rates))
-    states = scale.split_seeds(mesh, init(seed_array, data, *rates))
+    states = programs.initial_states(config, data, padded[0], padded[1], mesh)
     epochs = []  # per epoch, every split's statistics as (seeds,) numpy arrays: the same fresh or resumed
     saver, (every_epochs, every_s) = None, checkpoint.every(checkpoint_every)
     if checkpoint_dir is not None and (every_epochs or every_s):
@@ -292,7 +255,7 @@ def evaluate_seeds(config: TrainConfig, states, x, y) -> dict[str, np.ndarray]:
     """The metrics' statistics of every seed's final model (`states`, leading seed axis) on images `x`
     with labels `y`, leading seed axis (`flaxray.metrics` turns them into numbers)."""
     xd, yd, mask = pad_to_batches(x, y, config.eval_batch_size)
-    evaluate = _compiled(_program(config))[3]
+    evaluate = programs.compiled(programs.program_config(config))[3]
     return {k: np.asarray(v) for k, v in evaluate(states.params, states.batch_stats, xd, yd, mask)._asdict().items()}
 
 
@@ -300,5 +263,5 @@ def predict(config: TrainConfig, states, x) -> np.ndarray:
     """Every seed's predicted probabilities on images `x`: (seeds, N) of the positive class for two
     classes, (seeds, N, C) for more."""
     xd, _, _ = pad_to_batches(x, np.zeros(len(x)), config.eval_batch_size)
-    probs = _compiled(_program(config))[4](states.params, states.batch_stats, xd)
+    probs = programs.compiled(programs.program_config(config))[4](states.params, states.batch_stats, xd)
     return np.asarray(probs)[:, : len(x)]

@@ -25,6 +25,7 @@ from flaxray.checkpoint import DEFAULT_EVERY, every
 from flaxray.report_study import LAYOUT, Result, write
 from flaxray.errors import FlaxrayError
 from flaxray.optim import check_rate
+from flaxray.strategy import parse as parse_strategy
 from flaxray.train import FLOOR, SOURCES, TrainConfig
 
 MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
@@ -149,7 +150,7 @@ class Prepared:
 
 
 def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int | str = DEFAULT_EVERY,
-            chunk: int | None = None, cache_dir=None, overwrite: bool = False) -> Prepared:
+            chunk: int | None = None, cache_dir=None, overwrite: bool = False, strategy=None) -> Prepared:
     """Every check that can refuse a study, before anything is written: the options, `out` (what it
     holds is not checked with `overwrite`: it is to be cleared), the data, the disk `out` is on."""
     from flaxray.train import check_batch_size, device_data
@@ -158,6 +159,8 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
     saves = any(every(checkpoint_every))
     if chunk is not None and chunk < 1:
         raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
+    if strategy is not None:
+        parse_strategy(strategy)
     if not overwrite:
         check_out(out)
     dataset = study.data if not isinstance(study.data, DataSpec) else study.data.load(cache_dir=cache_dir,
@@ -210,11 +213,13 @@ def check_disk(need: int, out) -> None:
 
 
 def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int | str = DEFAULT_EVERY,
-        chunk: int | None = None, cache_dir=None, info: dict | None = None, prepared: Prepared | None = None) -> Result:
+        chunk: int | None = None, cache_dir=None, info: dict | None = None, prepared: Prepared | None = None,
+        strategy=None) -> Result:
     """Train every unit of `study` into `out` (or read it back), then write the study's files.
 
-    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk` and `cache_dir`
-    change where and when things are computed, never the curves. `info` is recorded in study.json
+    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk`, `strategy`
+    (`flaxray.strategy`; None: $FLAXRAY_STRATEGY or auto) and `cache_dir` change where and when things
+    are computed, not what: the program shape they set is recorded (`flaxray.replay`). `info` is recorded in study.json
     (e.g. the command line) and shown in the report's header. `prepared` is what `prepare` returned
     for this study and `out` (the command line prepares before it records the run).
     """
@@ -226,7 +231,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
         results.clear_outputs(out)
     if prepared is None:
         prepared = prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, strategy=strategy)
     dataset, configs, data = prepared.dataset, prepared.configs, prepared.data
 
     trained, decomposition, reused = {}, {}, []
@@ -238,7 +243,8 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
         name = arch if source is None else f"{arch} only {source}"
         got, was_reused = units.train_unit(name, config, study.lrs, study.seeds, units.unit_dir(out, arch, source),
                                            data, dataset, progress=progress, checkpoint_every=checkpoint_every,
-                                           chunk=chunk, dropouts=study.dropouts, weight_decays=study.weight_decays)
+                                           chunk=chunk, dropouts=study.dropouts, weight_decays=study.weight_decays,
+                                           strategy=strategy)
         if was_reused:
             reused.append(name)
         for g in got:

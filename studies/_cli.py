@@ -63,6 +63,12 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--chunk", type=int, default=None, metavar="N",
                    help="train at most N seeds at once (default: as many as fit in the free device memory, "
                    "estimated; the seeds are split over every device of every process). Does not change the curves")
+    p.add_argument("--strategy", default=None, metavar="auto|vmap|map|K",
+                   help="how the seeds of a chunk share a device: vmap batches them all into wider operations, map "
+                   "runs them one after another inside one program, K batches groups of K seeds, the groups one "
+                   "after another; auto times a few steps of each here and takes the fastest, remembered per machine "
+                   "in the cache folder (default: $FLAXRAY_STRATEGY, else auto). Recorded; a resume keeps the one "
+                   "the run started with")
 
 
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
@@ -174,7 +180,8 @@ def run_study(args, spec, module: str, run=None):
         raise FlaxrayError("--resume continues a study and --overwrite deletes it: pass one of them")
     out = Path(args.out) if args.out else results.default_out_dir(spec.archs)
     cmd, progress = command(module, args), not args.no_progress
-    options = dict(checkpoint_every=args.checkpoint_every, chunk=args.chunk, cache_dir=args.cache_dir)
+    options = dict(checkpoint_every=args.checkpoint_every, chunk=args.chunk, cache_dir=args.cache_dir,
+                   strategy=args.strategy)
     # Every refusal happens here, before run.json or anything is written (--overwrite: the folder is cleared later).
     prepared = prepare(spec, out, progress=progress, overwrite=args.overwrite, **options)
     with results.recorded(out, study=module, command=cmd, argv=args.argv, resumed=bool(getattr(args, "resume", None)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -74,3 +75,8 @@ def chest_folder(tmp_path):
         return write_chest_folder(tmp_path / name, layout, extra)
 
     return make
+
+
+# The suite's programs are vmap's, the strategy its identities and samples were written for; the
+# strategy tests (tests/test_strategy.py) pass auto, map and groups explicitly.
+os.environ.setdefault("FLAXRAY_STRATEGY", "vmap")

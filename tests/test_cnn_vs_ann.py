@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from flaxray import compare
+from flaxray import compare, programs
 from flaxray.metrics import NUM_BINS, binary_metrics, counts_from_probs, test_metrics
 
 TEST_METRICS = test_metrics()
@@ -73,7 +73,7 @@ def test_test_evaluation_on_the_device_matches_its_probabilities():
     np.testing.assert_array_equal(hist["pos_hist"], counts["pos_hist"])  # binned identically
     # Evaluated again (another rate, the same program): nothing is compiled again.
     from flaxray import runner
-    evaluate = runner._compiled(runner._program(config))[3]
+    evaluate = programs.compiled(programs.program_config(config))[3]
     again = evaluate_seeds(dataclasses.replace(config, lr=0.5), states, x_test, y_test)
     np.testing.assert_array_equal(again["pos_hist"], counts["pos_hist"])
     assert evaluate._cache_size() == 1

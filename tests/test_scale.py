@@ -61,7 +61,7 @@ def test_chunked_run_gives_the_unchunked_curves(data, tmp_path, capsys):
     assert np.asarray(chunked_states.diverged)[1] > 0
     assert {np.shape(leaf)[0] for leaf in jax.tree.leaves(chunked_states)} == {5}  # every seed's state, in order
     # The chunks checkpointed separately; a second call restores every one of them.
-    assert json.loads((tmp_path / "ck" / "chunks.json").read_text()) == {"seeds_per_chunk": 2}
+    assert json.loads((tmp_path / "ck" / "chunks.json").read_text())["seeds_per_chunk"] == 2
     assert sorted(p.name for p in (tmp_path / "ck").glob("chunk-*")) == ["chunk-0", "chunk-1", "chunk-2"]
     _, again = train_seeds(config, data, seeds, lrs=lrs, checkpoint_dir=tmp_path / "ck", progress=False)
     for key in whole:
@@ -163,15 +163,15 @@ def test_a_registered_models_memory_is_estimated_from_its_traced_forward_pass():
 
 
 def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data):
-    from flaxray import runner
+    from flaxray import programs
 
     config = TrainConfig(**CONFIG)
-    per_seed, fixed = runner.compiled_bytes_per_seed(config, data)
+    per_seed, fixed = programs.compiled_bytes_per_seed(config, data)
     # Linear in the seeds, as the plan assumes: the 4-seed program's own figure within 25 %.
-    four = runner.program_bytes(config, data, 4)
+    four = programs.program_bytes(config, data, 4)
     assert per_seed > 0 and abs(fixed + 4 * per_seed - four) < 0.25 * four
     # Far from the memory, the estimate (no compile); near it, the compiler's figure: 2 seeds fit here.
-    assert runner._plan(config, data, 5, 2**40, 1) == (5, scale.bytes_per_seed(config, data.x_train.shape[1:]),
-                                                        "estimated")
+    assert programs.plan(config, data, 5, 2**40, 1) == (5, scale.bytes_per_seed(config, data.x_train.shape[1:]),
+                                                         "estimated")
     free = fixed + int(2.5 * per_seed / scale.MEMORY_FRACTION)
-    assert runner._plan(config, data, 5, free, 1) == (2, per_seed, "compiled")
+    assert programs.plan(config, data, 5, free, 1) == (2, per_seed, "compiled")

@@ -1,0 +1,157 @@
+"""The trainer's compiled programs, once per config and process; the memory they need; the strategy.
+
+    init, run_epoch, run_one, evaluate, predict = compiled(program_config(config))
+    epoch(config, "map", mesh)                 # the epoch program in a seed-parallel strategy
+    choose_strategy(config, data, "auto", lanes=16, devices=jax.devices())
+
+`flaxray.runner` runs these on the host side; a resume, a test evaluation or a study run again in
+the same notebook reuses them. A program depends on the config only through `program_config`: the
+rates are state and the epochs a host loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from flaxray import scale, strategy as strategies
+from flaxray.train import DeviceData, TrainConfig, config_record, make_train
+
+
+def program_config(config: TrainConfig) -> TrainConfig:
+    """The config a compiled program depends on: the rates are state and the epochs a host loop; only
+    whether dropout rates are replaced and whether weight decay is on change the program."""
+    return dataclasses.replace(config, lr=1.0, epochs=1, dropout=None if config.dropout is None else 0.5,
+                               weight_decay=1.0 if config.weight_decay else 0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(config: TrainConfig):
+    """`init`, `run_epoch` (vmap), one seed's `run_epoch`, `evaluate` and `predict`, vmapped over seeds
+    and jitted. The single-seed program runs without `vmap`: a vmap over one seed compiles to
+    worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then back) at half the speed."""
+    trainer = make_train(config)
+
+    def one_seed(state, data):
+        state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
+        return jax.tree.map(lambda a: a[None], (state, counts))
+
+    return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0, 0))),
+            epoch(config, strategies.VMAP, None),
+            jax.jit(one_seed, donate_argnums=0),
+            jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None, None, None))),
+            jax.jit(jax.vmap(trainer.predict, in_axes=(0, 0, None))))
+
+
+@functools.lru_cache(maxsize=32)
+def epoch(config: TrainConfig, strategy, mesh, donate: bool = True):
+    """The jitted epoch over a leading seed axis in `strategy` (`flaxray.strategy`). On a mesh, vmap is
+    split over the devices by the compiler; map and groups run per device (`shard_map`), each device
+    looping over its own seeds, since a loop over a split axis would gather it first."""
+    program = strategies.epoch_program(make_train(config).run_epoch, strategy)
+    if mesh is not None and strategy != strategies.VMAP:
+        seeds = PartitionSpec(scale.SEED_AXIS)
+        program = jax.shard_map(program, mesh=mesh, in_specs=(seeds, PartitionSpec()), out_specs=seeds)
+    return jax.jit(program, donate_argnums=0 if donate else ())
+
+
+def initial_states(config: TrainConfig, data, seeds, rates, mesh):
+    """Every seed's initial state, split over `mesh`; `rates`: per seed (lr, dropout or None, weight decay)."""
+    init = compiled(program_config(config))[0]
+    rates = [None if v[0] is None else jnp.asarray(v, jnp.float32) for v in zip(*rates)]
+    seed_array, *rates = scale.shard_seeds(mesh, (jnp.asarray(seeds, jnp.int32), *rates))
+    return scale.split_seeds(mesh, init(seed_array, data, *rates))
+
+
+def program_bytes(config: TrainConfig, data, lanes: int) -> int:
+    """Peak device bytes of the epoch program of `lanes` vmapped seeds, from XLA's own memory analysis of
+    the compiled program (its arguments, its outputs less those aliased to donated arguments, and its
+    temporaries); nothing is run. Each call compiles once: it is for the chunk plan near the memory."""
+    init, run_epoch = compiled(program_config(config))[:2]
+    n = jax.ShapeDtypeStruct((lanes,), jnp.float32)
+    states = jax.eval_shape(init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, n,  # as `initial_states` calls it
+                            None if config.dropout is None else n, n)
+    memory = run_epoch.lower(states, data).compile().memory_analysis()
+    return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+               + memory.temp_size_in_bytes)
+
+
+def compiled_bytes_per_seed(config: TrainConfig, data) -> tuple[int, int]:
+    """(bytes one more seed costs, bytes that do not grow with the seeds: the data), from the compiled
+    epoch program at 1 and 2 seeds (`program_bytes`)."""
+    one, two = program_bytes(config, data, 1), program_bytes(config, data, 2)
+    return max(1, two - one), max(0, 2 * one - two)
+
+
+def plan(config: TrainConfig, data, n_seeds: int, free: int, n_devices: int) -> tuple[int, int, str]:
+    """(seeds per chunk, bytes per seed, where the figure is from). The hand estimate
+    (`scale.bytes_per_seed`) when the seeds take less than half the free memory by it; else XLA's own
+    figure for the compiled vmap program (the strategy that keeps the most at once), so a plan near the
+    memory is the compiler's, not a guess."""
+    per_seed = scale.bytes_per_seed(config, data.x_train.shape[1:])
+    seeds_per_device = -(-n_seeds // n_devices)
+    if seeds_per_device * per_seed <= free // 2:
+        return scale.plan_chunk(n_seeds, per_seed, free, n_devices), per_seed, "estimated"
+    per_seed, fixed = compiled_bytes_per_seed(config, data)
+    return scale.plan_chunk(n_seeds, per_seed, max(0, free - fixed), n_devices), per_seed, "compiled"
+
+
+def probe_key(config: TrainConfig, data, per_device: int, devices) -> str:
+    """What the fastest strategy depends on: the program, the shapes, the seeds per device and the machine."""
+    from flaxray import results
+
+    record = config_record(program_config(config))
+    for name in ("epochs", "lr", "vary", "shared_seed"):  # the same program whatever they are
+        record.pop(name, None)
+    return json.dumps({**record, "input": list(data.x_train.shape[1:]), "per_device": per_device,
+                       "devices": len(devices), "device_kind": devices[0].device_kind,
+                       "backend": jax.default_backend(), "cpu": results.cpu_model(), "jax": jax.__version__,
+                       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                       "layers": os.environ.get("FLAXRAY_LAYERS", "")}, sort_keys=True)
+
+
+def probe_data(config: TrainConfig, data: DeviceData) -> DeviceData:
+    """A short epoch of the same shapes per step: `PROBE_STEPS` training batches and one eval batch."""
+    n, v = strategies.PROBE_STEPS * config.batch_size, config.eval_batch_size
+    return DeviceData(data.x_train[:n], data.y_train[:n], data.x_val[:v], data.y_val[:v], data.val_mask[:v])
+
+
+def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, cache_dir=None) -> dict:
+    """The strategy for `lanes` seeds over `devices`: {"strategy", "source", "times"?, "key"?}. `asked`
+    ("auto", "vmap", "map" or K) is kept unless auto; auto probes each candidate on this device
+    (`strategy.probe`, a few steps, compilation apart) and remembers the choice for this machine, so a
+    run again here takes the same program without probing. Process 0's choice holds on every process."""
+    from flaxray import hosts
+
+    per_device = -(-lanes // len(devices))
+    if asked != strategies.AUTO:
+        return {"strategy": strategies.canonical(asked, per_device), "source": "asked"}
+    if per_device == 1:
+        return {"strategy": strategies.VMAP, "source": "one seed per device"}
+    key = probe_key(config, data, per_device, devices)
+    known = strategies.cached_choice(key, cache_dir) if hosts.is_primary() else None
+    if hosts.agree(known is not None):
+        code = hosts.agree(strategies.encode(strategies.parse(known["strategy"])) if known else 0)
+        return {"strategy": strategies.decode(code), "times": (known or {}).get("times"), "source": "probed here before"}
+    mesh = scale.seed_mesh(devices)
+    full, short = scale.replicate(mesh, data), scale.replicate(mesh, probe_data(config, data))
+    calls, states = {}, {}
+    for candidate in strategies.candidates(per_device):
+        m = strategies.multiple(candidate)
+        count = len(devices) * -(-per_device // m) * m  # groups are whole: the run pads as much
+        if count not in states:
+            rates = [(config.lr, config.dropout, config.weight_decay)] * count
+            states[count] = initial_states(config, full, list(range(count)), rates, mesh)  # as the run's: one compile
+        calls[candidate] = functools.partial(epoch(program_config(config), candidate, mesh, donate=False), states[count], short)
+    best, times = strategies.probe(calls)
+    best = strategies.decode(hosts.agree(strategies.encode(best)))
+    choice = {"strategy": best, "times": {str(k): round(v, 6) for k, v in times.items()}}
+    if hosts.is_primary():
+        strategies.remember(key, choice, cache_dir)
+    return {**choice, "source": "probed"}
