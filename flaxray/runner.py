@@ -27,6 +27,7 @@ import numpy as np
 from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import history_from_counts, mask_diverged
+from flaxray.models import conv
 from flaxray.train import (TrainConfig, check_batch_size, check_lr, check_rate, config_record, counts_type,
                            make_train, pad_to_batches)
 
@@ -50,12 +51,17 @@ def _program(config: TrainConfig) -> TrainConfig:
                                weight_decay=1.0 if config.weight_decay else 0.0)
 
 
-@functools.lru_cache(maxsize=16)
 def _compiled(config: TrainConfig):
     """`init`, `run_epoch`, one seed's `run_epoch`, `evaluate` and `predict`, vmapped over seeds and
-    jitted, once per config and process: a resume, a test evaluation or a study run again in the same
-    notebook reuses them. The single-seed program runs without `vmap`: a vmap over one seed compiles
-    to worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then back) at half the speed."""
+    jitted, once per config, form of the convolutions (`flaxray.models.conv.form`, read when they are
+    traced: its own programs for each) and process: a resume, a test evaluation or a study run again in
+    the same notebook reuses them. The single-seed program runs without `vmap`: a vmap over one seed
+    compiles to worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then back) at half the speed."""
+    return _compiled_in(config, conv.form())
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_in(config: TrainConfig, layers: str):
     trainer = make_train(config)
 
     def one_seed(state, data):
