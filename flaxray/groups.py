@@ -150,15 +150,18 @@ def finished(folder: Path, wanted: dict) -> dict | None:
 
 def program_shape(folder: Path, lanes: int) -> dict:
     """What decides a seed's arithmetic besides its own inputs: the lanes of each vmapped program (the
-    chunk size), the devices they were split over and the machine (`flaxray.replay` runs it again)."""
+    chunk size), the devices they were split over, the machine and the form of the convolutions and
+    pools (`flaxray.models.conv.form`; `flaxray.replay` runs it again)."""
     import jax
+
+    from flaxray.models.conv import form
 
     chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
             "strategy": chunks.get("strategy", "vmap"), "strategy_source": chunks.get("strategy_source", "asked"),
             **({"probe_s": chunks["probe_s"]} if "probe_s" in chunks else {}),
             "devices": len(jax.devices()), "processes": jax.process_count(), "backend": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
+            "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model(), "layers": form()}
 
 
 def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,

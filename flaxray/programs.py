@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from flaxray import scale, strategy as strategies
+from flaxray.models import conv
 from flaxray.train import DeviceData, TrainConfig, config_record, make_train
 
 
@@ -31,11 +32,17 @@ def program_config(config: TrainConfig) -> TrainConfig:
                                weight_decay=1.0 if config.weight_decay else 0.0)
 
 
-@functools.lru_cache(maxsize=16)
 def compiled(config: TrainConfig):
     """`init`, `run_epoch` (vmap), one seed's `run_epoch`, `evaluate` and `predict`, vmapped over seeds
-    and jitted. The single-seed program runs without `vmap`: a vmap over one seed compiles to
-    worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then back) at half the speed."""
+    and jitted, once per config and form of the convolutions (`flaxray.models.conv.form`, read when
+    they are traced: each form its own programs). The single-seed program runs without `vmap`: a vmap
+    over one seed compiles to worse-shaped matmuls on XLA:CPU (each weight gradient transposed, then
+    back) at half the speed."""
+    return _compiled(config, conv.form())
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(config: TrainConfig, layers: str):
     trainer = make_train(config)
 
     def one_seed(state, data):
@@ -43,17 +50,21 @@ def compiled(config: TrainConfig):
         return jax.tree.map(lambda a: a[None], (state, counts))
 
     return (jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0, 0))),
-            epoch(config, strategies.VMAP, None),
+            _epoch(config, strategies.VMAP, None, True, layers),
             jax.jit(one_seed, donate_argnums=0),
             jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None, None, None))),
             jax.jit(jax.vmap(trainer.predict, in_axes=(0, 0, None))))
 
 
-@functools.lru_cache(maxsize=32)
 def epoch(config: TrainConfig, strategy, mesh, donate: bool = True):
     """The jitted epoch over a leading seed axis in `strategy` (`flaxray.strategy`). On a mesh, vmap is
     split over the devices by the compiler; map and groups run per device (`shard_map`), each device
     looping over its own seeds, since a loop over a split axis would gather it first."""
+    return _epoch(config, strategy, mesh, donate, conv.form())
+
+
+@functools.lru_cache(maxsize=32)
+def _epoch(config: TrainConfig, strategy, mesh, donate: bool, layers: str):
     program = strategies.epoch_program(make_train(config).run_epoch, strategy)
     if mesh is not None and strategy != strategies.VMAP:
         seeds = PartitionSpec(scale.SEED_AXIS)
@@ -113,7 +124,7 @@ def probe_key(config: TrainConfig, data, per_device: int, devices) -> str:
                        "devices": len(devices), "device_kind": devices[0].device_kind,
                        "backend": jax.default_backend(), "cpu": results.cpu_model(), "jax": jax.__version__,
                        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                       "layers": os.environ.get("FLAXRAY_LAYERS", "")}, sort_keys=True)
+                       "layers": conv.form()}, sort_keys=True)
 
 
 def probe_data(config: TrainConfig, data: DeviceData) -> DeviceData:

@@ -3,13 +3,14 @@
     rows = replay("runs/my_study", seed=3)     # one row per group holding seed 3: identical or not
 
 A seed's arithmetic depends on its own inputs (seed, rate, data) and on the shape of the program it
-ran in: the number of lanes of the vmapped program (its chunk), the devices they were split over, and
-the machine, whose XLA compiles other kernels (`groups.program_shape` records all three). A seed
-trained in another shape is another sample of the same distribution, not the same numbers: Adam's
-first steps and BatchNorm amplify a last-bit difference into a visible one within an epoch
-(README, Determinism). So the replay runs the chunk the seed was trained in, every lane of it as it
-was, and compares the seed's lane with what the study recorded, bit for bit. The cost is one chunk's
-training: with one chunk (the default when the seeds fit in memory) that is the whole unit.
+ran in: the number of lanes of the vmapped program (its chunk), the devices they were split over, the
+form of its convolutions and pools (`flaxray.models.conv.form`), and the machine, whose XLA compiles
+other kernels (`groups.program_shape` records them all). A seed trained in another shape is another
+sample of the same distribution, not the same numbers: Adam's first steps and BatchNorm amplify a
+last-bit difference into a visible one within an epoch (README, Determinism). So the replay runs the
+chunk the seed was trained in, every lane of it as it was, and compares the seed's lane with what the
+study recorded, bit for bit. The cost is one chunk's training: with one chunk (the default when the
+seeds fit in memory) that is the whole unit.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
     import jax
 
     from flaxray import scale
+    from flaxray.models.conv import ENV, form
     from flaxray.runner import train_seeds
     from flaxray.study import DataSpec
     from flaxray.train import device_data
@@ -58,6 +60,7 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
     if dataset.summary.get("fingerprint") != record["data"].get("fingerprint"):
         raise FlaxrayError(f"the data changed since the study in {out} (its fingerprint differs); a replay needs the same data")
     here = {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model()}
+    layers = form()
     data, rows = None, []
     for unit in dict.fromkeys(record["groups"].values()):
         folder = out / unit
@@ -77,6 +80,11 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
         if here["devices"] != program["devices"]:
             raise FlaxrayError(f"{folder} was trained on {program['devices']} device(s), this machine has "
                                f"{here['devices']}: the seed would run in another program shape")
+        trained_layers = program.get("layers", "shifted")  # recorded before there was a choice: shifted
+        if trained_layers != layers:  # a choice, unlike the machine: refused with the setting that replays it
+            raise FlaxrayError(f"{folder} was trained with {trained_layers} convolutions and pools, this process runs "
+                               f"{layers} ones: the seed would run in another program shape; set "
+                               f"{ENV}={trained_layers} to replay it")
         recorded, _ = results.read_curves_csv(folder / "curves.csv")
         if data is None:  # once: every unit trained on the same data
             data = device_data(dataset, config.eval_batch_size)

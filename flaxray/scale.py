@@ -43,14 +43,15 @@ def _param_count(arch, input_shape, num_classes, factory):  # factory: a re-regi
 
 def activation_count(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> int:
     """Numbers one image's forward pass makes. Sequential models: every layer's output, and a conv's 9
-    shifted copies of its input (counted by hand). Registered modules, whose layers flaxray does not know:
+    shifted copies of its input (counted by hand), which only the shifted form makes (`conv.form`, the
+    CPU's): an upper bound for the native form. Registered modules, whose layers flaxray does not know:
     every intermediate array of the traced training-mode forward pass (`traced_activation_count`)."""
     if is_registered(arch):
         return traced_activation_count(arch, tuple(input_shape), num_classes)
     shape, total = tuple(input_shape), math.prod(input_shape)
     for layer in parse_arch(arch):
         if layer.kind in ("conv", "sep"):
-            total += 9 * math.prod(shape)  # `neighbourhoods`: the 3x3 shifted copies
+            total += 9 * math.prod(shape)  # `conv.neighbourhoods`: the 3x3 shifted copies
         shape = output_shape(layer, shape)
         total += math.prod(shape)
     return total

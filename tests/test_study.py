@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flaxray.models import conv
 from flaxray.results import read_curves_csv
 from studies import seed_variance
 
@@ -74,9 +75,10 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
 
 
 @pytest.mark.numeric
-def test_replay_trains_a_seed_again_to_its_exact_curves_and_params(tmp_path, capsys):
+def test_replay_trains_a_seed_again_to_its_exact_curves_and_params(tmp_path, capsys, monkeypatch):
     """`--replay OUT --seed K` runs the chunk seed K was trained in, as it was, and compares bit for bit;
-    a curve that differs from the recorded one (here: edited in the file) is reported, exit 1."""
+    a curve that differs from the recorded one (here: edited in the file) is reported, exit 1; a replay
+    in another form of the convolutions (FLAXRAY_LAYERS) is refused, naming the one that replays it."""
     data = make_folder(tmp_path / "xray")
     out = tmp_path / "all"
     common = ["--data", str(data), "--image-size", "8", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
@@ -88,6 +90,19 @@ def test_replay_trains_a_seed_again_to_its_exact_curves_and_params(tmp_path, cap
     assert printed == [
         "seed 3 of dense:8@0.5@lr=1e-3 (lanes 0..3 trained again): curves and parameters identical, bit for bit",
         "seed 3 of dense:8@0.5@lr=3e-3 (lanes 8..9 trained again): curves and parameters identical, bit for bit"]
+    trained = json.loads((out / "groups" / "dense_8_0.5" / "group.json").read_text())["program"]["layers"]
+    assert trained == conv.form()  # on the CPU: shifted
+    monkeypatch.setenv("FLAXRAY_LAYERS", {"shifted": "native", "native": "shifted"}[trained])
+    assert seed_variance.main(["--replay", str(out), "--seed", "3", *common]) == 2
+    err = capsys.readouterr().err
+    assert f"trained with {trained} convolutions" in err and f"FLAXRAY_LAYERS={trained}" in err
+    assert err.count("\n") == 1
+    monkeypatch.delenv("FLAXRAY_LAYERS")
+    # A record from before the choice existed has no "layers": it was shifted, and replays as such (below).
+    record = out / "groups" / "dense_8_0.5" / "group.json"
+    meta = json.loads(record.read_text())
+    del meta["program"]["layers"]
+    record.write_text(json.dumps(meta))
     curves = out / "groups" / "dense_8_0.5" / "curves.csv"
     rows = curves.read_text().splitlines()
     edited = [r.replace(",val,loss,", ",val,loss,1") if r.startswith("dense:8@0.5@lr=1e-3,3,2,val,loss,") else r

@@ -1,7 +1,9 @@
 """The sequential models' layers as Flax NNX modules, and `Sequential`, which runs a tuple of them.
 
 Every layer is called as `layer(x, train=..., dropout_key=...)`, whether it uses them or not, so
-`Sequential` runs any list of them. Defaults are Keras's (see `flaxray.models.spec`).
+`Sequential` runs any list of them. Defaults are Keras's (see `flaxray.models.spec`). Convolutions and
+pools run in the form `conv.form()` chooses for the backend (FLAXRAY_LAYERS overrides it): native
+`lax` convolutions on GPU and TPU, shifted copies and a matmul on CPU, with the same parameters.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxray.models.conv import conv3x3, depthwise3x3, form, max_pool  # noqa: F401 (form: `layers.form()` too)
 from flaxray.models.spec import Layer, output_shape
 
 glorot_uniform = nnx.initializers.glorot_uniform()
@@ -41,22 +44,6 @@ class DenseBlock(nnx.Module):
         return dropout(self.dropout, x, train=train, dropout_key=dropout_key, dropout_rate=dropout_rate)
 
 
-def neighbourhoods(x, stride: int = 1):
-    """The 3x3 neighbourhood of every pixel of NHWC maps, zero-padded ('same'): 9 shifted copies of x.
-
-    Copy (i, j) holds x[y + i - 1, x + j - 1] at (y, x), in the row-major order of a Keras 3x3 kernel,
-    so a 3x3 convolution (a cross-correlation, as in Keras) is the sum over copies of copy @ kernel[i, j].
-    With `stride` s, copy (i, j) holds x[s*y + i - 1, s*x + j - 1]: PyTorch's Conv2d(3, stride=s, padding=1),
-    whose output side is (n - 1) // s + 1.
-    We convolve this way rather than with `lax.conv`: XLA:CPU runs convolutions (and max-pool gradients)
-    inside a loop, such as the trainer's `lax.scan` over steps, 10-50x slower than outside one
-    (jax-ml/jax#12868), and slower still when `vmap` over seeds makes them grouped convolutions.
-    """
-    h, w = x.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return [padded[:, i:i + h:stride, j:j + w:stride] for i in range(3) for j in range(3)]
-
-
 class Conv2D(nnx.Module):
     """Keras's Conv2D(filters, 3, padding='same', activation='relu'), with Keras's weight shapes."""
 
@@ -65,11 +52,8 @@ class Conv2D(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((filters,)))
 
     def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
-        # All nine neighbours side by side in the channel axis, then one matmul with the kernel read as
-        # (9 * in_channels, filters): row (3i + j) * in_channels + c is kernel[i, j, c].
-        patches = jnp.concatenate(neighbourhoods(x), axis=-1)
-        kernel = self.kernel[...].reshape(-1, self.kernel.shape[-1]).astype(x.dtype)  # compute in x's dtype
-        return nnx.relu(patches @ kernel + self.bias[...].astype(x.dtype))
+        kernel = self.kernel[...].astype(x.dtype)  # compute in x's dtype
+        return nnx.relu(conv3x3(x, kernel) + self.bias[...].astype(x.dtype))
 
 
 class SeparableConv2D(nnx.Module):
@@ -87,10 +71,9 @@ class SeparableConv2D(nnx.Module):
 
     def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
         channels = x.shape[-1]
-        depthwise = self.depthwise_kernel[...].reshape(9, channels).astype(x.dtype)  # compute in x's dtype
-        pointwise = self.pointwise_kernel[...].reshape(channels, -1).astype(x.dtype)
-        x = sum(shifted * weight for shifted, weight in zip(neighbourhoods(x), depthwise))
-        return nnx.relu(x @ pointwise + self.bias[...].astype(x.dtype))
+        depthwise = self.depthwise_kernel[...].astype(x.dtype)  # compute in x's dtype
+        pointwise = self.pointwise_kernel[...].reshape(channels, -1).astype(x.dtype)  # 1x1: a matmul in either form
+        return nnx.relu(depthwise3x3(x, depthwise) @ pointwise + self.bias[...].astype(x.dtype))
 
 
 class BatchNorm(nnx.Module):
@@ -126,26 +109,13 @@ class Dropout(nnx.Module):
 
 class MaxPool2D(nnx.Module):
     """Keras's MaxPool2D(): 2x2 windows, stride 2; padding 'valid' drops an odd last row and column, 'same'
-    pools them alone. Windows by a reshape rather than `lax.reduce_window`, whose gradient is slow in a
-    loop on XLA:CPU (see `neighbourhoods`)."""
+    pools them alone (`conv.max_pool`)."""
 
     def __init__(self, padding: str):
         self.padding = padding
 
     def __call__(self, x, *, train: bool, dropout_key: jax.Array | None):
-        n, h, w, c = x.shape
-        if self.padding == "same":
-            x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
-        else:
-            x = x[:, : h - h % 2, : w - w % 2]
-        h, w = x.shape[1] // 2, x.shape[2] // 2  # the output's size
-        windows = x.reshape(n, h, 2, w, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h, w, c, 4)
-        # The gradient goes to the first maximum of each window, as in Keras. Not `windows.max(-1)`: its
-        # gradient compares the input with the maximum again, and when XLA recomputes the two in
-        # different fusions, last-bit differences move or drop the gradient, so that a seed's curves
-        # depended on how many seeds were trained with it (caught by the seed-in-batch test).
-        first_max = jnp.argmax(windows, axis=-1, keepdims=True)
-        return jnp.take_along_axis(windows, first_max, axis=-1)[..., 0]
+        return max_pool(x, self.padding)
 
 
 class GlobalAveragePooling2D(nnx.Module):

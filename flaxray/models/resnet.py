@@ -25,9 +25,10 @@ has 513 parameters fewer. (2) PyTorch updates the running variance with the unbi
 Flax with the biased one (a factor n/(n-1), 1.008 at batch 128). Their training (Adam lr 1e-3,
 batch 128, 100 epochs, lr x0.1 at epochs 50 and 75) is the trainer's business, not the model's.
 
-Convolutions are the shifted copies of `layers.neighbourhoods` (strided for the stride-2 convs) and
-one matmul: `lax.conv_general_dilated` computes the same (tested) but, inside the trainer's scan and
-vmap over seeds, ~35x slower on XLA:CPU (jax-ml/jax#12868).
+The 3x3 convolutions run in the form `conv.form()` chooses for the backend (`flaxray.models.conv`):
+`lax.conv_general_dilated` on GPU and TPU; on CPU the shifted copies of `conv.neighbourhoods`
+(strided for the stride-2 convs) and one matmul, since XLA:CPU runs `lax.conv` inside the trainer's
+scan and vmap over seeds ~35x slower (jax-ml/jax#12868). The 1x1 shortcuts are a matmul in both.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxray.models.layers import neighbourhoods
+from flaxray.models.conv import conv3x3
 
 # PyTorch's default for Conv2d and Linear weights: kaiming_uniform_(a=sqrt(5)) has gain sqrt(2 / (1 + 5))
 # and bound gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in), which is variance scaling 1/3, fan_in, uniform
@@ -62,8 +63,7 @@ class Conv(nnx.Module):
         kernel = self.kernel[...].astype(x.dtype)
         if kernel.shape[0] == 1:  # 1x1, no padding: every stride-th pixel
             return x[:, ::self.stride, ::self.stride] @ kernel[0, 0]
-        patches = jnp.concatenate(neighbourhoods(x, self.stride), axis=-1)  # (N, h, w, 9 * in)
-        return patches @ kernel.reshape(-1, kernel.shape[-1])
+        return conv3x3(x, kernel, self.stride)
 
 
 class BasicBlock(nnx.Module):
