@@ -1,0 +1,432 @@
+"""Issue 14's GPU figures in one prepared script: throughput, the largest study that fits 3 minutes and
+CNN vs ANN, at 180x180x3 on the real data, in one process within one wall-clock budget (default 480 s).
+
+    python -m benchmarks.gpu --prepare            # here, once: .gpu-data/chest_xray_180.npz (~44 MiB)
+    python -m benchmarks.gpu --tiny --out /tmp/g  # here: every part at toy sizes on the CPU, as the test does
+
+On the device machine (one H100/H200; Python 3.12, jax 0.11.2 with the CUDA 13 plugins, flax, optax,
+orbax-checkpoint; no tensorflow-datasets, no network), from the repository root, carrying `.gpu-data`:
+
+    PYTHONPATH=. python -m benchmarks.gpu --no-progress; cp runs/gpu/gpu.json runs/gpu/gpu.md "$OUT"/
+
+Why so: the repository travels (64 MiB in all, carried paths included), ../shared beside it does not,
+and a Kaggle-layout folder is read through tensorflow-datasets (flaxray.data.cache), absent there. So
+--prepare reads the folder here through the library (patient split, duplicates dropped) at 180x180 and
+writes one .npz, which flaxray reads with numpy alone: every test image and a seeded class-stratified
+subset of the split's train (1536 = 48 batches) and val (384), grey (the copies' three channels are
+identical and `--channels 3` repeats them back bit for bit), in bzip2 members (np.load reads them; raw,
+82 MB would not fit). PYTHONPATH=., not `pip install -e .`: flaxray pins jax 0.10.2 and would replace
+the machine's own.
+
+ a. (a third of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps 24,
+    every method of its METHODS (keras only where installed); an S predicted not to fit is not started.
+ b. (up to 0.45) the largest `final` study that fits 3 minutes: seeds x epochs from a's seed-epochs/s at
+    its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints, saves timed.
+ c. (the rest) `studies.cnn_vs_ann`, 8 seeds, its epochs from what is left after a 1-epoch probe.
+A part still running at its deadline gets a SIGINT, the trainer's own Ctrl-C: a study stops after the
+current epoch, saved. gpu.json (every figure) and gpu.md (a section for RESULTS.md) go into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+import zipfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from flaxray.errors import FlaxrayError
+from studies import _cli
+
+START = time.monotonic()  # the budget's start, set again by main (an import in a test suite is long before)
+PREPARED, SHARED = Path(".gpu-data/chest_xray_180.npz"), Path("../shared/data/chest_xray")
+SUBSET = {"train": 1536, "val": 384, "test": None}  # images kept per split; None: all (618 test)
+MAX_MIB = 50  # of the device machine's 64 MiB for the working tree and the carried paths together
+ARCHS, STUDY_ARCH, MAX_SEEDS, STEPS, STUDY_S, CNN_SEEDS = ("pyramid", "final"), "final", 64, 24, 150, 8
+# --tiny: 64 images a split of the embedded data, and stand-ins for the archs: on 2 CPU cores compilation is
+# most of the time (~7 s a training program, ~18 s for a conv one), so one arch, and a dense "CNN"
+TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2, "images": 64}
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "keras", "tensorflow-datasets")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/gpu", metavar="DIR", help="folder for gpu.json, gpu.md and the parts' runs")
+    p.add_argument("--data", default=None, metavar="PATH", help=f"default: {PREPARED} if it exists, else {SHARED} "
+                   "if it exists, else the embedded data (then every figure is at 28x28); with --prepare, the source")
+    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole run, seconds")
+    p.add_argument("--tiny", action="store_true", help="a CPU check: embedded data, 28x28, S <= 2, 1 epoch")
+    p.add_argument("--prepare", action="store_true", help=f"write {PREPARED} from --data (default {SHARED}) and stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def command(module: str, argv) -> str:
+    return f"python -m {module} {shlex.join(argv)}"
+
+
+def prepare(source, dest: Path, size: int | None, subset: dict) -> Path:
+    """`source` as the library splits it, grey, cut to `subset` images a split (each class its share, seed
+    0), written to `dest` with bzip2 members (these X-rays compress 1.7x so, 1.2x with np.savez_compressed)."""
+    from flaxray import results
+    from flaxray.data import load_dataset
+
+    data, rng = load_dataset(source, image_size=size, channels=1, progress=False), np.random.default_rng(0)
+    arrays = {"class_names": np.array(data.class_names)}
+    for split, n in subset.items():
+        s = getattr(data, split)
+        keep = np.arange(len(s.y))
+        if n is not None and n < len(keep):
+            share = np.floor(n * np.bincount(s.y) / len(s.y)).astype(int)
+            share[-1] += n - share.sum()
+            keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(s.y == c), k, replace=False)
+                                           for c, k in enumerate(share)]))
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = s.x[keep, ..., 0], s.y[keep]
+        if split != "test":
+            arrays[f"groups_{split}"] = s.patients[keep].astype(str)  # patients, for the data summary
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with results.atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_BZIP2, compresslevel=9) as z:
+        for key, a in arrays.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, a, allow_pickle=False)
+    return dest
+
+
+def choose_data(args, out: Path) -> tuple[str, str | None, int, str | None]:
+    """(source, path for --data (None: embedded), image size, a note to shout or None). A compressed .npz is
+    decompressed once into `out`: bzip2 costs seconds a read, and the parts read the data five times."""
+    if args.tiny:
+        source = str(prepare(None, out / "tiny.npz", None, {s: TINY["images"] for s in SUBSET}))
+        size, note = 28, "--tiny: 64 images a split of the embedded 28x28 data, stand-in archs"
+    else:
+        source = args.data or next((str(p) for p in (PREPARED, SHARED) if p.exists()), None)
+        size, note = 180, None
+        if source is None:
+            return "embedded", None, 28, (f"NO REAL DATA: neither {PREPARED} nor {SHARED} is here, so every figure "
+                                          "is on the embedded data at 28x28x3, NOT 180x180x3")
+    if not source.lower().endswith(".npz"):
+        return source, source, size, note
+    with zipfile.ZipFile(source) as z:
+        if all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist()):
+            return source, source, size, note
+    with np.load(source, allow_pickle=False) as z:
+        np.savez(out / "data.npz", **{k: z[k] for k in z.files})
+    return source, str(out / "data.npz"), size, note
+
+
+def within(until: float, call):
+    """(call(), stopped): a SIGINT at `until` (monotonic) stops it as Ctrl-C does: a study after the current
+    epoch, saved, whose main then returns 130; anything else where it is."""
+    fired, lock, done = threading.Event(), threading.Lock(), []
+
+    def fire():
+        with lock:  # never once `call` has returned
+            if not done:
+                fired.set()
+                os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(max(0.0, until - time.monotonic()), fire)
+    timer.daemon = True
+    try:
+        try:
+            timer.start()  # inside: a deadline already past fires at once
+            result = call()
+        finally:
+            timer.cancel()
+            with lock:
+                done.append(True)
+    except KeyboardInterrupt:
+        if not fired.is_set():
+            raise  # a person's Ctrl-C
+        return None, True
+    return result, fired.is_set()
+
+
+def budgeted(counts, until: float, notes: list, label: str):
+    """throughput's `seed_counts`, lazily: an S is not started when the last S's time, scaled by the seeds,
+    says it would end after `until` (compilation does not grow with S, so this overestimates)."""
+    def lazily(max_seeds):
+        last = None
+        for s in counts(max_seeds):
+            now = time.monotonic()
+            if last is not None and now + (need := (now - last[1]) * s / last[0]) > until:
+                notes.append(f"{label}: stopped before S={s} (about {need:.0f} s needed, {until - now:.0f} s left)")
+                return
+            last = (s, now)
+            yield s
+    return lazily
+
+
+@contextlib.contextmanager
+def timed_saves():
+    """Seconds of every checkpoint save: the runner prints their share only with progress bars and records it
+    nowhere, so the library's save is timed from outside rather than the runner changed."""
+    from flaxray.checkpoint import Checkpoints
+
+    original, spent = Checkpoints.save, []
+
+    def save(self, *args, **kwargs):
+        began = time.perf_counter()
+        original(self, *args, **kwargs)
+        spent.append(time.perf_counter() - began)
+
+    with mock.patch.object(Checkpoints, "save", save):
+        yield spent
+
+
+def ended(part: dict, notes: list, what: str, code, stopped: bool) -> dict:
+    if code == 130 and not stopped:
+        raise KeyboardInterrupt  # a person's Ctrl-C, which the sub-command's main turned into its exit code
+    part["status"] = "stopped" if stopped else f"failed (exit {code})"
+    notes.append(f"{what}: {part['status']}{' at its deadline' * stopped}, no figures")
+    return part
+
+
+def throughput_part(args, common, until, out, notes) -> dict:
+    from benchmarks import throughput
+    from flaxray import results
+
+    archs, top, steps = (TINY["archs"], TINY["max_seeds"], TINY["steps"]) if args.tiny else (ARCHS, MAX_SEEDS, STEPS)
+    part = {"steps": steps, "methods": list(throughput.METHODS), "rows": [], "commands": [], "status": "complete"}
+    if "keras" in throughput.METHODS and importlib.util.find_spec("keras") is None:
+        notes.append("keras is not installed here: no keras rows (pip install keras==3.15.1, the [baseline] extra)")
+    for k, arch in enumerate(archs):
+        folder, before = out / f"throughput-{k}", len(notes)  # arch names can be spec strings
+        argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--out", str(folder), *common]
+        part["commands"].append(command("benchmarks.throughput", argv))
+        share = time.monotonic() + (until - time.monotonic()) / (len(archs) - k)  # what is left, shared out
+        lazy = (mock.patch.object(throughput, "seed_counts", budgeted(throughput.seed_counts, share, notes, arch))
+                if hasattr(throughput, "seed_counts") else contextlib.nullcontext())
+        with lazy:
+            hard = min(share + 0.05 * args.budget_s, START + args.budget_s - 10)  # if the prediction was wrong
+            code, stopped = within(hard, lambda: throughput.main(argv))
+        if code != 0:  # 0 although stopped: the deadline passed as it finished
+            ended(part, notes, f"throughput of {arch}", code, stopped)
+            continue
+        got = results.read_json(folder / "throughput.json")
+        part["rows"] += got["rows"]
+        part.update(peaks=got["peaks"], data={s: got["data"][s]["n"] for s in ("train", "val", "test")})
+        if len(notes) > before and part["status"] == "complete":
+            part["status"] = "partial"  # an S was not started
+    return part
+
+
+def study_part(args, common, size, a, until, out, notes) -> dict:
+    from flaxray import results
+    from flaxray.study import Study, disk_needed
+    from studies import seed_variance
+
+    arch, folder = TINY["archs"][-1] if args.tiny else STUDY_ARCH, out / "study"
+    results.clear_outputs(folder)  # an earlier run's checkpoints would count against the free disk
+    one = Study(archs=(arch,), seeds=(0,))
+    per_seed = disk_needed(one, {arch: one.config(arch, 2)}, (size, size, 3))  # linear in the seeds
+    cap = max(1, min(4096, int(0.5 * shutil.disk_usage(out).free / per_seed)))
+    steps = max(1, a.get("data", {}).get("train", 0) // 32)
+    plan = {"target_s": STUDY_S * args.budget_s / 480, "disk_cap_seeds": cap, "steps_per_epoch": steps}
+    if measured := [r for r in a.get("rows", []) if r["arch"] == arch and r["method"] == "vmap"]:  # the trainer
+        best = max(measured, key=lambda r: r["seeds"])  # the largest S, extrapolated to more seeds
+        rate = best["seed_epochs_per_s"] * best["steps_per_epoch"] / steps  # an epoch here has `steps` steps
+        plan.update(from_seeds=best["seeds"], seed_epochs_per_s=rate, seed_epochs=int(rate * plan["target_s"]))
+        seeds = min(cap, max(8, plan["seed_epochs"] // 20))  # 20 epochs (the studies' default) and more seeds,
+        epochs = max(1, min(200, plan["seed_epochs"] // seeds))  # longer ones once the disk caps the seeds
+    else:
+        seeds, epochs = 8, 5
+        notes.append(f"no vmap throughput of {arch}: the study runs a default 8 seeds x 5 epochs")
+    seeds, epochs = (min(seeds, TINY["max_seeds"]), 1) if args.tiny else (seeds, epochs)
+    argv = ["--arch", arch, "--seeds", str(seeds), "--epochs", str(epochs), "--out", str(folder), "--overwrite"]
+    argv += common
+    began = time.monotonic()
+    with timed_saves() as saves:
+        code, stopped = within(until, lambda: seed_variance.main(argv))
+    part = {"arch": arch, "seeds": seeds, "epochs": epochs, "plan": plan, "wall_s": time.monotonic() - began,
+            "checkpoints": len(saves), "checkpoint_s": sum(saves), "command": command("studies.seed_variance", argv)}
+    if not (record := results.read_json(folder / "study.json") if code == 0 else {}):
+        done = [int(p.name) for pattern in ("*/checkpoints/*", "*/checkpoints/chunk-*/*")
+                for p in (folder / "groups").glob(pattern) if p.name.isdigit()]  # orbax's steps: epochs done
+        return ended(part, notes, f"study (after epoch {max(done, default=0)} of {epochs})", code, stopped)
+    train_s, summary = record["train_seconds"][arch], record["summary"][arch]
+    part.update({k: summary[k]["mean"] for k in ("final_val_loss", "final_val_accuracy", "final_val_auc")},
+                status="complete", train_s=train_s, seed_epochs_per_s=seeds * epochs / train_s,
+                checkpoint_share=sum(saves) / train_s, final_val_loss_std=summary["final_val_loss"]["std"])
+    return part
+
+
+def probe(argv, archs, seeds, out) -> dict:
+    """Seconds of one epoch of each arch at `seeds` seeds on the study's own data and configs: train_seeds
+    twice (the first compiles; the study then reuses that program: same config and shapes, same process)."""
+    from flaxray.runner import train_seeds
+    from flaxray.study import prepare as ready
+    from studies import cnn_vs_ann
+
+    study = _cli.study_spec(cnn_vs_ann.parse_args(argv), archs, "cnn_vs_ann", test=True)
+    got, seconds = ready(study, out / "probe", progress=False, checkpoint_every=0, overwrite=True), {}
+    for arch in archs:
+        for _ in range(2):
+            began = time.monotonic()
+            train_seeds(dataclasses.replace(got.configs[arch], epochs=1), got.data, range(seeds), progress=False)
+            seconds[arch] = time.monotonic() - began
+    return seconds
+
+
+def cnn_part(args, common, until, out, notes) -> dict:
+    from flaxray import results
+    from studies import cnn_vs_ann
+
+    cnn, ann = (TINY["cnn"], TINY["archs"][-1]) if args.tiny else (cnn_vs_ann.DEFAULT_CNN, cnn_vs_ann.DEFAULT_ANN)
+    seeds, folder = TINY["max_seeds"] if args.tiny else CNN_SEEDS, out / "cnn_vs_ann"
+    argv = ["--cnn", cnn, "--ann", ann, "--seeds", str(seeds), "--out", str(folder), "--overwrite", *common]
+    part = {"cnn": cnn, "ann": ann, "seeds": seeds}
+    epoch_s, stopped = within(until, lambda: probe(argv + ["--epochs", "1"], [cnn, ann], seeds, out))
+    if stopped:
+        return ended(part, notes, "cnn_vs_ann's probe", None, True)
+    left = until - time.monotonic() - 20  # 20 s: the test evaluation's compilation and the reports
+    epochs = 1 if args.tiny else max(1, min(20, int(left / sum(epoch_s.values()))))
+    argv += ["--epochs", str(epochs)]
+    code, stopped = within(until, lambda: cnn_vs_ann.main(argv))
+    part.update(epochs=epochs, probe_epoch_s=epoch_s, command=command("studies.cnn_vs_ann", argv))
+    if not (test := results.read_json(folder / "study.json").get("test") if code == 0 else None):
+        return ended(part, notes, "cnn_vs_ann", code, stopped)
+    part["models"] = {name: {"train_s": m["seconds"], "seed_epochs_per_s": m["seed_epochs_per_s"],
+                             "params": m["params"], "accuracy": m["summary"]["accuracy"]["mean"],
+                             "auc": m["summary"]["auc"]["mean"],
+                             "ensemble_accuracy": m["ensemble"]["accuracy"]} for name, m in test["models"].items()}
+    c = test["comparison"]["accuracy"]
+    part.update(status="complete", p_cnn_better=c["p_improve"], p_ci=[c["p_improve_low"], c["p_improve_high"]],
+                verdict=test["verdict"].replace("**", ""))
+    return part
+
+
+def line(name: str, p: dict) -> str:
+    """The line a part prints when it ends."""
+    head = f"{name}: {p['status']} in {p['seconds']:.0f} s"
+    if p.get("rows"):
+        r = max(p["rows"], key=lambda r: (r["method"] == "vmap", r["seeds"], r["arch"] == STUDY_ARCH))
+        return f"{head}; {r['arch']} {r['method']} S={r['seeds']}: {r['seed_epochs_per_s']:.3g} seed-epochs/s"
+    if "train_s" in p:
+        return (f"{head}; {p['arch']}, {p['seeds']} seeds x {p['epochs']} epochs trained in {p['train_s']:.3g} s "
+                f"({p['seed_epochs_per_s']:.3g} seed-epochs/s), checkpoints {100 * p['checkpoint_share']:.1f} % of it")
+    if "models" in p:
+        return f"{head}; test accuracy " + ", ".join(f"{n} {m['accuracy']:.3f}" for n, m in p["models"].items())
+    return head
+
+
+def table(head: list[str], rows) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |"
+                                                                          for r in rows]
+
+
+def markdown(r: dict) -> str:
+    from benchmarks.throughput import format_table
+
+    env, parts, v, d = r["environment"], r["parts"], r["environment"]["versions"], r["data"]
+    a, b, c = (parts.get(k, {}) for k in ("throughput", "study", "cnn_vs_ann"))
+    n = a.get("data", {})
+    lines = [f"## GPU: {r['device']} (issue 14, `python -m benchmarks.gpu`)", "",
+             f"- **Device**: {r['device']} ({env['backend']}, {len(env['devices'])} device(s)); host {env['cpu']}, "
+             f"{env['cpu_count']} cores. **Versions**: Python {env['python']}, "
+             + ", ".join(f"{k} {v[k]}" for k in VERSIONS if v.get(k)) + ".",
+             f"- **Command** (repository root, data as benchmarks/gpu.py says): `{r['command']}`",
+             f"- **Data**: `{d['source']}`"
+             + (f" (read as `{d['path']}`)" if d["path"] not in (None, d["source"]) else "")
+             + f" at {d['image_size']}x{d['image_size']}x3"
+             + (f": train {n['train']} / val {n['val']} / test {n['test']} images" if n else "")
+             + f". Budget {r['budget_s']:.0f} s, wall {r['wall_s']:.0f} s ("
+             + ", ".join(f"{k} {p['seconds']:.0f} s, {p['status']}" for k, p in parts.items()) + ")."]
+    lines += [f"- **{note}**" if note == d["note"] else f"- {note}" for note in r["notes"]]
+    if a.get("rows"):
+        lines += ["", f"### Throughput, seed-epochs/s ({a['steps']} steps of 32 an epoch; compilation excluded)", "",
+                  format_table(a["rows"]), "", *table(
+                      ["arch", "method", "S", "seed-epochs/s", "compile s", "% peak FLOP/s", "% peak bandwidth"],
+                      [(x["arch"], x["method"], x["seeds"], f"{x['seed_epochs_per_s']:.3g}", f"{x['compile_s']:.1f}",
+                        f"{100 * x['flops_fraction']:.1f}", f"{100 * x['bandwidth_fraction']:.1f}")
+                       for x in a["rows"]]),
+                  "", f"Peaks: {a['peaks']['source']}."]
+    if "train_s" in b:
+        lines += ["", f"### The largest `{b['arch']}` study that fits 3 minutes", "", f"`{b['command']}`", "",
+                  f"{b['seeds']} seeds x {b['epochs']} epochs of {b['plan']['steps_per_epoch']} steps, planned from "
+                  f"S={b['plan'].get('from_seeds')} above: trained in {b['train_s']:.3g} s ({b['wall_s']:.3g} s with "
+                  f"the data and the reports), {b['seed_epochs_per_s']:.3g} seed-epochs/s compilation included; "
+                  f"{b['checkpoints']} checkpoint(s) took {b['checkpoint_s']:.1f} s, {100 * b['checkpoint_share']:.1f} "
+                  f"% of the training. Final val loss {b['final_val_loss']:.3f} ± {b['final_val_loss_std']:.3f}, "
+                  f"accuracy {b['final_val_accuracy']:.3f}, AUC {b['final_val_auc']:.3f} (mean ± std over the seeds)."]
+    if "models" in c:
+        lines += ["", "### CNN vs ANN on the test split", "", f"`{c['command']}`", "", *table(
+            ["model", "parameters", "train s", "seed-epochs/s", "test accuracy", "test AUC", "ensemble accuracy"],
+            [(f"`{k}`", f"{m['params']:,}", f"{m['train_s']:.3g}", f"{m['seed_epochs_per_s']:.3g}",
+              f"{m['accuracy']:.3f}", f"{m['auc']:.3f}", f"{m['ensemble_accuracy']:.3f}")
+             for k, m in c["models"].items()]), "", c["verdict"]]
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> Path:
+    import jax
+
+    from flaxray import results
+
+    if args.prepare:
+        mib = (dest := prepare(args.data or str(SHARED), PREPARED, 180, SUBSET)).stat().st_size / 2**20
+        print(f"wrote {dest}: {mib:.1f} MiB, to carry to the device machine (.gpu-data/ is git-ignored)")
+        if mib > MAX_MIB:
+            raise FlaxrayError(f"{dest} is {mib:.1f} MiB, over {MAX_MIB}: lower SUBSET in benchmarks/gpu.py")
+        return dest
+    # 10 s of the budget are kept back: Python's and jax's import before START, and writing the files after
+    out, budget, deadline = Path(args.out), args.budget_s, START + args.budget_s - 10
+    out.mkdir(parents=True, exist_ok=True)
+    source, path, size, note = choose_data(args, out)
+    if note:
+        print(f"!!! {note} !!!", flush=True)
+    common = (["--data", path] if path else []) + ["--image-size", str(size)] + ["--no-progress"] * args.no_progress
+    report = {"command": command("benchmarks.gpu", args.argv), "budget_s": budget, "tiny": args.tiny,
+              "device": jax.devices()[0].device_kind, "environment": results.environment(VERSIONS),
+              "data": {"source": source, "path": path, "image_size": size, "note": note},
+              "notes": [note] if note else [], "parts": {}}
+    notes, parts = report["notes"], report["parts"]
+    # a: a third; b: ~150 s of training, its data, compilation and writes; c: the rest, at least an eighth
+    plan = (("throughput", lambda: START + budget / 3, lambda u: throughput_part(args, common, u, out, notes)),
+            ("study", lambda: min(time.monotonic() + 0.45 * budget, deadline - budget / 8),
+             lambda u: study_part(args, common, size, parts["throughput"], u, out, notes)),
+            ("cnn_vs_ann", lambda: deadline, lambda u: cnn_part(args, common, u, out, notes)))
+    for name, until, call in plan:
+        began, u = time.monotonic(), until()
+        try:
+            parts[name] = call(u) if u > began + 1 else {"status": "skipped"}
+            if u <= began + 1:
+                notes.append(f"{name}: skipped, no time left in the budget")
+        except Exception as err:  # noqa: BLE001 - a part that fails leaves the others' figures
+            if not isinstance(err, FlaxrayError):
+                traceback.print_exc()
+            parts[name] = {"status": f"failed: {type(err).__name__}: {err}"}
+            notes.append(f"{name} failed: {type(err).__name__}: {err}")
+        parts[name]["seconds"] = time.monotonic() - began
+        print(line(name, parts[name]), flush=True)
+    report["wall_s"] = time.monotonic() - START
+    results.write_json(out / "gpu.json", report)
+    with results.atomic_path(out / "gpu.md") as tmp:
+        Path(tmp).write_text(markdown(report))
+    print(f"wrote {out / 'gpu.json'}, {out / 'gpu.md'}: {report['wall_s']:.0f} s of a {budget:.0f} s budget")
+    if failed := [k for k, p in parts.items() if p["status"].startswith("failed")]:
+        raise FlaxrayError(f"{', '.join(failed)} failed; {out / 'gpu.json'} says why, and holds the other parts")
+    return out
+
+
+def main(argv=None) -> int:
+    global START
+    START = time.monotonic()  # CUDA's start and the data loading are in the budget
+    return _cli.main(run, parse_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""benchmarks.gpu, the prepared GPU script, runs end to end on the CPU at --tiny settings (its timings are
+measured, not asserted), and its budget logic stops what would overrun."""
+
+import json
+import math
+import sys
+import time
+
+from benchmarks import gpu
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
+    for name in ("tensorflow", "tensorflow_datasets"):  # as on the device machine: importing them fails
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "gpu"
+    assert gpu.main(["--tiny", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["tiny"] and report["device"] and report["environment"]["versions"]["jax"]
+    assert report["command"] == f"python -m benchmarks.gpu --tiny --out {out} --no-progress"
+    parts = report["parts"]
+    assert list(parts) == ["throughput", "study", "cnn_vs_ann"]
+    assert all(p["status"] == "complete" and positive(p["seconds"]) for p in parts.values()), parts
+
+    a = parts["throughput"]
+    assert {r["seeds"] for r in a["rows"]} == {1, 2} and "vmap" in {r["method"] for r in a["rows"]}
+    assert all(positive(r["seed_epochs_per_s"]) and r["steps_per_epoch"] == 2 for r in a["rows"])
+    assert a["data"] == {"train": 64, "val": 64, "test": 64}  # the prepared tiny .npz, read back by the library
+
+    b = parts["study"]
+    assert (b["seeds"], b["epochs"]) == (2, 1) and b["plan"]["from_seeds"] == 2
+    assert b["checkpoints"] >= 1 and positive(b["checkpoint_s"]) and 0 < b["checkpoint_share"] < 1
+    for key in ("train_s", "seed_epochs_per_s", "final_val_loss", "final_val_auc", "wall_s"):
+        assert positive(b[key]), key
+
+    c = parts["cnn_vs_ann"]
+    assert set(c["models"]) == {c["cnn"], c["ann"]} and all(positive(s) for s in c["probe_epoch_s"].values())
+    for m in c["models"].values():
+        assert positive(m["train_s"]) and positive(m["seed_epochs_per_s"]) and 0 <= m["accuracy"] <= 1
+    assert 0 <= c["p_cnn_better"] <= 1 and c["verdict"]
+
+    md = (out / "gpu.md").read_text()
+    assert md.startswith(f"## GPU: {report['device']}") and report["command"] in md
+    for heading in ("### Throughput", "### The largest", "### CNN vs ANN"):
+        assert heading in md
+    printed = capsys.readouterr().out
+    assert "!!! --tiny" in printed and all(f"{name}: complete" in printed for name in parts)
+
+
+def test_budget_stops_an_s_that_would_not_fit():
+    notes = []
+    counts = gpu.budgeted(lambda n: [1, 2, 4, 8][: n], time.monotonic() + 0.25, notes, "arch")
+    done = []
+    for s in counts(8):
+        done.append(s)
+        time.sleep(0.1)  # each S takes 0.1 s here, so S=2 (0.2 s predicted) does not fit after S=1
+    assert done == [1] and notes == [notes[0]] and notes[0].startswith("arch: stopped before S=2")
+
+
+def test_deadline_interrupts_and_says_so():
+    def slow():
+        time.sleep(5)
+        return "done"
+
+    assert gpu.within(time.monotonic() + 0.2, slow) == (None, True)  # the sleep was interrupted
+    assert gpu.within(time.monotonic() + 5, lambda: "quick") == ("quick", False)
