@@ -172,18 +172,22 @@ def budgeted(counts, until: float, notes: list, label: str):
 
 @contextlib.contextmanager
 def timed_saves():
-    """Seconds of every checkpoint save: the runner prints their share only with progress bars and records it
-    nowhere, so the library's save is timed from outside rather than the runner changed."""
+    """Seconds training waited for checkpoints: each save (its host copy; orbax writes in the background)
+    and the wait for the last write. The runner prints their share only with progress bars and records
+    it nowhere, so the library's calls are timed from outside rather than the runner changed."""
     from flaxray.checkpoint import Checkpoints
 
-    original, spent = Checkpoints.save, []
+    spent = []
 
-    def save(self, *args, **kwargs):
-        began = time.perf_counter()
-        original(self, *args, **kwargs)
-        spent.append(time.perf_counter() - began)
+    def timing(original):
+        def call(self, *args, **kwargs):
+            began = time.perf_counter()
+            original(self, *args, **kwargs)
+            spent.append((original.__name__, time.perf_counter() - began))
+        return call
 
-    with mock.patch.object(Checkpoints, "save", save):
+    with mock.patch.object(Checkpoints, "save", timing(Checkpoints.save)), \
+            mock.patch.object(Checkpoints, "wait", timing(Checkpoints.wait)):
         yield spent
 
 
@@ -252,7 +256,8 @@ def study_part(args, common, size, a, until, out, notes) -> dict:
     with timed_saves() as saves:
         code, stopped = within(until, lambda: seed_variance.main(argv))
     part = {"arch": arch, "seeds": seeds, "epochs": epochs, "plan": plan, "wall_s": time.monotonic() - began,
-            "checkpoints": len(saves), "checkpoint_s": sum(saves), "command": command("studies.seed_variance", argv)}
+            "checkpoints": sum(name == "save" for name, _ in saves), "checkpoint_s": sum(s for _, s in saves),
+            "command": command("studies.seed_variance", argv)}
     if not (record := results.read_json(folder / "study.json") if code == 0 else {}):
         done = [int(p.name) for pattern in ("*/checkpoints/*", "*/checkpoints/chunk-*/*")
                 for p in (folder / "groups").glob(pattern) if p.name.isdigit()]  # orbax's steps: epochs done
@@ -260,7 +265,7 @@ def study_part(args, common, size, a, until, out, notes) -> dict:
     train_s, summary = record["train_seconds"][arch], record["summary"][arch]
     part.update({k: summary[k]["mean"] for k in ("final_val_loss", "final_val_accuracy", "final_val_auc")},
                 status="complete", train_s=train_s, seed_epochs_per_s=seeds * epochs / train_s,
-                checkpoint_share=sum(saves) / train_s, final_val_loss_std=summary["final_val_loss"]["std"])
+                checkpoint_share=part["checkpoint_s"] / train_s, final_val_loss_std=summary["final_val_loss"]["std"])
     return part
 
 

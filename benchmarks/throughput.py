@@ -1,4 +1,4 @@
-"""Seed-epochs per second of flaxray's vmapped trainer, the same step seed after seed, and Keras.
+"""Seed-epochs per second of flaxray's trainer in each seed-parallel strategy, the same step seed after seed, and Keras.
 
     python -m benchmarks.throughput --arch pyramid --max-seeds 16
     python -m benchmarks.throughput --arch pyramid final --data ../shared/data/chest_xray --image-size 180 \\
@@ -6,7 +6,11 @@
 
 For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after another:
 
-    vmap        `flaxray.runner.train_seeds`: every seed in one jitted program per epoch (the real trainer)
+    auto        `flaxray.runner.train_seeds` as a study runs it: the strategy its probe finds fastest here
+                (the probe's time counts as compilation; the row says which it took)
+    vmap        `train_seeds` with every seed batched into one jitted program per epoch
+    map         `train_seeds` with the seeds one after another inside one jitted program (`lax.map`)
+    K           (an integer, e.g. 4) `train_seeds` with groups of K seeds batched, the groups mapped
     sequential  the same jitted single-seed `run_epoch`, seed after seed (JAX without vmap)
     keras       Keras 3 `model.fit`, seed after seed, the same dense stack, data and batch size (what the
                 notes' author does); needs `pip install -e ".[baseline]"`, skipped with a message otherwise
@@ -39,7 +43,7 @@ import numpy as np
 from flaxray.errors import FlaxrayError
 from studies import _cli
 
-METHODS = ("vmap", "sequential", "keras")
+METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and any group size K
 KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
 
 # Peak dense FLOP/s (float32 as XLA runs it on the GPU, TF32 tensor cores; bfloat16) and memory bandwidth,
@@ -62,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="architectures (names or spec strings as in the studies); keras builds dense stacks only")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size per seed")
     p.add_argument("--max-seeds", type=int, default=16, help="S runs over 1, 2, 4, ... up to this")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated, from {', '.join(METHODS)} and group sizes K (e.g. 4)")
     p.add_argument("--epochs", type=int, default=1, help="timed epochs per measurement (after one untimed)")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure each (method, S) this many times, the methods taking turns, and keep the fastest")
@@ -174,14 +179,24 @@ def timed(f) -> float:
     return time.perf_counter() - start
 
 
-def measure_vmap(config, data, seeds: int, epochs: int) -> dict:
-    """`train_seeds` itself: one epoch (compile and run), then `epochs` timed ones."""
+def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
+    """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones. auto
+    probes first (its time counted as compilation, the choice not cached: each S is measured afresh)."""
+    import jax
+
+    from flaxray import programs
     from flaxray.runner import train_seeds
 
-    first = timed(lambda: train_seeds(dataclasses.replace(config, epochs=1), data, range(seeds), progress=False))
-    seconds = timed(lambda: train_seeds(dataclasses.replace(config, epochs=epochs), data, range(seeds),
-                                        progress=False))
-    return {"seconds": seconds, "compile_s": max(0.0, first - seconds / epochs)}
+    probe = 0.0
+    if strategy == "auto":
+        start = time.perf_counter()
+        strategy = programs.choose_strategy(config, data, "auto", seeds, jax.devices(),
+                                            fresh=True)["strategy"]
+        probe = time.perf_counter() - start
+    one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=epochs)
+    first = timed(lambda: train_seeds(one, data, range(seeds), progress=False, strategy=strategy))
+    seconds = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy))
+    return {"seconds": seconds, "compile_s": probe + max(0.0, first - seconds / epochs), "strategy": strategy}
 
 
 def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
@@ -265,8 +280,8 @@ def run(args) -> Path:
     from flaxray.train import TrainConfig, device_data
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if unknown := set(methods) - set(METHODS):
-        raise FlaxrayError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if unknown := {m for m in methods if m not in METHODS and not (m.isdigit() and int(m) > 0)}:
+        raise FlaxrayError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)} or a group size K")
     if min(args.max_seeds, args.epochs, args.repeats) < 1:
         raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
                            f"and {args.repeats}")
@@ -280,9 +295,11 @@ def run(args) -> Path:
     print(describe_data(dataset))
     peaks = device_peaks(args.dtype)
     steps = len(dataset.train.y) // args.batch_size
-    measure = {"vmap": lambda c, s: measure_vmap(c, data, s, args.epochs),
-               "sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
-               "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs)}
+    measure = {"sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
+               "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
+               **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if m in ("auto", "vmap", "map")
+                                                         else int(m)))
+                  for m in methods if m not in ("sequential", "keras")}}
     rows = []
     for config in configs:
         cost = step_cost(config, dataset.train.x.shape[1:])
@@ -299,6 +316,7 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
+                             **({"strategy": m["strategy"]} if "strategy" in m else {}),
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,
                              "flops_fraction": rate * steps * cost["flops"] / peaks["flops"],
@@ -326,24 +344,29 @@ def run(args) -> Path:
 
 
 def format_row(r: dict) -> str:
+    took = f" ({r['strategy']})" if r["method"] == "auto" else ""
     return (f"{r['arch']:>10} {r['method']:>10} S={r['seeds']:<4} {r['seed_epochs_per_s']:9.3f} seed-epochs/s  "
             f"compile {r['compile_s']:6.1f} s  {100 * r['flops_fraction']:5.1f} % FLOP/s  "
-            f"{100 * r['bandwidth_fraction']:5.1f} % bandwidth")
+            f"{100 * r['bandwidth_fraction']:5.1f} % bandwidth{took}")
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: one row per (arch, S), a column per method, and vmap's speed-up over the others."""
+    """Markdown: one row per (arch, S), a column per method (auto's with the strategy it took), and the
+    speed-up of auto (else vmap) over each other method."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     rate = {(r["arch"], r["method"], r["seeds"]): r["seed_epochs_per_s"] for r in rows}
-    others = [m for m in methods if m != "vmap"]
-    head = ["arch", "S", *methods] + ([f"vmap / {m}" for m in others] if "vmap" in methods else [])
+    took = {(r["arch"], r["seeds"]): r["strategy"] for r in rows if r["method"] == "auto"}
+    lead = "auto" if "auto" in methods else "vmap" if "vmap" in methods else None
+    others = [m for m in methods if m != lead]
+    head = ["arch", "S", *methods] + ([f"{lead} / {m}" for m in others] if lead else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arch, seeds in dict.fromkeys((r["arch"], r["seeds"]) for r in rows):
-        cells = [arch, str(seeds)] + [f"{rate[arch, m, seeds]:.3g}" if (arch, m, seeds) in rate else "–"
-                                      for m in methods]
-        if "vmap" in methods:
-            cells += [f"{rate[arch, 'vmap', seeds] / rate[arch, m, seeds]:.2f}×"
-                      if (arch, "vmap", seeds) in rate and (arch, m, seeds) in rate else "–" for m in others]
+        cells = [arch, str(seeds)] + [
+            (f"{rate[arch, m, seeds]:.3g}" + (f" ({took[arch, seeds]})" if m == "auto" else ""))
+            if (arch, m, seeds) in rate else "–" for m in methods]
+        if lead:
+            cells += [f"{rate[arch, lead, seeds] / rate[arch, m, seeds]:.2f}×"
+                      if (arch, lead, seeds) in rate and (arch, m, seeds) in rate else "–" for m in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -9,7 +9,9 @@ of mixing runs.
 
 Orbax writes a step into a temporary folder and renames it when complete, so a write killed
 half-way leaves no step that `latest` returns; opening the folder again removes the leftovers.
-Only the latest step is kept.
+Only the latest step is kept. With `background`, a save copies the states to host memory (the next
+epoch donates the device buffers) and orbax writes the copy in a background thread while training
+goes on: the training loop waits only for the copy, and for the last write before it returns.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def _unsavable(saved, template):
 class Checkpoints:
     """The checkpoints of one run in `directory`; `meta` (JSON-able) must match to restore."""
 
-    def __init__(self, directory, meta: dict):
+    def __init__(self, directory, meta: dict, *, background: bool = False):
         import orbax.checkpoint as ocp  # imported here: only runs that checkpoint pay for it
 
         self._ocp = ocp
@@ -60,11 +62,14 @@ class Checkpoints:
         self.meta = json.loads(json.dumps({"format": FORMAT, **meta}))  # as it reads back
         options = ocp.CheckpointManagerOptions(
             max_to_keep=1,  # the older step is deleted only after the new one is complete
-            enable_async_checkpointing=False,  # the next epoch donates the state's buffers
+            # From host copies only: the next epoch donates the device buffers. Several processes write
+            # their own shards of global arrays, which a host copy of one process cannot hold: in place.
+            enable_async_checkpointing=background,
             create=True,
             cleanup_tmp_directories=True,  # half-written steps of a killed run
         )
         self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        self.background = background
 
     def latest(self) -> int | None:
         """Epochs done in the latest complete checkpoint, or None."""
@@ -74,8 +79,19 @@ class Checkpoints:
         """Step `epoch`: `states` and `counts` {split: {field: (seeds, epochs, ...)}}."""
         ocp = self._ocp
         tree = {"states": _savable(states), "counts": counts}
+        if self.background:  # np.array copies, also where the CPU's numpy view would share the buffer
+            import jax
+
+            tree = jax.tree.map(np.array, tree)
         self._manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                           meta=ocp.args.JsonSave(self.meta)), force=True)
+
+    def wait(self) -> None:
+        """Until the last save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
 
     def restore(self, template, counts_template):
         """(states, counts) of the latest step; `template` gives the states' shapes and key types,

@@ -133,11 +133,12 @@ def probe_data(config: TrainConfig, data: DeviceData) -> DeviceData:
     return DeviceData(data.x_train[:n], data.y_train[:n], data.x_val[:v], data.y_val[:v], data.val_mask[:v])
 
 
-def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, cache_dir=None) -> dict:
+def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, cache_dir=None, fresh=False) -> dict:
     """The strategy for `lanes` seeds over `devices`: {"strategy", "source", "times"?, "key"?}. `asked`
     ("auto", "vmap", "map" or K) is kept unless auto; auto probes each candidate on this device
     (`strategy.probe`, a few steps, compilation apart) and remembers the choice for this machine, so a
-    run again here takes the same program without probing. Process 0's choice holds on every process."""
+    run again here takes the same program without probing (`fresh`: probe anyway, remember nothing).
+    Process 0's choice holds on every process."""
     from flaxray import hosts
 
     per_device = -(-lanes // len(devices))
@@ -146,7 +147,7 @@ def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, ca
     if per_device == 1:
         return {"strategy": strategies.VMAP, "source": "one seed per device"}
     key = probe_key(config, data, per_device, devices)
-    known = strategies.cached_choice(key, cache_dir) if hosts.is_primary() else None
+    known = strategies.cached_choice(key, cache_dir) if hosts.is_primary() and not fresh else None
     if hosts.agree(known is not None):
         code = hosts.agree(strategies.encode(strategies.parse(known["strategy"])) if known else 0)
         return {"strategy": strategies.decode(code), "times": (known or {}).get("times"), "source": "probed here before"}
@@ -163,6 +164,6 @@ def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, ca
     best, times = strategies.probe(calls)
     best = strategies.decode(hosts.agree(strategies.encode(best)))
     choice = {"strategy": best, "times": {str(k): round(v, 6) for k, v in times.items()}}
-    if hosts.is_primary():
+    if hosts.is_primary() and not fresh:
         strategies.remember(key, choice, cache_dir)
     return {**choice, "source": "probed"}

@@ -208,7 +208,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
             meta["padded_to"] = len(padded[0])  # the states saved hold the padding seeds too
         if hosts.count() > 1:
             meta["processes"] = hosts.count()  # each wrote its own shards: a resume needs as many
-        saver = checkpoint.Checkpoints(checkpoint_dir, meta)
+        saver = checkpoint.Checkpoints(checkpoint_dir, meta, background=hosts.count() == 1)
         if saver.latest() is not None:
             zeros = counts_type(config.num_classes).zeros(config.num_classes)._asdict()
             template = {s: {k: np.zeros((n, saver.latest(), *np.shape(v)), np.float32) for k, v in zeros.items()}
@@ -218,32 +218,41 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
                       for e in range(saver.latest())]
     start, began = len(epochs), time.monotonic()
     last_save, saving, saves = began, 0.0, 0
-    with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
-        range(start, config.epochs), initial=start, total=config.epochs, desc=desc, unit="epoch",
-        disable=not progress,
-    ) as bar:
-        for epoch in bar:
-            states, counts = run_epoch(states, data)
-            epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
-            died = int(np.count_nonzero(np.asarray(hosts.gather(states.diverged))[:n]))  # every process: a collective
-            if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
-                val = history_from_counts(epochs[-1], class_names)["val_loss"]
-                bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n, diverged=died)
-            stop = saver is not None and hosts.anyone(interrupted())  # every process stops after the same epoch
-            due = saver is not None and (
-                every_epochs and (epoch + 1) % every_epochs == 0 or epoch + 1 == config.epochs or stop
-                or every_s and hosts.agree(time.monotonic() - last_save >= every_s))  # process 0's clock
-            if due:
-                before = time.monotonic()
-                saver.save(epoch + 1, states, _stack(epochs))
-                last_save = time.monotonic()
-                saving, saves = saving + last_save - before, saves + 1
-            if stop:
-                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+    try:
+        with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
+            range(start, config.epochs), initial=start, total=config.epochs, desc=desc, unit="epoch",
+            disable=not progress,
+        ) as bar:
+            for epoch in bar:
+                states, counts = run_epoch(states, data)
+                epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
+                died = int(np.count_nonzero(np.asarray(hosts.gather(states.diverged))[:n]))  # every process: a collective
+                if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
+                    val = history_from_counts(epochs[-1], class_names)["val_loss"]
+                    bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n, diverged=died)
+                stop = saver is not None and hosts.anyone(interrupted())  # every process stops after the same epoch
+                due = saver is not None and (
+                    every_epochs and (epoch + 1) % every_epochs == 0 or epoch + 1 == config.epochs or stop
+                    or every_s and hosts.agree(time.monotonic() - last_save >= every_s))  # process 0's clock
+                if due:
+                    before = time.monotonic()
+                    saver.save(epoch + 1, states, _stack(epochs))
+                    last_save = time.monotonic()
+                    saving, saves = saving + last_save - before, saves + 1
+                if stop:
+                    saver.wait()
+                    raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
+        if saver is not None:  # the last write, in the background until now
+            before = time.monotonic()
+            saver.wait()
+            saving += time.monotonic() - before
+    finally:
+        if saver is not None:
+            saver.close()
     if progress and saves:
         spent = time.monotonic() - began
-        print(f"{desc}: {saves} checkpoint{'s' * (saves > 1)} took {saving:.1f} s, {saving / spent:.0%} of its "
-              f"{spent:.0f} s of training", flush=True)
+        print(f"{desc}: {saves} checkpoint{'s' * (saves > 1)} held training up for {saving:.1f} s, {saving / spent:.0%} "
+              f"of its {spent:.0f} s (host copies; the writes ran beside training)", flush=True)
     states = hosts.gather(states)  # several processes: each holds only its seeds; numpy on every process
     if len(padded[0]) > n:
         states = jax.tree.map(lambda a: a[:n], states)

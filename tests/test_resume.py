@@ -210,6 +210,6 @@ def test_a_wall_time_policy_saves_when_it_is_due_and_after_the_last_epoch(tmp_pa
         _, got = runner.train_seeds(config, data, [0, 1], checkpoint_dir=folder, checkpoint_every=policy)
         assert steps(folder) == ["3"]
         saves = 1 if policy == "1h" else 3
-        assert f"{saves} checkpoint{'s' * (saves > 1)} took" in capsys.readouterr().out
+        assert f"{saves} checkpoint{'s' * (saves > 1)} held training up for" in capsys.readouterr().out
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])

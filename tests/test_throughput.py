@@ -24,17 +24,17 @@ def check_rows(rows):
 
 
 def test_benchmark_writes_rows_and_plot(tmp_path, capsys):
-    report, out = run(tmp_path, "--max-seeds", "2", "--methods", "vmap,sequential")
+    report, out = run(tmp_path, "--max-seeds", "2", "--methods", "auto,map,sequential")
     rows = report["rows"]
-    assert [(r["method"], r["seeds"]) for r in rows] == [("vmap", 1), ("sequential", 1), ("vmap", 2),
-                                                         ("sequential", 2)]
+    assert [(r["method"], r["seeds"]) for r in rows] == [(m, s) for s in (1, 2) for m in ("auto", "map", "sequential")]
+    assert rows[0]["strategy"] == "vmap" and rows[3]["strategy"] in ("vmap", "map")  # one seed: nothing to choose
     check_rows(rows)
     assert (out / "throughput.png").stat().st_size > 1000
     assert report["environment"]["versions"]["jax"] and report["device"]
     assert report["peaks"]["flops"] > 0 and report["peaks"]["bytes_per_s"] > 0 and report["peaks"]["source"]
     assert report["step_cost"]["dense:16@0.5,8@0.2"]["params"] == 784 * 16 + 16 + 4 * 16 + 16 * 8 + 8 + 4 * 8 + 8 + 1
     printed = capsys.readouterr().out
-    assert "| dense:16@0.5,8@0.2 | 2 |" in printed and "vmap / sequential" in printed
+    assert "| dense:16@0.5,8@0.2 | 2 |" in printed and "auto / sequential" in printed and "auto / map" in printed
 
 
 def test_keras_baseline_runs_the_same_stack(tmp_path, monkeypatch):
@@ -49,5 +49,5 @@ def test_keras_baseline_runs_the_same_stack(tmp_path, monkeypatch):
 
 def test_seed_counts_and_unknown_method(tmp_path, capsys):
     assert throughput.seed_counts(1) == [1] and throughput.seed_counts(6) == [1, 2, 4, 6]
-    assert throughput.main(["--methods", "vmap,jit", "--out", str(tmp_path)]) == 2
-    assert "unknown ['jit']" in capsys.readouterr().err
+    assert throughput.main(["--methods", "vmap,jit,0", "--out", str(tmp_path)]) == 2
+    assert "unknown ['0', 'jit']" in capsys.readouterr().err
