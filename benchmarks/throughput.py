@@ -11,6 +11,7 @@ For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after a
     vmap        `train_seeds` with every seed batched into one jitted program per epoch
     map         `train_seeds` with the seeds one after another inside one jitted program (`lax.map`)
     K           (an integer, e.g. 4) `train_seeds` with groups of K seeds batched, the groups mapped
+    loop        (asked for by name) `train_seeds` calling the single-seed program seed after seed
     sequential  the same jitted single-seed `run_epoch`, seed after seed (JAX without vmap)
     keras       Keras 3 `model.fit`, seed after seed, the same dense stack, data and batch size (what the
                 notes' author does); needs `pip install -e ".[baseline]"`, skipped with a message otherwise
@@ -43,7 +44,7 @@ import numpy as np
 from flaxray.errors import FlaxrayError
 from studies import _cli
 
-METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and any group size K
+METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and loop, and any group size K
 KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
 
 # Peak dense FLOP/s (float32 as XLA runs it on the GPU, TF32 tensor cores; bfloat16) and memory bandwidth,
@@ -280,7 +281,7 @@ def run(args) -> Path:
     from flaxray.train import TrainConfig, device_data
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if unknown := {m for m in methods if m not in METHODS and not (m.isdigit() and int(m) > 0)}:
+    if unknown := {m for m in methods if m not in (*METHODS, "loop") and not (m.isdigit() and int(m) > 0)}:
         raise FlaxrayError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)} or a group size K")
     if min(args.max_seeds, args.epochs, args.repeats) < 1:
         raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
@@ -297,8 +298,7 @@ def run(args) -> Path:
     steps = len(dataset.train.y) // args.batch_size
     measure = {"sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
                "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
-               **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if m in ("auto", "vmap", "map")
-                                                         else int(m)))
+               **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if not m.isdigit() else int(m)))
                   for m in methods if m not in ("sequential", "keras")}}
     rows = []
     for config in configs:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from flaxray import scale, strategy as strategies
+from flaxray.errors import FlaxrayError
 from flaxray.models import conv
 from flaxray.train import DeviceData, TrainConfig, config_record, make_train
 
@@ -59,7 +60,18 @@ def _compiled(config: TrainConfig, layers: str):
 def epoch(config: TrainConfig, strategy, mesh, donate: bool = True):
     """The jitted epoch over a leading seed axis in `strategy` (`flaxray.strategy`). On a mesh, vmap is
     split over the devices by the compiler; map and groups run per device (`shard_map`), each device
-    looping over its own seeds, since a loop over a split axis would gather it first."""
+    looping over its own seeds, since a loop over a split axis would gather it first. loop calls the
+    single-seed program once per seed from the host (one device)."""
+    if strategy == strategies.LOOP:
+        if mesh is not None:
+            raise FlaxrayError("--strategy loop runs on one device; choose vmap, map or K for several")
+        run_one = compiled(config)[2]  # donates each seed's slice, a fresh array: `states` stays intact
+
+        def loop(states, data):
+            done = [run_one(jax.tree.map(lambda a: a[i:i + 1], states), data) for i in range(len(states.epoch))]
+            return jax.tree.map(lambda *parts: jnp.concatenate(parts), *done)
+
+        return loop
     return _epoch(config, strategy, mesh, donate, conv.form())
 
 
@@ -154,7 +166,7 @@ def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, ca
     mesh = scale.seed_mesh(devices)
     full, short = scale.replicate(mesh, data), scale.replicate(mesh, probe_data(config, data))
     calls, states = {}, {}
-    for candidate in strategies.candidates(per_device):
+    for candidate in strategies.candidates(per_device, len(devices)):
         m = strategies.multiple(candidate)
         count = len(devices) * -(-per_device // m) * m  # groups are whole: the run pads as much
         if count not in states:

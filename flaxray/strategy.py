@@ -3,11 +3,14 @@
     program = epoch_program(trainer.run_epoch, "map")      # (states, data) -> (states, counts), seed axis first
     best, times = probe({"vmap": run_a, "map": run_b, 4: run_c})  # each a call of one short epoch
 
-Three strategies compute the same function of each seed, in other shapes:
+Four strategies compute the same function of each seed, in other shapes:
 
     vmap   every seed batched into one set of wider operations (`jax.vmap`): the fewest, largest kernels
     map    the seeds one after another inside one program (`jax.lax.map`): one dispatch, per-seed kernels
     K      groups of K seeds batched, the groups one after another (`lax.map` over a `vmap` of K)
+    loop   the seeds one after another from the host, one call of the single-seed program each: what a
+           user's loop over seeds does, and on XLA:CPU, whose loop bodies compile to slower kernels
+           than a whole program, sometimes the fastest (one device only)
 
 Which is fastest depends on the arch, the shapes, the seed count and the device: batching wins where
 one seed's kernels leave the device idle (small dense layers on a GPU); it loses where batching turns
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from flaxray.errors import FlaxrayError
 
-AUTO, VMAP, MAP = "auto", "vmap", "map"
+AUTO, VMAP, MAP, LOOP = "auto", "vmap", "map", "loop"
 ENV = "FLAXRAY_STRATEGY"  # the default of every study and of `train_seeds` when set (else auto)
 PROBE_STEPS = 8  # training steps per seed in a probe: long enough that a step's cost dominates the call's
 PROBE_REPEATS = 3  # timed calls per candidate, after one that compiles; the fastest counts
@@ -38,16 +41,16 @@ GROUP_SIZES = (4, 16)  # the group sizes auto tries, where smaller than the seed
 
 
 def parse(value) -> str | int:
-    """"auto", "vmap", "map" or a group size K >= 1 (from a flag, a record or $FLAXRAY_STRATEGY)."""
+    """"auto", "vmap", "map", "loop" or a group size K >= 1 (from a flag, a record or $FLAXRAY_STRATEGY)."""
     text = str(value).strip().lower()
-    if text in (AUTO, VMAP, MAP):
+    if text in (AUTO, VMAP, MAP, LOOP):
         return text
     try:
         k = int(text)
     except ValueError:
         k = 0
     if k < 1:
-        raise FlaxrayError(f"--strategy: expected auto, vmap, map or a group size K >= 1, got {value!r}")
+        raise FlaxrayError(f"--strategy: expected auto, vmap, map, loop or a group size K >= 1, got {value!r}")
     return k
 
 
@@ -71,9 +74,9 @@ def multiple(strategy: str | int) -> int:
     return strategy if isinstance(strategy, int) else 1
 
 
-def candidates(lanes: int) -> list[str | int]:
+def candidates(lanes: int, devices: int = 1) -> list[str | int]:
     """What auto tries for `lanes` seeds per device."""
-    return [VMAP, MAP, *(k for k in GROUP_SIZES if k < lanes)]
+    return [VMAP, MAP, *(k for k in GROUP_SIZES if k < lanes), *([LOOP] if devices == 1 else [])]
 
 
 def epoch_program(run_epoch, strategy: str | int):
@@ -113,12 +116,12 @@ def probe(calls: dict, repeats: int = PROBE_REPEATS) -> tuple[str | int, dict]:
 
 
 def encode(strategy: str | int) -> int:
-    """As one integer (vmap 0, map 1, groups K), for `flaxray.hosts.agree`."""
-    return 0 if strategy == VMAP else 1 if strategy == MAP else int(strategy)
+    """As one integer (vmap 0, map 1, loop -1, groups K), for `flaxray.hosts.agree`."""
+    return {VMAP: 0, MAP: 1, LOOP: -1}.get(strategy) if isinstance(strategy, str) else int(strategy)
 
 
 def decode(code: int) -> str | int:
-    return VMAP if code == 0 else MAP if code == 1 else int(code)
+    return {0: VMAP, 1: MAP, -1: LOOP}.get(code, code)
 
 
 def describe(chosen: dict, per_device: int) -> str:

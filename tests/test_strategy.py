@@ -36,7 +36,7 @@ def test_every_strategy_trains_one_distribution(data):
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("name, arch", [("map", CNN), (2, CONFIG["arch"])])
+@pytest.mark.parametrize("name, arch", [("map", CNN), (2, CONFIG["arch"]), ("loop", CONFIG["arch"])])
 def test_in_map_and_groups_a_seeds_lane_depends_on_its_own_inputs_only(data, name, arch):
     """Seed 5 in lane 2 of a 4-lane program: the same bits whatever the other lanes hold (an identity,
     as for vmap in test_train), and a seed that diverges (lane 0, rate 1e30) leaves the others alone."""
@@ -57,7 +57,7 @@ def test_auto_probes_says_why_records_and_remembers(data, tmp_path, capsys, monk
     line = next(s for s in capsys.readouterr().out.splitlines() if "strategy" in s)
     plan = json.loads((tmp_path / "a" / "chunks.json").read_text())
     chosen = plan["strategy"]
-    assert plan["strategy_source"] == "probed" and set(plan["probe_s"]) == {"vmap", "map"}
+    assert plan["strategy_source"] == "probed" and set(plan["probe_s"]) == {"vmap", "map", "loop"}
     assert min(plan["probe_s"], key=plan["probe_s"].get) == str(chosen)  # the fastest is taken
     assert "probed" in line and "3 seeds per device" in line and "probe" in line
     cache = json.loads((tmp_path / "cache" / "strategies.json").read_text())
@@ -104,9 +104,10 @@ def test_a_resume_continues_in_the_recorded_strategy(data, tmp_path, monkeypatch
 
 
 def test_strategy_names_and_bad_values(monkeypatch):
-    assert [strategy.parse(v) for v in ("auto", "VMAP", " map", "4", 16)] == ["auto", "vmap", "map", 4, 16]
+    assert [strategy.parse(v) for v in ("auto", "VMAP", " map", "loop", "4", 16)] == ["auto", "vmap", "map", "loop", 4, 16]
     assert [strategy.canonical(k, 8) for k in (1, 4, 8, 9, "map")] == ["map", 4, "vmap", "vmap", "map"]
-    assert [strategy.decode(strategy.encode(s)) for s in ("vmap", "map", 4)] == ["vmap", "map", 4]
+    assert [strategy.decode(strategy.encode(s)) for s in ("vmap", "map", "loop", 4)] == ["vmap", "map", "loop", 4]
+    assert strategy.candidates(8, devices=2) == ["vmap", "map", 4]  # loop: one device only
     for bad in ("0", "-2", "fast", "2.5"):
         with pytest.raises(FlaxrayError, match="--strategy"):
             strategy.parse(bad)
