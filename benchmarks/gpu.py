@@ -57,7 +57,8 @@ MAX_MIB = 50  # of the device machine's 64 MiB for the working tree and the carr
 ARCHS, STUDY_ARCH, MAX_SEEDS, STEPS, STUDY_S, CNN_SEEDS = ("pyramid", "final"), "final", 64, 24, 150, 8
 # --tiny: 64 images a split of the embedded data, and stand-ins for the archs: on 2 CPU cores compilation is
 # most of the time (~7 s a training program, ~18 s for a conv one), so one arch, and a dense "CNN"
-TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2, "images": 64}
+TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2, "images": 64,
+        "methods": ("auto", "sequential")}  # auto probes vmap, map and loop itself
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "keras", "tensorflow-datasets")
 
 
@@ -204,12 +205,14 @@ def throughput_part(args, common, until, out, notes) -> dict:
     from flaxray import results
 
     archs, top, steps = (TINY["archs"], TINY["max_seeds"], TINY["steps"]) if args.tiny else (ARCHS, MAX_SEEDS, STEPS)
-    part = {"steps": steps, "methods": list(throughput.METHODS), "rows": [], "commands": [], "status": "complete"}
+    methods = TINY["methods"] if args.tiny else throughput.METHODS
+    part = {"steps": steps, "methods": list(methods), "rows": [], "commands": [], "status": "complete"}
     if "keras" in throughput.METHODS and importlib.util.find_spec("keras") is None:
         notes.append("keras is not installed here: no keras rows (pip install keras==3.15.1, the [baseline] extra)")
     for k, arch in enumerate(archs):
         folder, before = out / f"throughput-{k}", len(notes)  # arch names can be spec strings
-        argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--out", str(folder), *common]
+        argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--methods", ",".join(methods),
+                "--out", str(folder), *common]
         part["commands"].append(command("benchmarks.throughput", argv))
         share = time.monotonic() + (until - time.monotonic()) / (len(archs) - k)  # what is left, shared out
         lazy = (mock.patch.object(throughput, "seed_counts", budgeted(throughput.seed_counts, share, notes, arch))
@@ -240,7 +243,9 @@ def study_part(args, common, size, a, until, out, notes) -> dict:
     cap = max(1, min(4096, int(0.5 * shutil.disk_usage(out).free / per_seed)))
     steps = max(1, a.get("data", {}).get("train", 0) // 32)
     plan = {"target_s": STUDY_S * args.budget_s / 480, "disk_cap_seeds": cap, "steps_per_epoch": steps}
-    if measured := [r for r in a.get("rows", []) if r["arch"] == arch and r["method"] == "vmap"]:  # the trainer
+    rows = [r for r in a.get("rows", []) if r["arch"] == arch]
+    # The trainer as a study runs it (auto), else vmap where auto was not measured.
+    if measured := [r for r in rows if r["method"] == "auto"] or [r for r in rows if r["method"] == "vmap"]:
         best = max(measured, key=lambda r: r["seeds"])  # the largest S, extrapolated to more seeds
         rate = best["seed_epochs_per_s"] * best["steps_per_epoch"] / steps  # an epoch here has `steps` steps
         plan.update(from_seeds=best["seeds"], seed_epochs_per_s=rate, seed_epochs=int(rate * plan["target_s"]))

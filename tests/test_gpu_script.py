@@ -26,7 +26,8 @@ def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
     assert all(p["status"] == "complete" and positive(p["seconds"]) for p in parts.values()), parts
 
     a = parts["throughput"]
-    assert {r["seeds"] for r in a["rows"]} == {1, 2} and "vmap" in {r["method"] for r in a["rows"]}
+    assert {r["seeds"] for r in a["rows"]} == {1, 2} and {r["method"] for r in a["rows"]} == {"auto", "sequential"}
+    assert all(r["strategy"] in ("vmap", "map", "loop") for r in a["rows"] if r["method"] == "auto")
     assert all(positive(r["seed_epochs_per_s"]) and r["steps_per_epoch"] == 2 for r in a["rows"])
     assert a["data"] == {"train": 64, "val": 64, "test": 64}  # the prepared tiny .npz, read back by the library
 
