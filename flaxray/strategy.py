@@ -9,8 +9,8 @@ Four strategies compute the same function of each seed, in other shapes:
     map    the seeds one after another inside one program (`jax.lax.map`): one dispatch, per-seed kernels
     K      groups of K seeds batched, the groups one after another (`lax.map` over a `vmap` of K)
     loop   the seeds one after another from the host, one call of the single-seed program each: what a
-           user's loop over seeds does, and on XLA:CPU, whose loop bodies compile to slower kernels
-           than a whole program, sometimes the fastest (one device only)
+           user's loop over seeds does, a candidate so that auto is no slower than that loop by more
+           than its probe can tell (one device only)
 
 Which is fastest depends on the arch, the shapes, the seed count and the device: batching wins where
 one seed's kernels leave the device idle (small dense layers on a GPU); it loses where batching turns
@@ -133,7 +133,7 @@ def describe(chosen: dict, per_device: int) -> str:
         return line + ")"
     best = times.get(str(strategy)) or min(times.values())
     others = ", ".join(f"{k} {v / best:.2f}x" for k, v in times.items() if k != str(strategy))
-    return line + f": the fastest in a {PROBE_STEPS}-step probe; the others took {others} its time)"
+    return line + f": the fastest in a probe of {PROBE_STEPS} steps; the others took {others} its time)"
 
 
 def cache_file(cache_dir=None) -> Path:
