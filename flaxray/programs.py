@@ -146,8 +146,8 @@ def probe_data(config: TrainConfig, data: DeviceData) -> DeviceData:
 
 
 def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, cache_dir=None, fresh=False) -> dict:
-    """The strategy for `lanes` seeds over `devices`: {"strategy", "source", "times"?, "key"?}. `asked`
-    ("auto", "vmap", "map" or K) is kept unless auto; auto probes each candidate on this device
+    """The strategy for `lanes` seeds over `devices`: {"strategy", "source", "times"?}. `asked`
+    ("auto", "vmap", "map", "loop" or K) is kept unless auto; auto probes each candidate on this device
     (`strategy.probe`, a few steps, compilation apart) and remembers the choice for this machine, so a
     run again here takes the same program without probing (`fresh`: probe anyway, remember nothing).
     Process 0's choice holds on every process."""

@@ -190,12 +190,12 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
 
     from flaxray import checkpoint, hosts
 
-    run_one = programs.compiled(programs.program_config(config))[2]  # one compile serves every rate and epoch
+    program = programs.program_config(config)  # one compile serves every rate and epoch
     mesh = scale.seed_mesh(devices)
     n = len(seeds)
     whole = len(devices) * strategies.multiple(strategy)  # every device the same count of whole groups
     padded = scale.pad_seeds(seeds, whole), scale.pad_seeds(lanes, whole)
-    run_epoch = run_one if mesh is None and n == 1 else programs.epoch(programs.program_config(config), strategy, mesh)
+    run_epoch = programs.compiled(program)[2] if mesh is None and n == 1 else programs.epoch(program, strategy, mesh)
     data = scale.replicate(mesh, data)
     states = programs.initial_states(config, data, padded[0], padded[1], mesh)
     epochs = []  # per epoch, every split's statistics as (seeds,) numpy arrays: the same fresh or resumed

@@ -26,11 +26,11 @@ strategy it ran in and continues in it when resumed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
+from flaxray import results
 from flaxray.errors import FlaxrayError
 
 AUTO, VMAP, MAP, LOOP = "auto", "vmap", "map", "loop"
@@ -144,24 +144,15 @@ def cache_file(cache_dir=None) -> Path:
 
 def cached_choice(key: str, cache_dir=None) -> dict | None:
     """The probe's result for `key` made earlier on this machine, or None."""
-    try:
-        return json.loads(cache_file(cache_dir).read_text("utf-8")).get(key)
-    except (OSError, ValueError):
-        return None
+    return results.read_json(cache_file(cache_dir)).get(key)
 
 
 def remember(key: str, choice: dict, cache_dir=None) -> None:
-    """Add `choice` under `key` to the machine's cache (best effort: a read-only home only costs a probe)."""
+    """Add `choice` under `key` to the machine's cache, atomically (best effort: a read-only home only
+    costs a probe)."""
     path = cache_file(cache_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            known = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            known = {}
-        known[key] = choice
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True), "utf-8")
-        tmp.replace(path)
+        results.write_json(path, {**results.read_json(path), key: choice})
     except OSError:
         pass
