@@ -15,10 +15,10 @@ as sufficient statistics (`BinaryCounts`, `ClassCounts`; `flaxray.metrics` turns
 
 Each seed carries its own learning rate (in its optimizer state, `flaxray.optim`) and, when the
 config asks for them, its own dropout rate and weight decay (`SeedState.hparams`), so one vmapped
-program can cross seeds with these settings. A seed whose loss, gradients or update
-become non-finite keeps its last finite parameters and batch statistics and stops updating
-(`SeedState.diverged`); the others are untouched, since the mask is a `jnp.where` per seed, not a
-Python branch.
+program can cross seeds with these settings. A seed whose loss, gradients, batch statistics or
+parameters become non-finite in an epoch ends that epoch with the state it began it with and stops
+updating (`SeedState.diverged`); the others are untouched, since the mask is a `jnp.where` per seed,
+not a Python branch.
 """
 
 from __future__ import annotations
@@ -307,37 +307,42 @@ def make_train(config: TrainConfig) -> Trainer:
         order = order[: steps * size].reshape(steps, size)
         epoch_key = jax.random.fold_in(state.dropout_key, state.epoch)
 
+        alive = state.diverged == 0  # a stopped seed stays as it is: no update, whatever its gradients
+
         def step(carry, inputs):
-            params, batch_stats, opt_state, healthy, counts = carry
+            params, batch_stats, opt_state, counts = carry
             i, idx = inputs
             x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
             grads, (losses, logits, new_batch_stats) = jax.grad(loss_fn, has_aux=True)(
                 params, batch_stats, x, y, jax.random.fold_in(epoch_key, i), state.hparams
             )
-            # Once the loss, a gradient or a batch statistic is non-finite the seed stops for good: a
-            # select per seed, so the vmapped program has no branch and the other seeds are unchanged.
-            # Checked *before* the update, the select fuses into Adam's one elementwise pass (a zero
-            # gradient at rate 0 leaves the parameters exactly as they were); selecting between the
-            # old and the new state after it cost a third of the step (benchmarks/RESULTS.md, issue 7).
-            # With finite gradients, Keras's Adam moves a weight by at most ~3.2 x lr, so the
-            # parameters stay finite for any float32 rate below ~1e38.
-            healthy = healthy & all_finite((losses, grads, new_batch_stats))
-            grads = jax.tree.map(lambda g: jnp.where(healthy, g, 0), grads)
+            # `alive` is known before the epoch, so these selects fuse into Adam's elementwise passes (a
+            # zero gradient at rate 0 leaves the parameters exactly as they were).
+            grads = jax.tree.map(lambda g: jnp.where(alive, g, 0), grads)
             lr = opt_state.hyperparams["learning_rate"]
-            step_lr = jnp.where(healthy, lr, 0)
+            step_lr = jnp.where(alive, lr, 0)
             updates, opt_state = tx.update(grads, with_lr(opt_state, step_lr), params)
             if "weight_decay" in state.hparams:  # Keras's AdamW: decay the weights, then Adam's step
                 params = keras_weight_decay(params, state.hparams["weight_decay"], step_lr)
             params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
-            batch_stats = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_batch_stats, batch_stats)
-            return (params, batch_stats, opt_state, healthy, counts.add(losses, logits, y, jnp.ones_like(y))), None
+            batch_stats = jax.tree.map(lambda new, old: jnp.where(alive, new, old), new_batch_stats, batch_stats)
+            return (params, batch_stats, opt_state, counts.add(losses, logits, y, jnp.ones_like(y))), None
 
-        carry = (state.params, state.batch_stats, state.opt_state, state.diverged == 0, Counts.zeros(config.num_classes))
-        (params, batch_stats, opt_state, healthy, train_counts), _ = jax.lax.scan(
-            step, carry, (jnp.arange(steps), order)
+        start = (state.params, state.batch_stats, state.opt_state)
+        (params, batch_stats, opt_state, train_counts), _ = jax.lax.scan(
+            step, (*start, Counts.zeros(config.num_classes)), (jnp.arange(steps), order)
         )
+        # Divergence is judged once an epoch, not every step: a non-finite loss, gradient or batch statistic
+        # leaves a non-finite value that stays in the loss sum, the batch statistics or, through Adam's
+        # moments, the parameters (NaN and inf do not come back), so one check of the epoch's end finds it.
+        # A seed that diverged ends the epoch as it began it and stops. Checking every step cost ~25 % of a
+        # step on XLA:CPU (a reduction over every gradient before Adam could start; benchmarks/RESULTS.md).
+        healthy = all_finite((params, batch_stats, opt_state, train_counts.loss_sum))
+        newly = alive & ~healthy
+        params, batch_stats, opt_state = jax.tree.map(lambda old, new: jnp.where(newly, old, new), start,
+                                                      (params, batch_stats, opt_state))
         val_counts = evaluate(params, batch_stats, data.x_val, data.y_val, data.val_mask)
-        diverged = jnp.where((state.diverged == 0) & ~healthy, state.epoch + 1, state.diverged)
+        diverged = jnp.where(newly, state.epoch + 1, state.diverged)
         state = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, epoch=state.epoch + 1,
                                diverged=diverged)
         return state, {"train": train_counts, "val": val_counts}

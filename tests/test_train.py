@@ -176,7 +176,27 @@ def test_a_diverging_seed_stops_alone_and_per_seed_lr_is_its_own_run(data):
         for s in (1, 3):  # NaN from the epoch it diverged in, and only from then
             epochs = np.arange(1, config.epochs + 1)
             assert np.array_equal(np.isnan(mixed[key][s]), epochs >= diverged[s]), (key, s)
-    # It stopped on its last finite state instead of carrying NaN or inf along.
+    # It stopped on a finite state (its state at the start of the epoch it diverged in), not carrying NaN or inf along.
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves((states.params, states.batch_stats)))
     lrs = np.asarray(states.opt_state.hyperparams["learning_rate"])
     np.testing.assert_array_equal(lrs, np.float32([1e-3, 1e30, 1e-3, 1e30, 3e-3]))
+
+
+def test_a_seed_that_diverges_ends_the_epoch_as_it_began_it(data):
+    """Divergence is judged at the epoch's end: the seed that blew up mid-epoch gets its state of the
+    epoch's start back, bit for bit (params, batch statistics, optimizer state), and stays there."""
+    trainer = make_train(TrainConfig(**CONFIG))
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0)))
+    run_epoch = jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)))
+    start = init(jnp.arange(2), data, jnp.float32([1e-3, 1e30]))
+    after, _ = run_epoch(start, data)
+    assert np.asarray(after.diverged).tolist() == [0, 1]
+    for old, new in zip(jax.tree.leaves((start.params, start.batch_stats, start.opt_state)),
+                        jax.tree.leaves((after.params, after.batch_stats, after.opt_state))):
+        np.testing.assert_array_equal(np.asarray(new)[1], np.asarray(old)[1])
+    assert not np.array_equal(np.asarray(jax.tree.leaves(after.params)[0])[0],
+                              np.asarray(jax.tree.leaves(start.params)[0])[0])  # the healthy one trained
+    later, _ = run_epoch(after, data)  # stopped: nothing moves in the epochs after
+    for old, new in zip(jax.tree.leaves((after.params, after.batch_stats)), jax.tree.leaves((later.params, later.batch_stats))):
+        np.testing.assert_array_equal(np.asarray(new)[1], np.asarray(old)[1])
+    assert np.asarray(later.diverged).tolist() == [0, 1]
