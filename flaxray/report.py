@@ -175,6 +175,7 @@ def run_info(doc: Document, info: Mapping) -> None:
     doc.para(f"Command: `{info.get('command', '')}`  \n"
              f"Data: {info.get('data', '')}  \n"
              f"Seeds: {info.get('seeds', '')} · epochs: {info.get('epochs', '')} · device: {info.get('device', '')}  \n"
+             + (f"Programs: {info['programs']}  \n" if info.get("programs") else "") +
              f"Versions: {info.get('versions', '')}")
 
 

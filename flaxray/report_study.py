@@ -30,9 +30,17 @@ class Result:
     record: dict
 
 
-def header(study, dataset, info: Mapping, env: Mapping) -> dict:
+def describe_programs(programs: Mapping) -> str:
+    """One line for the programs the units ran in (`groups.program_shape` of each), e.g.
+    "map (probed), 16 seeds per chunk, shifted layers" — the same line once however many units share it."""
+    lines = [f"{p.get('strategy', 'vmap')} ({p.get('strategy_source', 'asked')}), {p.get('seeds_per_chunk')} seeds per "
+             f"chunk, {p.get('layers', 'native')} layers" for p in programs.values() if p]
+    return "; ".join(dict.fromkeys(lines))
+
+
+def header(study, dataset, info: Mapping, env: Mapping, programs: Mapping | None = None) -> dict:
     """The strings a report's header shows (`flaxray.report.run_info`), from the study and the machine
-    (`env`: `results.environment()`)."""
+    (`env`: `results.environment()`) and, when given, the units' program shapes."""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "flaxray")
     size, channels = dataset.summary.get("image_size"), dataset.summary.get("channels")
     seeds = list(study.seeds)
@@ -43,6 +51,7 @@ def header(study, dataset, info: Mapping, env: Mapping) -> dict:
             "device": (f"CPU ({env['cpu_count']} cores)" if env["backend"] == "cpu"
                        else f"{env['backend']}: {env['device']} ({env['cpu_count']} CPU cores)"),
             "versions": f"Python {env['python']}, {versions}",
+            **({"programs": describe_programs(programs)} if programs else {}),
             "title": f"{len(seeds)} seeds · {size}×{size}×{channels}"}
 
 
@@ -94,7 +103,10 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
     histories = {n: g.history for n, g in groups.items()}
     write_curves(out / "curves.csv", list(groups.values()))
     env = results.environment()
-    head = header(study, dataset, info, env)
+    # Each unit's program shape: its chunks, its strategy (and why: `flaxray.strategy`), its devices.
+    programs = {str(f.relative_to(out)): results.read_json(f / GROUP_JSON).get("program")
+                for f in dict.fromkeys(g.folder for g in groups.values())}
+    head = header(study, dataset, info, env, programs)
     weight = next(iter(groups.values())).config.class_weight
     analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, weight),
                        decomposition=decomposition or None, confidence=study.confidence,
@@ -115,9 +127,7 @@ def write(out, study, dataset, groups: Mapping, decomposition: Mapping, reused: 
         "diverged": diverged, "analysis": analysis, "test": test, "reused": reused,
         "train_seconds": {n: g.seconds for n, g in groups.items() if g.seconds is not None},
         "groups": {n: str(g.folder.relative_to(out)) for n, g in groups.items()},
-        # Each unit's program shape: its chunks, its strategy (and why: `flaxray.strategy`), its devices.
-        "programs": {str(f.relative_to(out)): results.read_json(f / GROUP_JSON).get("program")
-                     for f in dict.fromkeys(g.folder for g in groups.values())},
+        "programs": programs,
         "params": {n: str(g.params_dir.relative_to(out)) for n, g in groups.items()},
     }
     results.write_json(out / "study.json", record)

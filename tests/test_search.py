@@ -39,6 +39,9 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     for section in ("## Ranking", "## Curves", "## Statistics over seeds", "## Probability of improvement",
                     "## Diagnosis per seed", "final val AUC"):
         assert section in md
+    # The header names the program the seeds ran in (conftest asks for vmap), as study.json records it.
+    program = next(iter(json.loads((out / "study.json").read_text())["programs"].values()))
+    assert f"Programs: vmap (asked), {program['seeds_per_chunk']} seeds per chunk, {program['layers']} layers" in md
     # The study's own bands.png (every arch on shared axes) is not overwritten by the report's grid.
     assert (out / "bands.png").read_bytes() != (out / "bands_per_arch.png").read_bytes()
     for png in ("bands_per_arch.png", "intervals.png", "improvement.png"):
