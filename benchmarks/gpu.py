@@ -21,7 +21,7 @@ the machine's own.
  a. (a third of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps 24,
     every method of its METHODS (keras only where installed); an S predicted not to fit is not started.
  b. (up to 0.45) the largest `final` study that fits 3 minutes: seeds x epochs from a's seed-epochs/s at
-    its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints, saves timed.
+    its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints (their cost as the runner records it).
  c. (the rest) `studies.cnn_vs_ann`, 8 seeds, its epochs from what is left after a 1-epoch probe.
 A part still running at its deadline gets a SIGINT, the trainer's own Ctrl-C: a study stops after the
 current epoch, saved. gpu.json (every figure) and gpu.md (a section for RESULTS.md) go into --out.
@@ -30,7 +30,6 @@ current epoch, saved. gpu.json (every figure) and gpu.md (a section for RESULTS.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -43,7 +42,6 @@ import time
 import traceback
 import zipfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -156,42 +154,6 @@ def within(until: float, call):
     return result, fired.is_set()
 
 
-def budgeted(counts, until: float, notes: list, label: str):
-    """throughput's `seed_counts`, lazily: an S is not started when the last S's time, scaled by the seeds,
-    says it would end after `until` (compilation does not grow with S, so this overestimates)."""
-    def lazily(max_seeds):
-        last = None
-        for s in counts(max_seeds):
-            now = time.monotonic()
-            if last is not None and now + (need := (now - last[1]) * s / last[0]) > until:
-                notes.append(f"{label}: stopped before S={s} (about {need:.0f} s needed, {until - now:.0f} s left)")
-                return
-            last = (s, now)
-            yield s
-    return lazily
-
-
-@contextlib.contextmanager
-def timed_saves():
-    """Seconds training waited for checkpoints: each save (its host copy; orbax writes in the background)
-    and the wait for the last write. The runner prints their share only with progress bars and records
-    it nowhere, so the library's calls are timed from outside rather than the runner changed."""
-    from flaxray.checkpoint import Checkpoints
-
-    spent = []
-
-    def timing(original):
-        def call(self, *args, **kwargs):
-            began = time.perf_counter()
-            original(self, *args, **kwargs)
-            spent.append((original.__name__, time.perf_counter() - began))
-        return call
-
-    with mock.patch.object(Checkpoints, "save", timing(Checkpoints.save)), \
-            mock.patch.object(Checkpoints, "wait", timing(Checkpoints.wait)):
-        yield spent
-
-
 def ended(part: dict, notes: list, what: str, code, stopped: bool) -> dict:
     if code == 130 and not stopped:
         raise KeyboardInterrupt  # a person's Ctrl-C, which the sub-command's main turned into its exit code
@@ -213,18 +175,17 @@ def throughput_part(args, common, until, out, notes) -> dict:
         folder, before = out / f"throughput-{k}", len(notes)  # arch names can be spec strings
         argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--methods", ",".join(methods),
                 "--out", str(folder), *common]
-        part["commands"].append(command("benchmarks.throughput", argv))
         share = time.monotonic() + (until - time.monotonic()) / (len(archs) - k)  # what is left, shared out
-        lazy = (mock.patch.object(throughput, "seed_counts", budgeted(throughput.seed_counts, share, notes, arch))
-                if hasattr(throughput, "seed_counts") else contextlib.nullcontext())
-        with lazy:
-            hard = min(share + 0.05 * args.budget_s, START + args.budget_s - 10)  # if the prediction was wrong
-            code, stopped = within(hard, lambda: throughput.main(argv))
+        argv += ["--budget-s", f"{share - time.monotonic():.0f}"]  # it does not start an S predicted not to fit
+        part["commands"].append(command("benchmarks.throughput", argv))
+        hard = min(share + 0.05 * args.budget_s, START + args.budget_s - 10)  # if the prediction was wrong
+        code, stopped = within(hard, lambda: throughput.main(argv))
         if code != 0:  # 0 although stopped: the deadline passed as it finished
             ended(part, notes, f"throughput of {arch}", code, stopped)
             continue
         got = results.read_json(folder / "throughput.json")
         part["rows"] += got["rows"]
+        notes += got.get("stopped", [])
         part.update(peaks=got["peaks"], data={s: got["data"][s]["n"] for s in ("train", "val", "test")})
         if len(notes) > before and part["status"] == "complete":
             part["status"] = "partial"  # an S was not started
@@ -258,10 +219,11 @@ def study_part(args, common, size, a, until, out, notes) -> dict:
     argv = ["--arch", arch, "--seeds", str(seeds), "--epochs", str(epochs), "--out", str(folder), "--overwrite"]
     argv += common
     began = time.monotonic()
-    with timed_saves() as saves:
-        code, stopped = within(until, lambda: seed_variance.main(argv))
+    code, stopped = within(until, lambda: seed_variance.main(argv))
+    # What the runner recorded its checkpoints cost (checkpoints/saves.json, in group.json when finished).
+    saves = [results.read_json(f) for f in (folder / "groups").glob(f"*/{results.CHECKPOINTS}/saves.json")]
     part = {"arch": arch, "seeds": seeds, "epochs": epochs, "plan": plan, "wall_s": time.monotonic() - began,
-            "checkpoints": sum(name == "save" for name, _ in saves), "checkpoint_s": sum(s for _, s in saves),
+            "checkpoints": sum(r.get("checkpoints", 0) for r in saves), "checkpoint_s": sum(r.get("held_s", 0.0) for r in saves),
             "command": command("studies.seed_variance", argv)}
     if not (record := results.read_json(folder / "study.json") if code == 0 else {}):
         done = [int(p.name) for pattern in ("*/checkpoints/*", "*/checkpoints/chunk-*/*")

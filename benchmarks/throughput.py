@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vary", default="init,dropout,order", help="sources of randomness that differ between seeds")
     p.add_argument("--keras-backend", default=os.environ.get("KERAS_BACKEND", "jax"),
                    help="Keras 3 backend (jax needs nothing more; tensorflow needs TensorFlow installed)")
+    p.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
+                   help="do not start an S (of an arch) that, scaled from the last S's time by the seeds, would end "
+                        "more than this many seconds after the start; the table says where it stopped")
     p.add_argument("--out", default="runs/throughput", metavar="DIR", help="folder for throughput.json and .png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cli.add_data_args(p)
@@ -286,6 +289,8 @@ def run(args) -> Path:
     if min(args.max_seeds, args.epochs, args.repeats) < 1:
         raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
                            f"and {args.repeats}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise FlaxrayError(f"--budget-s must be > 0, got {args.budget_s}")
     configs = [TrainConfig(arch=a, epochs=args.epochs, batch_size=args.batch_size, vary=_cli.parse_vary(args.vary),
                            dtype=args.dtype) for a in args.arch]
     if "keras" in methods and (why := keras_status(args.keras_backend)):
@@ -300,10 +305,22 @@ def run(args) -> Path:
                "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
                **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if not m.isdigit() else int(m)))
                   for m in methods if m not in ("sequential", "keras")}}
-    rows = []
-    for config in configs:
+    rows, stopped, began = [], [], time.monotonic()
+    for k, config in enumerate(configs):
         cost = step_cost(config, dataset.train.x.shape[1:])
+        # Each arch gets an equal share of what is left of --budget-s.
+        until = began + args.budget_s if args.budget_s else math.inf
+        until = time.monotonic() + (until - time.monotonic()) / (len(configs) - k)
+        last = None
         for seeds in seed_counts(args.max_seeds):
+            now = time.monotonic()
+            # Compilation does not grow with S, so scaling the last S's whole time overestimates the next.
+            if last is not None and now + (need := (now - last[1]) * seeds / last[0]) > until:
+                stopped.append(f"{config.arch}: stopped before S={seeds} (about {need:.0f} s needed, "
+                               f"{max(0.0, until - now):.0f} s left of --budget-s)")
+                print(stopped[-1], flush=True)
+                break
+            last = (seeds, now)
             # The methods take turns at each S, best of --repeats: load from other jobs on the machine
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
@@ -329,7 +346,7 @@ def run(args) -> Path:
               "device": peaks["device"], "peaks": peaks, "keras_backend": os.environ.get("KERAS_BACKEND"),
               "load_average": os.getloadavg(), "data": dataset.summary, "image_shape": list(dataset.train.x.shape[1:]),
               "step_cost": {c.arch: step_cost(c, dataset.train.x.shape[1:]) for c in configs},
-              "config": {c.arch: dataclasses.asdict(c) for c in configs}, "args": vars(args)}
+              "config": {c.arch: dataclasses.asdict(c) for c in configs}, "args": vars(args), "stopped": stopped}
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
     with results.atomic_path(out / "throughput.png") as tmp:
@@ -338,6 +355,8 @@ def run(args) -> Path:
                               title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}")
     print()
     print(format_table(rows))
+    for line in stopped:
+        print(line)
     print(f"\npeaks: {peaks['flops'] / 1e12:.3g} TFLOP/s, {peaks['bytes_per_s'] / 1e9:.3g} GB/s ({peaks['source']})")
     print(f"wrote {out / 'throughput.json'}, {out / 'throughput.png'} (devices: {len(jax.devices())})")
     return out

@@ -172,7 +172,7 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
     (None: its own); `weight_decays`: Keras's decoupled decay (0: none).
 
     Returns (groups, reused)."""
-    from flaxray.runner import train_seeds
+    from flaxray.runner import SAVES, train_seeds
     from flaxray.trained import save_trained
 
     seeds, grid = [int(s) for s in seeds], settings(lrs, dropouts, weight_decays)
@@ -206,5 +206,6 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
         save_trained(g.params_dir, g.name, g.config, seeds, g.states, data.x_train.shape[1:], summary)
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
-        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(grid) * len(seeds))})
+        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(grid) * len(seeds)),
+        "checkpoints": results.read_json(folder / results.CHECKPOINTS / SAVES)})  # their cost to this run
     return groups, False

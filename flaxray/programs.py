@@ -80,7 +80,10 @@ def _epoch(config: TrainConfig, strategy, mesh, donate: bool, layers: str):
     program = strategies.epoch_program(make_train(config).run_epoch, strategy)
     if mesh is not None and strategy != strategies.VMAP:
         seeds = PartitionSpec(scale.SEED_AXIS)
-        program = jax.shard_map(program, mesh=mesh, in_specs=(seeds, PartitionSpec()), out_specs=seeds)
+        # check_vma=False: each device's loop starts its metrics' sums from constants (replicated, in
+        # shard_map's types) and ends them per seed (varying); the devices never communicate here.
+        program = jax.shard_map(program, mesh=mesh, in_specs=(seeds, PartitionSpec()), out_specs=seeds,
+                                check_vma=False)
     return jax.jit(program, donate_argnums=0 if donate else ())
 
 

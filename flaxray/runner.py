@@ -125,7 +125,7 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     if progress and chosen["source"] in ("probed", "probed here before", "recorded"):
         print(f"{desc or config.arch}: {strategies.describe(chosen, -(-min(size, len(seeds)) // len(devices)))}",
               flush=True)
-    done = []
+    done, began = [], time.monotonic()
     for k, part in enumerate(parts):
         folder = checkpoint_dir
         if checkpoint_dir is not None and len(parts) > 1:
@@ -134,13 +134,20 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
         done.append(_train_chunk(config, data, seeds[part], lanes[part], devices, class_names, progress=progress,
                                  desc=label, checkpoint_dir=folder, checkpoint_every=checkpoint_every,
                                  strategy=chosen["strategy"]))
+    if checkpoint_dir is not None and any(saves for _, _, (saves, _) in done):
+        from flaxray import results
+
+        results.write_json(Path(checkpoint_dir) / SAVES, {  # what this call's checkpoints cost it
+            "checkpoints": sum(n for _, _, (n, _) in done), "held_s": sum(s for _, _, (_, s) in done),
+            "wall_s": time.monotonic() - began})
     if len(done) == 1:
-        return done[0]
-    states = jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, _ in done])
-    return states, {key: np.concatenate([h[key] for _, h in done]) for key in done[0][1]}
+        return done[0][:2]
+    states = jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, _, _ in done])
+    return states, {key: np.concatenate([h[key] for _, h, _ in done]) for key in done[0][1]}
 
 
 PLAN = "chunks.json"  # a checkpointed run's seeds per chunk and strategy
+SAVES = "saves.json"  # the last run's checkpoints: how many, how long they held training up, its wall time
 
 
 def _cap(planned: int, cap: int | None, n_devices: int) -> int:
@@ -257,7 +264,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
     if len(padded[0]) > n:
         states = jax.tree.map(lambda a: a[:n], states)
     history = history_from_counts(_stack(epochs), class_names)
-    return states, mask_diverged(history, np.asarray(states.diverged))
+    return states, mask_diverged(history, np.asarray(states.diverged)), (saves, saving)
 
 
 def evaluate_seeds(config: TrainConfig, states, x, y) -> dict[str, np.ndarray]:

@@ -89,8 +89,9 @@ sys.exit(seed_variance.main(sys.argv[1:]))
 
 
 def steps(folder) -> list[str]:
-    """The checkpoints in `folder` (orbax's step folders; beside them the run's plan, chunks.json)."""
-    return sorted(p.name for p in folder.iterdir() if p.name != "chunks.json")
+    """The checkpoints in `folder` (orbax's step folders; beside them the run's plan, chunks.json, and
+    what its checkpoints cost it, saves.json)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("chunks.json", "saves.json"))
 
 
 def test_sigkill_mid_checkpoint_then_resume_gives_the_same_curves(clean, tmp_path):

@@ -82,7 +82,13 @@ FOUR_DEVICES = textwrap.dedent("""
     one_states, one = train_seeds(config, data, seeds, lrs=lrs, progress=False, devices=jax.devices()[:1])
     four_states, four = train_seeds(config, data, seeds, lrs=lrs, progress=False)
     healthy = [i for i, lr in enumerate(lrs) if lr < 1]
+    # map on 4 devices: each device maps over its own seeds, each seed the single-seed program.
+    map_states, mapped = train_seeds(config, data, seeds, lrs=lrs, progress=False, strategy="map")
+    _, map_one = train_seeds(config, data, seeds, lrs=lrs, progress=False, strategy="map", devices=jax.devices()[:1])
     print(json.dumps({
+        "map_shards": len(jax.tree.leaves(map_states.params)[0].sharding.device_set),
+        "map_same": all(np.array_equal(mapped[k], map_one[k], equal_nan=True) for k in mapped),
+        "map_diverged": np.asarray(map_states.diverged).tolist(),
         "devices": len(jax.devices()),
         "shards": len(jax.tree.leaves(four_states.params)[0].sharding.device_set),
         "seeds": [int(np.shape(four[k])[0]) for k in four],
@@ -104,6 +110,9 @@ def test_four_devices_give_the_one_device_curves():
     four, one = out["diverged"]
     assert [d > 0 for d in four] == [d > 0 for d in one] == [lr > 1 for lr in (1e-3,) * 2 + (1e30,) + (1e-3,) * 5 + (1e30, 1e-3)]
     assert_one_distribution(*out["final_val_loss"], "final val loss, 4 devices vs 1")
+    # map over 4 devices runs each seed's own program: the one-device map's curves, bit for bit.
+    assert out["map_shards"] == 4 and out["map_same"]
+    assert [d > 0 for d in out["map_diverged"]] == [d > 0 for d in four]
 
 
 @pytest.mark.numeric

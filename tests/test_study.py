@@ -90,7 +90,11 @@ def test_replay_trains_a_seed_again_to_its_exact_curves_and_params(tmp_path, cap
     assert printed == [
         "seed 3 of dense:8@0.5@lr=1e-3 (lanes 0..3 trained again): curves and parameters identical, bit for bit",
         "seed 3 of dense:8@0.5@lr=3e-3 (lanes 8..9 trained again): curves and parameters identical, bit for bit"]
-    trained = json.loads((out / "groups" / "dense_8_0.5" / "group.json").read_text())["program"]["layers"]
+    unit = json.loads((out / "groups" / "dense_8_0.5" / "group.json").read_text())
+    trained = unit["program"]["layers"]
+    # The checkpoints' cost, as the runner recorded it: 10 lanes in chunks of 4 (3 chunks), saved at the end at least.
+    saves = unit["checkpoints"]
+    assert saves["checkpoints"] >= 3 and 0 <= saves["held_s"] <= saves["wall_s"]
     assert trained == conv.form()  # on the CPU: shifted
     monkeypatch.setenv("FLAXRAY_LAYERS", {"shifted": "native", "native": "shifted"}[trained])
     assert seed_variance.main(["--replay", str(out), "--seed", "3", *common]) == 2

@@ -51,3 +51,11 @@ def test_seed_counts_and_unknown_method(tmp_path, capsys):
     assert throughput.seed_counts(1) == [1] and throughput.seed_counts(6) == [1, 2, 4, 6]
     assert throughput.main(["--methods", "vmap,jit,0", "--out", str(tmp_path)]) == 2
     assert "unknown ['0', 'jit']" in capsys.readouterr().err
+
+
+def test_budget_stops_before_an_s_predicted_not_to_fit(tmp_path, capsys):
+    report, _ = run(tmp_path, "--max-seeds", "4", "--methods", "sequential", "--budget-s", "0.001")
+    assert [r["seeds"] for r in report["rows"]] == [1]  # S=1 always runs; S=2 would need more than the budget
+    assert len(report["stopped"]) == 1 and "stopped before S=2" in report["stopped"][0]
+    assert "stopped before S=2" in capsys.readouterr().out
+    assert throughput.main(["--budget-s", "0", "--out", str(tmp_path)]) == 2

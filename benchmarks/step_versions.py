@@ -1,0 +1,91 @@
+"""Milliseconds per seed-step of the trainer's step at other git revisions of flaxray/train.py, side by side.
+
+    python -m benchmarks.step_versions --against 62d04f3 --arch pyramid final --seeds 1 8
+
+Each revision's flaxray/train.py is loaded as a module of its own beside the working tree's (the
+rest of flaxray is the working tree's), its `run_epoch` jitted, single-seed for S = 1 and vmapped
+otherwise, on the embedded default (28x28x3, batch 32). The versions take turns epoch by epoch in
+one process, so a machine's load slows all of them alike; the best and the median of --rounds
+epochs are printed, wall and CPU time. What the epoch does besides its steps (the permutation and
+val's 1042 images) is in the figure, divided over the steps like the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(revision: str | None, folder: Path):
+    """flaxray/train.py at `revision` (None: the working tree) as a module."""
+    path = ROOT / "flaxray" / "train.py"
+    if revision is not None:
+        path = folder / f"train_{revision}.py"
+        path.write_text(subprocess.run(["git", "show", f"{revision}:flaxray/train.py"], cwd=ROOT, check=True,
+                                       capture_output=True, text=True).stdout)
+    spec = importlib.util.spec_from_file_location(f"train_{revision or 'tree'}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_versions", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--against", nargs="+", required=True, metavar="REV", help="git revisions to compare with the tree")
+    p.add_argument("--arch", nargs="+", default=["pyramid"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--rounds", type=int, default=15, help="timed epochs per version, taking turns")
+    args = p.parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+
+    from flaxray.data import load_dataset
+    from flaxray.results import cpu_model
+
+    dataset = load_dataset(progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = {rev or "tree": load(rev, Path(tmp)) for rev in (*args.against, None)}
+        print(f"device: {jax.devices()[0].device_kind} ({cpu_model()}), jax {jax.__version__}; "
+              f"{' '.join(['python -m benchmarks.step_versions', *(argv if argv is not None else sys.argv[1:])])}")
+        for arch in args.arch:
+            for seeds in args.seeds:
+                runs = {}
+                for name, train in versions.items():
+                    data = train.device_data(dataset)
+                    trainer = train.make_train(train.TrainConfig(arch=arch, epochs=1))
+                    if seeds == 1:
+                        init, epoch = jax.jit(trainer.init), jax.jit(trainer.run_epoch, donate_argnums=0)
+                        state = init(0, data)
+                    else:
+                        init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
+                        epoch = jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)), donate_argnums=0)
+                        state = init(jnp.arange(seeds), data)
+                    state = jax.block_until_ready(epoch(state, data)[0])  # compiled, and one epoch run
+                    runs[name] = {"epoch": epoch, "state": state, "data": data, "wall": [], "cpu": []}
+                steps = len(dataset.train.y) // 32 * seeds
+                for _ in range(args.rounds):
+                    for run in runs.values():
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        run["state"] = jax.block_until_ready(run["epoch"](run["state"], run["data"]))[0]
+                        run["wall"].append((time.perf_counter() - wall) * 1e3 / steps)
+                        run["cpu"].append((time.process_time() - cpu) * 1e3 / steps)
+                for name, run in runs.items():
+                    print(f"{arch:>10} S={seeds:<3} {name:>10}  wall best {min(run['wall']):.2f} median "
+                          f"{np.median(run['wall']):.2f}  cpu best {min(run['cpu']):.2f} median "
+                          f"{np.median(run['cpu']):.2f}  ms per seed-step", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
