@@ -139,8 +139,15 @@ def method(arch: str) -> str:
     return f"Grad-CAM at layer {layers[-1]} ({parse_arch(arch)[layers[-1]]})"
 
 
-@functools.lru_cache(maxsize=32)
 def _vmapped(fn, arch: str, extra=()):
+    """`fn` jitted and vmapped over seeds, once per form of the convolutions (`conv.form`, read when traced)."""
+    from flaxray.models import conv
+
+    return _vmapped_in(fn, arch, extra, conv.form())
+
+
+@functools.lru_cache(maxsize=32)
+def _vmapped_in(fn, arch: str, extra, layers: str):
     return jax.jit(jax.vmap(functools.partial(fn, arch, **dict(extra)), in_axes=(0, 0, None)))
 
 

@@ -62,11 +62,13 @@ def traced_activation_count(arch: str, input_shape: tuple[int, ...], num_classes
     the count at batch 2 minus the count at batch 1, so what does not grow with the batch (parameter
     casts, BatchNorm statistics) drops out. An upper bound of what the backward pass keeps (XLA fuses
     elementwise chains); nested calls count by their outputs only. Nothing is initialised or run."""
-    return _traced_activation_count(arch, tuple(input_shape), num_classes, factory_of(arch))
+    from flaxray.models import conv
+
+    return _traced_activation_count(arch, tuple(input_shape), num_classes, factory_of(arch), conv.form())
 
 
 @functools.lru_cache(maxsize=64)
-def _traced_activation_count(arch, input_shape, num_classes, factory):
+def _traced_activation_count(arch, input_shape, num_classes, factory, layers):  # layers: the conv form traced
     import jax.numpy as jnp
     from flax import nnx
 

@@ -51,6 +51,16 @@ def test_the_form_is_read_when_a_program_is_traced(monkeypatch):
     assert programs.compiled(config) is not shifted
     monkeypatch.setenv(conv.ENV, "shifted")
     assert programs.compiled(config) is shifted
+    # So are the inspection's programs and the memory plan's activation count.
+    from flaxray import inspect, scale
+
+    maps = inspect._vmapped(inspect.grad_cam, "conv:4,pool")
+    count = scale.traced_activation_count("conv:4,pool", (6, 6, 2))
+    monkeypatch.setenv(conv.ENV, "native")
+    assert inspect._vmapped(inspect.grad_cam, "conv:4,pool") is not maps
+    assert scale.traced_activation_count("conv:4,pool", (6, 6, 2)) != count  # the shifted form's copies count
+    monkeypatch.setenv(conv.ENV, "shifted")
+    assert inspect._vmapped(inspect.grad_cam, "conv:4,pool") is maps
 
 
 def in_both_forms(monkeypatch, module, x, call):
