@@ -199,17 +199,13 @@ def all_finite(tree) -> jax.Array:
     """One boolean: every element of every leaf is finite.
 
     As a float sum of `leaf - leaf` (0 for a finite element, NaN for inf or NaN; a sum keeps a NaN),
-    which XLA vectorizes, rather than `jnp.all(jnp.isfinite(leaf))`, which XLA:CPU runs as a boolean
-    array and then a slow tree of reduce-windows: that took ~9 % of a training step. (A max of
-    magnitudes would not do: XLA:CPU's max reduction drops NaN.)
+    which XLA fuses into one pass that writes nothing, rather than `jnp.all(jnp.isfinite(leaf))`, which
+    XLA:CPU runs as a boolean array and then a slow tree of reduce-windows. (A max of magnitudes would
+    not do: XLA:CPU's max reduction drops NaN.) Once an epoch, not per step: vmapped over a whole kernel
+    ([seeds, 2352, 1024]) this reduce slows down on XLA:CPU at 13 seeds and more (~5 ms a call at 16),
+    and the dot with ones that avoided it materialised `leaf - leaf`: 2.2x the epoch program's memory.
     """
-    # As a dot with ones: a vmapped reduce over a whole kernel ([seeds, 2352, 1024]) fell off a cliff on
-    # XLA:CPU at 13 seeds and more (0.5 s per seed-epoch instead of 0.04).
-    def total(leaf):
-        flat = (leaf - leaf).reshape(-1).astype(jnp.float32)
-        return flat @ jnp.ones_like(flat)
-
-    return jnp.isfinite(sum(total(leaf) for leaf in jax.tree.leaves(tree)))
+    return jnp.isfinite(sum(jnp.sum((leaf - leaf).astype(jnp.float32)) for leaf in jax.tree.leaves(tree)))
 
 
 def seed_keys(seed, vary: Sequence[str], shared_seed: int = 0) -> dict[str, jax.Array]:
@@ -335,8 +331,9 @@ def make_train(config: TrainConfig) -> Trainer:
         # Divergence is judged once an epoch, not every step: a non-finite loss, gradient or batch statistic
         # leaves a non-finite value that stays in the loss sum, the batch statistics or, through Adam's
         # moments, the parameters (NaN and inf do not come back), so one check of the epoch's end finds it.
-        # A seed that diverged ends the epoch as it began it and stops. Checking every step cost ~25 % of a
-        # step on XLA:CPU (a reduction over every gradient before Adam could start; benchmarks/RESULTS.md).
+        # A seed that diverged ends the epoch as it began it and stops; keeping the start costs ~1.3 copies
+        # of the parameters in the epoch program's memory (`scale.bytes_per_seed` counts one). Checking every
+        # step cost ~25 % of a step on XLA:CPU (a reduction over every gradient before Adam could start).
         healthy = all_finite((params, batch_stats, opt_state, train_counts.loss_sum))
         newly = alive & ~healthy
         params, batch_stats, opt_state = jax.tree.map(lambda old, new: jnp.where(newly, old, new), start,
