@@ -21,7 +21,8 @@ the machine's own.
  a. (a third of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps 24,
     every method of its METHODS (keras only where installed); an S predicted not to fit is not started.
  b. (up to 0.45) the largest `final` study that fits 3 minutes: seeds x epochs from a's seed-epochs/s at
-    its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints (their cost as the runner records it).
+    its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints (their cost as the
+    runner records it).
  c. (the rest) `studies.cnn_vs_ann`, 8 seeds, its epochs from what is left after a 1-epoch probe.
 A part still running at its deadline gets a SIGINT, the trainer's own Ctrl-C: a study stops after the
 current epoch, saved. gpu.json (every figure) and gpu.md (a section for RESULTS.md) go into --out.
@@ -223,7 +224,8 @@ def study_part(args, common, size, a, until, out, notes) -> dict:
     # What the runner recorded its checkpoints cost (checkpoints/saves.json, in group.json when finished).
     saves = [results.read_json(f) for f in (folder / "groups").glob(f"*/{results.CHECKPOINTS}/saves.json")]
     part = {"arch": arch, "seeds": seeds, "epochs": epochs, "plan": plan, "wall_s": time.monotonic() - began,
-            "checkpoints": sum(r.get("checkpoints", 0) for r in saves), "checkpoint_s": sum(r.get("held_s", 0.0) for r in saves),
+            "checkpoints": sum(r.get("checkpoints", 0) for r in saves),
+            "checkpoint_s": sum(r.get("held_s", 0.0) for r in saves),
             "command": command("studies.seed_variance", argv)}
     if not (record := results.read_json(folder / "study.json") if code == 0 else {}):
         done = [int(p.name) for pattern in ("*/checkpoints/*", "*/checkpoints/chunk-*/*")

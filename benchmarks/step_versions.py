@@ -63,7 +63,8 @@ def main(argv=None) -> int:
                 runs = {}
                 for name, train in versions.items():
                     data = train.device_data(dataset)
-                    trainer = train.make_train(train.TrainConfig(arch=arch, epochs=1))
+                    config = train.TrainConfig(arch=arch, epochs=1)
+                    trainer = train.make_train(config)
                     if seeds == 1:
                         init, epoch = jax.jit(trainer.init), jax.jit(trainer.run_epoch, donate_argnums=0)
                         state = init(0, data)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                         state = init(jnp.arange(seeds), data)
                     state = jax.block_until_ready(epoch(state, data)[0])  # compiled, and one epoch run
                     runs[name] = {"epoch": epoch, "state": state, "data": data, "wall": [], "cpu": []}
-                steps = len(dataset.train.y) // 32 * seeds
+                steps = len(dataset.train.y) // config.batch_size * seeds
                 for _ in range(args.rounds):
                     for run in runs.values():
                         wall, cpu = time.perf_counter(), time.process_time()

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from flaxray.errors import FlaxrayError
-from flaxray.models import Registered, graphdef, is_registered, parse_arch
+from flaxray.models import Registered, conv, graphdef, is_registered, parse_arch
 
 CONV_KINDS = ("conv", "sep")
 
@@ -141,8 +141,6 @@ def method(arch: str) -> str:
 
 def _vmapped(fn, arch: str, extra=()):
     """`fn` jitted and vmapped over seeds, once per form of the convolutions (`conv.form`, read when traced)."""
-    from flaxray.models import conv
-
     return _vmapped_in(fn, arch, extra, conv.form())
 
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxray.models import factory_of, is_registered, output_shape, parse_arch
+from flaxray.models import conv, factory_of, is_registered, output_shape, parse_arch
 
 SEED_AXIS = "seeds"
 MEMORY_FRACTION = 0.7  # of the free memory a plan may fill: the estimate is rough, XLA needs scratch space
@@ -62,8 +62,6 @@ def traced_activation_count(arch: str, input_shape: tuple[int, ...], num_classes
     the count at batch 2 minus the count at batch 1, so what does not grow with the batch (parameter
     casts, BatchNorm statistics) drops out. An upper bound of what the backward pass keeps (XLA fuses
     elementwise chains); nested calls count by their outputs only. Nothing is initialised or run."""
-    from flaxray.models import conv
-
     return _traced_activation_count(arch, tuple(input_shape), num_classes, factory_of(arch), conv.form())
 
 
@@ -94,8 +92,8 @@ def bytes_per_seed(config, input_shape) -> int:
     """Estimated device bytes one more seed costs while it trains.
 
     Params, Adam's two moments, the gradient and the update's temporaries, and the parameters the
-    epoch started from, which a seed that diverges gets back (6 copies of the parameters in float32), plus the activations a training step keeps for its backward pass
-    and an eval batch's. A sequential model keeps ~4 numbers per layer output (pre-activation, relu,
+    epoch started from, which a seed that diverges gets back (6 copies of the parameters in float32),
+    plus the activations a training step keeps for its backward pass and an eval batch's. A sequential model keeps ~4 numbers per layer output (pre-activation, relu,
     BatchNorm, dropout mask); a registered module's traced count already holds every intermediate,
     so it is taken once. `config.num_classes` (default 2) sets the head's width.
     """
