@@ -138,10 +138,21 @@ def every(value) -> tuple[int, float]:
     return (0, number * _UNITS[unit]) if unit else (int(number), 0.0)
 
 
+class Stopped(KeyboardInterrupt):
+    """A first Ctrl-C that came in a run's last epoch: nothing was left to stop, every epoch trained
+    and saved. `result` is what the run returns, for a caller that finishes its own work with it (a
+    study's last unit) before it stops or, with nothing after it, returns."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
+
+
 @contextlib.contextmanager
 def deferred_interrupt(enabled: bool = True):
     """Yields `interrupted()`: while active, a first Ctrl-C only sets it (the training loop saves a
-    checkpoint and stops after the current epoch); a second Ctrl-C interrupts at once."""
+    checkpoint and stops after the current epoch: `Stopped` after the last); a second Ctrl-C
+    interrupts at once."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield lambda: False  # signal handlers can only be set from the main thread
         return

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flaxray import results
-from flaxray.checkpoint import DEFAULT_EVERY
+from flaxray.checkpoint import DEFAULT_EVERY, Stopped
 from flaxray.errors import FlaxrayError
 
 GROUPS = "groups"
@@ -187,12 +187,16 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     lanes = {field: [g[field] for g in grid for _ in seeds] for field, _, _ in SETTINGS}
-    states, history = train_seeds(config, data, [s for _ in grid for s in seeds], lrs=lanes["lr"],
-                                  dropouts=lanes["dropout"], weight_decays=lanes["weight_decay"],
-                                  class_names=getattr(dataset, "class_names", None), progress=progress,
-                                  desc=name + (f" x {len(grid)} settings" if len(grid) > 1 else ""),
-                                  checkpoint_dir=folder / results.CHECKPOINTS, checkpoint_every=checkpoint_every,
-                                  max_seeds_per_chunk=chunk, strategy=strategy)
+    stopped = None
+    try:
+        states, history = train_seeds(config, data, [s for _ in grid for s in seeds], lrs=lanes["lr"],
+                                      dropouts=lanes["dropout"], weight_decays=lanes["weight_decay"],
+                                      class_names=getattr(dataset, "class_names", None), progress=progress,
+                                      desc=name + (f" x {len(grid)} settings" if len(grid) > 1 else ""),
+                                      checkpoint_dir=folder / results.CHECKPOINTS, checkpoint_every=checkpoint_every,
+                                      max_seeds_per_chunk=chunk, strategy=strategy)
+    except Stopped as err:  # a Ctrl-C in the last epoch: the unit is finished, and written before stopping
+        (states, history), stopped = err.result, err
     seconds = time.perf_counter() - start
     import jax
 
@@ -208,4 +212,6 @@ def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], fo
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
         "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(grid) * len(seeds)),
         "checkpoints": results.read_json(folder / results.CHECKPOINTS / SAVES)})  # their cost to this run
+    if stopped is not None:
+        raise Stopped(f"stopped after {name}'s last epoch, saved", (groups, False))
     return groups, False

@@ -74,7 +74,8 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     orbax by `checkpoint_every` (N epochs, or a wall time such as "5min": `flaxray.checkpoint.every`;
     0: never) and after the last epoch, and a run finds its latest checkpoint there and continues
     from it, to the same curves; with a progress bar it says what share of the time the saves took. While it trains, a first Ctrl-C stops
-    it after the current epoch, saved; a second one stops it at once (the last checkpoint stays valid).
+    it after the current epoch, saved (in the last, it raises `flaxray.checkpoint.Stopped`, which holds
+    the result); a second one stops it at once (the last checkpoint stays valid).
     """
     from flaxray import checkpoint, hosts
 
@@ -134,16 +135,22 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
         done.append(_train_chunk(config, data, seeds[part], lanes[part], devices, class_names, progress=progress,
                                  desc=label, checkpoint_dir=folder, checkpoint_every=checkpoint_every,
                                  strategy=chosen["strategy"]))
-    if checkpoint_dir is not None and any(saves for _, _, (saves, _) in done):
+        if done[-1][3] and k + 1 < len(parts):  # a Ctrl-C in a chunk's last epoch stops before the next
+            raise KeyboardInterrupt(f"stopped after chunk {k + 1} of {len(parts)}, saved in {checkpoint_dir}")
+    if checkpoint_dir is not None and any(saves for _, _, (saves, _), _ in done):
         from flaxray import results
 
         results.write_json(Path(checkpoint_dir) / SAVES, {  # what this call's checkpoints cost it
-            "checkpoints": sum(n for _, _, (n, _) in done), "held_s": sum(s for _, _, (_, s) in done),
+            "checkpoints": sum(n for _, _, (n, _), _ in done), "held_s": sum(s for _, _, (_, s), _ in done),
             "wall_s": time.monotonic() - began})
     if len(done) == 1:
-        return done[0][:2]
-    states = jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, _, _ in done])
-    return states, {key: np.concatenate([h[key] for _, h, _ in done]) for key in done[0][1]}
+        result = done[0][:2]
+    else:
+        result = (jax.tree.map(lambda *parts: _host_concat(parts), *[s for s, *_ in done]),
+                  {key: np.concatenate([h[key] for _, h, *_ in done]) for key in done[0][1]})
+    if done[-1][3]:
+        raise checkpoint.Stopped(f"stopped after the last epoch, saved in {checkpoint_dir}", result)
+    return result
 
 
 PLAN = "chunks.json"  # a checkpointed run's seeds per chunk and strategy
@@ -224,7 +231,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
             epochs = [{s: {k: v[:, e] for k, v in c.items()} for s, c in done.items()}
                       for e in range(saver.latest())]
     start, began = len(epochs), time.monotonic()
-    last_save, saving, saves = began, 0.0, 0
+    last_save, saving, saves, stop = began, 0.0, 0, False
     try:
         with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
             range(start, config.epochs), initial=start, total=config.epochs, desc=desc, unit="epoch",
@@ -246,7 +253,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
                     saver.save(epoch + 1, states, _stack(epochs))
                     last_save = time.monotonic()
                     saving, saves = saving + last_save - before, saves + 1
-                if stop:
+                if stop and epoch + 1 < config.epochs:
                     saver.wait()
                     raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, saved in {checkpoint_dir}")
         if saver is not None:  # the last write, in the background until now
@@ -264,7 +271,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: list[tuple]
     if len(padded[0]) > n:
         states = jax.tree.map(lambda a: a[:n], states)
     history = history_from_counts(_stack(epochs), class_names)
-    return states, mask_diverged(history, np.asarray(states.diverged)), (saves, saving)
+    return states, mask_diverged(history, np.asarray(states.diverged)), (saves, saving), stop
 
 
 def evaluate_seeds(config: TrainConfig, states, x, y) -> dict[str, np.ndarray]:

@@ -100,18 +100,19 @@ def epoch_program(run_epoch, strategy: str | int):
 
 def probe(calls: dict, repeats: int = PROBE_REPEATS) -> tuple[str | int, dict]:
     """The fastest of `calls` ({strategy: a call running one short epoch in it}): each is run once
-    (compiling), then timed `repeats` times; its best time counts. Returns (the fastest, {strategy: s})."""
+    (compiling), then all are timed `repeats` times, taking turns, so that a slow spell of a shared
+    machine falls on every candidate alike; a candidate's best time counts. Returns (the fastest,
+    {strategy: s}). (Compiling them in threads saves nothing on XLA:CPU: measured, not overlapped.)"""
     import jax
 
-    times = {}
-    for strategy, call in calls.items():
+    for call in calls.values():
         jax.block_until_ready(call())
-        best = float("inf")
-        for _ in range(repeats):
+    times = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for strategy, call in calls.items():
             start = time.perf_counter()
             jax.block_until_ready(call())
-            best = min(best, time.perf_counter() - start)
-        times[strategy] = best
+            times[strategy] = min(times[strategy], time.perf_counter() - start)
     return min(times, key=times.get), times
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from flaxray import groups as units, results
-from flaxray.checkpoint import DEFAULT_EVERY, every
+from flaxray.checkpoint import DEFAULT_EVERY, Stopped, every
 from flaxray.report_study import LAYOUT, Result, write
 from flaxray.errors import FlaxrayError
 from flaxray.optim import check_rate
@@ -241,10 +241,15 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     for arch, source in tqdm(todo, desc="archs", unit="arch", disable=not progress or len(todo) < 2):
         config = configs[arch] if source is None else dataclasses.replace(configs[arch], vary=(source,))
         name = arch if source is None else f"{arch} only {source}"
-        got, was_reused = units.train_unit(name, config, study.lrs, study.seeds, units.unit_dir(out, arch, source),
-                                           data, dataset, progress=progress, checkpoint_every=checkpoint_every,
-                                           chunk=chunk, dropouts=study.dropouts, weight_decays=study.weight_decays,
-                                           strategy=strategy)
+        try:
+            got, was_reused = units.train_unit(name, config, study.lrs, study.seeds,
+                                               units.unit_dir(out, arch, source), data, dataset, progress=progress,
+                                               checkpoint_every=checkpoint_every, chunk=chunk, dropouts=study.dropouts,
+                                               weight_decays=study.weight_decays, strategy=strategy)
+        except Stopped as err:  # a Ctrl-C in a unit's last epoch: stop before the next, or finish the study
+            if (arch, source) != todo[-1]:
+                raise
+            got, was_reused = err.result
         if was_reused:
             reused.append(name)
         for g in got:

@@ -150,6 +150,60 @@ def test_ctrl_c_saves_the_epoch_then_stops_and_resume_matches(clean, tmp_path, m
     assert curves(out) == curves(clean)
 
 
+def test_ctrl_c_in_a_units_last_epoch_finishes_it_and_stops_before_the_next(clean, tmp_path, monkeypatch):
+    """A Ctrl-C in the last epoch of a unit loses nothing: the unit is finished and written; the study
+    stops before the next unit, or, after the last one, completes (study.json written, exit 0)."""
+    epochs_per_unit = int(STUDY[STUDY.index("--epochs") + 1])
+    for unit, code in ((1, 130), (2, 0)):
+        seen = []
+
+        def ctrl_c_in_the_last_epoch(counts):
+            seen.append(1)
+            if len(seen) == unit * epochs_per_unit:
+                signal.raise_signal(signal.SIGINT)
+            return real(counts)
+
+        real = runner.counts_to_numpy
+        monkeypatch.setattr(runner, "counts_to_numpy", ctrl_c_in_the_last_epoch)
+        out = tmp_path / f"unit{unit}"
+        assert seed_variance.main([*STUDY, "--out", str(out)]) == code
+        monkeypatch.undo()
+        assert len(seen) == unit * epochs_per_unit, "no epoch of the next unit should start"
+        assert (out / "groups" / "dense_8_0.5" / "group.json").exists()
+        assert (out / "groups" / "dense_4" / "group.json").exists() == (unit == 2)
+        assert results.read_run(out)["status"] == ("complete" if code == 0 else "interrupted")
+        if code:
+            assert seed_variance.main(["--resume", str(out), "--no-progress"]) == 0
+        assert curves(out) == curves(clean)
+
+
+def test_ctrl_c_in_a_chunks_last_epoch_stops_before_the_next_and_after_the_last_holds_the_result(
+        tmp_path, monkeypatch):
+    from flaxray.checkpoint import Stopped
+    from flaxray.data import load_dataset
+
+    data = train.device_data(load_dataset(channels=1))
+    config = train.TrainConfig(arch="dense:4", epochs=2, batch_size=512)
+    run = dict(progress=False, max_seeds_per_chunk=1)
+    whole = runner.train_seeds(config, data, [0, 1], **run)[1]
+    for chunk, raised in ((1, KeyboardInterrupt), (2, Stopped)):
+        seen, real = [], runner.counts_to_numpy
+
+        def ctrl_c(counts):
+            seen.append(1)
+            if len(seen) == chunk * config.epochs:
+                signal.raise_signal(signal.SIGINT)
+            return real(counts)
+
+        monkeypatch.setattr(runner, "counts_to_numpy", ctrl_c)
+        with pytest.raises(raised) as err:
+            runner.train_seeds(config, data, [0, 1], checkpoint_dir=tmp_path / f"chunk{chunk}", **run)
+        monkeypatch.undo()
+        assert len(seen) == chunk * config.epochs and type(err.value) is raised
+        if raised is Stopped:  # every epoch trained: the result is the uninterrupted run's
+            assert all(np.array_equal(err.value.result[1][k], v, equal_nan=True) for k, v in whole.items())
+
+
 def test_a_checkpoint_of_other_settings_is_refused(clean):
     from flaxray.data import load_dataset
 
