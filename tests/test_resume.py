@@ -125,17 +125,23 @@ def test_sigkill_mid_checkpoint_then_resume_gives_the_same_curves(clean, tmp_pat
     assert seed_variance.main(["--resume", str(out)]) == 0  # complete: nothing to do
 
 
-def test_ctrl_c_saves_the_epoch_then_stops_and_resume_matches(clean, tmp_path, monkeypatch, capsys):
-    epochs_done = []
+def ctrl_c_in_epoch(monkeypatch, n: int) -> list:
+    """Press Ctrl-C while the n-th epoch trained from now runs (counted over every unit and chunk);
+    returns the list that gets one entry per epoch trained."""
+    seen, real = [], runner.counts_to_numpy
 
-    def ctrl_c_in_first_epoch(counts):
-        if not epochs_done:
+    def hook(counts):
+        seen.append(1)
+        if len(seen) == n:
             signal.raise_signal(signal.SIGINT)
-        epochs_done.append(1)
         return real(counts)
 
-    real = runner.counts_to_numpy
-    monkeypatch.setattr(runner, "counts_to_numpy", ctrl_c_in_first_epoch)
+    monkeypatch.setattr(runner, "counts_to_numpy", hook)
+    return seen
+
+
+def test_ctrl_c_saves_the_epoch_then_stops_and_resume_matches(clean, tmp_path, monkeypatch, capsys):
+    epochs_done = ctrl_c_in_epoch(monkeypatch, 1)
     out = tmp_path / "stopped"
     assert seed_variance.main([*STUDY, "--checkpoint-every", "2", "--out", str(out)]) == 130
     assert f"--resume {out}" in capsys.readouterr().err
@@ -155,16 +161,7 @@ def test_ctrl_c_in_a_units_last_epoch_finishes_it_and_stops_before_the_next(clea
     stops before the next unit, or, after the last one, completes (study.json written, exit 0)."""
     epochs_per_unit = int(STUDY[STUDY.index("--epochs") + 1])
     for unit, code in ((1, 130), (2, 0)):
-        seen = []
-
-        def ctrl_c_in_the_last_epoch(counts):
-            seen.append(1)
-            if len(seen) == unit * epochs_per_unit:
-                signal.raise_signal(signal.SIGINT)
-            return real(counts)
-
-        real = runner.counts_to_numpy
-        monkeypatch.setattr(runner, "counts_to_numpy", ctrl_c_in_the_last_epoch)
+        seen = ctrl_c_in_epoch(monkeypatch, unit * epochs_per_unit)
         out = tmp_path / f"unit{unit}"
         assert seed_variance.main([*STUDY, "--out", str(out)]) == code
         monkeypatch.undo()
@@ -187,15 +184,7 @@ def test_ctrl_c_in_a_chunks_last_epoch_stops_before_the_next_and_after_the_last_
     run = dict(progress=False, max_seeds_per_chunk=1)
     whole = runner.train_seeds(config, data, [0, 1], **run)[1]
     for chunk, raised in ((1, KeyboardInterrupt), (2, Stopped)):
-        seen, real = [], runner.counts_to_numpy
-
-        def ctrl_c(counts):
-            seen.append(1)
-            if len(seen) == chunk * config.epochs:
-                signal.raise_signal(signal.SIGINT)
-            return real(counts)
-
-        monkeypatch.setattr(runner, "counts_to_numpy", ctrl_c)
+        seen = ctrl_c_in_epoch(monkeypatch, chunk * config.epochs)
         with pytest.raises(raised) as err:
             runner.train_seeds(config, data, [0, 1], checkpoint_dir=tmp_path / f"chunk{chunk}", **run)
         monkeypatch.undo()
