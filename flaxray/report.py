@@ -111,18 +111,23 @@ def _inline(text: str) -> str:
 
 
 def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "") -> dict[str, Path]:
-    """bands_per_arch.png (one panel per arch), intervals.png (one panel per metric), improvement.png."""
+    """bands_per_arch.png (one panel per arch), intervals.png (one panel per metric), improvement.png (two
+    archs or more)."""
     out = Path(out)
     order = [r["arch"] for r in analysis["ranking"]]
     conf = analysis["confidence"]
     subtitles = {a: diagnosis_summary(analysis["diagnosis"][a]["labels"]) for a in order}
-    paths = {k: out / v for k, v in _FIGURES.items()}
+    single = len(order) == 1  # nothing to rank or compare: no "best-ranked", no 1x1 improvement matrix
+    paths = {k: out / v for k, v in _FIGURES.items() if not (single and k == "improvement")}
     plots.plot_band_grid({a: histories[a] for a in order}, paths["bands"], subtitles=subtitles, confidence=conf,
-                         title=f"Loss curves per architecture, best-ranked first{' · ' + title if title else ''}")
+                         title=("Loss curves" if single else "Loss curves per architecture, best-ranked first")
+                         + (f" · {title}" if title else ""))
     panels = tuple(sorted(headline_keys(analysis), key=lambda m: m[0].startswith("best")))  # finals on top
     plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=panels,
                          values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
-                         title="IQM over seeds with its bootstrap CI, best-ranked arch on top")
+                         title="IQM over seeds with its bootstrap CI" + ("" if single else ", best-ranked arch on top"))
+    if single:
+        return paths
     plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
                                   title="P(row improves on column) in final val loss\nbold, framed: its "
                                         f"{100 * conf:g} % CI excludes 0.5")
@@ -179,15 +184,15 @@ def run_info(doc: Document, info: Mapping) -> None:
              f"Versions: {info.get('versions', '')}")
 
 
-def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> Document:
-    """The report as a `Document`: verdict, ranking, figures, statistics, diagnosis, decomposition."""
-    doc = Document()
-    conf = f"{100 * analysis['confidence']:g} %"
-    order = [r["arch"] for r in analysis["ranking"]]
-    doc.heading(1, "Architecture search: which architecture holds across seeds")
-    doc.para(analysis["verdict"])
-    run_info(doc, info)
+def title(archs) -> str:
+    """The report's heading: a search when there is something to rank, else one arch's seed variance."""
+    if len(archs) == 1:
+        return f"Seed variance of `{archs[0]}`: how much its curves move between seeds"
+    return "Architecture search: which architecture holds across seeds"
 
+
+def _ranking(doc: Document, analysis: Mapping) -> None:
+    conf = f"{100 * analysis['confidence']:g} %"
     doc.heading(2, "Ranking")
     doc.para(f"Ranked by the **{analysis['criterion']}** (lower is better): the loss a typical seed "
              "reaches at worst given the seeds seen, so neither one lucky seed nor a wide spread can win it. "
@@ -203,6 +208,17 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
             f"`{a}`" for a in one["winner_by_seed"]) + "."
     doc.para(text)
 
+
+def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> Document:
+    """The report as a `Document`: verdict, ranking, figures, statistics, diagnosis, decomposition."""
+    doc = Document()
+    conf = f"{100 * analysis['confidence']:g} %"
+    order = [r["arch"] for r in analysis["ranking"]]
+    doc.heading(1, title(order))
+    doc.para(analysis["verdict"])
+    run_info(doc, info)
+    if len(order) > 1:
+        _ranking(doc, analysis)
     doc.heading(2, "Curves")
     doc.para(f"Train and val loss per arch, same axes; line: mean over seeds, band: {conf} bootstrap CI of the "
              "mean, faint lines: individual seeds. Under each name, its seeds' diagnosis.")
@@ -226,11 +242,12 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
                          str(d["n"] + d["n_nonfinite"]), str(d["n_nonfinite"])])
         doc.table(["arch", f"mean [{conf} CI]", "median", "IQM [CI]", "std", "worst seed", "seeds", "diverged"], rows)
 
-    doc.heading(2, "Probability of improvement")
-    doc.para("Cell (row, column): P(a random seed of the row arch ends with a lower final val loss than a random "
-             "seed of the column arch), ties counting half; 0.5 is a coin flip. As rliable defines it (Agarwal et al. "
-             "2021), the Mann-Whitney U statistic over n·m.")
-    doc.image(figures["improvement"], "probability of improvement matrix")
+    if "improvement" in figures:
+        doc.heading(2, "Probability of improvement")
+        doc.para("Cell (row, column): P(a random seed of the row arch ends with a lower final val loss than a random "
+                 "seed of the column arch), ties counting half; 0.5 is a coin flip. As rliable defines it (Agarwal et al. "
+                 "2021), the Mann-Whitney U statistic over n·m.")
+        doc.image(figures["improvement"], "probability of improvement matrix")
 
     from flaxray.analysis import luck_lines, settle_sentence  # beside analyse, which computes them
 
@@ -306,6 +323,6 @@ def write_report(out, analysis: Mapping, histories: Mapping, *, info: Mapping) -
     doc = build(analysis, figures, info=info)
     md, page = out / "report.md", out / "report.html"
     results.write_text(md, doc.markdown())
-    results.write_text(page, doc.html("Architecture search report"))
+    results.write_text(page, doc.html(title([r["arch"] for r in analysis["ranking"]]).replace("`", "")))
     return md, page
 

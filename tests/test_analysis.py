@@ -55,6 +55,16 @@ def test_single_arch_and_single_seed_do_not_crash(tmp_path):
     assert (tmp_path / "report.html").exists()
 
 
+def test_one_arch_report_is_its_seed_variance_with_nothing_ranked(tmp_path):
+    histories = synthetic_histories(np.random.default_rng(3), archs=("solo",), seeds=4)
+    md = report.write_report(tmp_path, fa.analyse(histories), histories, info={})[0].read_text()
+    assert md.startswith("# Seed variance of `solo`")
+    assert "Architecture search" not in md and "## Ranking" not in md and "## Probability of improvement" not in md
+    assert "## Curves" in md and "## Statistics over seeds" in md and "## Diagnosis per seed" in md
+    assert not (tmp_path / "improvement.png").exists()  # a 1x1 matrix says nothing
+    assert "<title>Seed variance of solo" in (tmp_path / "report.html").read_text()
+
+
 def test_decomposition_shares_and_no_architecture():
     rng = np.random.default_rng(2)
     histories = synthetic_histories(rng, archs=("a",), seeds=5)
