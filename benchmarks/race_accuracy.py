@@ -5,13 +5,13 @@
     python -m benchmarks.race_accuracy --identical 14 --replays 2000     # the error rates, simulated
 
 The fixed study (any architecture search, every arch with the same N seeds) is the reference: its
-winner is the first of its ranking (`stats.RANK_CRITERION`), its tie the archs whose P(winner improves
+winner is the first of its ranking (`ranking.RANK_CRITERION`), its tie the archs whose P(winner improves
 on them) has a CI that includes 0.5 (the report's "not told apart"). Each replay gives every arch its
 N recorded final val losses in a random order (the seeds a race would have drawn, without
 replacement, so a race that reaches N seeds sees exactly the fixed study's values; with --resample
 bootstrap, N drawn with replacement: a fresh sample, on which the fixed design is replayed too) and races them
 (`flaxray.race.run_rounds`, the race's own code). Beside it: one seed per arch (the notes' method;
-exact, `stats.one_seed_win_probability` over the recorded seeds) and a fixed study with only
+exact, `ranking.one_seed_win_probability` over the recorded seeds) and a fixed study with only
 --round-seeds seeds (the race's first round, ranked as the search ranks). It prints a markdown table:
 how often each picks the winner, or a member of the tie, and the seed-epochs it spends.
 """
@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import scipy.stats
 
-from flaxray import race, results, stats
+from flaxray import race, ranking, results
 
 
 def parse_args(argv=None):
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 def reference(study: dict) -> tuple[dict[str, np.ndarray], str, set[str]]:
     """The fixed study's per-seed final val losses by arch, its winner and its statistical tie."""
     a = study["analysis"]
-    values = {arch: np.array([np.nan if v is None else v for v in d[stats.RANK_KEY]], float)
+    values = {arch: np.array([np.nan if v is None else v for v in d[ranking.RANK_KEY]], float)
               for arch, d in a["values"].items()}
     m = a["improvement"]
     winner = m["archs"][0]  # improvement is in ranking order
@@ -91,7 +91,7 @@ def replay(values: dict[str, np.ndarray], winner: str, tie: set[str], *, replays
         full = race.leader(order, confidence)[0]  # with "permute", the fixed study itself
         all_hits["winner"] += full == winner
         all_hits["tie"] += full in tie
-    one = stats.one_seed_win_probability(values)
+    one = ranking.one_seed_win_probability(values)
     mean_spent = float(np.mean(spent))
     return [
         ["race", rate(race_hits["winner"], replays), rate(race_hits["tie"], replays),

@@ -279,7 +279,7 @@ def keras_status(backend: str) -> str | None:
 def run(args) -> Path:
     import jax
 
-    from flaxray import plots, results
+    from flaxray import estimate_plots, results
     from flaxray.study import describe_data
     from flaxray.train import TrainConfig, device_data
 
@@ -350,7 +350,7 @@ def run(args) -> Path:
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
     with results.atomic_path(out / "throughput.png") as tmp:
-        plots.plot_throughput([{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]}
+        estimate_plots.plot_throughput([{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]}
                                for r in rows], tmp,
                               title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}")
     print()

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
-from flaxray import diagnose, stats
+from flaxray import diagnose, ranking, stats
 from flaxray.errors import FlaxrayError
 
 TOTAL = "all"  # the decomposition's run where every source of randomness varies
@@ -24,7 +24,7 @@ FLOOR = "ulp"  # the decomposition's run where only a one-ulp nudge of the initi
 
 
 def _final_val_loss(history) -> np.ndarray:
-    return stats.per_seed(history, "val_loss", "final", lower_is_better=True)
+    return ranking.per_seed(history, "val_loss", "final", lower_is_better=True)
 
 
 def seed_percentiles(values, lower_is_better: bool = True) -> np.ndarray:
@@ -121,11 +121,11 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     """Everything the report shows, as plain data (numpy arrays and floats).
 
     Works for any class count: everything per metric comes from the registry (`flaxray.metrics`).
-    Keys: diagnosis {arch: {labels, fractions, measures}}, summary {arch: `stats.summarize`, diverged
+    Keys: diagnosis {arch: {labels, fractions, measures}}, summary {arch: `ranking.summarize`, diverged
     seeds counted as the worst}, values {arch: {summary key: per-seed values, diverged seeds NaN}},
-    ranking (`stats.rank` rows, best first, with
+    ranking (`ranking.rank` rows, best first, with
     p_next / p_next_low / p_next_high = P(this arch improves on the next one) and one_seed_win),
-    improvement (`stats.improvement_matrix` of final val loss, in ranking order), one_seed
+    improvement (`ranking.improvement_matrix` of final val loss, in ranking order), one_seed
     (the notes' one-run-per-arch choice: win probabilities, the winner of the mean, the chance a
     single seed picks it, and the winner of each seed index), decomposition {arch:
     `stats.variance_shares`} when given, criterion (what ranks), thresholds, baseline, confidence,
@@ -141,22 +141,22 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
         labels, measures = diagnose.diagnose(history, baseline=baseline, thresholds=thresholds)
         diverged = labels == "diverged"
         diagnosis[arch] = {"labels": list(labels), "fractions": diagnose.fractions(labels), "measures": measures}
-        summary[arch] = stats.summarize(history, diverged=diverged, confidence=confidence)
-        values[arch] = stats.per_seed_values(history, diverged=diverged)
+        summary[arch] = ranking.summarize(history, diverged=diverged, confidence=confidence)
+        values[arch] = ranking.per_seed_values(history, diverged=diverged)
 
-    ranking = stats.rank(summary)
-    order = [r["arch"] for r in ranking]
-    scores = {a: values[a][stats.RANK_KEY] for a in order}
-    matrix = stats.improvement_matrix(scores, confidence=confidence)
-    wins = stats.one_seed_win_probability(scores)
-    for i, row in enumerate(ranking):
-        nxt = i + 1 < len(ranking)
+    ranked = ranking.rank(summary)
+    order = [r["arch"] for r in ranked]
+    scores = {a: values[a][ranking.RANK_KEY] for a in order}
+    matrix = ranking.improvement_matrix(scores, confidence=confidence)
+    wins = ranking.one_seed_win_probability(scores)
+    for i, row in enumerate(ranked):
+        nxt = i + 1 < len(ranked)
         row["p_next"], row["p_next_low"], row["p_next_high"] = (
             (matrix["p"][i, i + 1], matrix["low"][i, i + 1], matrix["high"][i, i + 1]) if nxt else (np.nan,) * 3)
         row["one_seed_win"] = wins[row["arch"]]
         row["good"] = diagnosis[row["arch"]]["fractions"]["good"]
 
-    mean_winner = stats.winner_of_mean(scores)
+    mean_winner = ranking.winner_of_mean(scores)
     one_seed = {"win_probability": wins, "winner_of_mean": mean_winner, "p_picks_winner_of_mean": wins[mean_winner]}
     n_seeds = {len(v) for v in scores.values()}
     if len(n_seeds) == 1 and len(order) > 1:
@@ -164,9 +164,9 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
         table = np.stack([stats.as_scores(scores[a]) for a in order])
         one_seed["winner_by_seed"] = [order[i] for i in np.argmin(table, axis=0)]
 
-    out = {"criterion": stats.RANK_CRITERION, "confidence": confidence, "baseline_loss": baseline,
+    out = {"criterion": ranking.RANK_CRITERION, "confidence": confidence, "baseline_loss": baseline,
            "thresholds": dataclasses.asdict(thresholds), "diagnosis": diagnosis, "summary": summary,
-           "values": values, "ranking": ranking, "improvement": matrix, "one_seed": one_seed}
+           "values": values, "ranking": ranked, "improvement": matrix, "one_seed": one_seed}
     out["luck"] = {a: dict(zip((seeds or {}).get(a, range(len(scores[a]))), seed_percentiles(scores[a])))
                    for a in order}
     if len(order) > 1:
@@ -191,19 +191,19 @@ def _pct(p: float) -> str:
 
 def verdict(analysis: Mapping) -> str:
     """A few sentences naming the most robust arch, by how much, and how sure that is (markdown)."""
-    ranking, conf = analysis["ranking"], analysis["confidence"]
-    first = ranking[0]
-    s = analysis["summary"][first["arch"]][stats.RANK_KEY]
+    ranked, conf = analysis["ranking"], analysis["confidence"]
+    first = ranked[0]
+    s = analysis["summary"][first["arch"]][ranking.RANK_KEY]
     diag = analysis["diagnosis"][first["arch"]]["labels"]
     others = ", ".join(f"{diag.count(lab)} {lab}" for lab in diagnose.LABELS if lab != "good" and diag.count(lab))
     health = f"{diag.count('good')} of {len(diag)} seeds diagnosed good{' (' + others + ')' if others else ''}"
     about = (f"IQM {s['iqm']:.4g} (95 % CI {s['iqm_ci_low']:.4g}–{s['iqm_ci_high']:.4g}) over "
              f"{s['n'] + s['n_nonfinite']} seeds, "
              f"worst seed {s['worst']:.4g}")
-    if len(ranking) == 1:
+    if len(ranked) == 1:
         return (f"**{first['arch']}** is the only architecture, so nothing is ranked: {about}; {health}.")
-    second = ranking[1]
-    s2 = analysis["summary"][second["arch"]][stats.RANK_KEY]
+    second = ranked[1]
+    s2 = analysis["summary"][second["arch"]][ranking.RANK_KEY]
     lead = second["criterion"] - first["criterion"]
     relative = f", {lead / second['criterion']:.1%}" if np.isfinite(lead) and second["criterion"] > 0 else ""
     text = (f"**{first['arch']}** holds best across seeds by the {analysis['criterion']}: "
@@ -224,9 +224,9 @@ def verdict(analysis: Mapping) -> str:
         text += f" (seed by seed here: {k} of {len(one['winner_by_seed'])})"
     likeliest = max(one["win_probability"], key=one["win_probability"].get)
     if likeliest != one["winner_of_mean"]:
-        rank = next(r["rank"] for r in ranking if r["arch"] == likeliest)
+        rank = next(r["rank"] for r in ranked if r["arch"] == likeliest)
         text += (f"; the one-seed method's likeliest pick is **{likeliest}** "
-                 f"({_pct(one['win_probability'][likeliest])}), ranked {rank} of {len(ranking)} here")
+                 f"({_pct(one['win_probability'][likeliest])}), ranked {rank} of {len(ranked)} here")
     return text + ". " + settle_sentence(analysis)
 
 

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import scipy.stats
 
-from flaxray import metrics, plots, report, results, stats
+from flaxray import estimate_plots, metrics, ranking, report, results, stats
 from flaxray.metrics import CHEST
 
 ENSEMBLE = "{name} ensemble"
@@ -46,12 +46,12 @@ def two_sample(a, b, metric: str, *, confidence: float = 0.95) -> dict:
     """Does model A beat model B on `metric`, seeds of each independent?
 
     p_improve: P(a random seed of A beats a random seed of B) with its stratified bootstrap CI
-    (`stats.prob_improvement`, rliable's definition); welch_*: Welch's two-sample t-test of the
+    (`ranking.prob_improvement`, rliable's definition); welch_*: Welch's two-sample t-test of the
     means (unequal variances); mannwhitney_p: the Mann-Whitney U test (two-sided) that goes with
     p_improve. NaN where a side has fewer than 2 seeds or no spread.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
-    p, low, high = stats.prob_improvement(a, b, lower_is_better=metrics.lower_is_better(metric), confidence=confidence)
+    p, low, high = ranking.prob_improvement(a, b, lower_is_better=metrics.lower_is_better(metric), confidence=confidence)
     nan = float("nan")
     welch_t = welch_p = mw_p = nan
     if min(a.size, b.size) >= 2 and np.isfinite(a).all() and np.isfinite(b).all():
@@ -122,7 +122,7 @@ def _cell(d: Mapping) -> str:
 
 
 def interval_summaries(analysis: Mapping) -> tuple[dict, dict]:
-    """Summaries and per-seed values for `plots.plot_intervals`, each model followed by its ensemble (a single
+    """Summaries and per-seed values for `estimate_plots.plot_intervals`, each model followed by its ensemble (a single
     value: a tick without a bar)."""
     summaries, values = {}, {}
     for name, m in analysis["models"].items():
@@ -201,7 +201,7 @@ def write_report(out, analysis: Mapping, *, info: Mapping, bands: Path) -> tuple
     `flaxray.report_study.write` drew); returns the two report paths."""
     out = Path(out)
     summaries, values = interval_summaries(analysis)
-    intervals = plots.plot_intervals(
+    intervals = estimate_plots.plot_intervals(
         summaries, out / "intervals.png", metrics=tuple((k, metrics.label(k)) for k in _names(analysis)), values=values,
         stat="mean", ncols=3, confidence=analysis["confidence"],
         title=f"Test metrics · {info.get('title', '')} · ensemble: the seeds' mean probability as one model (no bar)")

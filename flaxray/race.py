@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from flaxray import results, stats
+from flaxray import ranking, results, stats
 from flaxray.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 
@@ -149,11 +149,11 @@ def run_rounds(values_of: Callable[[str, Sequence[int]], np.ndarray], archs: Seq
 
 
 def leader(values: Mapping[str, np.ndarray], confidence: float = 0.95) -> tuple[str, dict]:
-    """The project's one ranking (`stats.rank`, `RANK_CRITERION`) of these per-seed final val losses:
+    """The project's one ranking (`ranking.rank`, `RANK_CRITERION`) of these per-seed final val losses:
     (its first arch, {arch: summary})."""
-    summ = {a: {stats.RANK_KEY: stats.describe(v, lower_is_better=True, confidence=confidence)}
+    summ = {a: {ranking.RANK_KEY: stats.describe(v, lower_is_better=True, confidence=confidence)}
             for a, v in values.items()}
-    return stats.rank(summ)[0]["arch"], summ
+    return ranking.rank(summ)[0]["arch"], summ
 
 
 def evidence(race_record: dict, confidence: float = 0.95) -> dict:
@@ -161,9 +161,9 @@ def evidence(race_record: dict, confidence: float = 0.95) -> dict:
     and the decision's leader and sentence. Adds them into `race_record` and returns it."""
     for r in race_record["rounds"]:
         r["leader"], summ = leader(r["values"], confidence)
-        r["intervals"] = {a: [summ[a][stats.RANK_KEY][k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high")]
+        r["intervals"] = {a: [summ[a][ranking.RANK_KEY][k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high")]
                           for a in r["values"]}
-        r["p_leader"] = {a: stats.prob_improvement(r["values"][r["leader"]], v, confidence=confidence)
+        r["p_leader"] = {a: ranking.prob_improvement(r["values"][r["leader"]], v, confidence=confidence)
                          for a, v in r["values"].items() if a != r["leader"]}
     d, last = race_record["decision"], race_record["rounds"][-1]
     d["leader"] = leader({a: last["values"][a] for a in d["survivors"]}, confidence)[0]
@@ -224,7 +224,7 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
                                                 strategy=strategy)
         trained[arch].append(group)
         reused.extend([f"{arch} seeds {block[0]}-{block[-1]}"] if was_reused else [])
-        return stats.per_seed_values(group.history, diverged=group.diverged > 0)[stats.RANK_KEY]
+        return ranking.per_seed_values(group.history, diverged=group.diverged > 0)[ranking.RANK_KEY]
 
     def record_round(r):  # a killed race leaves the rounds it finished in race.json
         results.write_json(out / RACE_JSON, {"status": "running", "rounds": rounds_so_far + [r]})

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flaxray import diagnose, metrics, plots, results, stats
+from flaxray import diagnose, estimate_plots, metrics, plots, ranking, results
 
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 # bands_per_arch.png, not bands.png: a study's own bands.png has every group on shared axes
@@ -27,7 +27,7 @@ def num(x) -> str:
     """4 significant digits; infinity (a diverged seed) as ∞, undefined as n/a."""
     if x is not None and np.isinf(x):
         return "∞" if x > 0 else "-∞"
-    return stats.fmt(x)
+    return ranking.fmt(x)
 
 
 def ci(low, high) -> str:
@@ -123,12 +123,12 @@ def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "")
                          title=("Loss curves" if single else "Loss curves per architecture, best-ranked first")
                          + (f" · {title}" if title else ""))
     panels = tuple(sorted(headline_keys(analysis), key=lambda m: m[0].startswith("best")))  # finals on top
-    plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=panels,
+    estimate_plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=panels,
                          values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
                          title="IQM over seeds with its bootstrap CI" + ("" if single else ", best-ranked arch on top"))
     if single:
         return paths
-    plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
+    estimate_plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
                                   title="P(row improves on column) in final val loss\nbold, framed: its "
                                         f"{100 * conf:g} % CI excludes 0.5")
     return paths
@@ -142,7 +142,7 @@ def headline_keys(analysis: Mapping) -> list[tuple[str, str]]:
         kind, _, name = key.partition("_val_")
         entry = metrics.find(name) if kind in ("final", "best") else None
         if entry is not None and entry.metric.headline:
-            out.append((key, stats.metric_label(key)))
+            out.append((key, ranking.metric_label(key)))
     return out
 
 
@@ -162,8 +162,8 @@ def ranking_table(analysis: Mapping) -> tuple[list[str], list[list[str]]]:
                      f"{num(r['iqm'])} {ci(r['iqm_ci_low'], r['iqm_ci_high'])}", num(r["mean"]), num(r["worst"]),
                      p_next, f"{100 * r['one_seed_win']:.0f} %",
                      diagnosis_summary(analysis["diagnosis"][r["arch"]]["labels"])])
-    key = analysis["ranking"][0]["key"] if analysis["ranking"] else stats.RANK_KEY
-    header = ["rank", "arch", "criterion", f"IQM {stats.metric_label(key)} [{conf} CI]", "mean", "worst seed",
+    key = analysis["ranking"][0]["key"] if analysis["ranking"] else ranking.RANK_KEY
+    header = ["rank", "arch", "criterion", f"IQM {ranking.metric_label(key)} [{conf} CI]", "mean", "worst seed",
               "P(improves on next) [CI]", "one-seed win", "diagnosis"]
     return header, rows
 

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flaxray import diagnose, plots, report, results, stats
+from flaxray import diagnose, estimate_plots, report, results, stats
 from flaxray.groups import Group, write_curves
 
 
@@ -36,7 +36,7 @@ def write_report(out, record: dict, trained: Mapping[str, list[Group]], study, d
                        seeds={a: g.seeds for a, g in groups.items()})
     conf, rounds, d = study.confidence, record["rounds"], record["decision"]
     with results.atomic_path(out / "trace.png") as tmp:
-        plots.plot_race(rounds, tmp, confidence=conf, title=f"Race over {len(groups)} archs: {d['kind']}")
+        estimate_plots.plot_race(rounds, tmp, confidence=conf, title=f"Race over {len(groups)} archs: {d['kind']}")
     info = header(study, dataset, record, record["environment"])
     info["seeds"] = f"up to {len(study.seeds)} per arch ({study.seeds[0]}..{study.seeds[-1]}), {record['round_seeds']} a round"
 

@@ -2,7 +2,7 @@
 
     from flaxray.study import DataSpec, Study, run
     result = run(Study(archs=("pyramid", "final"), seeds=tuple(range(8)), epochs=10), "runs/mine")
-    result.analysis["ranking"]            # the one robust ranking (criterion: stats.RANK_CRITERION)
+    result.analysis["ranking"]            # the one robust ranking (criterion: ranking.RANK_CRITERION)
 
 Every study script is argument parsing around `run`. Each arch is one unit on disk
 (`flaxray.groups`: curves, final params, checkpoints, a record), trained once and reused by any later

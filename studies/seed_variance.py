@@ -43,12 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> Path:
-    from flaxray import stats
+    from flaxray import ranking
     from flaxray.study import format_diverged
 
     result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
     print()
-    print(stats.format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
+    print(ranking.format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
     from flaxray.analysis import luck_lines, settle_sentence, variance_lines
 
     for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),

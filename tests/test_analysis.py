@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flaxray import analysis as fa
-from flaxray import metrics, report, stats
+from flaxray import metrics, ranking, report
 
 
 def synthetic_histories(rng, archs=("steady", "lucky", "broken"), seeds=6, epochs=8):
@@ -29,7 +29,7 @@ def synthetic_histories(rng, archs=("steady", "lucky", "broken"), seeds=6, epoch
 def test_report_from_synthetic_histories_reads_well(tmp_path):
     histories = synthetic_histories(np.random.default_rng(0))
     analysis = fa.analyse(histories, baseline=0.57)
-    assert analysis["criterion"] == stats.RANK_CRITERION
+    assert analysis["criterion"] == ranking.RANK_CRITERION
     assert analysis["diagnosis"]["broken"]["labels"][0] == "diverged"
     assert analysis["summary"]["broken"]["final_val_loss"]["worst"] == np.inf
     assert analysis["summary"]["broken"]["final_val_accuracy"]["n_nonfinite"] == 1  # diverged: on every metric

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from flaxray import stats
+from flaxray import ranking, stats
 
 
 # ------------------------------------------------------------------ IQM and describe (with a direction)
@@ -59,26 +59,26 @@ def test_iqm_ci_coverage_of_known_centre():
 
 def test_prob_improvement_of_identical_samples_is_half():
     x = np.random.default_rng(1).normal(size=10)
-    p, low, high = stats.prob_improvement(x, x.copy())
+    p, low, high = ranking.prob_improvement(x, x.copy())
     assert p == 0.5 and low < 0.5 < high
-    assert stats.prob_improvement(np.full(5, 0.3), np.full(7, 0.3))[0] == 0.5  # all tied
+    assert ranking.prob_improvement(np.full(5, 0.3), np.full(7, 0.3))[0] == 0.5  # all tied
 
 
 def test_prob_improvement_counts_pairs_and_ties_half():
     x, y = np.array([0.1, 0.2, 0.3]), np.array([0.2, 0.4])
     # Lower loss improves: pairs x<y: (0.1,0.2) (0.1,0.4) (0.2,0.4) (0.3,0.4) = 4, tie (0.2,0.2) = 0.5 -> 4.5/6.
-    assert stats.prob_improvement(x, y)[0] == pytest.approx(4.5 / 6)
-    assert stats.prob_improvement(x, y, lower_is_better=False)[0] == pytest.approx(1.5 / 6)
+    assert ranking.prob_improvement(x, y)[0] == pytest.approx(4.5 / 6)
+    assert ranking.prob_improvement(x, y, lower_is_better=False)[0] == pytest.approx(1.5 / 6)
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=9), rng.normal(size=6)
-    assert stats.prob_improvement(a, b)[0] + stats.prob_improvement(b, a)[0] == pytest.approx(1.0)
+    assert ranking.prob_improvement(a, b)[0] + ranking.prob_improvement(b, a)[0] == pytest.approx(1.0)
 
 
 def test_prob_improvement_matches_normal_closed_form():
     # X ~ N(0, 1), Y ~ N(0.5, 1): P(X < Y) = Phi(0.5 / sqrt 2).
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=3000), rng.normal(0.5, 1.0, size=3000)
-    p, low, high = stats.prob_improvement(x, y, n_resamples=200)
+    p, low, high = ranking.prob_improvement(x, y, n_resamples=200)
     truth = scipy.stats.norm.cdf(0.5 / math.sqrt(2))
     assert p == pytest.approx(truth, abs=0.015)
     assert low < truth < high
@@ -91,22 +91,22 @@ def test_prob_improvement_ci_coverage():
     hits = []
     for i in range(150):
         x, y = rng.normal(size=12), rng.normal(0.4, 1.0, size=12)
-        _, low, high = stats.prob_improvement(x, y, n_resamples=500, seed=i)
+        _, low, high = ranking.prob_improvement(x, y, n_resamples=500, seed=i)
         hits.append(low <= truth <= high)
     assert 0.85 <= np.mean(hits) <= 0.995, np.mean(hits)
 
 
 def test_prob_improvement_diverged_seed_loses_every_pair():
     x, y = np.array([np.nan, 0.5]), np.array([0.9, 1.0])
-    assert stats.prob_improvement(x, y)[0] == pytest.approx(0.5)  # nan loses both, 0.5 wins both
-    assert stats.prob_improvement(np.array([0.1]), y)[1:] != (0.0, 0.0)
-    assert np.isnan(stats.prob_improvement(np.array([0.1]), y)[1])  # one seed: no CI
+    assert ranking.prob_improvement(x, y)[0] == pytest.approx(0.5)  # nan loses both, 0.5 wins both
+    assert ranking.prob_improvement(np.array([0.1]), y)[1:] != (0.0, 0.0)
+    assert np.isnan(ranking.prob_improvement(np.array([0.1]), y)[1])  # one seed: no CI
 
 
 def test_improvement_matrix_shape_diagonal_and_complement():
     rng = np.random.default_rng(5)
     scores = {"a": rng.normal(0.2, 0.02, 8), "b": rng.normal(0.3, 0.02, 8), "c": rng.normal(0.25, 0.05, 8)}
-    m = stats.improvement_matrix(scores, n_resamples=300)
+    m = ranking.improvement_matrix(scores, n_resamples=300)
     assert m["archs"] == ["a", "b", "c"] and m["p"].shape == (3, 3)
     np.testing.assert_array_equal(np.diag(m["p"]), 0.5)
     off = ~np.eye(3, dtype=bool)
@@ -121,21 +121,21 @@ def test_one_seed_win_probability_known_answers():
     rng = np.random.default_rng(6)
     x = rng.normal(size=7)
     # k archs with identical seeds: each wins 1/k (ties split evenly), whatever the values.
-    same = stats.one_seed_win_probability({"a": x, "b": x.copy(), "c": x.copy()})
+    same = ranking.one_seed_win_probability({"a": x, "b": x.copy(), "c": x.copy()})
     assert all(v == pytest.approx(1 / 3) for v in same.values())
     # Two archs: the win probability is P(improvement).
     y = rng.normal(0.3, 1.0, size=5)
-    two = stats.one_seed_win_probability({"x": x, "y": y})
-    assert two["x"] == pytest.approx(stats.prob_improvement(x, y)[0])
+    two = ranking.one_seed_win_probability({"x": x, "y": y})
+    assert two["x"] == pytest.approx(ranking.prob_improvement(x, y)[0])
     # A dominating arch always wins; the probabilities sum to 1.
-    three = stats.one_seed_win_probability({"best": x - 100, "y": y, "z": rng.normal(size=4)})
+    three = ranking.one_seed_win_probability({"best": x - 100, "y": y, "z": rng.normal(size=4)})
     assert three["best"] == 1.0 and sum(three.values()) == pytest.approx(1.0)
 
 
 def test_one_seed_win_probability_matches_simulation():
     rng = np.random.default_rng(7)
     scores = {"a": rng.normal(0.30, 0.05, 8), "b": rng.normal(0.32, 0.05, 8), "c": rng.normal(0.31, 0.08, 8)}
-    exact = stats.one_seed_win_probability(scores)
+    exact = ranking.one_seed_win_probability(scores)
     draws = np.stack([rng.choice(v, 40_000) for v in scores.values()])  # one random seed per arch, many times
     simulated = np.bincount(np.argmin(draws, axis=0), minlength=3) / draws.shape[1]
     np.testing.assert_allclose(list(exact.values()), simulated, atol=0.01)
@@ -144,15 +144,15 @@ def test_one_seed_win_probability_matches_simulation():
 
 def test_winner_of_mean():
     scores = {"a": np.array([0.3, 0.3]), "b": np.array([0.1, 0.2]), "c": np.array([0.0, np.nan])}
-    assert stats.winner_of_mean(scores) == "b"  # c has a diverged seed: its mean is inf
-    assert stats.winner_of_mean(scores, lower_is_better=False) == "a"
+    assert ranking.winner_of_mean(scores) == "b"  # c has a diverged seed: its mean is inf
+    assert ranking.winner_of_mean(scores, lower_is_better=False) == "a"
 
 
 # ------------------------------------------------------------------ robust ranking
 
 
 def _summ(values):
-    return {stats.RANK_KEY: stats.describe(np.asarray(values, dtype=float), lower_is_better=True)}
+    return {ranking.RANK_KEY: stats.describe(np.asarray(values, dtype=float), lower_is_better=True)}
 
 
 def test_rank_prefers_the_arch_that_holds_over_a_lucky_one():
@@ -160,7 +160,7 @@ def test_rank_prefers_the_arch_that_holds_over_a_lucky_one():
     steady = 0.31 + 0.005 * rng.standard_normal(10)
     lucky = np.array([0.12, 0.15, 0.20, 0.25, 0.28, 0.33, 0.38, 0.40, 0.42, 0.45])  # lower mean, wide spread
     assert lucky.mean() < steady.mean()
-    rows = stats.rank({"lucky": _summ(lucky), "steady": _summ(steady)})
+    rows = ranking.rank({"lucky": _summ(lucky), "steady": _summ(steady)})
     assert [r["arch"] for r in rows] == ["steady", "lucky"]
     assert [r["rank"] for r in rows] == [1, 2]
     assert rows[0]["criterion"] == rows[0]["iqm_ci_high"] < rows[1]["criterion"]
@@ -170,11 +170,11 @@ def test_rank_diverged_archs_last_ties_broken_by_iqm():
     ok = _summ([0.5, 0.51, 0.52, 0.5])
     bad1 = _summ([0.1, 0.1, np.nan, 0.1])  # a quarter diverged: the IQM's CI reaches inf
     bad2 = _summ([0.2, np.nan, 0.2, 0.2])
-    rows = stats.rank({"bad2": bad2, "ok": ok, "bad1": bad1})
+    rows = ranking.rank({"bad2": bad2, "ok": ok, "bad1": bad1})
     assert [r["arch"] for r in rows] == ["ok", "bad1", "bad2"]
     assert rows[1]["criterion"] == np.inf and rows[1]["iqm"] == pytest.approx(0.1)
     half = _summ([0.1, np.nan, np.nan, 0.1])  # IQM inf too: more diverged seeds rank lower
-    rows = stats.rank({"half": half, "bad2": bad2})
+    rows = ranking.rank({"half": half, "bad2": bad2})
     assert [r["arch"] for r in rows] == ["bad2", "half"]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxray import groups, stats
+from flaxray import groups, ranking
 from flaxray.data import from_arrays
 from flaxray.study import Study, run
 from studies import seed_variance
@@ -46,14 +46,14 @@ def test_from_arrays_trains_every_seed_with_a_softmax_head_and_reports_multiclas
         # seen, so a failure means the multi-class head or loss is broken, not an unlucky seed.
         assert np.all(g.history["val_accuracy"][:, -1] > 0.5)
         assert np.all((g.history["val_auc"] > 0.5) & (g.history["val_auc"] <= 1))
-    ranking = result.analysis["ranking"]
-    assert {r["arch"] for r in ranking} == set(ARCHS) and result.analysis["criterion"] == stats.RANK_CRITERION
+    ranked = result.analysis["ranking"]
+    assert {r["arch"] for r in ranked} == set(ARCHS) and result.analysis["criterion"] == ranking.RANK_CRITERION
     assert matplotlib.image.imread(out / "bands.png").shape[1] > 600
     rows = list(csv.DictReader((out / "curves.csv").open()))
     assert {r["metric"] for r in rows} >= {"loss", "accuracy", "auc", "recall_d0", "recall_d9"}
     record = json.loads((out / "study.json").read_text())
     assert record["data"]["class_names"] == [f"d{c}" for c in range(10)]
-    assert stats.RANK_CRITERION in (out / "report.md").read_text()
+    assert ranking.RANK_CRITERION in (out / "report.md").read_text()
 
 
 def test_a_rerun_of_the_same_spec_reuses_every_group(study, monkeypatch):
@@ -84,7 +84,7 @@ def test_a_class_folder_layout_runs_from_the_command_line(tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache")]
     assert seed_variance.main(argv) == 0
     printed = capsys.readouterr().out
-    assert stats.RANK_CRITERION in printed
+    assert ranking.RANK_CRITERION in printed
     record = json.loads((out / "study.json").read_text())
     assert record["data"]["class_names"] == [f"digit_{c}" for c in range(10)]
     assert record["configs"]["dense:16"]["num_classes"] == 10

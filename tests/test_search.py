@@ -6,7 +6,7 @@ import re
 import matplotlib.image
 import pytest
 
-from flaxray import catalogue, groups, stats
+from flaxray import catalogue, groups, ranking
 from flaxray.trained import load_trained
 from studies import architecture_search
 
@@ -29,7 +29,7 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     analysis = saved["analysis"]
     assert saved["data"]["image_size"] == 28 and "embedded" in saved["data"]["source"]
     assert {r["arch"] for r in analysis["ranking"]} == {"dense:8@0.5", "dense:4"}
-    assert analysis["criterion"] == stats.RANK_CRITERION
+    assert analysis["criterion"] == ranking.RANK_CRITERION
     for arch, diag in analysis["diagnosis"].items():
         assert len(diag["labels"]) == 3 and sum(diag["fractions"].values()) == pytest.approx(1.0)
         assert analysis["summary"][arch]["final_val_loss"]["n"] == 3

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from flaxray import metrics, stats
+from flaxray import metrics, ranking, stats
 
 METRICS = ("loss", "accuracy", "precision", "recall", "auc")
 
@@ -190,7 +190,7 @@ def test_summarize_best_final_and_best_epoch():
             [0.2, 0.3, 0.95, 0.6],
         ]
     )
-    s = stats.summarize(_history(val_loss, val_acc))
+    s = ranking.summarize(_history(val_loss, val_acc))
     assert list(s) == [f"{kind}_val_{m}" for m in METRICS for kind in ("final", "best")] + ["best_epoch"]
     assert s["final_val_loss"]["mean"] == pytest.approx(0.7)
     assert (s["final_val_loss"]["min"], s["final_val_loss"]["max"]) == (0.6, 0.8)
@@ -216,7 +216,7 @@ def test_summarize_nan_seed_and_diverged_mask():
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        s = stats.summarize(_history(val_loss))
+        s = ranking.summarize(_history(val_loss))
     assert s["final_val_loss"]["n"] == 2 and s["final_val_loss"]["n_nonfinite"] == 2
     assert s["final_val_loss"]["worst"] == np.inf  # robust stats: a diverged seed is the worst
     assert s["best_val_loss"]["n"] == 3  # the diverged seed's best is its epoch-1 value
@@ -224,13 +224,13 @@ def test_summarize_nan_seed_and_diverged_mask():
     assert s["best_epoch"]["n"] == 3 and s["best_epoch"]["n_nonfinite"] == 1
     assert s["best_epoch"]["min"] == 1 and s["best_epoch"]["max"] == 3
     # `diverged` makes a seed non-finite on every metric, its finite accuracy included
-    m = stats.summarize(_history(val_loss), diverged=[False, False, True, True])
+    m = ranking.summarize(_history(val_loss), diverged=[False, False, True, True])
     assert m["best_val_loss"]["n"] == 2 and m["final_val_accuracy"]["n"] == 2
     assert m["final_val_accuracy"]["worst"] == -np.inf and m["best_epoch"]["n"] == 2
 
 
 def test_summarize_single_seed_and_missing_metrics():
-    s = stats.summarize({"val_loss": np.array([[0.9, 0.4, 0.5]])})
+    s = ranking.summarize({"val_loss": np.array([[0.9, 0.4, 0.5]])})
     assert set(s) == {"final_val_loss", "best_val_loss", "best_epoch"}
     assert s["best_val_loss"]["mean"] == 0.4 and s["best_epoch"]["mean"] == 2
     assert np.isnan(s["final_val_loss"]["ci_low"])
@@ -240,9 +240,9 @@ def test_summarize_multiclass_history_per_class_recall():
     rng = np.random.default_rng(0)
     h = {f"val_{k}": rng.uniform(0.2, 0.9, (5, 3)) for k in metrics.curve_keys(("cat", "dog", "eel"))
          if not k.startswith("val_")}
-    s = stats.summarize(h)
+    s = ranking.summarize(h)
     assert "final_val_recall_dog" in s and "best_val_auc" in s and "final_val_precision" not in s
-    assert stats.metric_label("final_val_recall_dog") == "final val recall dog"
+    assert ranking.metric_label("final_val_recall_dog") == "final val recall dog"
     assert s["best_val_recall_eel"]["max"] == pytest.approx(h["val_recall_eel"].max(1).max())
 
 
@@ -254,59 +254,59 @@ def _summaries():
     out = {}
     for name, level in (("wide", 0.30), ("base", 0.50), ("deep", 0.503), ("tiny", 0.90)):
         vl = level + 0.01 * rng.normal(size=(10, 5)) + np.linspace(0.5, 0, 5)
-        out[name] = stats.summarize(_history(vl))
+        out[name] = ranking.summarize(_history(vl))
     return out
 
 
 def test_rank_orders_by_the_upper_ci_end_of_the_iqm():
-    rows = stats.rank(_summaries())
+    rows = ranking.rank(_summaries())
     assert [r["arch"] for r in rows] == ["wide", "base", "deep", "tiny"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert r["criterion"] == r["iqm_ci_high"] and r["iqm_ci_low"] <= r["iqm"] <= r["iqm_ci_high"]
-        assert r["key"] == stats.RANK_KEY and r["lower_is_better"] is True
-    assert stats.RANK_CRITERION == "upper end of the 95 % CI of the IQM of final val loss"
+        assert r["key"] == ranking.RANK_KEY and r["lower_is_better"] is True
+    assert ranking.RANK_CRITERION == "upper end of the 95 % CI of the IQM of final val loss"
 
 
 def test_rank_higher_is_better_and_missing_last():
     summ = _summaries()
-    summ["broken"] = stats.summarize(_history(np.full((3, 5), np.nan)))
+    summ["broken"] = ranking.summarize(_history(np.full((3, 5), np.nan)))
     summ["empty"] = {}
-    rows = stats.rank(summ, key="final_val_accuracy")  # a score: the lower CI end, higher first
+    rows = ranking.rank(summ, key="final_val_accuracy")  # a score: the lower CI end, higher first
     assert [r["arch"] for r in rows] == ["wide", "base", "deep", "tiny", "broken", "empty"]
     assert rows[0]["criterion"] == rows[0]["iqm_ci_low"] and rows[0]["lower_is_better"] is False
-    assert stats.criterion("final_val_accuracy") == "lower end of the 95 % CI of the IQM of final val accuracy"
+    assert ranking.criterion("final_val_accuracy") == "lower end of the 95 % CI of the IQM of final val accuracy"
 
 
 def test_format_summary_table_contents():
     summ = _summaries()
-    text = stats.format_summary_table(summ)
+    text = ranking.format_summary_table(summ)
     for arch in summ:
         assert arch in text
     for m in ("loss", "accuracy", "precision", "recall (sensitivity)", "AUC"):
         assert f"final val {m}" in text and f"best val {m}" in text
     assert "10 seeds" in text
-    assert f"Ranking by the {stats.RANK_CRITERION} (lower is better" in text
+    assert f"Ranking by the {ranking.RANK_CRITERION} (lower is better" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
 def test_format_summary_table_single_arch_single_seed_and_custom_ranking():
-    one = {"solo": stats.summarize(_history(np.array([[0.9, 0.5]])))}
-    text = stats.format_summary_table(one)
+    one = {"solo": ranking.summarize(_history(np.array([[0.9, 0.5]])))}
+    text = ranking.format_summary_table(one)
     assert "solo" in text and "1 seed)" in text and "Ranking" not in text
     assert "n/a" in text  # std and CI are undefined with one seed
 
     summ = _summaries()
-    text = stats.format_summary_table(summ, stats.rank(summ, key="best_val_auc"))
+    text = ranking.format_summary_table(summ, ranking.rank(summ, key="best_val_auc"))
     assert "Ranking by the lower end of the 95 % CI of the IQM of best val AUC (higher is better" in text
 
 
 def test_format_summary_table_warns_about_few_seeds():
     rng = np.random.default_rng(0)
-    few = {"a": stats.summarize(_history(rng.normal(0.5, 0.1, (4, 3))))}
-    many = {"a": stats.summarize(_history(rng.normal(0.5, 0.1, (12, 3))))}
-    assert "with 4 seeds" in stats.format_summary_table(few)
-    assert "note:" not in stats.format_summary_table(many)
+    few = {"a": ranking.summarize(_history(rng.normal(0.5, 0.1, (4, 3))))}
+    many = {"a": ranking.summarize(_history(rng.normal(0.5, 0.1, (12, 3))))}
+    assert "with 4 seeds" in ranking.format_summary_table(few)
+    assert "note:" not in ranking.format_summary_table(many)
 
 
 def test_a_metric_added_to_the_registry_reaches_the_summary_and_the_table(monkeypatch):
@@ -321,11 +321,11 @@ def test_a_metric_added_to_the_registry_reaches_the_summary_and_the_table(monkey
     assert metrics.compute(counts)["balanced_error"] == pytest.approx([0.5])
     h = _history(np.array([[0.9, 0.5], [0.8, 0.6]]))
     h["val_balanced_error"] = np.array([[0.3, 0.2], [0.4, 0.1]])
-    s = stats.summarize(h)
+    s = ranking.summarize(h)
     assert s["best_val_balanced_error"]["min"] == 0.1 and s["best_val_balanced_error"]["worst"] == 0.2  # lower wins
     assert list(s)[-3:] == ["final_val_balanced_error", "best_val_balanced_error", "best_epoch"]  # registry order
-    text = stats.format_summary_table({"a": s, "b": s})
+    text = ranking.format_summary_table({"a": s, "b": s})
     assert "final val balanced error rate" in text and "best val balanced error rate" in text
-    assert stats.rank({"a": s}, key="final_val_balanced_error")[0]["lower_is_better"] is True
+    assert ranking.rank({"a": s}, key="final_val_balanced_error")[0]["lower_is_better"] is True
     with pytest.raises(ValueError, match="same label"):  # one name, one meaning
         metrics._check_registry(metrics.REGISTRY + (dataclasses.replace(new, label="other"),))
