@@ -17,9 +17,7 @@ trained again, continuing from its checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,13 +34,6 @@ FORMAT = 1
 DATA_KEYS = ("source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names")
 
 
-def slug(text: str) -> str:
-    """A file-safe folder name for a group name or spec string; long ones end in a hash, so two
-    long specs that share their first characters still get two folders."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-    if len(safe) <= 60:
-        return safe
-    return safe[:51] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def lr_label(lr: float) -> str:
@@ -90,7 +81,7 @@ class Group:
     @property
     def params_dir(self) -> Path:
         """Where its seeds' final params and batch statistics are (`flaxray.trained`)."""
-        return self.folder / "params" / slug(self.name)
+        return self.folder / "params" / results.slug(self.name)
 
 
 def write_curves(path, groups: Sequence[Group]) -> Path:
@@ -104,7 +95,7 @@ def write_curves(path, groups: Sequence[Group]) -> Path:
 
 
 def unit_dir(out, arch: str, source: str | None = None) -> Path:
-    folder = Path(out) / GROUPS / slug(arch)
+    folder = Path(out) / GROUPS / results.slug(arch)
     return folder if source is None else folder / f"only-{source}"
 
 

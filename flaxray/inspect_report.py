@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from flaxray import attribution, inspect_plots, results
-from flaxray.groups import slug
+from flaxray.results import slug
 
 BOX_NOTE = ("The lung box is a fixed central rectangle (rows {top:.0%}–{bottom:.0%} of the height, columns "
             "{left:.0%}–{right:.0%} of the width): a crude proxy for the lung fields, not a segmentation. The border "

@@ -22,7 +22,8 @@ import numpy as np
 
 from flaxray import results
 from flaxray.errors import FlaxrayError
-from flaxray.groups import GROUP_JSON, group_names, settings, slug
+from flaxray.groups import GROUP_JSON, group_names, settings
+from flaxray.results import slug
 
 
 def _tree_equal(a, b) -> tuple[bool, float]:

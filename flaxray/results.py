@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -173,11 +174,14 @@ def read_curves_csv(path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, l
     return histories, seeds
 
 
-def load_study(out):
-    """A finished study's (curves, summary) as two pandas DataFrames: `flaxray.views.load_study`."""
-    from flaxray import views
 
-    return views.load_study(out)
+def slug(text: str) -> str:
+    """A file-safe folder name for a group name or spec string; long ones end in a hash, so two
+    long specs that share their first characters still get two folders."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+    if len(safe) <= 60:
+        return safe
+    return safe[:51] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def jsonable(obj):

@@ -7,7 +7,7 @@
 of `study.json`. `write_tensorboard` writes TensorBoard event files: a run per seed (`GROUP/seed_K`)
 and, per group, the study's own band over the seeds (`GROUP/mean`, `GROUP/ci_low`, `GROUP/ci_high`,
 from `flaxray.stats.band`, what bands.png draws), a scalar per split and metric (`train/loss`,
-`val/auc`, ...) at step = epoch. Group names become file-safe folder names (`flaxray.groups.slug`:
+`val/auc`, ...) at step = epoch. Group names become file-safe folder names (`flaxray.results.slug`:
 `dense:8@0.5` -> `dense_8_0.5`). It needs the `tensorboard` extra (tensorboardX; no TensorFlow).
 
 This module reads files only: it never imports jax.
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flaxray.errors import FlaxrayError
+from flaxray.results import slug
 
 STUDY_JSON = "study.json"
 CURVES_CSV = "curves.csv"
@@ -101,10 +102,8 @@ def load_study(out):
 
 
 def run_names(groups) -> dict[str, str]:
-    """Group name -> its TensorBoard run folder: `flaxray.groups.slug`, made unique with a hash where
+    """Group name -> its TensorBoard run folder: `flaxray.results.slug`, made unique with a hash where
     two names slug alike (`dense:8` and `dense_8`)."""
-    from flaxray.groups import slug
-
     names = {g: slug(g) for g in groups}
     taken = list(names.values())
     return {g: (n if taken.count(n) == 1 else f"{n}-{hashlib.sha256(g.encode()).hexdigest()[:8]}")

@@ -32,10 +32,17 @@ from flaxray.models.layers import (BatchNorm, Conv2D, DenseBlock, Dropout, Flatt
                                    keras_batch_norm)
 from flaxray.models.registry import Registered, factory_of, register, registered_names, unregister
 from flaxray.models.resnet import ResNet18
+from flaxray.models import spec
 from flaxray.models.spec import (CNN_SPECS, ENDS_MAP, NEEDS_MAP, NOTES_STACKS, USAGE, Layer, dense, known_archs,
-                                 min_image_size, output_shape, parse_arch, parse_spec, plain)
+                                 min_image_size, output_shape, parse_spec, plain)
 
 register("resnet18", ResNet18, _builtin=True)
+
+
+def parse_arch(arch: str) -> tuple[Layer, ...]:
+    """Architecture name or spec string -> its layers; a one-line FlaxrayError for anything else (a
+    registered module has no layers: `check_arch` validates any arch)."""
+    return spec.parse_arch(arch, registered=registered_names())
 
 
 def is_registered(arch: str) -> bool:

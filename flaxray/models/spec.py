@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 
 from flaxray.errors import FlaxrayError
 
@@ -184,8 +185,9 @@ def parse_spec(spec: str) -> tuple[Layer, ...]:
     return tuple(layers)
 
 
-def parse_arch(arch: str) -> tuple[Layer, ...]:
-    """Architecture name or spec string -> its layers. Raises FlaxrayError on bad input."""
+def parse_arch(arch: str, *, registered: Sequence[str] = ()) -> tuple[Layer, ...]:
+    """Architecture name or spec string -> its layers. Raises FlaxrayError on bad input; `registered`
+    (the registry's names, which have no layers) are named in the error for an unknown arch."""
     name = arch.removesuffix("_plain")
     if name in NOTES_STACKS:
         layers = NOTES_STACKS[name]
@@ -194,13 +196,11 @@ def parse_arch(arch: str) -> tuple[Layer, ...]:
     elif re.split("[:,]", arch, maxsplit=1)[0].strip() in USAGE:  # a spec string starts with a layer
         return parse_spec(arch)
     else:
-        from flaxray.models.registry import registered_names  # lazy: the registry imports the layers
-
-        if arch in registered_names():
+        if arch in registered:
             raise FlaxrayError(f"arch {arch!r} is a registered module, not a stack of layers: it has no spec "
                                "layers (use flaxray.models.check_arch to validate any arch)")
         raise FlaxrayError(
-            f"unknown arch {arch!r}; known: {', '.join(known_archs() + registered_names())}, or a spec string "
+            f"unknown arch {arch!r}; known: {', '.join(known_archs() + list(registered))}, or a spec string "
             "like 'conv:32,pool,sep:64,pool,gap,dense:128@0.5' or 'dense:1024@0.5,512@0.2'"
         )
     return plain(layers) if name != arch else layers
