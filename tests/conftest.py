@@ -80,3 +80,9 @@ def chest_folder(tmp_path):
 # The suite's programs are vmap's, the strategy its identities and samples were written for; the
 # strategy tests (tests/test_strategy.py) pass auto, map and groups explicitly.
 os.environ.setdefault("FLAXRAY_STRATEGY", "vmap")
+
+# One compilation cache for the run, its workers and the studies they start as subprocesses: many tests
+# compile the same small programs. A cached executable is the compiled program itself, keyed by its HLO,
+# the XLA flags and the versions, so every curve is the same bits with or without it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
