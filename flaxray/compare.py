@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import scipy.stats
 
-from flaxray import estimate_plots, metrics, ranking, report, results, stats
+from flaxray import document, estimate_plots, metrics, ranking, report, results, stats
 from flaxray.metrics import CHEST
 
 ENSEMBLE = "{name} ensemble"
@@ -114,11 +114,11 @@ def verdict(analysis: Mapping, metric: str = "accuracy") -> str:
     if np.isfinite([low, high]).all() and n < 5:
         settled += f" (only {n} seeds: a bootstrap CI is rough, read the t-test too)"
     return (f"Test {metrics.label(metric)}: a random seed of `{a}` beats a random seed of `{b}` with probability "
-            f"**{report.prob_ci(p, low, high)}**; {settled} (Welch's t-test p = {report.num(c['welch_p'])}).")
+            f"**{document.prob_ci(p, low, high)}**; {settled} (Welch's t-test p = {document.num(c['welch_p'])}).")
 
 
 def _cell(d: Mapping) -> str:
-    return f"{report.num(d['mean'])} ± {report.num(d['std'])} {report.ci(d['ci_low'], d['ci_high'])}"
+    return f"{document.num(d['mean'])} ± {document.num(d['std'])} {document.ci(d['ci_low'], d['ci_high'])}"
 
 
 def interval_summaries(analysis: Mapping) -> tuple[dict, dict]:
@@ -136,9 +136,9 @@ def _names(analysis: Mapping) -> list[str]:
     return analysis.get("metrics") or list(metrics.test_metrics(analysis.get("class_names", CHEST)))
 
 
-def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> report.Document:
-    """The report as a `report.Document`: verdict, models, test metrics, comparison, ensemble, figures."""
-    doc = report.Document()
+def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> document.Document:
+    """The report as a `document.Document`: verdict, models, test metrics, comparison, ensemble, figures."""
+    doc = document.Document()
     conf = f"{100 * analysis['confidence']:g} %"
     a, b = analysis["challenger"], analysis["baseline"]
     names = list(analysis["models"])
@@ -151,8 +151,8 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
              "moving statistics included). Training time: the vmapped program of all seeds, wall clock "
              "(compilation included).")
     doc.table(["model", "parameters", "training time (s)", "seed-epochs/s"],
-              [[f"`{n}`", f"{m['params']:,}" if m["params"] is not None else "n/a", report.num(m["seconds"]),
-                report.num(m["seed_epochs_per_s"])] for n, m in analysis["models"].items()])
+              [[f"`{n}`", f"{m['params']:,}" if m["params"] is not None else "n/a", document.num(m["seconds"]),
+                document.num(m["seed_epochs_per_s"])] for n, m in analysis["models"].items()])
 
     doc.heading(2, "Test metrics")
     rule = "threshold 0.5" if len(analysis.get("class_names", CHEST)) == 2 else "predicted class: the most probable"
@@ -164,7 +164,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
         header += [f"`{n}` seeds", f"`{n}` ensemble"]
     doc.table(header, [[metrics.label(k)] + [cell for n in names for cell in
                                       (_cell(analysis["models"][n]["summary"][k]),
-                                       report.num(analysis["models"][n]["ensemble"][k]))]
+                                       document.num(analysis["models"][n]["ensemble"][k]))]
                        for k in _names(analysis)])
     doc.image(figures["intervals"], "test metrics per model")
 
@@ -174,17 +174,17 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> r
              "Two-sample tests of the difference, seeds independent: Welch's t-test (means, unequal variances) "
              "and the Mann-Whitney U test (two-sided).")
     doc.table(["metric", "P(better)", f"mean difference ({a} − {b})", "Welch t", "Welch p", "Mann-Whitney p"],
-              [[metrics.label(k), report.prob_ci(c["p_improve"], c["p_improve_low"], c["p_improve_high"]),
-                report.num(c["mean_difference"]), report.num(c["welch_t"]), report.num(c["welch_p"]),
-                report.num(c["mannwhitney_p"])] for k, c in analysis["comparison"].items()])
+              [[metrics.label(k), document.prob_ci(c["p_improve"], c["p_improve_low"], c["p_improve_high"]),
+                document.num(c["mean_difference"]), document.num(c["welch_t"]), document.num(c["welch_p"]),
+                document.num(c["mannwhitney_p"])] for k, c in analysis["comparison"].items()])
 
     doc.heading(2, "What the seed ensemble buys")
     rows = []
     for n, m in analysis["models"].items():
         for k in [k for k in m["summary"] if metrics.find(k).metric.headline]:  # the registry's headline metrics
             d = m["summary"][k]
-            rows.append([f"`{n}`", metrics.label(k), report.num(d["mean"]), report.num(d["best"]),
-                         report.num(m["ensemble"][k])])
+            rows.append([f"`{n}`", metrics.label(k), document.num(d["mean"]), document.num(d["best"]),
+                         document.num(m["ensemble"][k])])
     doc.para("The ensemble of the S seeds against one seed: the mean seed and the best seed (chosen on the test "
              "set, so an optimistic bound no one could pick in advance).")
     doc.table(["model", "metric", "mean seed", "best seed", "ensemble"], rows)

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.stats
 
 from flaxray import metrics
+from flaxray.document import fmt
 from flaxray.stats import as_scores, describe
 
 
@@ -141,17 +142,6 @@ def rank(summaries: Mapping[str, Mapping[str, dict]], *, key: str = RANK_KEY) ->
 
 
 # ----------------------------------------------------------------------------- text table
-
-
-def fmt(x: float) -> str:
-    """4 significant digits, trailing zeros kept so a column lines up; whole numbers bare (epochs)."""
-    if x is None or np.isnan(x):
-        return "n/a"
-    if np.isinf(x):  # a diverged seed's worst value, or a CI that reaches it
-        return "inf" if x > 0 else "-inf"
-    if float(x).is_integer() and abs(x) < 1e6:
-        return str(int(x))
-    return f"{x:#.4g}"
 
 
 def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: list[dict] | None = None) -> str:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flaxray import diagnose, estimate_plots, report, results, stats
+from flaxray import diagnose, document, estimate_plots, report, results, stats
 from flaxray.groups import Group, write_curves
 
 
@@ -40,7 +40,7 @@ def write_report(out, record: dict, trained: Mapping[str, list[Group]], study, d
     info = header(study, dataset, record, record["environment"])
     info["seeds"] = f"up to {len(study.seeds)} per arch ({study.seeds[0]}..{study.seeds[-1]}), {record['round_seeds']} a round"
 
-    doc = report.Document()
+    doc = document.Document()
     doc.heading(1, "Architecture race: which architecture holds, for the fewest seeds")
     doc.para(d["text"][0].upper() + d["text"][1:])
     report.run_info(doc, info)
@@ -84,7 +84,7 @@ def write_report(out, record: dict, trained: Mapping[str, list[Group]], study, d
         iqm, low, high = last["intervals"][a]
         p = last["p_leader"].get(a)
         by, pm = last["p_min"][a]
-        rows.append([f"`{a}`", f"{report.num(iqm)} {report.ci(low, high)}", report.prob_ci(*p) if p else "leader",
+        rows.append([f"`{a}`", f"{document.num(iqm)} {document.ci(low, high)}", document.prob_ci(*p) if p else "leader",
                      f"{pm:.3g} (against `{by}`)"])
     doc.table(["arch", "IQM final val loss [CI]", "P(leader improves on it) [CI]", "smallest p"], rows)
 
