@@ -25,9 +25,10 @@ import numpy as np
 
 from flaxray import programs, scale, strategy as strategies
 from flaxray.checkpoint import DEFAULT_EVERY
+from flaxray.counts import counts_type
 from flaxray.errors import FlaxrayError
 from flaxray.metrics import history_from_counts, mask_diverged
-from flaxray.train import TrainConfig, check_batch_size, check_lr, check_rate, config_record, counts_type, pad_to_batches
+from flaxray.train import TrainConfig, check_batch_size, check_lr, check_rate, config_record, pad_to_batches
 
 
 def default_class_names(num_classes: int) -> tuple[str, ...]:
