@@ -70,7 +70,7 @@ def load_images(args, trained):
 
     size, channels = trained.input_shape[0], trained.input_shape[2]
     if args.image:
-        from flaxray.data.builder import load_image
+        from flaxray.data.decode import load_image
 
         images = []
         for f in args.image:

@@ -351,12 +351,12 @@ def test_split_seed_deterministic(chest_folder, tmp_path):
 # -------------------------------------------------------------------------------------- cache
 
 def test_cache_hit_does_not_decode(chest_folder, tmp_path, monkeypatch):
-    from flaxray.data import builder
+    from flaxray.data import builder, decode
 
     root = chest_folder()
     calls = []
     real_generate = builder.FlaxrayChestXray._generate_examples
-    real_load_image = builder.load_image
+    real_load_image = decode.load_image
 
     def counting(self, *a, **k):
         calls.append(1)
@@ -371,7 +371,7 @@ def test_cache_hit_does_not_decode(chest_folder, tmp_path, monkeypatch):
         raise AssertionError("decoded again on a cache hit")
 
     monkeypatch.setattr(builder.FlaxrayChestXray, "_generate_examples", boom)
-    monkeypatch.setattr(builder, "load_image", boom)
+    monkeypatch.setattr(decode, "load_image", boom)
     second = load(root, tmp_path, channels=1)
     for s1, s2 in zip((first.train, first.val, first.test), (second.train, second.val, second.test)):
         for field in ("x", "y", "files", "patients"):
@@ -383,7 +383,7 @@ def test_cache_hit_does_not_decode(chest_folder, tmp_path, monkeypatch):
 
     # other settings or a changed folder are other cache entries
     monkeypatch.setattr(builder.FlaxrayChestXray, "_generate_examples", counting)
-    monkeypatch.setattr(builder, "load_image", real_load_image)
+    monkeypatch.setattr(decode, "load_image", real_load_image)
     load(root, tmp_path, channels=3)
     assert len(calls) > n_calls
     n_calls = len(calls)
@@ -473,7 +473,7 @@ def test_image_modes(chest_folder, tmp_path, channels):
 
 
 def test_load_image_large_and_grayscale(tmp_path):
-    from flaxray.data.builder import load_image
+    from flaxray.data.decode import load_image
 
     p = tmp_path / "big.jpeg"
     g = np.tile(np.linspace(0, 255, 700).astype(np.uint8), (300, 1))  # horizontal gradient

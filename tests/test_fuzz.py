@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from flaxray.data import DataWarning, load_dataset
-from flaxray.data.builder import decode_entry
+from flaxray.data.decode import decode_entry
 from flaxray.data.folder import IMAGE_EXTENSIONS, FileEntry
 from flaxray.errors import FlaxrayError
 from studies import _cli, seed_variance

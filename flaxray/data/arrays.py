@@ -14,7 +14,7 @@ one-line :class:`FlaxrayError`, before anything trains:
 Images are kept exactly as given unless ``channels`` or ``image_size`` asks otherwise; then they
 are converted like the folder path does: grey -> RGB by repeating, RGB -> grey with PIL's
 ``convert("L")`` luma (ITU-R 601-2), and resized with PIL BILINEAR to a square, aspect ratio not
-kept (see :func:`flaxray.data.builder.load_image`).
+kept (see :func:`flaxray.data.decode.load_image`).
 """
 
 from __future__ import annotations

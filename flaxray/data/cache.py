@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from flaxray.data.core import DataWarning, Pool, _check_args
+from flaxray.data.decode import DECODER_VERSION
 from flaxray.data.folder import SPLITS, group_id, scan_folder, fingerprint as _fingerprint
 from flaxray.errors import FlaxrayError
 
@@ -159,7 +160,7 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
 
     settings = {} if kaggle else {"classes": scan.classes}  # the chest key is today's, so its caches stay valid
     fp = _fingerprint(scan, image_size=image_size, channels=channels,
-                      builder_version=builder_lib.BUILDER_VERSION, decoder=builder_lib.DECODER_VERSION, **settings)
+                      builder_version=builder_lib.BUILDER_VERSION, decoder=DECODER_VERSION, **settings)
     cache_root = _cache_root(cache_dir)
     _check_cache(cache_root / "tfds")
     data_dir = cache_root / "tfds" / fp
