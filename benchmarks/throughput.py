@@ -21,11 +21,8 @@ Throughput excludes compilation: each method first runs one epoch (compile and r
 seeds for the methods that compile once per seed (Keras builds a model per seed). Prints a table,
 writes throughput.json (rows, device, versions, config, peak figures) and throughput.png into --out.
 
-Each row also says what fraction of the device's peak FLOP/s and memory bandwidth it reached,
-from an estimate per training step and seed: FLOPs = 6 x multiply-adds x batch (forward, and the
-backward's two products), bytes = 40 x parameters (weights read forward and backward, the gradient
-written and read, Adam reading weights and two moments and writing them back, in float32) plus the
-activations. The peaks are a table of known GPUs (`PEAKS`); on a CPU they are measured here.
+Each row also says what fraction of the device's peak FLOP/s and memory bandwidth it reached
+(`benchmarks.roofline`).
 """
 
 from __future__ import annotations
@@ -41,19 +38,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from benchmarks import roofline
 from flaxray.errors import FlaxrayError
 from studies import _cli
 
 METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and loop, and any group size K
 KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
-
-# Peak dense FLOP/s (float32 as XLA runs it on the GPU, TF32 tensor cores; bfloat16) and memory bandwidth,
-# from NVIDIA's H100 and H200 datasheets (SXM forms; without sparsity).
-PEAKS = {
-    "H100 PCIe": {"flops": {"float32": 378e12, "bfloat16": 756e12}, "bytes_per_s": 2.0e12},
-    "H100": {"flops": {"float32": 494.7e12, "bfloat16": 989.4e12}, "bytes_per_s": 3.35e12},  # SXM5, HBM3
-    "H200": {"flops": {"float32": 494.7e12, "bfloat16": 989.4e12}, "bytes_per_s": 4.8e12},  # SXM, HBM3e
-}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,75 +81,6 @@ def seed_counts(max_seeds: int) -> list[int]:
     """1, 2, 4, ... up to `max_seeds`, which is included even when it is not a power of two."""
     counts = [2**k for k in range(int(math.log2(max_seeds)) + 1)]
     return counts + ([max_seeds] if counts[-1] != max_seeds else [])
-
-
-def multiply_adds(arch: str, input_shape) -> int:
-    """Multiply-adds of one image's forward pass through the matmuls and convolutions (the head included)."""
-    from flaxray.models import output_shape, parse_arch
-
-    shape, total = tuple(input_shape), 0
-    for layer in parse_arch(arch):
-        out = output_shape(layer, shape)
-        if layer.kind == "conv":
-            total += math.prod(out[:2]) * 9 * shape[-1] * out[-1]
-        elif layer.kind == "sep":
-            total += math.prod(out[:2]) * shape[-1] * (9 + out[-1])
-        elif layer.kind == "dense":
-            total += math.prod(shape) * out[-1]
-        shape = out
-    return total + math.prod(shape)
-
-
-def step_cost(config, input_shape) -> dict:
-    """Estimated FLOPs and bytes of one training step of one seed (see the module docstring)."""
-    from flaxray import scale
-
-    params = scale.param_count(config.arch, tuple(input_shape))
-    activations = scale.activation_count(config.arch, input_shape) * config.batch_size
-    return {"params": params, "flops": 6 * multiply_adds(config.arch, input_shape) * config.batch_size,
-            "bytes": 40 * params + 4 * 4 * activations}
-
-
-def device_peaks(dtype: str) -> dict:
-    """The peak FLOP/s and bytes/s of the first device: a known GPU's datasheet figures, else measured."""
-    import jax
-
-    kind = jax.devices()[0].device_kind
-    for name, peak in PEAKS.items():  # "H100 PCIe" is tried before "H100"
-        if name.lower() in kind.lower() and ("PCIe" in name) == ("pcie" in kind.lower()):
-            return {"device": kind, "flops": peak["flops"][dtype], "bytes_per_s": peak["bytes_per_s"],
-                    "source": f"datasheet: NVIDIA {name}, dense {dtype} (TF32 tensor cores for float32)"}
-    flops, bandwidth = measure_peaks(dtype)
-    return {"device": kind, "flops": flops, "bytes_per_s": bandwidth,
-            "source": f"measured here: best of 5 {dtype} 2048x2048 matmuls, and of 5 in-place x+1 passes over a 256 MiB array"}
-
-
-def measure_peaks(dtype: str) -> tuple[float, float]:
-    """FLOP/s of a large matmul and bytes/s of a large elementwise pass, best of five, on the first device."""
-    import jax
-    import jax.numpy as jnp
-
-    def best(f, *args):
-        jax.block_until_ready(f(*args))
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    n = 2048
-    a = jnp.ones((n, n), dtype)
-    flops = 2 * n**3 / best(jax.jit(lambda x: x @ x), a)
-    big = [jnp.ones(64 * 2**20, jnp.float32)]  # 256 MiB, far beyond any cache
-    add_one = jax.jit(lambda x: x + 1, donate_argnums=0)  # in place: no fresh pages to fault in
-
-    def step():
-        big[0] = add_one(big[0])
-        return big[0]
-
-    bandwidth = 2 * big[0].nbytes / best(step)  # read and write
-    return flops, bandwidth
 
 
 def training_data(args, batch_size: int):
@@ -299,7 +220,7 @@ def run(args) -> Path:
     dataset = training_data(args, args.batch_size)
     data = device_data(dataset, eval_batch_size=configs[0].eval_batch_size)
     print(describe_data(dataset))
-    peaks = device_peaks(args.dtype)
+    peaks = roofline.device_peaks(args.dtype)
     steps = len(dataset.train.y) // args.batch_size
     measure = {"sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
                "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
@@ -307,7 +228,7 @@ def run(args) -> Path:
                   for m in methods if m not in ("sequential", "keras")}}
     rows, stopped, began = [], [], time.monotonic()
     for k, config in enumerate(configs):
-        cost = step_cost(config, dataset.train.x.shape[1:])
+        cost = roofline.step_cost(config, dataset.train.x.shape[1:])
         # Each arch gets an equal share of what is left of --budget-s.
         until = began + args.budget_s if args.budget_s else math.inf
         until = time.monotonic() + (until - time.monotonic()) / (len(configs) - k)
@@ -345,7 +266,7 @@ def run(args) -> Path:
     report = {"command": _cli.command("benchmarks.throughput", args), "rows": rows, "environment": env,
               "device": peaks["device"], "peaks": peaks, "keras_backend": os.environ.get("KERAS_BACKEND"),
               "load_average": os.getloadavg(), "data": dataset.summary, "image_shape": list(dataset.train.x.shape[1:]),
-              "step_cost": {c.arch: step_cost(c, dataset.train.x.shape[1:]) for c in configs},
+              "step_cost": {c.arch: roofline.step_cost(c, dataset.train.x.shape[1:]) for c in configs},
               "config": {c.arch: dataclasses.asdict(c) for c in configs}, "args": vars(args), "stopped": stopped}
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
