@@ -271,9 +271,9 @@ def run(args) -> Path:
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
     with results.atomic_path(out / "throughput.png") as tmp:
-        estimate_plots.plot_throughput([{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]}
-                               for r in rows], tmp,
-                              title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}")
+        labelled = [{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]} for r in rows]
+        estimate_plots.plot_throughput(
+            labelled, tmp, title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}")
     print()
     print(format_table(rows))
     for line in stopped:

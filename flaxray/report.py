@@ -35,13 +35,14 @@ def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "")
                          + (f" · {title}" if title else ""))
     panels = tuple(sorted(headline_keys(analysis), key=lambda m: m[0].startswith("best")))  # finals on top
     estimate_plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=panels,
-                         values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
-                         title="IQM over seeds with its bootstrap CI" + ("" if single else ", best-ranked arch on top"))
+                                  values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
+                                  title="IQM over seeds with its bootstrap CI"
+                                        + ("" if single else ", best-ranked arch on top"))
     if single:
         return paths
     estimate_plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
-                                  title="P(row improves on column) in final val loss\nbold, framed: its "
-                                        f"{100 * conf:g} % CI excludes 0.5")
+                                           title="P(row improves on column) in final val loss\nbold, framed: its "
+                                                 f"{100 * conf:g} % CI excludes 0.5")
     return paths
 
 

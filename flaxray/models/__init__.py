@@ -26,13 +26,13 @@ import numpy as np
 from flax import nnx
 
 from flaxray.errors import FlaxrayError
+from flaxray.models import spec
 from flaxray.models.conv import neighbourhoods
 from flaxray.models.layers import (BatchNorm, Conv2D, DenseBlock, Dropout, Flatten, GlobalAveragePooling2D,
                                    MaxPool2D, SeparableConv2D, Sequential, build_layer, glorot_uniform,
                                    keras_batch_norm)
 from flaxray.models.registry import Registered, factory_of, register, registered_names, unregister
 from flaxray.models.resnet import ResNet18
-from flaxray.models import spec
 from flaxray.models.spec import (CNN_SPECS, ENDS_MAP, NEEDS_MAP, NOTES_STACKS, USAGE, Layer, dense, known_archs,
                                  min_image_size, output_shape, parse_spec, plain)
 
