@@ -166,16 +166,21 @@ def choose_strategy(config: TrainConfig, data, asked, lanes: int, devices, *, ca
     if hosts.agree(known is not None):
         code = hosts.agree(strategies.encode(strategies.parse(known["strategy"])) if known else 0)
         return {"strategy": strategies.decode(code), "times": (known or {}).get("times"), "source": "probed here before"}
-    mesh = scale.seed_mesh(devices)
+    mesh, cands = scale.seed_mesh(devices), strategies.candidates(per_device, len(devices))
     full, short = scale.replicate(mesh, data), scale.replicate(mesh, probe_data(config, data))
-    calls, states = {}, {}
-    for candidate in strategies.candidates(per_device, len(devices)):
-        m = strategies.multiple(candidate)
-        count = len(devices) * -(-per_device // m) * m  # groups are whole: the run pads as much
-        if count not in states:
-            rates = [(config.lr, config.dropout, config.weight_decay)] * count
-            states[count] = initial_states(config, full, list(range(count)), rates, mesh)  # as the run's: one compile
-        calls[candidate] = functools.partial(epoch(program_config(config), candidate, mesh, donate=False), states[count], short)
+    # Every candidate runs on one chain of states, donated from call to call, of the largest count that
+    # every candidate's groups divide and the chunk holds: the probe needs no more memory than the run
+    # it is for (a chunk is planned to fill the device), and the candidates are timed on the same seeds.
+    m = max(strategies.multiple(c) for c in cands)
+    count = len(devices) * (per_device // m) * m
+    chain = [initial_states(config, full, list(range(count)),
+                            [(config.lr, config.dropout, config.weight_decay)] * count, mesh)]
+
+    def step(program):
+        chain[0] = program(chain[0], short)[0]
+        return chain[0]
+
+    calls = {c: functools.partial(step, epoch(program_config(config), c, mesh)) for c in cands}
     best, times = strategies.probe(calls)
     best = strategies.decode(hosts.agree(strategies.encode(best)))
     choice = {"strategy": best, "times": {str(k): round(v, 6) for k, v in times.items()}}

@@ -63,7 +63,8 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     memory XLA's figure for the compiled program, `compiled_bytes_per_seed`; `max_seeds_per_chunk`
     caps a chunk), and
     each chunk's seeds are split over `devices` (default: all), the count padded to a multiple of
-    them with copies of the last seed, which are dropped. With several chunks the returned states
+    them with copies of the last seed, which are dropped (in groups of K, chunks that fill the memory
+    hold whole groups, not a group padded past the plan). With several chunks the returned states
     are numpy arrays on the host (typed keys on the CPU).
 
     `strategy` says how a chunk's seeds share a device (`flaxray.strategy`): "vmap", "map", a group
@@ -112,6 +113,9 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     if recorded is None:
         size = hosts.agree(_cap(planned, max_seeds_per_chunk, len(devices)))  # process 0's plan, on every process
         chosen = programs.choose_strategy(config, data, asked, min(size, len(seeds)), devices, cache_dir=cache_dir)
+        whole = strategies.multiple(chosen["strategy"]) * len(devices)
+        if size < len(seeds) and size >= whole:  # chunks fill the memory: a padded group would overfill it
+            size -= size % whole
         if checkpoint_dir is not None:  # atomic: a kill mid-write cannot break a resume
             from flaxray import results
 

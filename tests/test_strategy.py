@@ -4,6 +4,7 @@ a resume continues in the strategy the run started with."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -70,6 +71,35 @@ def test_auto_probes_says_why_records_and_remembers(data, tmp_path, capsys, monk
     assert again["strategy"] == chosen and again["strategy_source"] == "probed here before"
     # Another seed count is another key; one seed per device has nothing to choose.
     assert programs.choose_strategy(config, data, "auto", 1, [object()])["strategy"] == "vmap"
+
+
+def test_the_probe_and_the_groups_need_no_more_memory_than_the_chunk(data, monkeypatch, tmp_path):
+    """A chunk is planned to fill the device, so the probe for it must not hold more: every candidate
+    runs on one chain of states, each call's input donated (no second copy), of at most the chunk's
+    seeds (6 lanes and groups of 4: 4 seeds for every candidate, not 8 for the groups); and chunks in
+    groups of 4 hold 4 seeds, not 6 padded to 8."""
+    real, seen = programs.epoch, []
+
+    def recording(config, name, mesh, donate=True):
+        program = real(config, name, mesh, donate)
+
+        def run(states, d):
+            out = program(states, d)
+            seen.append((name, len(out[0].epoch), states.epoch.is_deleted()))
+            return out
+
+        return run
+
+    monkeypatch.setattr(programs, "epoch", recording)
+    programs.choose_strategy(TrainConfig(**CONFIG), data, "auto", 6, jax.devices()[:1], fresh=True)
+    assert {name for name, *_ in seen} == {"vmap", "map", 4, "loop"}
+    assert {n for _, n, _ in seen} == {4}
+    assert all(donated for name, _, donated in seen if name != "loop")  # loop donates each seed's own slice
+    monkeypatch.setattr(programs, "epoch", real)
+    _, history = train_seeds(TrainConfig(**{**CONFIG, "epochs": 1}), data, range(7), strategy=4, progress=False,
+                             max_seeds_per_chunk=6, checkpoint_dir=tmp_path)
+    assert json.loads((tmp_path / "chunks.json").read_text())["seeds_per_chunk"] == 4
+    assert history["val_loss"].shape == (7, 1) and np.isfinite(history["val_loss"]).all()
 
 
 @pytest.mark.numeric
