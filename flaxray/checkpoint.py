@@ -47,7 +47,7 @@ def _unsavable(saved, template):
     import jax
 
     return jax.tree.map(
-        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, saved, template
+        lambda x, t: jax.random.wrap_key_data(x, dtype=t.dtype) if _is_key(t) else x, saved, template
     )
 
 

@@ -61,8 +61,7 @@ def gather(tree):
     def one(leaf):
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             data = multihost_utils.process_allgather(jax.random.key_data(leaf), tiled=True)
-            return jax.random.wrap_key_data(jax.device_put(data, jax.local_devices()[0]),
-                                            impl=jax.random.key_impl(leaf))
+            return jax.random.wrap_key_data(jax.device_put(data, jax.local_devices()[0]), dtype=leaf.dtype)
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
         return leaf

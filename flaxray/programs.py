@@ -95,37 +95,57 @@ def initial_states(config: TrainConfig, data, seeds, rates, mesh):
     return scale.split_seeds(mesh, init(seed_array, data, *rates))
 
 
-def program_bytes(config: TrainConfig, data, lanes: int) -> int:
-    """Peak device bytes of the epoch program of `lanes` vmapped seeds, from XLA's own memory analysis of
-    the compiled program (its arguments, its outputs less those aliased to donated arguments, and its
-    temporaries); nothing is run. Each call compiles once: it is for the chunk plan near the memory."""
-    init, run_epoch = compiled(program_config(config))[:2]
+def program_bytes(config: TrainConfig, data, lanes: int, strategy=strategies.VMAP) -> int | None:
+    """Peak device bytes of the epoch program of `lanes` seeds in `strategy` (vmap, map or groups of K,
+    `lanes` then a multiple of K), from XLA's own memory analysis of the compiled program (its arguments,
+    its outputs less those aliased to donated arguments, and its temporaries); nothing is run; None where
+    the backend gives no analysis (jax documents that it may). Each call compiles once: it is for the
+    chunk plan near the memory."""
+    init = compiled(program_config(config))[0]
     n = jax.ShapeDtypeStruct((lanes,), jnp.float32)
     states = jax.eval_shape(init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, n,  # as `initial_states` calls it
                             None if config.dropout is None else n, n)
-    memory = run_epoch.lower(states, data).compile().memory_analysis()
+    memory = epoch(program_config(config), strategy, None).lower(states, data).compile().memory_analysis()
+    if memory is None:
+        return None
     return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                + memory.temp_size_in_bytes)
 
 
-def compiled_bytes_per_seed(config: TrainConfig, data) -> tuple[int, int]:
-    """(bytes one more seed costs, bytes that do not grow with the seeds: the data), from the compiled
-    epoch program at 1 and 2 seeds (`program_bytes`)."""
-    one, two = program_bytes(config, data, 1), program_bytes(config, data, 2)
-    return max(1, two - one), max(0, 2 * one - two)
+def compiled_bytes_per_seed(config: TrainConfig, data, strategy=strategies.VMAP) -> tuple[int, int] | None:
+    """(bytes one more seed costs, bytes that do not grow with the seeds: the data, and in map or groups the
+    one seed's or group's working memory), from the compiled epoch program in `strategy` at one and two
+    seeds or groups (`program_bytes`); None where the backend gives no memory analysis. Once per program
+    and data shape in a process: a study's units and a re-plan for the chosen strategy ask again."""
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
+    return _compiled_bytes_per_seed(program_config(config), shapes, strategy, conv.form())
 
 
-def plan(config: TrainConfig, data, n_seeds: int, free: int, n_devices: int) -> tuple[int, int, str]:
+@functools.lru_cache(maxsize=32)
+def _compiled_bytes_per_seed(config: TrainConfig, data, strategy, layers: str):  # layers: the conv form traced
+    m = strategies.multiple(strategy)
+    one, two = program_bytes(config, data, m, strategy), program_bytes(config, data, 2 * m, strategy)
+    if one is None or two is None:
+        return None
+    return max(1, (two - one) // m), max(0, 2 * one - two)
+
+
+def plan(config: TrainConfig, data, n_seeds: int, free: int, n_devices: int,
+         strategy=strategies.VMAP) -> tuple[int, int, str]:
     """(seeds per chunk, bytes per seed, where the figure is from). The hand estimate
-    (`scale.bytes_per_seed`) when the seeds take less than half the free memory by it; else XLA's own
-    figure for the compiled vmap program (the strategy that keeps the most at once), so a plan near the
-    memory is the compiler's, not a guess."""
+    (`scale.bytes_per_seed`, vmap's, the most any strategy keeps at once) when the seeds take less than
+    half the free memory by it; else XLA's own figure for the compiled program in `strategy`, so a plan
+    near the memory is the compiler's, not a guess: map and groups keep one seed's or group's activations
+    and gradients at a time, so they may hold many more seeds than vmap (loop is planned as vmap; the
+    estimate where the backend gives no figure)."""
     per_seed = scale.bytes_per_seed(config, data.x_train.shape[1:])
     seeds_per_device = -(-n_seeds // n_devices)
-    if seeds_per_device * per_seed <= free // 2:
+    measured = strategies.VMAP if strategy == strategies.LOOP else strategy
+    if seeds_per_device * per_seed <= free // 2 or (figure := compiled_bytes_per_seed(config, data, measured)) is None:
         return scale.plan_chunk(n_seeds, per_seed, free, n_devices), per_seed, "estimated"
-    per_seed, fixed = compiled_bytes_per_seed(config, data)
-    return scale.plan_chunk(n_seeds, per_seed, max(0, free - fixed), n_devices), per_seed, "compiled"
+    per_seed, fixed = figure
+    source = "compiled" if measured == strategies.VMAP else f"compiled for {strategies.name(measured)}"
+    return scale.plan_chunk(n_seeds, per_seed, max(0, free - fixed), n_devices), per_seed, source
 
 
 def probe_key(config: TrainConfig, data, per_device: int, devices) -> str:

@@ -60,8 +60,8 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
 
     Seeds that do not fit in the device memory together are trained in chunks, one after another
     (the bytes a seed costs against the free memory: `scale.bytes_per_seed`'s estimate, or near the
-    memory XLA's figure for the compiled program, `compiled_bytes_per_seed`; `max_seeds_per_chunk`
-    caps a chunk), and
+    memory XLA's figure for the compiled program, `compiled_bytes_per_seed`, of the chosen strategy's
+    program where that is map or groups; `max_seeds_per_chunk` caps a chunk), and
     each chunk's seeds are split over `devices` (default: all), the count padded to a multiple of
     them with copies of the last seed, which are dropped (in groups of K, chunks that fill the memory
     hold whole groups, not a group padded past the plan). With several chunks the returned states
@@ -113,6 +113,10 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], *, lrs: Sequenc
     if recorded is None:
         size = hosts.agree(_cap(planned, max_seeds_per_chunk, len(devices)))  # process 0's plan, on every process
         chosen = programs.choose_strategy(config, data, asked, min(size, len(seeds)), devices, cache_dir=cache_dir)
+        if source == "compiled" and chosen["strategy"] not in (strategies.VMAP, strategies.LOOP):
+            # Planned near the memory by vmap's figure, the most a strategy keeps at once: the chosen one's own.
+            planned, per_seed, source = programs.plan(config, data, len(seeds), free, len(devices), chosen["strategy"])
+            size = hosts.agree(_cap(planned, max_seeds_per_chunk, len(devices)))
         whole = strategies.multiple(chosen["strategy"]) * len(devices)
         if size < len(seeds) and size >= whole:  # chunks fill the memory: a padded group would overfill it
             size -= size % whole

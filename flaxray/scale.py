@@ -82,7 +82,8 @@ def _traced_activation_count(arch, input_shape, num_classes, factory, layers):  
 
     def numbers(batch):
         images = jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8)
-        jaxpr = jax.make_jaxpr(forward)(params, batch_stats, images, jax.eval_shape(jax.random.key, 0)).jaxpr
+        jaxpr = jax.make_jaxpr(forward)(params, batch_stats, images, jax.eval_shape(jax.random.key, 0))
+        jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # jax 0.11 made ClosedJaxpr a Jaxpr, `.jaxpr` a legacy accessor
         return sum(math.prod(getattr(v.aval, "shape", ())) for eqn in jaxpr.eqns for v in eqn.outvars)
 
     return int(numbers(2) - numbers(1))

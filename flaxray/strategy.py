@@ -125,11 +125,15 @@ def decode(code: int) -> str | int:
     return {0: VMAP, 1: MAP, -1: LOOP}.get(code, code)
 
 
+def name(strategy: str | int) -> str:
+    """As printed: "vmap", "map", "loop" or "groups of K"."""
+    return f"groups of {strategy}" if isinstance(strategy, int) else strategy
+
+
 def describe(chosen: dict, per_device: int) -> str:
     """The printed line: which strategy (`programs.choose_strategy`'s record), for how many seeds, and why."""
     strategy, times = chosen["strategy"], chosen.get("times")
-    name = f"groups of {strategy}" if isinstance(strategy, int) else strategy
-    line = f"strategy {name} for {per_device} seeds per device ({chosen['source']}"
+    line = f"strategy {name(strategy)} for {per_device} seeds per device ({chosen['source']}"
     if not times:
         return line + ")"
     best = times.get(str(strategy)) or min(times.values())

@@ -183,7 +183,7 @@ def test_the_hand_estimate_is_xlas_figure_for_the_notes_stack():
     assert abs(scale.bytes_per_seed(config, data.x_train.shape[1:]) - compiled) < 0.25 * compiled
 
 
-def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data):
+def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data, monkeypatch):
     from flaxray import programs
 
     config = TrainConfig(**CONFIG)
@@ -196,3 +196,33 @@ def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data)
                                                          "estimated")
     free = fixed + int(2.5 * per_seed / scale.MEMORY_FRACTION)
     assert programs.plan(config, data, 5, free, 1) == (2, per_seed, "compiled")
+    # A backend that gives no memory analysis (jax: `memory_analysis()` may return None): the estimate.
+    monkeypatch.setattr(programs, "program_bytes", lambda *_: None)
+    assert programs._compiled_bytes_per_seed.__wrapped__(config, data, "vmap", "shifted") is None  # not cached
+    monkeypatch.setattr(programs, "compiled_bytes_per_seed", lambda *_: None)
+    estimate = scale.bytes_per_seed(config, data.x_train.shape[1:])
+    assert programs.plan(config, data, 5, free, 1) == (scale.plan_chunk(5, estimate, free), estimate, "estimated")
+
+
+def test_near_the_memory_map_is_planned_by_its_own_compiled_figure(monkeypatch, tmp_path):
+    """vmap keeps every seed's activations and gradients at once, map one seed's at a time: for a CNN,
+    whose activations outweigh its parameters, map's compiled figure per seed is a fraction of vmap's, so
+    near the memory a chunk in map holds more seeds than vmap's plan, and map's own program at that size
+    still fits; train_seeds, choosing map there, trains chunks of that size."""
+    from flaxray import programs
+
+    config = TrainConfig(arch="conv:8,pool,gap,dense:4", epochs=1,
+                         batch_size=16, eval_batch_size=16)
+    data = device_data(tiny_dataset(size=16), eval_batch_size=16)
+    vmap_seed, vmap_fixed = programs.compiled_bytes_per_seed(config, data)
+    map_seed, _ = programs.compiled_bytes_per_seed(config, data, "map")
+    assert map_seed < vmap_seed / 2
+    free = vmap_fixed + int(3.5 * vmap_seed / scale.MEMORY_FRACTION)  # 3 seeds in vmap
+    assert programs.plan(config, data, 64, free, 1) == (3, vmap_seed, "compiled")
+    size, per_seed, source = programs.plan(config, data, 64, free, 1, "map")
+    assert size > 6 and (per_seed, source) == (map_seed, "compiled for map")
+    assert programs.program_bytes(config, data, size, "map") <= free
+    monkeypatch.setattr(scale, "free_memory", lambda device=None: free)
+    _, history = train_seeds(config, data, range(64), strategy="map", progress=False, checkpoint_dir=tmp_path)
+    assert json.loads((tmp_path / "chunks.json").read_text())["seeds_per_chunk"] == size
+    assert history["val_loss"].shape == (64, 1) and np.isfinite(history["val_loss"]).all()
