@@ -1,25 +1,17 @@
 """Issue 14's GPU figures in one prepared script: throughput, the largest study that fits 3 minutes and
 CNN vs ANN, at 180x180x3 on the real data, in one process within one wall-clock budget (default 480 s).
 
-    python -m benchmarks.gpu --prepare            # here, once: .gpu-data/chest_xray_180.npz (~44 MiB)
+    python -m benchmarks.gpu --prepare            # here, once: .gpu-data/chest_xray_180.npz (~44 MiB), .whl/ (Keras)
     python -m benchmarks.gpu --tiny --out /tmp/g  # here: every part at toy sizes on the CPU, as the test does
 
 On the device machine (one H100/H200; Python 3.12, jax 0.11.2 with the CUDA 13 plugins, flax, optax,
-orbax-checkpoint; no tensorflow-datasets, no network), from the repository root, carrying `.gpu-data`:
-
-    PYTHONPATH=. python -m benchmarks.gpu --no-progress; cp runs/gpu/gpu.json runs/gpu/gpu.md "$OUT"/
-
-Why so: the repository travels (64 MiB in all, carried paths included), ../shared beside it does not,
-and a Kaggle-layout folder is read through tensorflow-datasets (flaxray.data.cache), absent there. So
---prepare reads the folder here through the library (patient split, duplicates dropped) at 180x180 and
-writes one .npz, which flaxray reads with numpy alone: every test image and a seeded class-stratified
-subset of the split's train (1536 = 48 batches) and val (384), grey (the copies' three channels are
-identical and `--channels 3` repeats them back bit for bit), in bzip2 members (np.load reads them; raw,
-82 MB would not fit). PYTHONPATH=., not `pip install -e .`: flaxray pins jax 0.10.2 and would replace
-the machine's own.
+orbax-checkpoint; no tensorflow-datasets, no Keras, no network), from the repository root, carrying
+`.gpu-data` and `.whl`: `benchmarks.gpu_setup.DEVICE_COMMAND`, which --prepare prints (why the data and
+the wheels travel so: gpu_setup's docstring).
 
  a. (a third of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps 24,
-    every method of its METHODS (keras only where installed); an S predicted not to fit is not started.
+    every method of its METHODS (keras only where installed; the seed-after-seed ones at S <= 2); an S
+    predicted not to fit is not started.
  b. (up to 0.45) the largest `final` study that fits 3 minutes: seeds x epochs from a's seed-epochs/s at
     its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints (their cost as the
     runner records it).
@@ -41,22 +33,20 @@ import sys
 import threading
 import time
 import traceback
-import zipfile
 from pathlib import Path
 
-import numpy as np
-
+from benchmarks import gpu_report
+from benchmarks.gpu_setup import (DEVICE_COMMAND, MAX_MIB, PREPARED, SHARED, SUBSET, WHEELS, choose_data,
+                                  download_wheels, preflight, prepare)
 from flaxray.errors import FlaxrayError
 from studies import _cli
 
 START = time.monotonic()  # the budget's start, set again by main (an import in a test suite is long before)
-PREPARED, SHARED = Path(".gpu-data/chest_xray_180.npz"), Path("../shared/data/chest_xray")
-SUBSET = {"train": 1536, "val": 384, "test": None}  # images kept per split; None: all (618 test)
-MAX_MIB = 50  # of the device machine's 64 MiB for the working tree and the carried paths together
 ARCHS, STUDY_ARCH, MAX_SEEDS, STEPS, STUDY_S, CNN_SEEDS = ("pyramid", "final"), "final", 64, 24, 150, 8
+SERIAL_SEEDS = 2  # sequential and keras (seed after seed, a rate that does not grow with S) at S <= this only
 # --tiny: 64 images a split of the embedded data, and stand-ins for the archs: on 2 CPU cores compilation is
 # most of the time (~7 s a training program, ~18 s for a conv one), so one arch, and a dense "CNN"
-TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2, "images": 64,
+TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2, "images": 64, "serial_seeds": 1,
         "methods": ("auto", "sequential")}  # auto probes vmap, map and loop itself
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "keras", "tensorflow-datasets")
 
@@ -76,55 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def command(module: str, argv) -> str:
     return f"python -m {module} {shlex.join(argv)}"
-
-
-def prepare(source, dest: Path, size: int | None, subset: dict) -> Path:
-    """`source` as the library splits it, grey, cut to `subset` images a split (each class its share, seed
-    0), written to `dest` with bzip2 members (these X-rays compress 1.7x so, 1.2x with np.savez_compressed)."""
-    from flaxray import results
-    from flaxray.data import load_dataset
-
-    data, rng = load_dataset(source, image_size=size, channels=1, progress=False), np.random.default_rng(0)
-    arrays = {"class_names": np.array(data.class_names)}
-    for split, n in subset.items():
-        s = getattr(data, split)
-        keep = np.arange(len(s.y))
-        if n is not None and n < len(keep):
-            share = np.floor(n * np.bincount(s.y) / len(s.y)).astype(int)
-            share[-1] += n - share.sum()
-            keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(s.y == c), k, replace=False)
-                                           for c, k in enumerate(share)]))
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = s.x[keep, ..., 0], s.y[keep]
-        if split != "test":
-            arrays[f"groups_{split}"] = s.patients[keep].astype(str)  # patients, for the data summary
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with results.atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_BZIP2, compresslevel=9) as z:
-        for key, a in arrays.items():
-            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, a, allow_pickle=False)
-    return dest
-
-
-def choose_data(args, out: Path) -> tuple[str, str | None, int, str | None]:
-    """(source, path for --data (None: embedded), image size, a note to shout or None). A compressed .npz is
-    decompressed once into `out`: bzip2 costs seconds a read, and the parts read the data five times."""
-    if args.tiny:
-        source = str(prepare(None, out / "tiny.npz", None, {s: TINY["images"] for s in SUBSET}))
-        size, note = 28, "--tiny: 64 images a split of the embedded 28x28 data, stand-in archs"
-    else:
-        source = args.data or next((str(p) for p in (PREPARED, SHARED) if p.exists()), None)
-        size, note = 180, None
-        if source is None:
-            return "embedded", None, 28, (f"NO REAL DATA: neither {PREPARED} nor {SHARED} is here, so every figure "
-                                          "is on the embedded data at 28x28x3, NOT 180x180x3")
-    if not source.lower().endswith(".npz"):
-        return source, source, size, note
-    with zipfile.ZipFile(source) as z:
-        if all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist()):
-            return source, source, size, note
-    with np.load(source, allow_pickle=False) as z:
-        np.savez(out / "data.npz", **{k: z[k] for k in z.files})
-    return source, str(out / "data.npz"), size, note
 
 
 def within(until: float, call):
@@ -171,10 +112,12 @@ def throughput_part(args, common, until, out, notes) -> dict:
     methods = TINY["methods"] if args.tiny else throughput.METHODS
     part = {"steps": steps, "methods": list(methods), "rows": [], "commands": [], "status": "complete"}
     if "keras" in throughput.METHODS and importlib.util.find_spec("keras") is None:
-        notes.append("keras is not installed here: no keras rows (pip install keras==3.15.1, the [baseline] extra)")
+        notes.append(f"keras is not installed here: no keras rows (carry {WHEELS} from --prepare, or pip install "
+                     "keras==3.15.1, the [baseline] extra)")
     for k, arch in enumerate(archs):
         folder, before = out / f"throughput-{k}", len(notes)  # arch names can be spec strings
         argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--methods", ",".join(methods),
+                "--serial-max-seeds", str(TINY["serial_seeds"] if args.tiny else SERIAL_SEEDS),
                 "--out", str(folder), *common]
         share = time.monotonic() + (until - time.monotonic()) / (len(archs) - k)  # what is left, shared out
         argv += ["--budget-s", f"{share - time.monotonic():.0f}"]  # it does not start an S predicted not to fit
@@ -283,68 +226,6 @@ def cnn_part(args, common, until, out, notes) -> dict:
     return part
 
 
-def line(name: str, p: dict) -> str:
-    """The line a part prints when it ends."""
-    head = f"{name}: {p['status']} in {p['seconds']:.0f} s"
-    if p.get("rows"):
-        r = max(p["rows"], key=lambda r: (r["method"] == "vmap", r["seeds"], r["arch"] == STUDY_ARCH))
-        return f"{head}; {r['arch']} {r['method']} S={r['seeds']}: {r['seed_epochs_per_s']:.3g} seed-epochs/s"
-    if "train_s" in p:
-        return (f"{head}; {p['arch']}, {p['seeds']} seeds x {p['epochs']} epochs trained in {p['train_s']:.3g} s "
-                f"({p['seed_epochs_per_s']:.3g} seed-epochs/s), checkpoints {100 * p['checkpoint_share']:.1f} % of it")
-    if "models" in p:
-        return f"{head}; test accuracy " + ", ".join(f"{n} {m['accuracy']:.3f}" for n, m in p["models"].items())
-    return head
-
-
-def table(head: list[str], rows) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |"
-                                                                          for r in rows]
-
-
-def markdown(r: dict) -> str:
-    from benchmarks.throughput import format_table
-
-    env, parts, v, d = r["environment"], r["parts"], r["environment"]["versions"], r["data"]
-    a, b, c = (parts.get(k, {}) for k in ("throughput", "study", "cnn_vs_ann"))
-    n = a.get("data", {})
-    lines = [f"## GPU: {r['device']} (issue 14, `python -m benchmarks.gpu`)", "",
-             f"- **Device**: {r['device']} ({env['backend']}, {len(env['devices'])} device(s)); host {env['cpu']}, "
-             f"{env['cpu_count']} cores. **Versions**: Python {env['python']}, "
-             + ", ".join(f"{k} {v[k]}" for k in VERSIONS if v.get(k)) + ".",
-             f"- **Command** (repository root, data as benchmarks/gpu.py says): `{r['command']}`",
-             f"- **Data**: `{d['source']}`"
-             + (f" (read as `{d['path']}`)" if d["path"] not in (None, d["source"]) else "")
-             + f" at {d['image_size']}x{d['image_size']}x3"
-             + (f": train {n['train']} / val {n['val']} / test {n['test']} images" if n else "")
-             + f". Budget {r['budget_s']:.0f} s, wall {r['wall_s']:.0f} s ("
-             + ", ".join(f"{k} {p['seconds']:.0f} s, {p['status']}" for k, p in parts.items()) + ")."]
-    lines += [f"- **{note}**" if note == d["note"] else f"- {note}" for note in r["notes"]]
-    if a.get("rows"):
-        lines += ["", f"### Throughput, seed-epochs/s ({a['steps']} steps of 32 an epoch; compilation excluded)", "",
-                  format_table(a["rows"]), "", *table(
-                      ["arch", "method", "S", "seed-epochs/s", "compile s", "% peak FLOP/s", "% peak bandwidth"],
-                      [(x["arch"], x["method"], x["seeds"], f"{x['seed_epochs_per_s']:.3g}", f"{x['compile_s']:.1f}",
-                        f"{100 * x['flops_fraction']:.1f}", f"{100 * x['bandwidth_fraction']:.1f}")
-                       for x in a["rows"]]),
-                  "", f"Peaks: {a['peaks']['source']}."]
-    if "train_s" in b:
-        lines += ["", f"### The largest `{b['arch']}` study that fits 3 minutes", "", f"`{b['command']}`", "",
-                  f"{b['seeds']} seeds x {b['epochs']} epochs of {b['plan']['steps_per_epoch']} steps, planned from "
-                  f"S={b['plan'].get('from_seeds')} above: trained in {b['train_s']:.3g} s ({b['wall_s']:.3g} s with "
-                  f"the data and the reports), {b['seed_epochs_per_s']:.3g} seed-epochs/s compilation included; "
-                  f"{b['checkpoints']} checkpoint(s) took {b['checkpoint_s']:.1f} s, {100 * b['checkpoint_share']:.1f} "
-                  f"% of the training. Final val loss {b['final_val_loss']:.3f} ± {b['final_val_loss_std']:.3f}, "
-                  f"accuracy {b['final_val_accuracy']:.3f}, AUC {b['final_val_auc']:.3f} (mean ± std over the seeds)."]
-    if "models" in c:
-        lines += ["", "### CNN vs ANN on the test split", "", f"`{c['command']}`", "", *table(
-            ["model", "parameters", "train s", "seed-epochs/s", "test accuracy", "test AUC", "ensemble accuracy"],
-            [(f"`{k}`", f"{m['params']:,}", f"{m['train_s']:.3g}", f"{m['seed_epochs_per_s']:.3g}",
-              f"{m['accuracy']:.3f}", f"{m['auc']:.3f}", f"{m['ensemble_accuracy']:.3f}")
-             for k, m in c["models"].items()]), "", c["verdict"]]
-    return "\n".join(lines) + "\n"
-
-
 def run(args) -> Path:
     import jax
 
@@ -354,12 +235,15 @@ def run(args) -> Path:
         mib = (dest := prepare(args.data or str(SHARED), PREPARED, 180, SUBSET)).stat().st_size / 2**20
         print(f"wrote {dest}: {mib:.1f} MiB, to carry to the device machine (.gpu-data/ is git-ignored)")
         if mib > MAX_MIB:
-            raise FlaxrayError(f"{dest} is {mib:.1f} MiB, over {MAX_MIB}: lower SUBSET in benchmarks/gpu.py")
+            raise FlaxrayError(f"{dest} is {mib:.1f} MiB, over {MAX_MIB}: lower SUBSET in benchmarks/gpu_setup.py")
+        print(download_wheels())
+        print(f"then on the device machine, carrying {PREPARED.parent} and {WHEELS}, timeout 600 s:\n  {DEVICE_COMMAND}")
         return dest
+    preflight()
     # 10 s of the budget are kept back: Python's and jax's import before START, and writing the files after
     out, budget, deadline = Path(args.out), args.budget_s, START + args.budget_s - 10
     out.mkdir(parents=True, exist_ok=True)
-    source, path, size, note = choose_data(args, out)
+    source, path, size, note = choose_data(args.data, args.tiny and TINY["images"], out)
     if note:
         print(f"!!! {note} !!!", flush=True)
     common = (["--data", path] if path else []) + ["--image-size", str(size)] + ["--no-progress"] * args.no_progress
@@ -368,6 +252,9 @@ def run(args) -> Path:
               "data": {"source": source, "path": path, "image_size": size, "note": note},
               "notes": [note] if note else [], "parts": {}}
     notes, parts = report["notes"], report["parts"]
+    versions = report["environment"]["versions"]
+    print(f"{report['device']} ({report['environment']['backend']}); "
+          + ", ".join(f"{k} {v}" for k, v in versions.items() if v), flush=True)  # first, should a part fail later
     # a: a third; b: ~150 s of training, its data, compilation and writes; c: the rest, at least an eighth
     plan = (("throughput", lambda: START + budget / 3, lambda u: throughput_part(args, common, u, out, notes)),
             ("study", lambda: min(time.monotonic() + 0.45 * budget, deadline - budget / 8),
@@ -385,11 +272,11 @@ def run(args) -> Path:
             parts[name] = {"status": f"failed: {type(err).__name__}: {err}"}
             notes.append(f"{name} failed: {type(err).__name__}: {err}")
         parts[name]["seconds"] = time.monotonic() - began
-        print(line(name, parts[name]), flush=True)
+        print(gpu_report.line(name, parts[name], STUDY_ARCH), flush=True)
     report["wall_s"] = time.monotonic() - START
     results.write_json(out / "gpu.json", report)
     with results.atomic_path(out / "gpu.md") as tmp:
-        Path(tmp).write_text(markdown(report))
+        Path(tmp).write_text(gpu_report.markdown(report))
     print(f"wrote {out / 'gpu.json'}, {out / 'gpu.md'}: {report['wall_s']:.0f} s of a {budget:.0f} s budget")
     if failed := [k for k, p in parts.items() if p["status"].startswith("failed")]:
         raise FlaxrayError(f"{', '.join(failed)} failed; {out / 'gpu.json'} says why, and holds the other parts")

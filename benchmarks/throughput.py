@@ -43,6 +43,7 @@ from flaxray.errors import FlaxrayError
 from studies import _cli
 
 METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and loop, and any group size K
+SERIAL = ("sequential", "keras")  # seed after seed: their seed-epochs/s does not depend on S
 KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
 
 
@@ -71,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
                    help="do not start an S (of an arch) that, scaled from the last S's time by the seeds, would end "
                         "more than this many seconds after the start; the table says where it stopped")
+    p.add_argument("--serial-max-seeds", type=int, default=None, metavar="S",
+                   help="measure sequential and keras, which train seed after seed (so their rate does not depend on "
+                        "S), at S <= this only; the table's ratios at larger S divide by their rate at the largest S "
+                        "measured, marked *. Default: every S (Keras builds and compiles a model per seed)")
     p.add_argument("--out", default="runs/throughput", metavar="DIR", help="folder for throughput.json and .png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cli.add_data_args(p)
@@ -192,7 +197,7 @@ def keras_status(backend: str) -> str | None:
         return f"KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r} but --keras-backend {backend!r} was asked"
     try:
         import keras  # noqa: F401
-    except ImportError as err:
+    except Exception as err:  # noqa: BLE001 - not only ImportError: a Keras built for another jax can fail otherwise
         return f"keras is not importable ({err}); pip install -e \".[baseline]\" (keras=={KERAS_VERSION})"
     return None
 
@@ -210,6 +215,8 @@ def run(args) -> Path:
     if min(args.max_seeds, args.epochs, args.repeats) < 1:
         raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
                            f"and {args.repeats}")
+    if args.serial_max_seeds is not None and args.serial_max_seeds < 1:
+        raise FlaxrayError(f"--serial-max-seeds must be >= 1, got {args.serial_max_seeds}")
     if args.budget_s is not None and not args.budget_s > 0:
         raise FlaxrayError(f"--budget-s must be > 0, got {args.budget_s}")
     configs = [TrainConfig(arch=a, epochs=args.epochs, batch_size=args.batch_size, vary=_cli.parse_vary(args.vary),
@@ -232,25 +239,28 @@ def run(args) -> Path:
         # Each arch gets an equal share of what is left of --budget-s.
         until = began + args.budget_s if args.budget_s else math.inf
         until = time.monotonic() + (until - time.monotonic()) / (len(configs) - k)
-        last = None
+        last, spent = None, {}  # the last S, and each method's seconds at it
         for seeds in seed_counts(args.max_seeds):
-            now = time.monotonic()
-            # Compilation does not grow with S, so scaling the last S's whole time overestimates the next.
-            if last is not None and now + (need := (now - last[1]) * seeds / last[0]) > until:
+            now, now_methods = time.monotonic(), [m for m in methods if m not in SERIAL
+                                                  or seeds <= (args.serial_max_seeds or seeds)]
+            # Each method's last time scaled by the seeds: compilation does not grow with S, so this overestimates.
+            if last is not None and now + (need := sum(spent.get(m, 0.0) for m in now_methods) * seeds / last) > until:
                 stopped.append(f"{config.arch}: stopped before S={seeds} (about {need:.0f} s needed, "
                                f"{max(0.0, until - now):.0f} s left of --budget-s)")
                 print(stopped[-1], flush=True)
                 break
-            last = (seeds, now)
+            last, spent = seeds, dict.fromkeys(now_methods, 0.0)
             # The methods take turns at each S, best of --repeats: load from other jobs on the machine
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
             for _ in range(args.repeats):
-                for method in methods:
+                for method in now_methods:
+                    began_method = time.monotonic()
                     m = measure[method](config, seeds)
+                    spent[method] += time.monotonic() - began_method
                     if method not in best or m["seconds"] < best[method]["seconds"]:
                         best[method] = {**m, "compile_s": best.get(method, m)["compile_s"]}  # the first run's
-            for method in methods:
+            for method in now_methods:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
@@ -290,24 +300,40 @@ def format_row(r: dict) -> str:
             f"{100 * r['bandwidth_fraction']:5.1f} % bandwidth{took}")
 
 
+def serial_rate(rate: dict, arch: str, method: str, seeds: int) -> tuple[float, bool] | None:
+    """(seed-epochs/s of a seed-after-seed method at `seeds`, whether it is the rate of a smaller S, for S
+    past --serial-max-seeds: the largest S measured), or None if it was not measured at or below `seeds`."""
+    if (arch, method, seeds) in rate:
+        return rate[arch, method, seeds], False
+    below = [s for a, m, s in rate if (a, m) == (arch, method) and s < seeds]
+    return (rate[arch, method, max(below)], True) if method in SERIAL and below else None
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown: one row per (arch, S), a column per method (auto's with the strategy it took), and the
-    speed-up of auto (else vmap) over each other method."""
+    speed-up of auto (else vmap, else the first of flaxray's) over each other method; past
+    --serial-max-seeds, over a seed-after-seed method's rate at the largest S it was measured at (marked *,
+    with a note under the table)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     rate = {(r["arch"], r["method"], r["seeds"]): r["seed_epochs_per_s"] for r in rows}
     took = {(r["arch"], r["seeds"]): r["strategy"] for r in rows if r["method"] == "auto"}
-    lead = "auto" if "auto" in methods else "vmap" if "vmap" in methods else None
+    lead = next((m for m in ("auto", "vmap", *methods) if m in methods and m not in SERIAL), None)
     others = [m for m in methods if m != lead]
     head = ["arch", "S", *methods] + ([f"{lead} / {m}" for m in others] if lead else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines, marked = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], False
     for arch, seeds in dict.fromkeys((r["arch"], r["seeds"]) for r in rows):
         cells = [arch, str(seeds)] + [
             (f"{rate[arch, m, seeds]:.3g}" + (f" ({took[arch, seeds]})" if m == "auto" else ""))
             if (arch, m, seeds) in rate else "–" for m in methods]
         if lead:
-            cells += [f"{rate[arch, lead, seeds] / rate[arch, m, seeds]:.2f}×"
-                      if (arch, lead, seeds) in rate and (arch, m, seeds) in rate else "–" for m in others]
+            ratios = [serial_rate(rate, arch, m, seeds) for m in others]
+            cells += [f"{rate[arch, lead, seeds] / r[0]:.2f}×{'*' * r[1]}"
+                      if (arch, lead, seeds) in rate and r else "–" for r in ratios]
+            marked = marked or any(r and r[1] for r in ratios)
         lines.append("| " + " | ".join(cells) + " |")
+    if marked:
+        lines += ["", "\\* over the seed-after-seed method's seed-epochs/s at the largest S it was measured at "
+                  "(--serial-max-seeds): one seed after another, its rate does not grow with S"]
     return "\n".join(lines)
 
 

@@ -6,7 +6,10 @@ import math
 import sys
 import time
 
-from benchmarks import gpu
+import pytest
+
+from benchmarks import gpu, gpu_setup
+from flaxray.errors import FlaxrayError
 
 
 def positive(value) -> bool:
@@ -26,7 +29,7 @@ def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
     assert all(p["status"] == "complete" and positive(p["seconds"]) for p in parts.values()), parts
 
     a = parts["throughput"]
-    assert {r["seeds"] for r in a["rows"]} == {1, 2} and {r["method"] for r in a["rows"]} == {"auto", "sequential"}
+    assert [(r["method"], r["seeds"]) for r in a["rows"]] == [("auto", 1), ("sequential", 1), ("auto", 2)]
     assert all(r["strategy"] in ("vmap", "map", "loop") for r in a["rows"] if r["method"] == "auto")
     assert all(positive(r["seed_epochs_per_s"]) and r["steps_per_epoch"] == 2 for r in a["rows"])
     assert a["data"] == {"train": 64, "val": 64, "test": 64}  # the prepared tiny .npz, read back by the library
@@ -58,3 +61,11 @@ def test_deadline_interrupts_and_says_so():
 
     assert gpu.within(time.monotonic() + 0.2, slow) == (None, True)  # the sleep was interrupted
     assert gpu.within(time.monotonic() + 5, lambda: "quick") == ("quick", False)
+
+
+def test_preflight_names_a_package_the_parts_would_miss(monkeypatch):
+    assert len(gpu_setup.DEVICE_COMMAND) < 2000 and "benchmarks.gpu" in gpu_setup.DEVICE_COMMAND  # the device tool's limit
+    gpu_setup.preflight()  # everything is here
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as a machine without it: importing it fails
+    with pytest.raises(FlaxrayError, match=r"cannot run the parts: tqdm: ModuleNotFoundError"):
+        gpu_setup.preflight()
