@@ -50,7 +50,9 @@ def children(pid: int) -> dict[int, int]:
     return ids
 
 
-@pytest.mark.numeric
+# Not `numeric`: both sides run the one seed-sharded program over a two-device mesh under the same XLA
+# flags, so the identity holds whatever kernels this CPU gets; CI's second pass under AVX2 would only
+# repeat its ~90 s of process starts and compiles.
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the launcher's processes in /proc")
 def test_two_processes_survive_a_kill_and_give_the_curves_of_one_process_with_two_devices(tmp_path):
     out, cache = tmp_path / "two", tmp_path / "cache"
