@@ -36,15 +36,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-
 from benchmarks import roofline
+from benchmarks.keras_baseline import keras_status, measure_keras
 from flaxray.errors import FlaxrayError
 from studies import _cli
 
 METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and loop, and any group size K
 SERIAL = ("sequential", "keras")  # seed after seed: their seed-epochs/s does not depend on S
-KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -149,59 +147,6 @@ def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
     return {"seconds": seconds, "compile_s": max(0.0, first - seconds / (seeds * epochs))}
 
 
-def keras_model(arch: str, input_shape):
-    """The dense stack as the notes build it in Keras: Rescaling, Flatten, Dense(relu) -> BatchNormalization
-    -> Dropout blocks, Dense(1, sigmoid)."""
-    import keras
-
-    from flaxray.models import parse_arch
-
-    layers = [keras.Input(tuple(input_shape)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
-    for layer in parse_arch(arch):
-        if layer.kind != "dense":
-            raise FlaxrayError(f"--methods keras builds dense stacks only; {arch!r} has a {layer.kind!r} layer")
-        layers.append(keras.layers.Dense(layer.units, activation="relu"))
-        if layer.rate is not None:
-            layers += [keras.layers.BatchNormalization(), keras.layers.Dropout(layer.rate)]
-    return keras.Sequential(layers + [keras.layers.Dense(1, activation="sigmoid")])
-
-
-def measure_keras(config, dataset, seeds: int, epochs: int) -> dict:
-    """`model.fit` seed after seed, each seed a new model (as a user re-runs the notebook): the first
-    epoch of each compiles, the next `epochs` are timed. Validation and metrics as the notes use them."""
-    import keras
-
-    x, y = dataset.train.x, dataset.train.y.astype(np.float32)
-    steps = len(y) // config.batch_size  # the last partial batch dropped, as flaxray does
-    x, y = x[: steps * config.batch_size], y[: steps * config.batch_size]
-    val = (dataset.val.x, dataset.val.y.astype(np.float32))
-    seconds = compile_s = 0.0
-    for seed in range(seeds):
-        keras.utils.set_random_seed(seed)
-        model = keras_model(config.arch, x.shape[1:])
-        model.compile(optimizer=keras.optimizers.Adam(config.lr), loss="binary_crossentropy",
-                      metrics=["accuracy", keras.metrics.Precision(), keras.metrics.Recall(), keras.metrics.AUC()])
-        fit = dict(batch_size=config.batch_size, validation_data=val, validation_batch_size=config.eval_batch_size,
-                   verbose=0)
-        first = timed(lambda: model.fit(x, y, epochs=1, **fit))
-        run = timed(lambda: model.fit(x, y, epochs=epochs, **fit))
-        seconds += run
-        compile_s += max(0.0, first - run / epochs)
-    return {"seconds": seconds, "compile_s": compile_s}
-
-
-def keras_status(backend: str) -> str | None:
-    """None when Keras can run here, else why not."""
-    os.environ.setdefault("KERAS_BACKEND", backend)
-    if os.environ["KERAS_BACKEND"] != backend:
-        return f"KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r} but --keras-backend {backend!r} was asked"
-    try:
-        import keras  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - not only ImportError: a Keras built for another jax can fail otherwise
-        return f"keras is not importable ({err}); pip install -e \".[baseline]\" (keras=={KERAS_VERSION})"
-    return None
-
-
 def run(args) -> Path:
     import jax
 
@@ -233,7 +178,7 @@ def run(args) -> Path:
                "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
                **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if not m.isdigit() else int(m)))
                   for m in methods if m not in ("sequential", "keras")}}
-    rows, stopped, began = [], [], time.monotonic()
+    rows, stopped, began, failed = [], [], time.monotonic(), set()
     for k, config in enumerate(configs):
         cost = roofline.step_cost(config, dataset.train.x.shape[1:])
         # Each arch gets an equal share of what is left of --budget-s.
@@ -241,8 +186,8 @@ def run(args) -> Path:
         until = time.monotonic() + (until - time.monotonic()) / (len(configs) - k)
         last, spent = None, {}  # the last S, and each method's seconds at it
         for seeds in seed_counts(args.max_seeds):
-            now, now_methods = time.monotonic(), [m for m in methods if m not in SERIAL
-                                                  or seeds <= (args.serial_max_seeds or seeds)]
+            now, now_methods = time.monotonic(), [m for m in methods if m not in failed and (
+                m not in SERIAL or seeds <= (args.serial_max_seeds or seeds))]
             # Each method's last time scaled by the seeds: compilation does not grow with S, so this overestimates.
             if last is not None and now + (need := sum(spent.get(m, 0.0) for m in now_methods) * seeds / last) > until:
                 stopped.append(f"{config.arch}: stopped before S={seeds} (about {need:.0f} s needed, "
@@ -254,13 +199,21 @@ def run(args) -> Path:
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
             for _ in range(args.repeats):
-                for method in now_methods:
+                for method in (m for m in now_methods if m not in failed):
                     began_method = time.monotonic()
-                    m = measure[method](config, seeds)
+                    try:
+                        m = measure[method](config, seeds)
+                    except Exception as err:  # noqa: BLE001 - the baseline's failure must not lose flaxray's rows
+                        if method != "keras":
+                            raise
+                        failed.add(method)  # e.g. a Keras built for another jax: no more keras rows
+                        stopped.append(f"keras failed at {config.arch} S={seeds}: {type(err).__name__}: {err}")
+                        print(stopped[-1], flush=True)
+                        continue
                     spent[method] += time.monotonic() - began_method
                     if method not in best or m["seconds"] < best[method]["seconds"]:
                         best[method] = {**m, "compile_s": best.get(method, m)["compile_s"]}  # the first run's
-            for method in now_methods:
+            for method in (m for m in now_methods if m in best):
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import throughput
+from benchmarks import keras_baseline, throughput
 
 
 def run(tmp_path, *args):
@@ -47,7 +47,7 @@ def test_keras_baseline_runs_the_same_stack(tmp_path, monkeypatch):
     report, _ = run(tmp_path, "--max-seeds", "1", "--methods", "keras")
     check_rows(report["rows"])
     assert report["keras_backend"] and report["environment"]["versions"]["keras"] == keras.__version__
-    model = throughput.keras_model("dense:16@0.5,8@0.2", (28, 28, 1))
+    model = keras_baseline.keras_model("dense:16@0.5,8@0.2", (28, 28, 1))
     assert model.count_params() == report["step_cost"]["dense:16@0.5,8@0.2"]["params"]  # Keras counts BN's too
 
 
@@ -63,3 +63,15 @@ def test_budget_stops_before_an_s_predicted_not_to_fit(tmp_path, capsys):
     assert len(report["stopped"]) == 1 and "stopped before S=2" in report["stopped"][0]
     assert "stopped before S=2" in capsys.readouterr().out
     assert throughput.main(["--budget-s", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_a_failing_keras_leaves_the_other_rows(tmp_path, monkeypatch):
+    """The baseline breaking (a Keras built for another jax, say) ends its rows, not the benchmark's."""
+    def broken(*_):
+        raise RuntimeError("keras broke")
+
+    monkeypatch.setattr(throughput, "keras_status", lambda backend: None)
+    monkeypatch.setattr(throughput, "measure_keras", broken)
+    report, _ = run(tmp_path, "--max-seeds", "2", "--methods", "sequential,keras")
+    assert [(r["method"], r["seeds"]) for r in report["rows"]] == [("sequential", 1), ("sequential", 2)]
+    assert report["stopped"] == ["keras failed at dense:16@0.5,8@0.2 S=1: RuntimeError: keras broke"]
