@@ -36,6 +36,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import gpu_report
+from benchmarks.keras_baseline import KERAS_VERSION
 from benchmarks.gpu_setup import (DEVICE_COMMAND, MAX_MIB, PREPARED, SHARED, SUBSET, WHEELS, choose_data,
                                   download_wheels, preflight, prepare)
 from flaxray.errors import FlaxrayError
@@ -113,7 +114,7 @@ def throughput_part(args, common, until, out, notes) -> dict:
     part = {"steps": steps, "methods": list(methods), "rows": [], "commands": [], "status": "complete"}
     if "keras" in throughput.METHODS and importlib.util.find_spec("keras") is None:
         notes.append(f"keras is not installed here: no keras rows (carry {WHEELS} from --prepare, or pip install "
-                     "keras==3.15.1, the [baseline] extra)")
+                     f"keras=={KERAS_VERSION}, the [baseline] extra)")
     for k, arch in enumerate(archs):
         folder, before = out / f"throughput-{k}", len(notes)  # arch names can be spec strings
         argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--methods", ",".join(methods),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.keras_baseline import KERAS_VERSION
 from flaxray.errors import FlaxrayError
 
 PREPARED, SHARED = Path(".gpu-data/chest_xray_180.npz"), Path("../shared/data/chest_xray")
@@ -30,7 +31,7 @@ SUBSET = {"train": 1536, "val": 384, "test": None}  # images kept per split; Non
 MAX_MIB = 50  # of the device machine's 64 MiB for the working tree and the carried paths together
 # Keras 3 for the throughput's keras rows (the issue's target against Keras seed after seed), and what the
 # device machine's packages lack of its needs; wheels for its Python 3.12 on x86-64 (pip matches the tags).
-WHEELS, KERAS_WHEELS = Path(".whl"), ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0")
+WHEELS, KERAS_WHEELS = Path(".whl"), (f"keras=={KERAS_VERSION}", "namex==0.1.0", "optree==0.20.0")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 # The device run, from the repository root, carrying .gpu-data and .whl: the wheels into a folder of their own
 # (not pip install -e .: flaxray pins jax 0.10.2 and would replace the machine's own), the versions printed
@@ -108,7 +109,7 @@ def choose_data(data: str | None, tiny: int, out: Path) -> tuple[str, str | None
     read, and the parts read the data five times."""
     if tiny:
         source = str(prepare(None, out / "tiny.npz", None, {s: tiny for s in SUBSET}))
-        size, note = 28, "--tiny: 64 images a split of the embedded 28x28 data, stand-in archs"
+        size, note = 28, f"--tiny: {tiny} images a split of the embedded 28x28 data, stand-in archs"
     else:
         source = data or next((str(p) for p in (PREPARED, SHARED) if p.exists()), None)
         size, note = 180, None

@@ -177,7 +177,7 @@ def run(args) -> Path:
     measure = {"sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
                "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
                **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if not m.isdigit() else int(m)))
-                  for m in methods if m not in ("sequential", "keras")}}
+                  for m in methods if m not in SERIAL}}
     rows, stopped, began, failed = [], [], time.monotonic(), set()
     for k, config in enumerate(configs):
         cost = roofline.step_cost(config, dataset.train.x.shape[1:])
