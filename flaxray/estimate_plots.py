@@ -143,7 +143,7 @@ def plot_throughput(rows, path, *, title: str | None = None):
     """Seed-epochs per second against the number of seeds S, log-log, one line per method; `rows` are
     dicts with "method", "seeds" and "seed_epochs_per_s", as `benchmarks.throughput` writes them."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    fig = Figure(figsize=(8.4, 4.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for method, color in zip(methods, palette(len(methods))):
@@ -159,10 +159,9 @@ def plot_throughput(rows, path, *, title: str | None = None):
     ax.set_xlabel("seeds trained (S)")
     ax.set_ylabel("seed-epochs per second")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    fig.legend(loc="outside right upper", fontsize=9, frameon=False)  # beside the lines, never over them
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return save(fig, path)
 
 
