@@ -139,7 +139,7 @@ def throughput_part(args, common, until, out, notes) -> dict:
 
 def study_part(args, common, size, a, until, out, notes) -> dict:
     from flaxray import results
-    from flaxray.study import Study, disk_needed
+    from flaxray.study.study import Study, disk_needed
     from studies import seed_variance
 
     arch, folder = TINY["archs"][-1] if args.tiny else STUDY_ARCH, out / "study"
@@ -185,8 +185,8 @@ def study_part(args, common, size, a, until, out, notes) -> dict:
 def probe(argv, archs, seeds, out) -> dict:
     """Seconds of one epoch of each arch at `seeds` seeds on the study's own data and configs: train_seeds
     twice (the first compiles; the study then reuses that program: same config and shapes, same process)."""
-    from flaxray.runner import train_seeds
-    from flaxray.study import prepare as ready
+    from flaxray.runtime.runner import train_seeds
+    from flaxray.study.study import prepare as ready
     from studies import cnn_vs_ann
 
     study = _cli.study_spec(cnn_vs_ann.parse_args(argv), archs, "cnn_vs_ann", test=True)

@@ -69,7 +69,7 @@ def preflight() -> None:
             problems.append(f"{name}: {type(err).__name__}: {err}")
             continue
         if name == "orbax.checkpoint" and not all(hasattr(module, a) for a in ("CheckpointManager", "args")):
-            problems.append("orbax.checkpoint has no CheckpointManager/args (its v1 API?): flaxray.checkpoint "
+            problems.append("orbax.checkpoint has no CheckpointManager/args (its v1 API?): flaxray.runtime.checkpoint "
                             "needs orbax-checkpoint 0.12")
     if problems:
         raise FlaxrayError("the packages here cannot run the parts: " + "; ".join(problems))

@@ -10,7 +10,7 @@ on them) has a CI that includes 0.5 (the report's "not told apart"). Each replay
 N recorded final val losses in a random order (the seeds a race would have drawn, without
 replacement, so a race that reaches N seeds sees exactly the fixed study's values; with --resample
 bootstrap, N drawn with replacement: a fresh sample, on which the fixed design is replayed too) and races them
-(`flaxray.race.run_rounds`, the race's own code). Beside it: one seed per arch (the notes' method;
+(`flaxray.study.race.run_rounds`, the race's own code). Beside it: one seed per arch (the notes' method;
 exact, `ranking.one_seed_win_probability` over the recorded seeds) and a fixed study with only
 --round-seeds seeds (the race's first round, ranked as the search ranks). It prints a markdown table:
 how often each picks the winner, or a member of the tie, and the seed-epochs it spends.
@@ -24,7 +24,9 @@ import sys
 import numpy as np
 import scipy.stats
 
-from flaxray import race, ranking, results
+from flaxray import results
+from flaxray.study import race
+from flaxray.analysis import ranking
 
 
 def parse_args(argv=None):

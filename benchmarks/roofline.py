@@ -41,7 +41,7 @@ def multiply_adds(arch: str, input_shape) -> int:
 
 def step_cost(config, input_shape) -> dict:
     """Estimated FLOPs and bytes of one training step of one seed (see the module docstring)."""
-    from flaxray import scale
+    from flaxray.runtime import scale
 
     params = scale.param_count(config.arch, tuple(input_shape))
     activations = scale.activation_count(config.arch, input_shape) * config.batch_size

@@ -1,8 +1,8 @@
-"""Milliseconds per seed-step of the trainer's step at other git revisions of flaxray/train.py, side by side.
+"""Milliseconds per seed-step of the trainer's step at other git revisions of flaxray/core/train.py, side by side.
 
     python -m benchmarks.step_versions --against 62d04f3 --arch pyramid final --seeds 1 8
 
-Each revision's flaxray/train.py is loaded as a module of its own beside the working tree's (the
+Each revision's flaxray/core/train.py is loaded as a module of its own beside the working tree's (the
 rest of flaxray is the working tree's), its `run_epoch` jitted, single-seed for S = 1 and vmapped
 otherwise, on the embedded default (28x28x3, batch 32). The versions take turns epoch by epoch in
 one process, so a machine's load slows all of them alike; the best and the median of --rounds
@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(revision: str | None, folder: Path):
-    """flaxray/train.py at `revision` (None: the working tree) as a module."""
+    """flaxray/core/train.py at `revision` (None: the working tree) as a module."""
     path = ROOT / "flaxray" / "train.py"
     if revision is not None:
         path = folder / f"train_{revision}.py"
-        path.write_text(subprocess.run(["git", "show", f"{revision}:flaxray/train.py"], cwd=ROOT, check=True,
+        path.write_text(subprocess.run(["git", "show", f"{revision}:flaxray/core/train.py"], cwd=ROOT, check=True,
                                        capture_output=True, text=True).stdout)
     spec = importlib.util.spec_from_file_location(f"train_{revision or 'tree'}", path)
     module = importlib.util.module_from_spec(spec)

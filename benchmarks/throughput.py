@@ -6,7 +6,7 @@
 
 For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after another:
 
-    auto        `flaxray.runner.train_seeds` as a study runs it: the strategy its probe finds fastest here
+    auto        `flaxray.runtime.runner.train_seeds` as a study runs it: the strategy its probe finds fastest here
                 (the probe's time counts as compilation; the row says which it took)
     vmap        `train_seeds` with every seed batched into one jitted program per epoch
     map         `train_seeds` with the seeds one after another inside one jitted program (`lax.map`)
@@ -112,8 +112,8 @@ def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
     probes first (its time counted as compilation, the choice not cached: each S is measured afresh)."""
     import jax
 
-    from flaxray import programs
-    from flaxray.runner import train_seeds
+    from flaxray.runtime import programs
+    from flaxray.runtime.runner import train_seeds
 
     probe = 0.0
     if strategy == "auto":
@@ -131,7 +131,7 @@ def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
     """The jitted single-seed `init` and `run_epoch`, compiled once, run seed after seed."""
     import jax
 
-    from flaxray.train import make_train
+    from flaxray.core.train import make_train
 
     trainer = make_train(config)
     init, run_epoch = jax.jit(trainer.init), jax.jit(trainer.run_epoch, donate_argnums=0)
@@ -150,9 +150,10 @@ def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
 def run(args) -> Path:
     import jax
 
-    from flaxray import estimate_plots, results
-    from flaxray.study import describe_data
-    from flaxray.train import TrainConfig, device_data
+    from flaxray import results
+    from flaxray.report import estimate_plots
+    from flaxray.study.study import describe_data
+    from flaxray.core.train import TrainConfig, device_data
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := {m for m in methods if m not in (*METHODS, "loop") and not (m.isdigit() and int(m) > 0)}:

@@ -1,0 +1,48 @@
+"""flaxray: is this architecture really better, or did I get a lucky seed?
+
+    import flaxray
+    result = flaxray.run(flaxray.Study(archs=("pyramid", "final"), seeds=tuple(range(8)), epochs=10), "runs/mine")
+    result.analysis["ranking"]
+
+The packages, from the bottom up; each imports only those below it, and data flows upwards:
+
+    errors, results   the one exception type; atomic files, the curves CSV, the environment record
+    data              any images (folders, .npz, TFDS, arrays) -> uint8 arrays, leak-free splits
+    models            every arch behind one pure interface: `init(key) -> variables`, `apply(...)`
+    core              pure, no I/O: `make_train(config)` -> per-seed functions; settings and keys by name
+    runtime           the host side: compiled programs, the plan (chunks, strategy), the runner,
+                      checkpoints, devices and processes
+    analysis          numpy/scipy only: metrics, statistics, ranking, diagnosis, comparisons
+    report            files from results: markdown/HTML reports, plots that return axes, pandas, TensorBoard
+    study             a spec -> train, evaluate, analyse -> a `Result`; units on disk, reuse, replay, race
+    inspect           what trained models look at: feature maps, filters, Grad-CAM, saliency
+
+The names below are the public API, imported on first use (so `import flaxray` stays light).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "Study": "flaxray.study", "DataSpec": "flaxray.study", "run": "flaxray.study", "prepare": "flaxray.study",
+    "race": "flaxray.study.race", "replay": "flaxray.study.replay", "load_trained": "flaxray.study.trained",
+    "load_study": "flaxray.report.views", "write_tensorboard": "flaxray.report.views",
+    "load_dataset": "flaxray.data", "from_arrays": "flaxray.data",
+    "TrainConfig": "flaxray.core", "Settings": "flaxray.core", "make_train": "flaxray.core",
+    "device_data": "flaxray.core", "train_seeds": "flaxray.runtime", "register": "flaxray.models",
+    "FlaxrayError": "flaxray.errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'flaxray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_API})

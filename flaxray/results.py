@@ -3,7 +3,7 @@ device, data summary, per-arch summary), `bands.png`, `checkpoints/` and `run.js
 says whether the study finished ("complete"), stopped ("interrupted", "failed") or is running or
 was killed ("running"). Every file is written to a temporary name and renamed, so a result file is
 either complete or absent, and a folder without a complete run.json is recognisably unfinished.
-In a study of several processes (`flaxray.hosts`) only process 0 writes them: the others compute the
+In a study of several processes (`flaxray.runtime.hosts`) only process 0 writes them: the others compute the
 same files and drop them."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def environment(packages: Sequence[str] = PACKAGES) -> dict:
 
 
 def _distributed() -> bool:
-    """Whether this process is one of several (`flaxray.hosts`)."""
+    """Whether this process is one of several (`flaxray.runtime.hosts`)."""
     jax = sys.modules.get("jax")  # a folder read in a notebook does not start jax to learn it is alone
     return jax is not None and jax.distributed.is_initialized()
 
@@ -270,7 +270,7 @@ def clear_outputs(out) -> None:
             path = Path(out) / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     if _distributed():
-        from flaxray import hosts
+        from flaxray.runtime import hosts
 
         hosts.barrier("flaxray.results.clear_outputs")  # the others start writing once it is empty
 

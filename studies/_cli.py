@@ -9,10 +9,10 @@ import warnings
 from pathlib import Path
 
 from flaxray import results
-from flaxray.checkpoint import DEFAULT_EVERY
+from flaxray.runtime.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
-from flaxray.study import MAX_SEEDS
-from flaxray.train import DTYPES, FLOOR, SOURCES
+from flaxray.study.study import MAX_SEEDS
+from flaxray.core.train import DTYPES, FLOOR, SOURCES
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
@@ -110,7 +110,7 @@ def seed_list(args) -> list[int]:
 
 
 def data_spec(args):
-    from flaxray.study import DataSpec
+    from flaxray.study.study import DataSpec
 
     return DataSpec(path=args.data, image_size=args.image_size, channels=args.channels,
                     val_fraction=args.val_fraction, split_seed=args.split_seed, strict=args.strict,
@@ -118,8 +118,8 @@ def data_spec(args):
 
 
 def study_spec(args, archs, kind: str, **fields):
-    """The `flaxray.study.Study` the flags describe; validates every arch and flag before any data."""
-    from flaxray.study import Study
+    """The `flaxray.study.study.Study` the flags describe; validates every arch and flag before any data."""
+    from flaxray.study.study import Study
 
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), lrs=tuple(args.lr),
                  dropouts=tuple(args.dropout or (None,)), weight_decays=tuple(args.weight_decay), epochs=args.epochs,
@@ -170,9 +170,9 @@ def resume_args(parse_args, args):
 
 
 def run_study(args, spec, module: str, run=None):
-    """`run` (default `flaxray.study.run`; `flaxray.race.race` takes the same arguments) with the flags'
+    """`run` (default `flaxray.study.study.run`; `flaxray.study.race.race` takes the same arguments) with the flags'
     output options, recorded in run.json, the command in study.json."""
-    from flaxray.study import prepare, run as run_fixed
+    from flaxray.study.study import prepare, run as run_fixed
 
     run = run or run_fixed
 
@@ -191,7 +191,7 @@ def run_study(args, spec, module: str, run=None):
     if result.reused:
         print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
     if getattr(args, "tensorboard", None) and not results.elsewhere():
-        from flaxray.views import write_tensorboard
+        from flaxray.report.views import write_tensorboard
 
         print(f"TensorBoard: {write_tensorboard(out, args.tensorboard)} (tensorboard --logdir {args.tensorboard})")
     return result
@@ -204,7 +204,7 @@ def command(module: str, args) -> str:
 
 def replay(args) -> int:
     """--replay DIR --seed K: 0 when every group's seed K came out bit for bit as recorded, else 1."""
-    from flaxray.replay import format_rows, replay as replay_seed
+    from flaxray.study.replay import format_rows, replay as replay_seed
 
     if not args.replay or args.seed is None:
         raise FlaxrayError("--replay DIR and --seed K go together: the study to replay and the seed to train again")
@@ -232,12 +232,12 @@ def _abandon(err: BaseException) -> None:
 
 def main(run, parse_args, argv=None) -> int:
     """Run a study; user errors are one line on stderr and exit 2, never a traceback. Started as one
-    of several processes (`python -m flaxray.launch`, SLURM), it joins them first; then only process 0
+    of several processes (`python -m flaxray.runtime.launch`, SLURM), it joins them first; then only process 0
     prints and writes."""
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in study.json
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
-    from flaxray import hosts
+    from flaxray.runtime import hosts
 
     if hosts.initialize() and not hosts.is_primary():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - process 0 prints the tables; errors still reach stderr

@@ -7,7 +7,7 @@
 
 Trains every arch with the same seeds (each arch saved under OUT/groups/ and reused on a rerun),
 diagnoses each seed, compares the archs with robust statistics and writes OUT/report.md,
-OUT/report.html (self-contained), the PNGs and OUT/study.json: `flaxray.study.run`, as every study.
+OUT/report.html (self-contained), the PNGs and OUT/study.json: `flaxray.study.study.run`, as every study.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 from flaxray.errors import FlaxrayError
-from flaxray.study import MAX_SEEDS
+from flaxray.study.study import MAX_SEEDS
 from studies import _cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from flaxray.catalogue import DEFAULT_CATALOGUE, SAME_STACK
+    from flaxray.study.catalogue import DEFAULT_CATALOGUE, SAME_STACK
 
     p = argparse.ArgumentParser(
         prog="python -m studies.architecture_search",
@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "with only a one-ulp nudge of the initial parameters (the numerical-noise floor), and report each "
                    "source's share of the variance of final val loss and its share above the floor (5x the training)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
-    race = p.add_argument_group("race", "spend seeds only where the choice is still open (flaxray.race)")
+    race = p.add_argument_group("race", "spend seeds only where the choice is still open (flaxray.study.race)")
     race.add_argument("--race", action="store_true",
                       help="race the archs instead of giving each --seeds: round 1 trains every arch with "
                       "--round-seeds seeds, each later round the survivors with the next seeds (a fixed study's "
@@ -68,7 +68,7 @@ RACE_FLAGS = ("max_seeds", "round_seeds", "budget")
 
 
 def run(args) -> Path:
-    from flaxray import report
+    from flaxray.report import search as report
 
     archs = list(dict.fromkeys(args.arch))  # a name given twice is trained once
     given = {_cli._dest(t.split("=", 1)[0], vars(args)) for t in args.argv if t.startswith("--")}
@@ -83,7 +83,7 @@ def run(args) -> Path:
     print()
     print(report.ranking_markdown(result.analysis))
     print(result.analysis["verdict"].replace("**", ""))
-    from flaxray.analysis import luck_lines, variance_lines
+    from flaxray.analysis.study import luck_lines, variance_lines
 
     print("\n".join(luck_lines(result.analysis) + variance_lines(result.analysis)))
     out = result.out
@@ -92,11 +92,11 @@ def run(args) -> Path:
 
 
 def run_race(args, archs, given) -> Path:
-    """--race: `flaxray.race.race` through the same runner as every study (run.json, --resume)."""
+    """--race: `flaxray.study.race.race` through the same runner as every study (run.json, --resume)."""
     import dataclasses
     import functools
 
-    from flaxray import race
+    from flaxray.study import race
 
     if "seeds" in given or args.decompose or args.tensorboard:
         raise FlaxrayError("--race sets the seeds with --max-seeds and --round-seeds, and writes no "

@@ -7,7 +7,7 @@
 Trains both models on the same data, patient split, seeds and epochs, then evaluates every seed
 once on the held-out test split. Writes report.md / report.html (tables and figures),
 intervals.png, bands.png, study.json (with the test analysis), curves.csv, run.json and groups/ into
---out: `flaxray.study.run` with `test=True`, as every study.
+--out: `flaxray.study.study.run` with `test=True`, as every study.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> Path:
     from flaxray.errors import FlaxrayError
-    from flaxray.study import format_diverged
+    from flaxray.study.study import format_diverged
 
     if args.cnn == args.ann:
         raise FlaxrayError(f"--cnn and --ann are both {args.cnn!r}; compare two different models")
@@ -68,7 +68,7 @@ def run(args) -> Path:
         print(f"{name}: test accuracy {s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}, "
               f"AUC {s['auc']['mean']:.4f}; ensemble accuracy {m['ensemble']['accuracy']:.4f}, "
               f"AUC {m['ensemble']['auc']:.4f}")
-    from flaxray.analysis import seeds_to_settle
+    from flaxray.analysis.study import seeds_to_settle
 
     accuracy = [m["values"]["accuracy"] for m in analysis["models"].values()]
     n = seeds_to_settle(*accuracy)

@@ -6,8 +6,8 @@
 Reads every seed's saved parameters (groups/*/params/ of any study),
 computes Grad-CAM (CNNs) or input-gradient saliency (dense networks) for all seeds at once on the study's
 own test images (or the --image files, read as the study's data was), and writes PNGs, inspect.md and
-inspect.json into --out (default RUN_DIR/inspect). Library calls: `flaxray.trained.load_trained`,
-`flaxray.inspect.inspect_group`, `flaxray.inspect_report.write_inspection`.
+inspect.json into --out (default RUN_DIR/inspect). Library calls: `flaxray.study.trained.load_trained`,
+`flaxray.inspect.compute.inspect_group`, `flaxray.inspect.report.write_inspection`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def load_images(args, trained):
                 raise FlaxrayError(f"cannot read image {f}: {why}") from None
         described = f"{len(images)} given files at {size}×{size}×{channels}"
         return np.stack(images), [Path(f).name for f in args.image], described
-    from flaxray.trained import load_run_data
+    from flaxray.study.trained import load_run_data
 
     dataset = load_run_data(trained, cache_dir=args.cache_dir, progress=not args.no_progress)
     test, classes = dataset.test, dataset.class_names
@@ -95,9 +95,9 @@ def load_images(args, trained):
 
 def run(args) -> Path:
     from flaxray.errors import FlaxrayError
-    from flaxray.inspect import inspect_group
-    from flaxray.inspect_report import write_inspection
-    from flaxray.trained import load_trained
+    from flaxray.inspect.compute import inspect_group
+    from flaxray.inspect.report import write_inspection
+    from flaxray.study.trained import load_trained
 
     for flag in ("seeds", "show_images", "batch_size"):
         if getattr(args, flag) < 1:

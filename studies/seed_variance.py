@@ -8,7 +8,7 @@
 Writes curves.csv, study.json, bands.png, report.md/html, run.json and groups/ (per arch: its curves,
 checkpoints and every seed's final parameters, for `python -m studies.inspect`) into --out and prints
 a summary table over seeds with the robust ranking; `--resume DIR` continues a stopped or killed study.
-Everything here is one library call, `flaxray.study.run` (see the README for it from Python).
+Everything here is one library call, `flaxray.study.study.run` (see the README for it from Python).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> Path:
-    from flaxray import ranking
-    from flaxray.study import format_diverged
+    from flaxray.analysis import ranking
+    from flaxray.study.study import format_diverged
 
     result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
     print()
     print(ranking.format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
-    from flaxray.analysis import luck_lines, settle_sentence, variance_lines
+    from flaxray.analysis.study import luck_lines, settle_sentence, variance_lines
 
     for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),
                  *variance_lines(result.analysis)]:

@@ -7,7 +7,7 @@ Writes event files under --logdir: a run per seed (GROUP/seed_K) and per group t
 and bootstrap CI over the seeds (GROUP/mean, GROUP/ci_low, GROUP/ci_high), a scalar per split and
 metric (train/loss, val/auc, ...) at step = epoch; GROUP is the group's file-safe name (dense:8@0.5 ->
 dense_8_0.5). Needs the tensorboard extra: pip install 'flaxray[tensorboard]'. Library call:
-`flaxray.views.write_tensorboard`.
+`flaxray.report.views.write_tensorboard`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args):
-    from flaxray import views
+    from flaxray.report import views
 
     logdir = views.write_tensorboard(args.run_dir, args.logdir, confidence=args.confidence)
     curves, _ = views.load_study(args.run_dir)

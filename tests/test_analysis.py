@@ -1,4 +1,4 @@
-"""The architecture comparison (`flaxray.analysis`) and its report, on synthetic histories of both kinds.
+"""The architecture comparison (`flaxray.analysis.study`) and its report, on synthetic histories of both kinds.
 
 Moved from tests/test_search.py (the analysis half): synthetic_histories,
 test_report_from_synthetic_histories_reads_well, test_single_arch_and_single_seed_do_not_crash.
@@ -7,8 +7,9 @@ test_report_from_synthetic_histories_reads_well, test_single_arch_and_single_see
 import numpy as np
 import pytest
 
-from flaxray import analysis as fa
-from flaxray import metrics, ranking, report
+from flaxray.analysis import study as fa
+from flaxray.analysis import metrics, ranking
+from flaxray.report import search as report
 
 
 def synthetic_histories(rng, archs=("steady", "lucky", "broken"), seeds=6, epochs=8):
@@ -94,7 +95,7 @@ def test_a_three_class_comparison_ranks_and_reports(tmp_path):
 
 
 def test_seed_percentiles_and_seeds_to_settle():
-    from flaxray.analysis import seed_percentiles, seeds_to_settle
+    from flaxray.analysis.study import seed_percentiles, seeds_to_settle
 
     # Lower loss is better: the best seed beats the 3 others (100), a diverged one none (0), ties half.
     np.testing.assert_array_equal(seed_percentiles([0.1, 0.3, np.nan, 0.2]), [100, 100 / 3, 0, 200 / 3])

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxray.runner import train_seeds
-from flaxray.train import TrainConfig, device_data, make_train
+from flaxray.runtime.runner import train_seeds
+from flaxray.core.train import TrainConfig, device_data, make_train
 
 
 # Every kind of layer with state or randomness: convolutions, BatchNorm (batch stats), Dropout, both pools.

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from flaxray import compare, programs
-from flaxray.metrics import NUM_BINS, binary_metrics, counts_from_probs, test_metrics
+from flaxray.analysis import compare
+from flaxray.runtime import programs
+from flaxray.analysis.metrics import NUM_BINS, binary_metrics, counts_from_probs, test_metrics
 
 TEST_METRICS = test_metrics()
-from flaxray.runner import evaluate_seeds, predict, train_seeds
-from flaxray.train import TrainConfig, device_data
+from flaxray.runtime.runner import evaluate_seeds, predict, train_seeds
+from flaxray.core.train import TrainConfig, device_data
 from studies import cnn_vs_ann
 
 
@@ -72,7 +73,7 @@ def test_test_evaluation_on_the_device_matches_its_probabilities():
     hist = counts_from_probs(probs, y_test)
     np.testing.assert_array_equal(hist["pos_hist"], counts["pos_hist"])  # binned identically
     # Evaluated again (another rate, the same program): nothing is compiled again.
-    from flaxray import runner
+    from flaxray.runtime import runner
     evaluate = programs.compiled(programs.program_config(config))[3]
     again = evaluate_seeds(dataclasses.replace(config, lr=0.5), states, x_test, y_test)
     np.testing.assert_array_equal(again["pos_hist"], counts["pos_hist"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from flaxray import ranking, stats
+from flaxray.analysis import ranking, stats
 
 
 # ------------------------------------------------------------------ IQM and describe (with a direction)
@@ -207,7 +207,8 @@ def test_variance_shares_zero_source_and_nonfinite():
 
 
 def test_compare_analyse_and_report_for_three_classes(tmp_path):
-    from flaxray import compare, metrics, plots
+    from flaxray.analysis import compare, metrics
+    from flaxray.report import plots
 
     classes = ("a", "b", "c")
     rng = np.random.default_rng(4)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from flaxray import diagnose
+from flaxray.analysis import diagnose
 
 E = 20
 EPOCH = np.arange(1, E + 1, dtype=float)

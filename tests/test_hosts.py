@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxray import checkpoint
+from flaxray.runtime import checkpoint
 from flaxray.errors import FlaxrayError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def env(cache, **extra):
 
 
 def launch(out, cache):
-    return subprocess.Popen([sys.executable, "-m", "flaxray.launch", "-n", "2", "--", sys.executable, *STUDY,
+    return subprocess.Popen([sys.executable, "-m", "flaxray.runtime.launch", "-n", "2", "--", sys.executable, *STUDY,
                              "--out", str(out), "--checkpoint-every", "1"], cwd=ROOT, env=env(cache), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # a group to kill
 
@@ -78,7 +78,7 @@ def test_two_processes_survive_a_kill_and_give_the_curves_of_one_process_with_tw
     assert not Path(f"/proc/{pids[0]}").exists()  # reaped, not left waiting
     assert json.loads((out / "run.json").read_text())["status"] in ("failed", "running")
 
-    resumed = subprocess.run([sys.executable, "-m", "flaxray.launch", "-n", "2", "--", sys.executable,
+    resumed = subprocess.run([sys.executable, "-m", "flaxray.runtime.launch", "-n", "2", "--", sys.executable,
                               "-m", "studies.seed_variance", "--resume", str(out), "--no-progress",
                               "--checkpoint-every", "1000"],  # saved after the last epoch only: quicker
                              cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=300)
@@ -107,7 +107,7 @@ def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(tmp_path):
 
 
 def test_the_launcher_needs_a_command_and_passes_on_a_failure():
-    from flaxray import launch
+    from flaxray.runtime import launch
 
     assert launch.launch([sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['FLAXRAY_PROCESS_ID']) * 3)"],
                          2) == 3

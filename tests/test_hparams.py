@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxray import analysis as fa
-from flaxray import groups, stats
+from flaxray.analysis import study as fa
+from flaxray.study import units as groups
+from flaxray.analysis import stats
 from flaxray.errors import FlaxrayError
-from flaxray.optim import keras_weight_decay
-from flaxray.runner import train_seeds
-from flaxray.train import FLOOR, TrainConfig, device_data, make_train
+from flaxray.core.optim import keras_weight_decay
+from flaxray.runtime.runner import train_seeds
+from flaxray.core.train import FLOOR, TrainConfig, device_data, make_train
 from tests.test_train import CONFIG, tiny_dataset
 
 

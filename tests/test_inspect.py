@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flaxray import attribution, inspect as fi
+from flaxray.inspect import attribution, compute as fi
 from flaxray.models import build_model
-from flaxray.trained import load_run_data, load_trained
+from flaxray.study.trained import load_run_data, load_trained
 from studies import inspect as inspect_cli
 from studies import seed_variance
 
@@ -161,8 +161,8 @@ def test_saved_params_read_back_as_trained(tiny_study):
     assert cnn.seeds == [0, 1] and cnn.input_shape == (28, 28, 1) and cnn.config.epochs == 1
     assert cnn.params["blocks"][0]["kernel"].shape == (2, 3, 3, 1, 4)
     # The saved seeds are the trained ones: retraining them in the same program shape gives their bits.
-    from flaxray.runner import train_seeds
-    from flaxray.train import device_data
+    from flaxray.runtime.runner import train_seeds
+    from flaxray.core.train import device_data
     dataset = load_run_data(cnn, progress=False)
     states, _ = train_seeds(cnn.config, device_data(dataset), [0, 1], progress=False)
     jax.tree.map(lambda saved, fresh: np.testing.assert_array_equal(saved, fresh), cnn.params, states.params)

@@ -10,11 +10,12 @@ import optax
 import pytest
 from flax import nnx
 
-from flaxray import groups, programs
+from flaxray.study import units as groups
+from flaxray.runtime import programs
 from flaxray.errors import FlaxrayError
 from flaxray.models import build_model, conv, layers
 from flaxray.models.resnet import Conv
-from flaxray.train import TrainConfig
+from flaxray.core.train import TrainConfig
 
 ARCH = "conv:4,bn,pool,sep:8,bn,pool:same,dropout:0.2,gap,dense:8@0.5"
 
@@ -52,7 +53,8 @@ def test_the_form_is_read_when_a_program_is_traced(monkeypatch):
     monkeypatch.setenv(conv.ENV, "shifted")
     assert programs.compiled(config) is shifted
     # So are the inspection's programs and the memory plan's activation count.
-    from flaxray import inspect, scale
+    from flaxray.inspect import compute as inspect
+    from flaxray.runtime import scale
 
     maps = inspect._vmapped(inspect.grad_cam, "conv:4,pool")
     count = scale.traced_activation_count("conv:4,pool", (6, 6, 2))

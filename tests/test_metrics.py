@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from flaxray import metrics
+from flaxray.analysis import metrics
 from flaxray.errors import FlaxrayError
-from flaxray.metrics import NUM_BINS
+from flaxray.analysis.metrics import NUM_BINS
 
 CLASSES = ("cat", "dog", "eel", "fox")
 

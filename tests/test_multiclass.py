@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxray import groups, ranking
+from flaxray.study import units as groups
+from flaxray.analysis import ranking
 from flaxray.data import from_arrays
-from flaxray.study import Study, run
+from flaxray.study.study import Study, run
 from studies import seed_variance
 
 datasets = pytest.importorskip("sklearn.datasets")
@@ -62,7 +63,7 @@ def test_a_rerun_of_the_same_spec_reuses_every_group(study, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished group was retrained")
 
-    monkeypatch.setattr("flaxray.runner.train_seeds", no_training)
+    monkeypatch.setattr("flaxray.runtime.runner.train_seeds", no_training)
     again = run(Study(data=result.dataset, **SPEC), out, progress=False)
     assert sorted(again.reused) == sorted(ARCHS)
     for name, g in result.groups.items():

@@ -5,7 +5,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from flaxray import plots
+from flaxray.report import plots
 
 KEYS = ("loss", "accuracy", "precision", "recall", "auc")
 
@@ -80,7 +80,7 @@ def test_plot_bands_rejects_empty(tmp_path):
 
 
 def test_plot_bands_of_a_multiclass_history_draws_the_registry_panels(tmp_path):
-    from flaxray import metrics
+    from flaxray.analysis import metrics
 
     rng = np.random.default_rng(5)
     keys = metrics.curve_keys(("cat", "dog", "eel"))

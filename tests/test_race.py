@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from flaxray import race, results
-from flaxray.study import DataSpec, Study
+from flaxray import results
+from flaxray.study import race
+from flaxray.study.study import DataSpec, Study
 from studies import architecture_search
 
 ALPHA = 1e-3  # each statistical assertion below fails a correct race with probability at most this
@@ -109,8 +110,8 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
 
     # The same race from the command line: round 1 is read back, not trained again.
     trained = []
-    real = __import__("flaxray.runner", fromlist=["train_seeds"]).train_seeds
-    monkeypatch.setattr("flaxray.runner.train_seeds", lambda config, data, seeds, **kw: trained.append(
+    real = __import__("flaxray.runtime.runner", fromlist=["train_seeds"]).train_seeds
+    monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda config, data, seeds, **kw: trained.append(
         (config.arch, list(seeds))) or real(config, data, seeds, **kw))
     argv = ["--race", "--arch", *ARCHS, "--max-seeds", "6", "--round-seeds", "2", "--budget", "8", *TINY,
             "--data", data, "--out", str(out)]
@@ -129,7 +130,7 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
     assert results.read_curves_csv(out / "curves.csv")[1] == {a: [0, 1, 2, 3] for a in ARCHS}  # every seed trained
 
     # Again: nothing trained, the same decision.
-    monkeypatch.setattr("flaxray.runner.train_seeds", lambda *a, **k: pytest.fail("a finished round was retrained"))
+    monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda *a, **k: pytest.fail("a finished round was retrained"))
     assert architecture_search.main(argv) == 0
     assert json.loads((out / race.RACE_JSON).read_text())["decision"] == record["decision"]
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxray import results, runner, train
+from flaxray import results
+from flaxray.runtime import runner
+from flaxray.core import train
 from flaxray.errors import FlaxrayError
 from studies import seed_variance
 
@@ -176,7 +178,7 @@ def test_ctrl_c_in_a_units_last_epoch_finishes_it_and_stops_before_the_next(clea
 
 def test_ctrl_c_in_a_chunks_last_epoch_stops_before_the_next_and_after_the_last_holds_the_result(
         tmp_path, monkeypatch):
-    from flaxray.checkpoint import Stopped
+    from flaxray.runtime.checkpoint import Stopped
     from flaxray.data import load_dataset
 
     data = train.device_data(load_dataset(channels=1))
@@ -235,7 +237,7 @@ def test_checkpoint_every_0_trains_the_same_curves_and_keeps_no_checkpoint(clean
 
 
 def test_checkpoint_every_takes_epochs_or_a_wall_time():
-    from flaxray.checkpoint import every
+    from flaxray.runtime.checkpoint import every
 
     assert every(1) == every("1") == (1, 0.0) and every(0) == (0, 0.0)
     assert every("90s") == (0, 90.0) and every("5min") == (0, 300.0) and every("1.5h") == (0, 5400.0)

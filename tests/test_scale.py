@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxray import scale
+from flaxray.runtime import scale
 from flaxray.errors import FlaxrayError
-from flaxray.runner import train_seeds
-from flaxray.train import TrainConfig, device_data, make_train
+from flaxray.runtime.runner import train_seeds
+from flaxray.core.train import TrainConfig, device_data, make_train
 from tests.samples import ALPHA, assert_one_distribution, assert_same_mean
 from tests.test_train import CONFIG, tiny_dataset
 
@@ -72,8 +72,8 @@ def test_chunked_run_gives_the_unchunked_curves(data, tmp_path, capsys):
 
 FOUR_DEVICES = textwrap.dedent("""
     import json, jax, numpy as np
-    from flaxray.runner import train_seeds
-    from flaxray.train import TrainConfig, device_data
+    from flaxray.runtime.runner import train_seeds
+    from flaxray.core.train import TrainConfig, device_data
     from tests.test_train import CONFIG, tiny_dataset
     data = device_data(tiny_dataset(), eval_batch_size=16)
     config = TrainConfig(**CONFIG)
@@ -174,7 +174,7 @@ def test_a_registered_models_memory_is_estimated_from_its_traced_forward_pass():
 def test_the_hand_estimate_is_xlas_figure_for_the_notes_stack():
     """Far from the memory the plan trusts `bytes_per_seed`: for `pyramid` it must be XLA's own figure
     for the compiled epoch program within 25 % (a step that keeps more than it counts fails here)."""
-    from flaxray import programs
+    from flaxray.runtime import programs
     from flaxray.data import load_dataset
 
     data = device_data(load_dataset(None, progress=False))
@@ -184,7 +184,7 @@ def test_the_hand_estimate_is_xlas_figure_for_the_notes_stack():
 
 
 def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data, monkeypatch):
-    from flaxray import programs
+    from flaxray.runtime import programs
 
     config = TrainConfig(**CONFIG)
     per_seed, fixed = programs.compiled_bytes_per_seed(config, data)
@@ -209,7 +209,7 @@ def test_near_the_memory_map_is_planned_by_its_own_compiled_figure(monkeypatch, 
     whose activations outweigh its parameters, map's compiled figure per seed is a fraction of vmap's, so
     near the memory a chunk in map holds more seeds than vmap's plan, and map's own program at that size
     still fits; train_seeds, choosing map there, trains chunks of that size."""
-    from flaxray import programs
+    from flaxray.runtime import programs
 
     config = TrainConfig(arch="conv:8,pool,gap,dense:4", epochs=1,
                          batch_size=16, eval_batch_size=16)

@@ -6,8 +6,9 @@ import re
 import matplotlib.image
 import pytest
 
-from flaxray import catalogue, groups, ranking
-from flaxray.trained import load_trained
+from flaxray.study import catalogue, units as groups
+from flaxray.analysis import ranking
+from flaxray.study.trained import load_trained
 from studies import architecture_search
 
 TINY = ["--seeds", "3", "--epochs", "2", "--batch-size", "512", "--channels", "1", "--no-progress"]
@@ -55,7 +56,7 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     def no_training(*args, **kwargs):
         raise AssertionError("a finished arch was retrained")
 
-    monkeypatch.setattr("flaxray.runner.train_seeds", no_training)
+    monkeypatch.setattr("flaxray.runtime.runner.train_seeds", no_training)
     assert architecture_search.main(argv) == 0
     assert "reused 2 finished arch(s)" in capsys.readouterr().out
     again = json.loads((out / "study.json").read_text())["analysis"]

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from flaxray import metrics, ranking, stats
+from flaxray.analysis import metrics, ranking, stats
 
 METRICS = ("loss", "accuracy", "precision", "recall", "auc")
 

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from flaxray import programs, strategy
+from flaxray.runtime import programs
+from flaxray.core import strategy
 from flaxray.errors import FlaxrayError
-from flaxray.runner import train_seeds
-from flaxray.train import TrainConfig, device_data
+from flaxray.runtime.runner import train_seeds
+from flaxray.core.train import TrainConfig, device_data
 from tests.samples import assert_one_distribution
 from tests.test_train import CONFIG, SEEDS, tiny_dataset
 

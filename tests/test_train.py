@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from flaxray.errors import FlaxrayError
-from flaxray.metrics import binary_metrics, NUM_BINS
-from flaxray.runner import counts_to_numpy, train_seeds
-from flaxray.train import TrainConfig, device_data, make_train
+from flaxray.analysis.metrics import binary_metrics, NUM_BINS
+from flaxray.runtime.runner import counts_to_numpy, train_seeds
+from flaxray.core.train import TrainConfig, device_data, make_train
 from tests.samples import assert_one_distribution
 
 
@@ -47,7 +47,7 @@ def test_same_seed_same_curves(data):
 def test_a_seeds_lane_depends_on_its_own_inputs_only(data, arch):
     """Seed 5 in lane 2 of a 4-lane program: the same bits whatever seeds the other lanes hold. An
     identity (a lane's arithmetic is a function of its inputs and of the program's shape), so any seed
-    of a study can be trained again exactly in its recorded program shape (`flaxray.replay`)."""
+    of a study can be trained again exactly in its recorded program shape (`flaxray.study.replay`)."""
     config = TrainConfig(**{**CONFIG, "arch": arch})
     states, batch = train_seeds(config, data, [3, 4, 5, 6], progress=False)
     others, again = train_seeds(config, data, [9, 9, 5, 9], progress=False)
@@ -78,7 +78,7 @@ def test_pure_train_and_epoch_loop_are_one_distribution(data):
     config = TrainConfig(**CONFIG)
     _, loop = train_seeds(config, data, SEEDS, progress=False)
     _, counts = jax.jit(jax.vmap(make_train(config).train, in_axes=(0, None)))(jnp.arange(len(SEEDS)), data)
-    from flaxray.metrics import history_from_counts
+    from flaxray.analysis.metrics import history_from_counts
 
     pure = history_from_counts(counts_to_numpy(counts))
     assert set(pure) == set(loop) and pure["val_loss"].shape == loop["val_loss"].shape

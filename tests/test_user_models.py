@@ -6,8 +6,8 @@ from flax import nnx
 
 from flaxray import models
 from flaxray.data import from_arrays
-from flaxray.study import Study, run
-from flaxray.trained import load_trained
+from flaxray.study.study import Study, run
+from flaxray.study.trained import load_trained
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A finished study in pandas and TensorBoard (flaxray.views, python -m studies.tensorboard): the
+"""A finished study in pandas and TensorBoard (flaxray.report.views, python -m studies.tensorboard): the
 DataFrames equal the study's files, the event files read back with TensorBoard's own reader equal
 curves.csv (per seed) and stats.band (the aggregate runs), bad folders are one-line errors."""
 
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import write_chest_folder  # noqa: E402
-from flaxray import results, stats, views
+from flaxray import results
+from flaxray.analysis import stats
+from flaxray.report import views
 from flaxray.errors import FlaxrayError
 from studies import seed_variance
 from studies import tensorboard as tb_cli
@@ -180,6 +182,6 @@ def test_bad_folders_are_one_line_errors(study, tmp_path, capsys, monkeypatch):
 
 
 def test_views_never_import_jax(study):
-    code = (f"import sys; from flaxray import views; views.load_study({str(study)!r}); "
+    code = (f"import sys; from flaxray.report import views; views.load_study({str(study)!r}); "
             "assert not [m for m in ('jax', 'flax', 'tensorflow') if m in sys.modules], sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

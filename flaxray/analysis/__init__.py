@@ -1,0 +1,9 @@
+"""Analysis: numpy and scipy only, no jax, no files, no report text.
+
+    metrics     the one metric registry: names, directions, formulas from sufficient statistics
+    stats       across-seed statistics of one number per seed: bootstrap CIs, IQM, bands, variance shares
+    ranking     the per-arch summary, the one ranking, P(improvement)
+    diagnose    each seed's loss curves: good, overfit, underfit, unstable or diverged
+    study       a study's whole analysis: diagnosis, summary, ranking, verdict, seeds to settle
+    compare     two models on the held-out test set, over seeds
+"""

@@ -1,0 +1,10 @@
+"""Reports: files a person reads, written from results; nothing here trains or evaluates.
+
+    document        markdown/HTML documents and number formatting
+    plots           curves and confidence bands (functions return axes; the caller saves)
+    estimate_plots  intervals, P(improvement), throughput, a race's trace
+    search          the architecture search's report.md/html
+    study           a study's own files: curves.csv, study.json, bands.png, the report
+    race            a race's files
+    views           a finished study as pandas DataFrames and TensorBoard runs
+"""

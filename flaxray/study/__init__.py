@@ -1,0 +1,13 @@
+"""A study: a spec in; trained units on disk, evaluation and analysis; a `Result` out.
+
+    study       Study, DataSpec, prepare, run: the one study runner every study script calls
+    units       one arch's seeds (crossed with its settings) on disk: trained once, reused after
+    trained     every seed's final parameters, saved and loaded again
+    replay      train one seed again, to its exact recorded curves
+    race        seeds spent only where the choice between archs is still open
+    catalogue   the architecture search's default archs
+"""
+
+from flaxray.study.study import DataSpec, Study, prepare, run
+
+__all__ = ["DataSpec", "Study", "prepare", "run"]

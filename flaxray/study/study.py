@@ -1,0 +1,281 @@
+"""A multi-seed study as one library call: a spec in, trained groups, statistics and files out.
+
+    from flaxray.study.study import DataSpec, Study, run
+    result = run(Study(archs=("pyramid", "final"), seeds=tuple(range(8)), epochs=10), "runs/mine")
+    result.analysis["ranking"]            # the one robust ranking (criterion: ranking.RANK_CRITERION)
+
+Every study script is argument parsing around `run`. Each arch is one unit on disk
+(`flaxray.study.units`: curves, final params, checkpoints, a record), trained once and reused by any later
+run whose spec asks for the same thing; a unit trained with other settings is refused, naming the
+difference. The study's own files (study.json, curves.csv, bands.png, report.md/html) are written
+from its units each time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flaxray import results
+from flaxray.study import units
+from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped, every
+from flaxray.report.study import LAYOUT, Result, write
+from flaxray.errors import FlaxrayError
+from flaxray.core.optim import check_rate
+from flaxray.core.strategy import parse as parse_strategy
+from flaxray.core.train import FLOOR, SOURCES, TrainConfig
+
+MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from (`flaxray.data.load_dataset`'s arguments)."""
+
+    path: str | None = None  # a folder, a .npz, tfds:NAME; None: the embedded default
+    image_size: int | None = None
+    channels: int = 3
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    strict: bool = False
+    data_dir: str | None = None  # TFDS's data_dir for tfds:NAME
+
+    def load(self, *, cache_dir=None, progress=True):
+        from flaxray.data import load_dataset
+
+        kwargs = {"data_dir": self.data_dir} if self.data_dir else {}
+        return load_dataset(self.path, image_size=self.image_size, channels=self.channels,
+                            val_fraction=self.val_fraction, split_seed=self.split_seed, strict=self.strict,
+                            cache_dir=cache_dir, progress=progress, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What to compare: every arch x every learning rate x dropout x weight decay, on the same seeds and data."""
+
+    archs: tuple[str, ...] = ("pyramid",)
+    data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
+    seeds: tuple[int, ...] = tuple(range(16))
+    lrs: tuple[float, ...] = (1e-3,)
+    dropouts: tuple = (None,)  # rates replacing every Dropout layer's (None: each arch's own)
+    weight_decays: tuple[float, ...] = (0.0,)  # Keras's decoupled weight decay (AdamW); 0: none
+    epochs: int = 20
+    batch_size: int = 32
+    vary: tuple[str, ...] = SOURCES  # what differs between seeds (`TrainConfig.vary`)
+    class_weight: str = "none"  # or "balanced": n / (C n_class), as sklearn's
+    dtype: str = "float32"
+    decompose: bool = False  # also train each arch with one source of randomness varied at a time, and the ulp floor
+    test: bool = False  # evaluate every seed once on the test split and compare the first two archs there
+    confidence: float = 0.95
+    kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
+
+    def __post_init__(self):
+        if not self.archs:
+            raise FlaxrayError("a study needs at least one arch")
+        if len(set(self.archs)) < len(self.archs):
+            raise FlaxrayError(f"an arch is listed twice: {' '.join(self.archs)}")
+        if not 1 <= len(self.seeds) <= MAX_SEEDS or min(self.seeds) < 0 or max(self.seeds) > 2**31 - 1:
+            raise FlaxrayError(f"seeds must be 1 to {MAX_SEEDS} integers in 0..2^31-1, got {len(self.seeds)}")
+        for lr in self.lrs:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise FlaxrayError(f"--lr must be finite numbers > 0, got {lr}")
+        if not self.lrs or len(set(self.lrs)) < len(self.lrs):
+            raise FlaxrayError(f"--lr lists a learning rate twice (or none): {' '.join(map(str, self.lrs))}")
+        for flag, values in (("--dropout", self.dropouts), ("--weight-decay", self.weight_decays)):
+            if not values or len(set(values)) < len(values):
+                raise FlaxrayError(f"{flag} lists a value twice (or none): {' '.join(map(str, values))}")
+        if tuple(self.dropouts) != (None,):
+            for rate in self.dropouts:
+                check_rate(rate, "--dropout", high=1.0)
+        for decay in self.weight_decays:
+            check_rate(decay, "--weight-decay")
+        if self.class_weight not in ("none", "balanced"):
+            raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
+        if not 0 < self.confidence < 1:
+            raise FlaxrayError(f"--confidence must be between 0 and 1, got {self.confidence}")
+        if self.decompose and (self.n_settings > 1 or set(self.vary) != set(SOURCES)):
+            raise FlaxrayError("--decompose varies each source in turn against a run that varies all, at one "
+                               "setting; drop --vary and give one --lr, --dropout and --weight-decay")
+        if self.test and len(self.archs) * self.n_settings != 2:
+            raise FlaxrayError("a test-set comparison takes two groups: two archs at one setting (one --lr, "
+                               "--dropout and --weight-decay)")
+        for arch in self.archs:  # unknown names and bad flags fail here, before any data is read
+            self.config(arch, 2)
+
+    @property
+    def n_settings(self) -> int:
+        return len(self.lrs) * len(self.dropouts) * len(self.weight_decays)
+
+    def config(self, arch: str, num_classes: int, class_weight=None) -> TrainConfig:
+        return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lrs[0],
+                           vary=tuple(self.vary), dtype=self.dtype, num_classes=num_classes, class_weight=class_weight,
+                           dropout=self.dropouts[0], weight_decay=self.weight_decays[0])
+
+    def record(self) -> dict:
+        spec = dataclasses.asdict(dataclasses.replace(self, data=DataSpec()))
+        spec["data"] = (dataclasses.asdict(self.data) if isinstance(self.data, DataSpec)
+                        else {"in_memory": True, "source": self.data.summary.get("source")})
+        return spec
+
+
+def balanced_class_weight(labels, num_classes: int = 2) -> tuple[float, ...]:
+    """Loss weights n / (C n_class), sklearn's 'balanced'."""
+    labels = np.asarray(labels)
+    return tuple(len(labels) / (num_classes * max(1, int((labels == c).sum()))) for c in range(num_classes))
+
+
+def check_out(out) -> Path:
+    """`out` as a folder a study may write into: not a file, and not a study of an older layout."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FlaxrayError(f"--out {out} is a file, not a folder")
+    old = [n for n in ("checkpoints", "params", "archs", "search.json") if (out / n).exists()]
+    study = out / "study.json"
+    if old or (study.exists() and results.read_json(study).get("layout") != LAYOUT):
+        raise FlaxrayError(f"{out} holds a study written by an older flaxray (one layout per study before issue 12: "
+                           f"{', '.join(old) or 'study.json'}); run it again with --overwrite, or choose another --out")
+    return out
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A study's data, loaded, checked against the spec and on the device; its configs."""
+
+    dataset: Any
+    configs: dict[str, TrainConfig]
+    data: Any  # flaxray.core.train.DeviceData
+
+
+def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int | str = DEFAULT_EVERY,
+            chunk: int | None = None, cache_dir=None, overwrite: bool = False, strategy=None) -> Prepared:
+    """Every check that can refuse a study, before anything is written: the options, `out` (what it
+    holds is not checked with `overwrite`: it is to be cleared), the data, the disk `out` is on."""
+    from flaxray.core.train import check_batch_size, device_data
+
+    progress = progress and not results.elsewhere()  # several processes: process 0 shows it
+    saves = any(every(checkpoint_every))
+    if chunk is not None and chunk < 1:
+        raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
+    if strategy is not None:
+        parse_strategy(strategy)
+    if not overwrite:
+        check_out(out)
+    dataset = study.data if not isinstance(study.data, DataSpec) else study.data.load(cache_dir=cache_dir,
+                                                                                      progress=progress)
+    classes = tuple(getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA")))
+    weight = balanced_class_weight(dataset.train.y, len(classes)) if study.class_weight == "balanced" else None
+    configs = {a: study.config(a, len(classes), weight) for a in study.archs}
+    check_batch_size(configs[study.archs[0]], len(dataset.train.y))
+    if study.test and len(dataset.test.y) == 0:
+        raise FlaxrayError("the data has an empty test split; the comparison is made on the test set")
+    need = disk_needed(study, configs, dataset.train.x.shape[1:], checkpoints=saves)
+    check_disk(need, out)
+    data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)
+    if progress:
+        print(describe_data(dataset), f"· on disk up to {need / 2**20:,.0f} MiB", flush=True)
+    return Prepared(dataset, configs, data)
+
+
+def jobs(study: Study) -> list[tuple[str, str | None]]:
+    """The units of a study, (arch, source): each arch with every source varied (None), then with
+    --decompose each source alone and the numerical-noise floor (`FLOOR`)."""
+    sources = (*SOURCES, FLOOR) if study.decompose else ()
+    return [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in sources]
+
+
+def disk_needed(study: Study, configs, input_shape, *, checkpoints: bool = True) -> int:
+    """Bytes the study's units may take on disk: every seed's final params and batch statistics, and
+    (`checkpoints`) its checkpointed training state (params, Adam's two moments: 3 copies, float32),
+    two of them at once in the unit being saved (orbax removes the older step once the new one is
+    complete). An upper bound: BatchNorm's statistics are counted like parameters."""
+    from flaxray.runtime.scale import param_count
+
+    sizes = [param_count(a, tuple(input_shape), configs[a].num_classes) * 4 * len(study.seeds) * study.n_settings
+             for a, _ in jobs(study)]
+    return int(sum(sizes) * (4 if checkpoints else 1) + max(sizes) * 3 * checkpoints)
+
+
+def check_disk(need: int, out) -> None:
+    """A one-line error when the filesystem of `out` has less than `need` bytes free."""
+    import shutil
+
+    where = Path(out).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise FlaxrayError(f"the study needs up to {need / 2**30:.2f} GiB on disk for its checkpoints and final "
+                           f"parameters, and {where} has {free / 2**30:.2f} GiB free; free some space, choose "
+                           "another --out, use fewer --seeds, or --checkpoint-every 0 (no checkpoints)")
+
+
+def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int | str = DEFAULT_EVERY,
+        chunk: int | None = None, cache_dir=None, info: dict | None = None, prepared: Prepared | None = None,
+        strategy=None) -> Result:
+    """Train every unit of `study` into `out` (or read it back), then write the study's files.
+
+    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk`, `strategy`
+    (`flaxray.core.strategy`; None: $FLAXRAY_STRATEGY or auto) and `cache_dir` change where and when things
+    are computed, not what: the program shape they set is recorded (`flaxray.study.replay`). `info` is recorded in study.json
+    (e.g. the command line) and shown in the report's header. `prepared` is what `prepare` returned
+    for this study and `out` (the command line prepares before it records the run).
+    """
+    from flaxray.analysis.study import TOTAL
+
+    out = Path(out)
+    progress = progress and not results.elsewhere()
+    if overwrite:
+        results.clear_outputs(out)
+    if prepared is None:
+        prepared = prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
+                           cache_dir=cache_dir, strategy=strategy)
+    dataset, configs, data = prepared.dataset, prepared.configs, prepared.data
+
+    trained, decomposition, reused = {}, {}, []
+    from tqdm.auto import tqdm
+
+    todo = jobs(study)
+    for arch, source in tqdm(todo, desc="archs", unit="arch", disable=not progress or len(todo) < 2):
+        config = configs[arch] if source is None else dataclasses.replace(configs[arch], vary=(source,))
+        name = arch if source is None else f"{arch} only {source}"
+        try:
+            got, was_reused = units.train_unit(name, config, study.lrs, study.seeds,
+                                               units.unit_dir(out, arch, source), data, dataset, progress=progress,
+                                               checkpoint_every=checkpoint_every, chunk=chunk, dropouts=study.dropouts,
+                                               weight_decays=study.weight_decays, strategy=strategy)
+        except Stopped as err:  # a Ctrl-C in a unit's last epoch: stop before the next, or finish the study
+            if (arch, source) != todo[-1]:
+                raise
+            got, was_reused = err.result
+        if was_reused:
+            reused.append(name)
+        for g in got:
+            if source is None:
+                trained[g.name] = g
+            else:
+                decomposition.setdefault(arch, {})[source] = g.history
+    for arch in decomposition:
+        decomposition[arch][TOTAL] = trained[arch].history  # the run where every source varies
+    return write(out, study, dataset, trained, decomposition, reused, info or {})
+
+
+def describe_data(dataset) -> str:
+    import jax
+
+    classes = getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA"))
+    return (f"data: {dataset.summary['source']} · {dataset.train.x.shape[1:]} images · {len(classes)} classes · "
+            f"train {len(dataset.train.y)}, val {len(dataset.val.y)}, test {len(dataset.test.y)} · "
+            f"device {jax.devices()[0].device_kind}")
+
+
+def format_diverged(diverged) -> str:
+    """One line per group with diverged seeds, or '' when none did."""
+    return "\n".join(
+        f"diverged in {name}: " + ", ".join(f"seed {s} (epoch {e})" for s, e in seeds.items())
+        + " -- non-finite loss or gradients; these seeds stopped updating and are NaN from that epoch on"
+        for name, seeds in diverged.items() if seeds
+    )
