@@ -35,6 +35,15 @@ OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", "report.md", "repo
            "race.json", "trace.png")
 
 
+def cache_root(cache_dir=None) -> Path:
+    """The machine's flaxray cache folder (prepared data, the strategy probe's choices): `cache_dir`, else
+    $FLAXRAY_CACHE, else ~/.cache/flaxray."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("FLAXRAY_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "flaxray"
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux), else what the platform module knows."""
     try:

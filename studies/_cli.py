@@ -11,8 +11,10 @@ from pathlib import Path
 from flaxray import results
 from flaxray.runtime.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
+from flaxray.core import settings
+from flaxray.core.config import DTYPES
+from flaxray.core.randomness import FLOOR, SOURCES
 from flaxray.study.study import MAX_SEEDS
-from flaxray.core.train import DTYPES, FLOOR, SOURCES
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
@@ -40,18 +42,9 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--first-seed", type=int, default=0, help="seeds are K..K+N-1, so any seed can be re-run alone")
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per seed")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size per seed")
-    p.add_argument("--lr", type=float, nargs="+", default=[1e-3], metavar="LR",
-                   help="Adam learning rate (Keras's Adam, epsilon 1e-7); several rates are crossed with the seeds "
-                   "in one vmapped program and summarised per group NAME@lr=LR")
-    p.add_argument("--dropout", type=float, nargs="+", default=None, metavar="RATE",
-                   help="replace the rate of every Dropout layer (and dense block) of each arch with RATE, "
-                   "0 <= RATE < 1 (default: each layer's own rate). Several rates are crossed with the seeds (and "
-                   "--lr, --weight-decay) in one vmapped program, groups NAME@dropout=RATE, and the variance of "
-                   "final val loss is split into the setting's share and the seeds' share")
-    p.add_argument("--weight-decay", type=float, nargs="+", default=[0.0], metavar="WD",
-                   help="decoupled weight decay as Keras's AdamW applies it (every weight -= weight * WD * lr before "
-                   "each Adam step; 0: plain Adam). Several values are crossed with the seeds like --dropout, "
-                   "groups NAME@wd=WD")
+    for name, field in settings.FIELDS.items():  # every per-lane setting, each crossed with the seeds
+        p.add_argument(field.flag, type=float, nargs="+", default=None, metavar=field.label.upper(),
+                       help=field.help + settings.CROSSED.format(label=field.label))
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "
                    f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
@@ -121,10 +114,10 @@ def study_spec(args, archs, kind: str, **fields):
     """The `flaxray.study.study.Study` the flags describe; validates every arch and flag before any data."""
     from flaxray.study.study import Study
 
-    return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), lrs=tuple(args.lr),
-                 dropouts=tuple(args.dropout or (None,)), weight_decays=tuple(args.weight_decay), epochs=args.epochs,
-                 batch_size=args.batch_size, vary=parse_vary(args.vary), class_weight=args.class_weight,
-                 dtype=args.dtype, kind=kind, **fields)
+    grid = {name: tuple(getattr(args, name)) for name in settings.FIELDS if getattr(args, name) is not None}
+    return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), settings=grid,
+                 epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
+                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
 
 
 def _dest(token: str, names) -> str | None:

@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> Path:
     from flaxray.errors import FlaxrayError
-    from flaxray.study.study import format_diverged
+    from flaxray.report.study import format_diverged
 
     if args.cnn == args.ann:
         raise FlaxrayError(f"--cnn and --ann are both {args.cnn!r}; compare two different models")

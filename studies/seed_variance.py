@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> Path:
     from flaxray.analysis import ranking
-    from flaxray.study.study import format_diverged
+    from flaxray.report.study import format_diverged
 
     result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
     print()

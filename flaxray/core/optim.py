@@ -5,32 +5,14 @@ is Keras 3's decoupled decay (its `AdamW`, or any Keras optimizer given `weight_
 update Keras does `var.assign(var - var * wd * lr)` on every trainable variable (biases and
 BatchNorm's scale and offset too; the moving statistics are not trainable), `lr` the current
 learning rate, then Adam's step, which does not read the weights. `keras_weight_decay` is that first
-assignment, in that order; the trainer keeps each seed's rate in `SeedState.hparams`.
+assignment, in that order; the trainer keeps each seed's rates in `SeedState.settings`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import jax
 import jax.numpy as jnp
 import optax
-
-from flaxray.errors import FlaxrayError
-
-
-def check_rate(value, flag: str, *, low: float = 0.0, high: float | None = None, low_ok: bool = True) -> None:
-    """One-line error naming `flag` unless `value` is a finite real in [low, high) (or (low, ...))."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)  # numpy too
-    ok = ok and (value >= low if low_ok else value > low) and (high is None or value < high)
-    if not ok:
-        where = ("[" if low_ok else "(") + f"{low:g}, " + ("inf)" if high is None else f"{high:g})")
-        raise FlaxrayError(f"{flag} must be a finite number in {where}, got {value!r}")
-
-
-def check_lr(lr) -> None:
-    check_rate(lr, "learning rate", low_ok=False)
 
 
 def keras_weight_decay(params, weight_decay, learning_rate):

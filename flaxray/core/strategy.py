@@ -1,7 +1,6 @@
 """How the seeds of one program share a device, and which way is fastest here.
 
     program = epoch_program(trainer.run_epoch, "map")      # (states, data) -> (states, counts), seed axis first
-    best, times = probe({"vmap": run_a, "map": run_b, 4: run_c})  # each a call of one short epoch
 
 Four strategies compute the same function of each seed, in other shapes:
 
@@ -17,7 +16,7 @@ one seed's kernels leave the device idle (small dense layers on a GPU); it loses
 each operation into a slower one (vmapped convolution weights become grouped convolutions, whose
 backward pass is slow, jax-ml/jax#26568, #13800; on XLA:CPU a batched matmul can be slower than the
 same products one after another). So `auto` measures: a few steps of each candidate (compilation
-apart), on this device, and the fastest is kept, cached per machine (`cached_choice`).
+apart), on this device, and the fastest is kept, cached per machine (`flaxray.runtime.plan`).
 
 A seed's numbers depend on its inputs and on the program's shape (`flaxray.study.replay`): each strategy
 is another program, so its curves are other samples of the same distribution, and a run records the
@@ -27,16 +26,11 @@ strategy it ran in and continues in it when resumed.
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
-from flaxray import results
 from flaxray.errors import FlaxrayError
 
 AUTO, VMAP, MAP, LOOP = "auto", "vmap", "map", "loop"
 ENV = "FLAXRAY_STRATEGY"  # the default of every study and of `train_seeds` when set (else auto)
-PROBE_STEPS = 8  # training steps per seed in a probe: long enough that a step's cost dominates the call's
-PROBE_REPEATS = 3  # timed calls per candidate, after one that compiles; the fastest counts
 GROUP_SIZES = (4, 16)  # the group sizes auto tries, where smaller than the seeds
 
 
@@ -98,24 +92,6 @@ def epoch_program(run_epoch, strategy: str | int):
     return grouped
 
 
-def probe(calls: dict, repeats: int = PROBE_REPEATS) -> tuple[str | int, dict]:
-    """The fastest of `calls` ({strategy: a call running one short epoch in it}): each is run once
-    (compiling), then all are timed `repeats` times, taking turns, so that a slow spell of a shared
-    machine falls on every candidate alike; a candidate's best time counts. Returns (the fastest,
-    {strategy: s}). (Compiling them in threads saves nothing on XLA:CPU: measured, not overlapped.)"""
-    import jax
-
-    for call in calls.values():
-        jax.block_until_ready(call())
-    times = dict.fromkeys(calls, float("inf"))
-    for _ in range(repeats):
-        for strategy, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            times[strategy] = min(times[strategy], time.perf_counter() - start)
-    return min(times, key=times.get), times
-
-
 def encode(strategy: str | int) -> int:
     """As one integer (vmap 0, map 1, loop -1, groups K), for `flaxray.runtime.hosts.agree`."""
     return {VMAP: 0, MAP: 1, LOOP: -1}.get(strategy) if isinstance(strategy, str) else int(strategy)
@@ -128,36 +104,3 @@ def decode(code: int) -> str | int:
 def name(strategy: str | int) -> str:
     """As printed: "vmap", "map", "loop" or "groups of K"."""
     return f"groups of {strategy}" if isinstance(strategy, int) else strategy
-
-
-def describe(chosen: dict, per_device: int) -> str:
-    """The printed line: which strategy (`programs.choose_strategy`'s record), for how many seeds, and why."""
-    strategy, times = chosen["strategy"], chosen.get("times")
-    line = f"strategy {name(strategy)} for {per_device} seeds per device ({chosen['source']}"
-    if not times:
-        return line + ")"
-    best = times.get(str(strategy)) or min(times.values())
-    others = ", ".join(f"{k} {v / best:.2f}x" for k, v in times.items() if k != str(strategy))
-    return line + f": the fastest in a probe of {PROBE_STEPS} steps; the others took {others} its time)"
-
-
-def cache_file(cache_dir=None) -> Path:
-    from flaxray.data.cache import _cache_root
-
-    return _cache_root(cache_dir) / "strategies.json"
-
-
-def cached_choice(key: str, cache_dir=None) -> dict | None:
-    """The probe's result for `key` made earlier on this machine, or None."""
-    return results.read_json(cache_file(cache_dir)).get(key)
-
-
-def remember(key: str, choice: dict, cache_dir=None) -> None:
-    """Add `choice` under `key` to the machine's cache, atomically (best effort: a read-only home only
-    costs a probe)."""
-    path = cache_file(cache_dir)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        results.write_json(path, {**results.read_json(path), key: choice})
-    except OSError:
-        pass

@@ -23,19 +23,11 @@ from flaxray.data.core import DataWarning, Pool, _check_args
 from flaxray.data.decode import DECODER_VERSION
 from flaxray.data.folder import SPLITS, group_id, scan_folder, fingerprint as _fingerprint
 from flaxray.errors import FlaxrayError
+from flaxray.results import cache_root
 
 FOLDER_IMAGE_SIZE = 180
 PREPARED_JSON = "flaxray_prepare.json"  # written beside the TFDS data once it is complete
 _PREPARED_FORMAT = 1
-
-
-def _cache_root(cache_dir) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("FLAXRAY_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "flaxray"
 
 
 def _check_cache(folder: Path) -> None:
@@ -161,7 +153,7 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
     settings = {} if kaggle else {"classes": scan.classes}  # the chest key is today's, so its caches stay valid
     fp = _fingerprint(scan, image_size=image_size, channels=channels,
                       builder_version=builder_lib.BUILDER_VERSION, decoder=DECODER_VERSION, **settings)
-    cache_root = _cache_root(cache_dir)
+    cache_root = cache_root(cache_dir)
     _check_cache(cache_root / "tfds")
     data_dir = cache_root / "tfds" / fp
     meta_path = data_dir / PREPARED_JSON

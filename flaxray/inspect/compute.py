@@ -3,15 +3,15 @@ templates, Grad-CAM (CNNs) and input-gradient saliency (dense networks).
 
     models = load_trained("runs/my_study")                 # flaxray.study.trained
     t = models["cnn_conv"]
-    maps = attribution_maps(t.config.arch, t.params, t.batch_stats, images)    # (seeds, N, H, W)
-    feats = conv_activations(t.config.arch, t.params, t.batch_stats, images)   # {layer: (seeds, N, h, w, c)}
+    maps = attribution_maps(t.config.arch, t.params, t.model_state, images)    # (seeds, N, H, W)
+    feats = conv_activations(t.config.arch, t.params, t.model_state, images)   # {layer: (seeds, N, h, w, c)}
     filters = first_filters(t.config.arch, t.params)                           # (seeds, 3, 3, filters)
 
-Each map is a pure function of one seed's (params, batch_stats, images), `jax.vmap`ped over the
+Each map is a pure function of one seed's (params, model_state, images), `jax.vmap`ped over the
 leading seed axis of the params, so seed k's map is the map of seed k alone. The models run in
 inference mode (BatchNorm's moving averages, no dropout), so every image is independent of the
-others in its batch. The forward pass here is `models.Sequential.__call__` cut into pieces (rescale,
-blocks [start, stop), head), so that the training path stays as it is.
+others in its batch. The forward pass here is the model cut into its layers by the model interface
+(`flaxray.models.kind.Pieces`: blocks [start, stop), head), so that the training path stays as it is.
 
 With C >= 3 classes the score explained is each image's predicted class's logit (binary: the one
 logit). `num_classes=None` reads the class count off a sequential model's head; pass it for a
@@ -27,19 +27,21 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
+from flaxray import models
 from flaxray.errors import FlaxrayError
-from flaxray.models import Registered, conv, graphdef, is_registered, parse_arch
+from flaxray.models import Model, Pieces, Variables, conv, is_registered, parse_arch
 
 CONV_KINDS = ("conv", "sep")
 
 
-def _model(arch: str, params, batch_stats, input_shape, num_classes: int | None = None):
+def _model(arch: str, params, model_state, input_shape, num_classes: int | None = None) -> tuple[Pieces, Model, Variables]:
+    """(the layers, the model, its variables) of one seed: `flaxray.models.model` and its `pieces`."""
     if num_classes is None:  # a sequential head's width says it: 1 logit for two classes, else C
         width = params["head"]["kernel"].shape[-1] if "head" in params else 1
         num_classes = 2 if width == 1 else width
-    return nnx.merge(graphdef(arch, tuple(input_shape), num_classes=num_classes), params, batch_stats)
+    model = models.model(arch, tuple(input_shape), num_classes=num_classes)
+    variables = Variables(params, model_state)
+    return (None if model.pieces is None else model.pieces(variables)), model, variables
 
 
 def conv_layers(arch: str) -> list[int]:
@@ -53,13 +55,6 @@ def is_cnn(arch: str) -> bool:
     return bool(conv_layers(arch))
 
 
-def run_blocks(model, x, start: int = 0, stop: int | None = None):
-    """Blocks [start, stop) of a merged `Sequential` on `x`, in inference mode."""
-    for block in list(model.blocks)[start:stop]:
-        x = block(x, train=False, dropout_key=None)
-    return x
-
-
 def score(logits):
     """The logit each image's map explains, (N,): the one logit (binary), else the predicted class's."""
     if logits.ndim == 1:
@@ -67,41 +62,29 @@ def score(logits):
     return jnp.take_along_axis(logits, jnp.argmax(logits, axis=-1)[:, None], axis=-1)[:, 0]
 
 
-def head(model, x):
-    """The model's head: features -> the logit explained per image (`score`)."""
-    return score(model.head(x.reshape(x.shape[0], -1)))
-
-
-def forward(model, x):
-    """Rescaled images -> the logit explained per image, for any model (a registered module through its own call)."""
-    if isinstance(model, Registered):
-        return score(model.net(x, train=False, dropout_key=None))
-    return head(model, run_blocks(model, x))
-
-
 def rescale(images):
     """uint8 images as the model sees them (`Sequential` divides by 255 first)."""
     return images.astype(jnp.float32) / 255.0
 
 
-def logits(arch: str, params, batch_stats, images, num_classes: int | None = None):
-    """One seed's explained logits (`score`), through the pieces below (equal to the model's own call; tested)."""
-    model = _model(arch, params, batch_stats, images.shape[1:], num_classes)
-    return forward(model, rescale(images))
+def logits(arch: str, params, model_state, images, num_classes: int | None = None):
+    """One seed's explained logits (`score`), through the model's pieces (equal to its own call; tested)."""
+    _, model, variables = _model(arch, params, model_state, images.shape[1:], num_classes)
+    return score(model.call(variables, rescale(images)))
 
 
-def layer_outputs(arch: str, params, batch_stats, images, layers, num_classes: int | None = None) -> tuple:
+def layer_outputs(arch: str, params, model_state, images, layers, num_classes: int | None = None) -> tuple:
     """One seed's outputs of the blocks `layers` (indices, increasing) on uint8 `images`."""
-    model = _model(arch, params, batch_stats, images.shape[1:], num_classes)
+    pieces, _, _ = _model(arch, params, model_state, images.shape[1:], num_classes)
     x, outputs, start = rescale(images), [], 0
     for i in layers:
-        x = run_blocks(model, x, start, i + 1)
+        x = pieces.blocks(x, start, i + 1)
         outputs.append(x)
         start = i + 1
     return tuple(outputs)
 
 
-def grad_cam(arch: str, params, batch_stats, images, layer: int | None = None, num_classes: int | None = None):
+def grad_cam(arch: str, params, model_state, images, layer: int | None = None, num_classes: int | None = None):
     """One seed's Grad-CAM (Selvaraju et al. 2017) of the logit at block `layer` (default: the last conv
     layer), upsampled bilinearly to the image: relu(sum_c w_c A_c), w_c = spatial mean of d logit / d A_c.
     (N, H, W), >= 0."""
@@ -109,26 +92,26 @@ def grad_cam(arch: str, params, batch_stats, images, layer: int | None = None, n
         raise FlaxrayError(f"Grad-CAM needs a model with conv layers flaxray knows; {arch!r} has none "
                            "(use saliency, or attribution_maps, which picks it)")
     layer = conv_layers(arch)[-1] if layer is None else layer
-    model = _model(arch, params, batch_stats, images.shape[1:], num_classes)
-    feature_map = run_blocks(model, rescale(images), 0, layer + 1)
+    pieces, _, _ = _model(arch, params, model_state, images.shape[1:], num_classes)
+    feature_map = pieces.blocks(rescale(images), 0, layer + 1)
     # Images are independent in inference mode, so the gradient of the summed logits holds each
     # image's own gradient.
-    grads = jax.grad(lambda a: head(model, run_blocks(model, a, layer + 1)).sum())(feature_map)
+    grads = jax.grad(lambda a: score(pieces.head(pieces.blocks(a, layer + 1))).sum())(feature_map)
     weights = grads.mean(axis=(1, 2))  # (N, C)
     cam = jax.nn.relu(jnp.einsum("nhwc,nc->nhw", feature_map, weights))
     return jax.image.resize(cam, (cam.shape[0], *images.shape[1:3]), "bilinear")
 
 
-def input_gradients(arch: str, params, batch_stats, images, num_classes: int | None = None):
+def input_gradients(arch: str, params, model_state, images, num_classes: int | None = None):
     """One seed's d logit / d pixel, pixels in [0, 1] as the model sees them: (N, H, W, C)."""
-    model = _model(arch, params, batch_stats, images.shape[1:], num_classes)
-    return jax.grad(lambda x: forward(model, x).sum())(rescale(images))
+    _, model, variables = _model(arch, params, model_state, images.shape[1:], num_classes)
+    return jax.grad(lambda x: score(model.call(variables, x)).sum())(rescale(images))
 
 
-def saliency(arch: str, params, batch_stats, images, num_classes: int | None = None):
+def saliency(arch: str, params, model_state, images, num_classes: int | None = None):
     """One seed's input-gradient saliency (Simonyan et al. 2014): max over channels of |d logit / d pixel|,
     (N, H, W)."""
-    return jnp.abs(input_gradients(arch, params, batch_stats, images, num_classes)).max(axis=-1)
+    return jnp.abs(input_gradients(arch, params, model_state, images, num_classes)).max(axis=-1)
 
 
 def method(arch: str) -> str:
@@ -149,33 +132,33 @@ def _vmapped_in(fn, arch: str, extra, layers: str):
     return jax.jit(jax.vmap(functools.partial(fn, arch, **dict(extra)), in_axes=(0, 0, None)))
 
 
-def _batched(fn, params, batch_stats, images, batch_size: int, progress, desc: str):
+def _batched(fn, params, model_state, images, batch_size: int, progress, desc: str):
     """`fn` (vmapped over seeds) over `images` in batches of `batch_size`, concatenated on the image axis
     (axis 1 of every leaf); a tqdm bar when `progress` and there are several batches."""
     from tqdm.auto import tqdm
 
     starts = range(0, len(images), batch_size)
-    parts = [jax.device_get(fn(params, batch_stats, jnp.asarray(images[s:s + batch_size])))
+    parts = [jax.device_get(fn(params, model_state, jnp.asarray(images[s:s + batch_size])))
              for s in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2, leave=False)]
     return jax.tree.map(lambda *p: np.concatenate(p, axis=1), *parts)
 
 
-def attribution_maps(arch: str, params, batch_stats, images, *, batch_size: int = 64, progress: bool = False,
+def attribution_maps(arch: str, params, model_state, images, *, batch_size: int = 64, progress: bool = False,
                      num_classes: int | None = None):
     """Every seed's map of every image, (seeds, N, H, W) numpy: Grad-CAM at the last conv layer for a CNN,
     input-gradient saliency for a dense network or a registered module (`method(arch)` says which)."""
     fn = _vmapped(grad_cam if is_cnn(arch) else saliency, arch, (("num_classes", num_classes),))
-    return _batched(fn, params, batch_stats, np.asarray(images), batch_size, progress, f"maps {arch}")
+    return _batched(fn, params, model_state, np.asarray(images), batch_size, progress, f"maps {arch}")
 
 
-def conv_activations(arch: str, params, batch_stats, images, *, batch_size: int = 64,
+def conv_activations(arch: str, params, model_state, images, *, batch_size: int = 64,
                      num_classes: int | None = None) -> dict[int, np.ndarray]:
     """{block index: (seeds, N, h, w, channels)} of every conv layer's output (after its relu)."""
     layers = tuple(conv_layers(arch))
     if not layers:
         return {}
     fn = _vmapped(layer_outputs, arch, (("layers", layers), ("num_classes", num_classes)))
-    return dict(zip(layers, _batched(fn, params, batch_stats, np.asarray(images), batch_size, False, "")))
+    return dict(zip(layers, _batched(fn, params, model_state, np.asarray(images), batch_size, False, "")))
 
 
 def first_filters(arch: str, params) -> np.ndarray | None:
@@ -220,10 +203,10 @@ def inspect_group(trained, images, *, shown_images: int = 1, batch_size: int = 6
         "arch": arch,
         "method": method(arch),
         "seeds": list(trained.seeds),
-        "maps": attribution_maps(arch, trained.params, trained.batch_stats, images, batch_size=batch_size,
+        "maps": attribution_maps(arch, trained.params, trained.model_state, images, batch_size=batch_size,
                                  progress=progress, num_classes=num_classes),
         "activations": {i: (str(layers[i]), a) for i, a in conv_activations(
-            arch, trained.params, trained.batch_stats, images[:shown_images], batch_size=batch_size,
+            arch, trained.params, trained.model_state, images[:shown_images], batch_size=batch_size,
             num_classes=num_classes).items()},
         "filters": first_filters(arch, trained.params),
         "templates": dense_templates(arch, trained.params, images.shape[1:]),

@@ -1,8 +1,9 @@
-"""Every model flaxray trains, by arch: a name, a spec string or a registered module; all Flax NNX.
+"""Every model flaxray trains, by arch, behind one pure interface (`flaxray.models.kind`).
 
-    model = build_model("cnn_sep", (28, 28, 1), key=0)                  # uint8 (N, 28, 28, 1) -> logits (N,)
-    model = build_model("resnet18", (28, 28, 3), num_classes=9)         # -> logits (N, 9)
-    register("mine", MyModule)                                          # then arch="mine" anywhere
+    m = model("cnn_sep", (28, 28, 1))                  # Model(init, apply, output, pieces, call)
+    variables = m.init(jax.random.key(0))              # Variables(params, state)
+    logits, state = m.apply(variables, images, train=True, key=dropout_key)
+    register("mine", MyModule)                         # then arch="mine" anywhere
 
 An arch is one of
     - a sequential name (the notes' dense stacks, the CNNs, each also `NAME_plain`) or a spec string
@@ -11,19 +12,15 @@ An arch is one of
     - a registered module: `flaxray.models.registry` (the factory contract), among them flaxray's
       own `resnet18` (`flaxray.models.resnet`, MedMNIST v2's ResNet-18, PyTorch's defaults).
 Every model maps uint8 images (N, H, W, C) to float32 logits: (N,), one logit, for two classes
-(sigmoid cross-entropy, the notes' head), (N, C) for C >= 3 classes (softmax cross-entropy). The
-trainer splits a model into `nnx.Param`s and `nnx.BatchStat`s and calls it as
-`model(x, train=..., dropout_key=...)`, whatever the arch.
+(sigmoid cross-entropy, the notes' head), (N, C) for C >= 3 classes (softmax cross-entropy). Today
+every arch is a Flax NNX module (`flaxray.models.flax_nnx`, which also builds the modules themselves:
+`build_model`); a kind of model is one module beside it, and nothing outside this package imports
+`flax.nnx`.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from flaxray.errors import FlaxrayError
 from flaxray.models import spec
@@ -31,18 +28,15 @@ from flaxray.models.conv import neighbourhoods
 from flaxray.models.layers import (BatchNorm, Conv2D, DenseBlock, Dropout, Flatten, GlobalAveragePooling2D,
                                    MaxPool2D, SeparableConv2D, Sequential, build_layer, glorot_uniform,
                                    keras_batch_norm)
+from flaxray.models import flax_nnx
+from flaxray.models.flax_nnx import build_model, count_params, graphdef, parse_arch
+from flaxray.models.kind import LOGITS, PROBABILITIES, Model, Pieces, Variables, num_outputs
 from flaxray.models.registry import Registered, factory_of, register, registered_names, unregister
 from flaxray.models.resnet import ResNet18
 from flaxray.models.spec import (CNN_SPECS, ENDS_MAP, NEEDS_MAP, NOTES_STACKS, USAGE, Layer, dense, known_archs,
                                  min_image_size, output_shape, parse_spec, plain)
 
 register("resnet18", ResNet18, _builtin=True)
-
-
-def parse_arch(arch: str) -> tuple[Layer, ...]:
-    """Architecture name or spec string -> its layers; a one-line FlaxrayError for anything else (a
-    registered module has no layers: `check_arch` validates any arch)."""
-    return spec.parse_arch(arch, registered=registered_names())
 
 
 def is_registered(arch: str) -> bool:
@@ -70,62 +64,28 @@ def check_dropout(arch: str) -> None:
         raise FlaxrayError(f"--dropout: {arch!r} has no Dropout layer (nor a dense:N@R block) whose rate it could set")
 
 
-def num_outputs(num_classes: int) -> int:
-    """The head's width for `num_classes` classes: 1 (a sigmoid logit) for two, C for C >= 3."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise FlaxrayError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
-    return 1 if num_classes == 2 else int(num_classes)
+def model(arch: str, input_shape: tuple[int, ...], *, dtype: str = "float32", num_classes: int = 2) -> Model:
+    """`arch` on images of `input_shape` (H, W, C) for `num_classes` classes, computing in `dtype`, as
+    the one model interface (`flaxray.models.kind.Model`). Each kind of model is one module; today every
+    arch is a Flax NNX module (`flaxray.models.flax_nnx`)."""
+    return flax_nnx.model(check_arch(arch), input_shape, dtype=dtype, num_classes=num_classes)
 
 
-def build_model(arch: str, input_shape: tuple[int, ...], *, key: jax.Array | int = 0, dtype: str = "float32",
-                num_classes: int = 2) -> nnx.Module:
-    """The model of `arch` on images of `input_shape` (H, W, C) for `num_classes` classes, its parameters
-    drawn from `key`, computing in `dtype` ("float32" or "bfloat16"; parameters are float32 either way).
-    Binary models are exactly those of before num_classes existed (same parameters for the same key)."""
-    outputs, shape = num_outputs(num_classes), tuple(input_shape)
-    rngs = nnx.Rngs(params=key)
-    if is_registered(arch):
-        if len(shape) != 3:
-            raise FlaxrayError(f"{arch!r} needs images of shape (height, width, channels), got {shape}")
-        return Registered(arch, shape, outputs, rngs=rngs, dtype=jnp.dtype(dtype))
-    layers = parse_arch(arch)
-    if any(layer.kind in NEEDS_MAP for layer in layers):
-        if len(shape) != 3:
-            raise FlaxrayError(f"{arch!r} needs images of shape (height, width, channels), got {shape}")
-        need = min_image_size(layers)
-        if min(shape[:2]) < need:
-            raise FlaxrayError(f"{arch!r} needs images of at least {need}x{need} (each 'pool' halves a side, "
-                               f"rounding down); got {shape[0]}x{shape[1]}")
-    return Sequential(shape, layers, rngs=rngs, dtype=jnp.dtype(dtype), num_outputs=outputs)
+def param_counts(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> dict[str, int]:
+    """{"trainable", "non_trainable", "total"} as Keras's `model.summary()` counts them, from the shapes of
+    the initial variables alone (nothing is initialised)."""
+    import math
 
-
-def graphdef(arch: str, input_shape: tuple[int, ...], dtype: str = "float32", num_classes: int = 2):
-    """The model's structure without its arrays (nothing is initialised), to `nnx.merge` with a seed's
-    pure params and batch statistics; one per arch, shape, dtype, class count (and registered factory)."""
-    return _graphdef(arch, tuple(input_shape), dtype, num_classes, factory_of(arch))
-
-
-@functools.lru_cache(maxsize=64)
-def _graphdef(arch, input_shape, dtype, num_classes, factory):
-    # `factory` is in the key so that re-registering a name (a notebook cell run again) is not served
-    # the old module's structure.
-    return nnx.graphdef(nnx.eval_shape(lambda: build_model(arch, input_shape, dtype=dtype, num_classes=num_classes)))
-
-
-def count_params(model: nnx.Module) -> dict[str, int]:
-    """Parameter counts as Keras's `model.summary()` reports them (BatchNorm's moving stats are non-trainable)."""
-
-    def size(state):
-        return int(sum(np.prod(np.shape(v)) for v in jax.tree.leaves(state)))
-
-    trainable, non_trainable = size(nnx.state(model, nnx.Param)), size(nnx.state(model, nnx.BatchStat))
-    return {"trainable": trainable, "non_trainable": non_trainable, "total": trainable + non_trainable}
+    variables = jax.eval_shape(model(arch, tuple(input_shape), num_classes=num_classes).init, jax.random.key(0))
+    trainable, rest = (sum(math.prod(a.shape) for a in jax.tree.leaves(part)) for part in variables)
+    return {"trainable": int(trainable), "non_trainable": int(rest), "total": int(trainable + rest)}
 
 
 __all__ = [
     "CNN_SPECS", "ENDS_MAP", "NEEDS_MAP", "NOTES_STACKS", "USAGE", "BatchNorm", "Conv2D", "DenseBlock", "Dropout",
     "Flatten", "GlobalAveragePooling2D", "Layer", "MaxPool2D", "Registered", "ResNet18", "SeparableConv2D",
     "Sequential", "build_layer", "build_model", "check_arch", "check_dropout", "count_params", "dense", "factory_of", "glorot_uniform",
-    "graphdef", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "neighbourhoods", "num_outputs",
+    "graphdef", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "model", "neighbourhoods",
+    "num_outputs", "param_counts", "LOGITS", "PROBABILITIES", "Model", "Pieces", "Variables",
     "output_shape", "parse_arch", "parse_spec", "plain", "register", "registered_names", "unregister",
 ]

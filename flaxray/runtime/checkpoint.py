@@ -1,11 +1,11 @@
 """Checkpoints of a multi-seed training run (orbax), and a Ctrl-C that waits for the next one.
 
 A folder holds the checkpoints of one vmapped program: orbax step E is the state after E epochs,
-with every seed's `SeedState` (params, batch statistics, optimizer state with its learning rate,
-RNG keys, epoch, diverged), the metrics' sufficient statistics of epochs 1..E (not the metrics
-themselves: a metric added to `flaxray.analysis.metrics` later is computed from them on resume), and a JSON
-of what was trained (config, seeds, learning rates) so a resume with other settings fails instead
-of mixing runs.
+with every seed's `SeedState` (params, model state, optimizer state, a key per source of randomness,
+settings, epoch, diverged), the metrics' sufficient statistics of epochs 1..E (not the metrics
+themselves: a metric added to `flaxray.analysis.metrics` later is computed from them on resume), and a
+JSON of what was trained (config, seeds, settings) so a resume with other settings fails instead of
+mixing runs.
 
 Orbax writes a step into a temporary folder and renames it when complete, so a write killed
 half-way leaves no step that `latest` returns; opening the folder again removes the leftovers.
@@ -27,7 +27,7 @@ import numpy as np
 
 from flaxray.errors import FlaxrayError
 
-FORMAT = 3  # 1 saved the curves; 2 saves the statistics they are computed from; 3 each seed's dropout rate
+FORMAT = 4  # 1 saved the curves; 2 the statistics they are computed from; 3 each seed's dropout rate; 4 keys by name, settings in the state
 
 
 def _is_key(x) -> bool:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxray.models import conv, factory_of, is_registered, output_shape, parse_arch
+from flaxray.models import conv, factory_of, is_registered, model, output_shape, param_counts, parse_arch
 
 SEED_AXIS = "seeds"
 MEMORY_FRACTION = 0.7  # of the free memory a plan may fill: the estimate is rough, XLA needs scratch space
@@ -27,18 +27,13 @@ BYTES = 4  # float32 parameters, optimizer state and (at worst) activations
 
 
 def param_count(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> int:
-    """Trainable and BatchNorm parameters, from the shapes alone (nothing is initialised)."""
+    """Trainable and non-trainable parameters, from the shapes alone (nothing is initialised)."""
     return _param_count(arch, tuple(input_shape), num_classes, factory_of(arch))
 
 
 @functools.lru_cache(maxsize=64)
 def _param_count(arch, input_shape, num_classes, factory):  # factory: a re-registered name is counted again
-    from flax import nnx
-
-    from flaxray.models import build_model
-
-    model = nnx.eval_shape(lambda: build_model(arch, input_shape, num_classes=num_classes))
-    return int(sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model))))
+    return param_counts(arch, input_shape, num_classes)["total"]
 
 
 def activation_count(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> int:
@@ -68,21 +63,14 @@ def traced_activation_count(arch: str, input_shape: tuple[int, ...], num_classes
 @functools.lru_cache(maxsize=64)
 def _traced_activation_count(arch, input_shape, num_classes, factory, layers):  # layers: the conv form traced
     import jax.numpy as jnp
-    from flax import nnx
 
-    from flaxray.models import build_model, graphdef
-
-    abstract = nnx.eval_shape(lambda: build_model(arch, input_shape, num_classes=num_classes))
-    _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-    params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
-    structure = graphdef(arch, input_shape, num_classes=num_classes)
-
-    def forward(params, batch_stats, images, key):
-        return nnx.merge(structure, params, batch_stats)(images, train=True, dropout_key=key)
+    net = model(arch, input_shape, num_classes=num_classes)
+    variables = jax.eval_shape(net.init, jax.random.key(0))
 
     def numbers(batch):
         images = jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8)
-        jaxpr = jax.make_jaxpr(forward)(params, batch_stats, images, jax.eval_shape(jax.random.key, 0))
+        forward = lambda v, x, key: net.apply(v, x, train=True, key=key)  # noqa: E731
+        jaxpr = jax.make_jaxpr(forward)(variables, images, jax.eval_shape(jax.random.key, 0))
         jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # jax 0.11 made ClosedJaxpr a Jaxpr, `.jaxpr` a legacy accessor
         return sum(math.prod(getattr(v.aval, "shape", ())) for eqn in jaxpr.eqns for v in eqn.outvars)
 
@@ -173,9 +161,13 @@ def _place(tree, sharding: NamedSharding):
     return jax.tree.map(one, tree)
 
 
-def pad_seeds(values: list, multiple: int) -> list:
-    """`values` with its last element repeated up to a multiple of `multiple` (padding seeds, dropped later)."""
-    return values + values[-1:] * (-len(values) % multiple)
+def pad_seeds(values, multiple: int):
+    """`values` (a list or an array) with its last element repeated up to a multiple of `multiple` (padding
+    seeds, dropped later)."""
+    pad = -len(values) % multiple
+    if isinstance(values, list):
+        return values + values[-1:] * pad
+    return np.concatenate([values, np.repeat(values[-1:], pad, axis=0)])
 
 
 def describe(n_seeds: int, size: int, per_seed: int, free: int, n_devices: int, source: str = "estimated") -> str:

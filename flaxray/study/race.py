@@ -218,10 +218,9 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
     trained, reused = {a: [] for a in study.archs}, []
 
     def values_of(arch, block):
-        (group,), was_reused = units.train_unit(arch, prepared.configs[arch], study.lrs, block,
+        (group,), was_reused = units.train_unit(arch, prepared.configs[arch], study.settings, block,
                                                 block_dir(out, arch, block), prepared.data, prepared.dataset,
                                                 progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
-                                                dropouts=study.dropouts, weight_decays=study.weight_decays,
                                                 strategy=strategy)
         trained[arch].append(group)
         reused.extend([f"{arch} seeds {block[0]}-{block[-1]}"] if was_reused else [])

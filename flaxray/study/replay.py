@@ -15,21 +15,25 @@ seeds fit in memory) that is the whole unit.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
+import jax
 import numpy as np
 
 from flaxray import results
+from flaxray.core import settings
+from flaxray.core.config import device_data
 from flaxray.errors import FlaxrayError
-from flaxray.study.units import GROUP_JSON, group_names, settings
+from flaxray.models.conv import ENV, form
 from flaxray.results import slug
+from flaxray.runtime import scale
+from flaxray.runtime.runner import train_seeds
+from flaxray.study import compat
+from flaxray.study.study import DataSpec
+from flaxray.study.trained import check_run_dir, load_folder
+from flaxray.study.units import group_names, read_record
 
 
 def _tree_equal(a, b) -> tuple[bool, float]:
     """(every leaf bitwise equal, the largest absolute difference)."""
-    import jax
-
     pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     same = all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True) for x, y in pairs)
     diff = max((float(np.nanmax(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
@@ -42,15 +46,6 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
     shape it was trained in; one row per group: group, seed, lanes, identical (curves and params bit
     for bit), curves_max_diff, params_max_diff, same_machine. `dataset`: the data, when the study was
     trained on arrays given in memory (a folder, .npz or TFDS set is loaded again from the record)."""
-    import jax
-
-    from flaxray.runtime import scale
-    from flaxray.models.conv import ENV, form
-    from flaxray.runtime.runner import train_seeds
-    from flaxray.study.study import DataSpec
-    from flaxray.core.train import device_data
-    from flaxray.study.trained import check_run_dir, load_folder
-
     out = check_run_dir(out)
     record = results.read_json(out / "study.json")
     if dataset is None:
@@ -65,23 +60,23 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
     data, rows = None, []
     for unit in dict.fromkeys(record["groups"].values()):
         folder = out / unit
-        meta = json.loads((folder / GROUP_JSON).read_text("utf-8"))
+        meta = read_record(folder)
         fp, program = meta["fingerprint"], meta.get("program")
         if program is None:
             raise FlaxrayError(f"{folder} records no program shape (trained before replays existed); run the study "
                                "again to replay its seeds")
-        seeds, grid = fp["seeds"], (fp["lrs"], fp.get("dropouts", [None]), fp.get("weight_decays", [0.0]))
+        seeds, grid = fp["seeds"], settings.normalize(fp["settings"])
         if seed not in seeds:
             continue
-        lanes = [(s, g) for g in settings(*grid) for s in seeds]  # the order train_unit trained them in
+        lanes = [(s, lane) for lane in settings.cross(grid) for s in seeds]  # the order train_unit trained them in
         parts, done = scale.chunks(len(lanes), program["seeds_per_chunk"]), {}
-        names = group_names(meta["name"], *grid)
+        names = group_names(meta["name"], grid)
         trained = {n: load_folder(folder / "params" / slug(n)) for n in names}
-        config = dataclasses.replace(trained[names[0]].config, **lanes[0][1])
+        config = trained[names[0]].config
         if here["devices"] != program["devices"]:
             raise FlaxrayError(f"{folder} was trained on {program['devices']} device(s), this machine has "
                                f"{here['devices']}: the seed would run in another program shape")
-        trained_layers = program.get("layers", "shifted")  # recorded before there was a choice: shifted
+        trained_layers = compat.program_layers(program)
         if trained_layers != layers:  # a choice, unlike the machine: refused with the setting that replays it
             raise FlaxrayError(f"{folder} was trained with {trained_layers} convolutions and pools, this process runs "
                                f"{layers} ones: the seed would run in another program shape; set "
@@ -96,8 +91,7 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
             if (part.start, part.stop) not in done:
                 chunk = lanes[part]
                 done[part.start, part.stop] = train_seeds(
-                    config, data, [s for s, _ in chunk], lrs=[g["lr"] for _, g in chunk],
-                    dropouts=[g["dropout"] for _, g in chunk], weight_decays=[g["weight_decay"] for _, g in chunk],
+                    config, data, [s for s, _ in chunk], [lane for _, lane in chunk],
                     class_names=tuple(dataset.class_names), progress=progress,
                     desc=f"replay {meta['name']} [{part.start}:{part.stop}]", max_seeds_per_chunk=len(chunk),
                     strategy=program.get("strategy", "vmap"))
@@ -107,8 +101,8 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
                                                    {key: history[key][k] for key in recorded[name]})
             saved = trained[name]
             i = saved.seeds.index(seed)
-            params_same, params_diff = _tree_equal(jax.tree.map(lambda a: a[i], (saved.params, saved.batch_stats)),
-                                                   jax.tree.map(lambda a: a[k], (states.params, states.batch_stats)))
+            params_same, params_diff = _tree_equal(jax.tree.map(lambda a: a[i], saved.variables),
+                                                   jax.tree.map(lambda a: a[k], states.variables))
             rows.append({"group": name, "seed": seed, "lanes": [part.start, part.stop],
                          "identical": curves_same and params_same, "curves_max_diff": curves_diff,
                          "params_max_diff": params_diff,

@@ -1,33 +1,39 @@
-"""A multi-seed study as one library call: a spec in, trained groups, statistics and files out.
+"""A multi-seed study as one library call: a spec in; trained units, test evaluation, analysis; a `Result` out.
 
-    from flaxray.study.study import DataSpec, Study, run
-    result = run(Study(archs=("pyramid", "final"), seeds=tuple(range(8)), epochs=10), "runs/mine")
+    import flaxray
+    result = flaxray.run(flaxray.Study(archs=("pyramid", "final"), seeds=tuple(range(8)), epochs=10), "runs/mine")
     result.analysis["ranking"]            # the one robust ranking (criterion: ranking.RANK_CRITERION)
 
 Every study script is argument parsing around `run`. Each arch is one unit on disk
-(`flaxray.study.units`: curves, final params, checkpoints, a record), trained once and reused by any later
-run whose spec asks for the same thing; a unit trained with other settings is refused, naming the
-difference. The study's own files (study.json, curves.csv, bands.png, report.md/html) are written
-from its units each time.
+(`flaxray.study.units`: curves, final params, checkpoints, a record), trained once and reused by any
+later run whose spec asks for the same thing; a unit trained with other settings is refused, naming
+the difference. The study's result files (study.json, curves.csv) are written from its units each
+time (`flaxray.study.result`), then its report (`flaxray.report.study`: bands.png, report.md/html).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from flaxray import results
-from flaxray.study import units
-from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped, every
-from flaxray.report.study import LAYOUT, Result, write
+from flaxray.analysis.study import TOTAL
+from flaxray.core import settings as settings_grid
+from flaxray.core import strategy as strategies
+from flaxray.core.config import TrainConfig, check_batch_size, check_dropout_settings, device_data
+from flaxray.core.randomness import FLOOR, SOURCES
 from flaxray.errors import FlaxrayError
-from flaxray.core.optim import check_rate
-from flaxray.core.strategy import parse as parse_strategy
-from flaxray.core.train import FLOOR, SOURCES, TrainConfig
+from flaxray.report import study as report
+from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped, every
+from flaxray.runtime.plan import check_most
+from flaxray.runtime.scale import param_count
+from flaxray.study import compat, units
+from flaxray.study.result import Result, build
 
 MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
 
@@ -55,14 +61,16 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """What to compare: every arch x every learning rate x dropout x weight decay, on the same seeds and data."""
+    """What to compare: every arch x every combination of `settings`, on the same seeds and data.
+
+    `settings` maps a per-lane setting (`flaxray.core.settings.FIELDS`: lr, dropout, weight_decay) to
+    the values crossed with the seeds in one program, e.g. {"lr": (1e-3, 3e-4), "dropout": (0.2, 0.5)};
+    a setting not given takes its default (lr 1e-3; dropout: each layer's own; no weight decay)."""
 
     archs: tuple[str, ...] = ("pyramid",)
     data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
     seeds: tuple[int, ...] = tuple(range(16))
-    lrs: tuple[float, ...] = (1e-3,)
-    dropouts: tuple = (None,)  # rates replacing every Dropout layer's (None: each arch's own)
-    weight_decays: tuple[float, ...] = (0.0,)  # Keras's decoupled weight decay (AdamW); 0: none
+    settings: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 32
     vary: tuple[str, ...] = SOURCES  # what differs between seeds (`TrainConfig.vary`)
@@ -73,26 +81,17 @@ class Study:
     confidence: float = 0.95
     kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
 
-    def __post_init__(self):
+    def __post_init__(self):  # every check of a study, once, before any data is read
+        object.__setattr__(self, "archs", tuple(self.archs))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "vary", tuple(self.vary))
+        object.__setattr__(self, "settings", settings_grid.normalize(self.settings))
         if not self.archs:
             raise FlaxrayError("a study needs at least one arch")
         if len(set(self.archs)) < len(self.archs):
             raise FlaxrayError(f"an arch is listed twice: {' '.join(self.archs)}")
         if not 1 <= len(self.seeds) <= MAX_SEEDS or min(self.seeds) < 0 or max(self.seeds) > 2**31 - 1:
             raise FlaxrayError(f"seeds must be 1 to {MAX_SEEDS} integers in 0..2^31-1, got {len(self.seeds)}")
-        for lr in self.lrs:
-            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-                raise FlaxrayError(f"--lr must be finite numbers > 0, got {lr}")
-        if not self.lrs or len(set(self.lrs)) < len(self.lrs):
-            raise FlaxrayError(f"--lr lists a learning rate twice (or none): {' '.join(map(str, self.lrs))}")
-        for flag, values in (("--dropout", self.dropouts), ("--weight-decay", self.weight_decays)):
-            if not values or len(set(values)) < len(values):
-                raise FlaxrayError(f"{flag} lists a value twice (or none): {' '.join(map(str, values))}")
-        if tuple(self.dropouts) != (None,):
-            for rate in self.dropouts:
-                check_rate(rate, "--dropout", high=1.0)
-        for decay in self.weight_decays:
-            check_rate(decay, "--weight-decay")
         if self.class_weight not in ("none", "balanced"):
             raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
         if not 0 < self.confidence < 1:
@@ -105,21 +104,32 @@ class Study:
                                "--dropout and --weight-decay)")
         for arch in self.archs:  # unknown names and bad flags fail here, before any data is read
             self.config(arch, 2)
+            check_dropout_settings(arch, self.settings["dropout"])
 
     @property
     def n_settings(self) -> int:
-        return len(self.lrs) * len(self.dropouts) * len(self.weight_decays)
+        return len(settings_grid.cross(self.settings))
 
     def config(self, arch: str, num_classes: int, class_weight=None) -> TrainConfig:
-        return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lrs[0],
-                           vary=tuple(self.vary), dtype=self.dtype, num_classes=num_classes, class_weight=class_weight,
-                           dropout=self.dropouts[0], weight_decay=self.weight_decays[0])
+        return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, vary=tuple(self.vary),
+                           dtype=self.dtype, num_classes=num_classes, class_weight=class_weight)
 
     def record(self) -> dict:
+        """The spec as JSON; `Study.from_record` builds it again (a resume)."""
         spec = dataclasses.asdict(dataclasses.replace(self, data=DataSpec()))
+        spec["settings"] = {k: list(v) for k, v in self.settings.items()}
         spec["data"] = (dataclasses.asdict(self.data) if isinstance(self.data, DataSpec)
                         else {"in_memory": True, "source": self.data.summary.get("source")})
         return spec
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> "Study":
+        if record["data"].get("in_memory"):
+            raise FlaxrayError("the study was trained on arrays given in memory, which cannot be loaded again "
+                               "from its record; save them as an .npz and pass that as the data instead")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields}
+        return cls(**{**spec, "data": DataSpec(**record["data"]), "settings": record.get("settings", {})})
 
 
 def balanced_class_weight(labels, num_classes: int = 2) -> tuple[float, ...]:
@@ -133,11 +143,7 @@ def check_out(out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FlaxrayError(f"--out {out} is a file, not a folder")
-    old = [n for n in ("checkpoints", "params", "archs", "search.json") if (out / n).exists()]
-    study = out / "study.json"
-    if old or (study.exists() and results.read_json(study).get("layout") != LAYOUT):
-        raise FlaxrayError(f"{out} holds a study written by an older flaxray (one layout per study before issue 12: "
-                           f"{', '.join(old) or 'study.json'}); run it again with --overwrite, or choose another --out")
+    compat.check_layout(out)
     return out
 
 
@@ -147,31 +153,32 @@ class Prepared:
 
     dataset: Any
     configs: dict[str, TrainConfig]
-    data: Any  # flaxray.core.train.DeviceData
+    data: Any  # flaxray.core.config.DeviceData
 
 
 def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int | str = DEFAULT_EVERY,
             chunk: int | None = None, cache_dir=None, overwrite: bool = False, strategy=None) -> Prepared:
     """Every check that can refuse a study, before anything is written: the options, `out` (what it
     holds is not checked with `overwrite`: it is to be cleared), the data, the disk `out` is on."""
-    from flaxray.core.train import check_batch_size, device_data
-
     progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     saves = any(every(checkpoint_every))
-    if chunk is not None and chunk < 1:
-        raise FlaxrayError(f"--chunk must be >= 1, got {chunk}")
+    check_most(chunk)
     if strategy is not None:
-        parse_strategy(strategy)
+        strategies.parse(strategy)
     if not overwrite:
         check_out(out)
     dataset = study.data if not isinstance(study.data, DataSpec) else study.data.load(cache_dir=cache_dir,
                                                                                       progress=progress)
-    classes = tuple(getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA")))
+    classes = tuple(dataset.class_names)
     weight = balanced_class_weight(dataset.train.y, len(classes)) if study.class_weight == "balanced" else None
     configs = {a: study.config(a, len(classes), weight) for a in study.archs}
     check_batch_size(configs[study.archs[0]], len(dataset.train.y))
     if study.test and len(dataset.test.y) == 0:
         raise FlaxrayError("the data has an empty test split; the comparison is made on the test set")
+    for arch, source in jobs(study) if not overwrite else ():  # a unit trained otherwise: refused before anything
+        units.finished(units.unit_dir(out, arch, source),
+                       units.fingerprint(unit_config(configs[arch], source), study.settings, study.seeds,
+                                         dataset.summary))
     need = disk_needed(study, configs, dataset.train.x.shape[1:], checkpoints=saves)
     check_disk(need, out)
     data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)
@@ -187,13 +194,16 @@ def jobs(study: Study) -> list[tuple[str, str | None]]:
     return [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in sources]
 
 
+def unit_config(config: TrainConfig, source: str | None) -> TrainConfig:
+    """The config of an arch's unit: as the study asks, or varying `source` alone (--decompose)."""
+    return config if source is None else dataclasses.replace(config, vary=(source,))
+
+
 def disk_needed(study: Study, configs, input_shape, *, checkpoints: bool = True) -> int:
-    """Bytes the study's units may take on disk: every seed's final params and batch statistics, and
+    """Bytes the study's units may take on disk: every seed's final params and model state, and
     (`checkpoints`) its checkpointed training state (params, Adam's two moments: 3 copies, float32),
     two of them at once in the unit being saved (orbax removes the older step once the new one is
     complete). An upper bound: BatchNorm's statistics are counted like parameters."""
-    from flaxray.runtime.scale import param_count
-
     sizes = [param_count(a, tuple(input_shape), configs[a].num_classes) * 4 * len(study.seeds) * study.n_settings
              for a, _ in jobs(study)]
     return int(sum(sizes) * (4 if checkpoints else 1) + max(sizes) * 3 * checkpoints)
@@ -201,8 +211,6 @@ def disk_needed(study: Study, configs, input_shape, *, checkpoints: bool = True)
 
 def check_disk(need: int, out) -> None:
     """A one-line error when the filesystem of `out` has less than `need` bytes free."""
-    import shutil
-
     where = Path(out).absolute()
     while not where.exists():
         where = where.parent
@@ -216,16 +224,22 @@ def check_disk(need: int, out) -> None:
 def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, checkpoint_every: int | str = DEFAULT_EVERY,
         chunk: int | None = None, cache_dir=None, info: dict | None = None, prepared: Prepared | None = None,
         strategy=None) -> Result:
-    """Train every unit of `study` into `out` (or read it back), then write the study's files.
+    """Train every unit of `study` into `out` (or read it back), evaluate and analyse, write the result
+    files and the report; returns the `Result`.
 
-    `overwrite` deletes the study's files and units first; `checkpoint_every`, `chunk`, `strategy`
-    (`flaxray.core.strategy`; None: $FLAXRAY_STRATEGY or auto) and `cache_dir` change where and when things
-    are computed, not what: the program shape they set is recorded (`flaxray.study.replay`). `info` is recorded in study.json
-    (e.g. the command line) and shown in the report's header. `prepared` is what `prepare` returned
-    for this study and `out` (the command line prepares before it records the run).
+    Args:
+      study: what to compare.
+      out: the study's folder.
+      overwrite: delete the study's files and units first.
+      checkpoint_every, chunk, strategy, cache_dir: where and when things are computed, not what; the
+        program shape they set is recorded (`flaxray.study.replay`). `strategy`: `flaxray.core.strategy`
+        (None: $FLAXRAY_STRATEGY or auto).
+      info: recorded in study.json (e.g. the command line) and shown in the report's header.
+      prepared: what `prepare` returned for this study and `out` (the command line prepares before it
+        records the run).
+    Returns:
+      The `flaxray.study.result.Result`: its groups, analysis, test comparison and study.json record.
     """
-    from flaxray.analysis.study import TOTAL
-
     out = Path(out)
     progress = progress and not results.elsewhere()
     if overwrite:
@@ -236,17 +250,14 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     dataset, configs, data = prepared.dataset, prepared.configs, prepared.data
 
     trained, decomposition, reused = {}, {}, []
-    from tqdm.auto import tqdm
-
     todo = jobs(study)
     for arch, source in tqdm(todo, desc="archs", unit="arch", disable=not progress or len(todo) < 2):
-        config = configs[arch] if source is None else dataclasses.replace(configs[arch], vary=(source,))
+        config = unit_config(configs[arch], source)
         name = arch if source is None else f"{arch} only {source}"
         try:
-            got, was_reused = units.train_unit(name, config, study.lrs, study.seeds,
+            got, was_reused = units.train_unit(name, config, study.settings, study.seeds,
                                                units.unit_dir(out, arch, source), data, dataset, progress=progress,
-                                               checkpoint_every=checkpoint_every, chunk=chunk, dropouts=study.dropouts,
-                                               weight_decays=study.weight_decays, strategy=strategy)
+                                               checkpoint_every=checkpoint_every, chunk=chunk, strategy=strategy)
         except Stopped as err:  # a Ctrl-C in a unit's last epoch: stop before the next, or finish the study
             if (arch, source) != todo[-1]:
                 raise
@@ -260,22 +271,14 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
                 decomposition.setdefault(arch, {})[source] = g.history
     for arch in decomposition:
         decomposition[arch][TOTAL] = trained[arch].history  # the run where every source varies
-    return write(out, study, dataset, trained, decomposition, reused, info or {})
+    result = build(out, study, dataset, trained, decomposition, reused, info or {})
+    report.write(result)
+    return result
 
 
 def describe_data(dataset) -> str:
     import jax
 
-    classes = getattr(dataset, "class_names", ("NORMAL", "PNEUMONIA"))
-    return (f"data: {dataset.summary['source']} · {dataset.train.x.shape[1:]} images · {len(classes)} classes · "
-            f"train {len(dataset.train.y)}, val {len(dataset.val.y)}, test {len(dataset.test.y)} · "
-            f"device {jax.devices()[0].device_kind}")
-
-
-def format_diverged(diverged) -> str:
-    """One line per group with diverged seeds, or '' when none did."""
-    return "\n".join(
-        f"diverged in {name}: " + ", ".join(f"seed {s} (epoch {e})" for s, e in seeds.items())
-        + " -- non-finite loss or gradients; these seeds stopped updating and are NaN from that epoch on"
-        for name, seeds in diverged.items() if seeds
-    )
+    return (f"data: {dataset.summary['source']} · {dataset.train.x.shape[1:]} images · "
+            f"{len(dataset.class_names)} classes · train {len(dataset.train.y)}, val {len(dataset.val.y)}, "
+            f"test {len(dataset.test.y)} · device {jax.devices()[0].device_kind}")

@@ -4,10 +4,10 @@
     dataset = load_run_data(models["cnn_sep"])   # the images the study trained and tested on
 
 A folder per group (`OUT/groups/<arch>/params/<group>/`, written by `flaxray.study.units`): `trained.json`
-(config, seeds, input shape, the data's settings) and `state/`, an orbax StandardCheckpointer tree
-{"params", "batch_stats"} with a leading seed axis (what `jax.vmap` over seeds takes). No optimizer
+(config, settings, seeds, input shape, the data's settings) and `state/`, an orbax StandardCheckpointer
+tree {"params", "model_state"} with a leading seed axis (what `jax.vmap` over seeds takes). No optimizer
 state and no RNG keys: these are for looking at and evaluating the models, not for training them
-further (`checkpoints/` keeps that).
+further (`checkpoints/` keeps that). Older folders are read through `flaxray.study.compat`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,16 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from flaxray import results
-from flaxray.errors import FlaxrayError
+import jax
 
-FORMAT = 1
+from flaxray import models, results
+from flaxray.core.config import TrainConfig
+from flaxray.core.settings import Settings
+from flaxray.errors import FlaxrayError
+from flaxray.models import Variables
+from flaxray.study import compat
+
+FORMAT = 2
 TRAINED_JSON = "trained.json"
 PARAMS = "params"  # the folder of a study that holds one sub-folder per group
 DATA_KEYS = ("path", "source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names",
@@ -32,19 +38,24 @@ class Trained:
     """Every seed of one group, as trained: `params` and `batch_stats` have a leading seed axis."""
 
     name: str
-    config: Any  # flaxray.core.train.TrainConfig
+    config: TrainConfig
+    settings: Settings
     seeds: list[int]
     input_shape: tuple[int, int, int]
     data: dict  # the data's settings (DATA_KEYS), to load it again with `load_run_data`
     params: Any
-    batch_stats: Any
+    model_state: Any
     folder: Path
 
+    @property
+    def variables(self) -> Variables:
+        return Variables(self.params, self.model_state)
 
-def save_trained(folder, name: str, config, seeds: Sequence[int], states, input_shape: Sequence[int],
-                 data_summary: Mapping) -> Path:
-    """Write the final params and batch statistics of every seed (`states` from `train_seeds`, trained on
-    images of `input_shape` (H, W, C) from the data `data_summary` describes) to `folder`.
+
+def save_trained(folder, name: str, config: TrainConfig, settings: Settings, seeds: Sequence[int], states,
+                 input_shape: Sequence[int], data_summary: Mapping) -> Path:
+    """Write the final params and model state of every seed (`states` from `train_seeds`, trained at
+    `settings` on images of `input_shape` (H, W, C) from the data `data_summary` describes) to `folder`.
 
     `trained.json` is written last, so a folder without it is an unfinished write, never read back.
     """
@@ -54,9 +65,10 @@ def save_trained(folder, name: str, config, seeds: Sequence[int], states, input_
     if not results.elsewhere():
         (folder / TRAINED_JSON).unlink(missing_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(folder / "state", {"params": states.params, "batch_stats": states.batch_stats}, force=True)
+        checkpointer.save(folder / "state", {"params": states.params, "model_state": states.model_state}, force=True)
     results.write_json(folder / TRAINED_JSON, {
-        "format": FORMAT, "name": name, "config": dataclasses.asdict(config), "seeds": [int(s) for s in seeds],
+        "format": FORMAT, "name": name, "config": config.record(),
+        "settings": {k: v for k, v in settings._asdict().items() if v is not None}, "seeds": [int(s) for s in seeds],
         "input_shape": [int(d) for d in input_shape], "data": {k: data_summary.get(k) for k in DATA_KEYS},
     })
     return folder
@@ -81,14 +93,10 @@ def check_run_dir(run_dir) -> Path:
         raise FlaxrayError(f"the study in {run_dir} is not finished (run.json says {run.get('status')!r}); "
                            f"finish it first ({how})")
     again = f": {run['command']} --overwrite" if run and run.get("command") else " with --overwrite"
-    if not (run_dir / "study.json").is_file():
-        if (run_dir / "search.json").is_file():
-            raise FlaxrayError(f"{run_dir} holds an architecture search written by an older flaxray (search.json, "
-                               f"before one layout for every study, issue 12); run it again{again}")
+    if not (run_dir / "study.json").is_file() and not (run_dir / "search.json").is_file():
         raise FlaxrayError(f"{run_dir} holds no finished study (no study.json)")
     if not trained_folders(run_dir):
-        raise FlaxrayError(f"{run_dir} holds no saved parameters that this flaxray reads (studies before issue 8 "
-                           f"kept none; those before issue 12 kept them in another layout); run it again{again}")
+        raise compat.no_saved_params(run_dir, again)
     return run_dir
 
 
@@ -106,26 +114,21 @@ def load_trained(run_dir, names: Sequence[str] | None = None) -> dict[str, Train
 
 def load_folder(folder) -> Trained:
     """One group's `Trained` from its folder (what `save_trained` wrote), params restored with orbax."""
-    import jax
     import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from flaxray.models import build_model
-    from flaxray.core.train import TrainConfig
 
     folder = Path(folder)
-    meta = json.loads((folder / TRAINED_JSON).read_text("utf-8"))
-    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    meta = compat.trained_record(json.loads((folder / TRAINED_JSON).read_text("utf-8")))
+    config = TrainConfig.from_record(meta["config"])
     shape, n = tuple(meta["input_shape"]), len(meta["seeds"])
     # The tree to restore into: one model's shapes, with the seed axis in front.
-    model = nnx.eval_shape(lambda: build_model(config.arch, shape, num_classes=config.num_classes))
-    _, params, batch_stats = nnx.as_pure(nnx.split(model, nnx.Param, nnx.BatchStat))
+    model = models.model(config.arch, shape, num_classes=config.num_classes)
+    params, state = jax.eval_shape(model.init, jax.random.key(0))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype),
-                          {"params": params, "batch_stats": batch_stats})
+                          {"params": params, meta["state_key"]: state})
     with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(folder.absolute() / "state", target)
-    return Trained(meta["name"], config, meta["seeds"], shape, meta["data"], state["params"], state["batch_stats"],
-                   folder)
+        saved = checkpointer.restore(folder.absolute() / "state", target)
+    return Trained(meta["name"], config, Settings(**meta["settings"]), meta["seeds"], shape, meta["data"],
+                   saved["params"], saved[meta["state_key"]], folder)
 
 
 def load_run_data(trained: Trained, **kwargs):

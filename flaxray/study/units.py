@@ -20,57 +20,35 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from flaxray import results
-from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped
+from flaxray.core import settings
+from flaxray.core.config import TrainConfig
+from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
+from flaxray.models.conv import form
+from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped
+from flaxray.runtime.runner import SAVES, train_seeds
+from flaxray.study import compat
+from flaxray.study.trained import save_trained
 
 GROUPS = "groups"
 GROUP_JSON = "group.json"
-FORMAT = 1
+FORMAT = 2  # 1: the settings as lrs, dropouts, weight_decays (read by `flaxray.study.compat`)
 DATA_KEYS = ("source", "fingerprint", "image_size", "channels", "val_fraction", "split_seed", "class_names")
-
-
-
-
-def lr_label(lr: float) -> str:
-    """Shortest text that reads back as `lr`: 3e-4, 0.01, 1e+30, 0."""
-    lr = float(lr)
-    if lr == 0 or 1e-2 <= lr < 1e4:
-        return np.format_float_positional(lr, trim="-")
-    return np.format_float_scientific(lr, trim="-", exp_digits=1)
-
-
-# The settings a unit crosses with its seeds: the TrainConfig field, its label in group names, its default.
-SETTINGS = (("lr", "lr", None), ("dropout", "dropout", None), ("weight_decay", "wd", 0.0))
-
-
-def settings(lrs: Sequence[float], dropouts: Sequence = (None,), weight_decays: Sequence[float] = (0.0,)) -> list[dict]:
-    """Every {lr, dropout, weight_decay} of a unit, lr outermost: the order its lanes are trained in."""
-    return [{"lr": float(r), "dropout": None if d is None else float(d), "weight_decay": float(w)}
-            for r in lrs for d in dropouts for w in weight_decays]
-
-
-def group_names(name: str, lrs: Sequence[float], dropouts: Sequence = (None,),
-                weight_decays: Sequence[float] = (0.0,)) -> list[str]:
-    """`NAME` for one setting; for several, `NAME@` and the settings that vary: `NAME@lr=RATE`,
-    `NAME@dropout=0.2`, `NAME@lr=0.001,wd=1e-4`."""
-    grid = settings(lrs, dropouts, weight_decays)
-    varying = [(field, label) for field, label, _ in SETTINGS if len({g[field] for g in grid}) > 1]
-    if not varying:
-        return [name]
-    return [f"{name}@" + ",".join(f"{label}={lr_label(g[field])}" for field, label in varying) for g in grid]
 
 
 @dataclasses.dataclass
 class Group:
-    """The seeds of one config: what a summary row, a band and a ranking entry are over."""
+    """The seeds of one config at one setting: what a summary row, a band and a ranking entry are over."""
 
     name: str
-    config: Any  # flaxray.core.train.TrainConfig, with this group's rate
+    config: TrainConfig
+    settings: Settings  # this group's settings (floats; None: not in its program)
     seeds: list[int]
     history: dict[str, np.ndarray]  # Keras-style, (seeds, epochs); NaN from the epoch a seed diverged in
     diverged: np.ndarray  # (seeds,): 0, or the epoch (1-based) in which the seed diverged and stopped
@@ -80,17 +58,28 @@ class Group:
 
     @property
     def params_dir(self) -> Path:
-        """Where its seeds' final params and batch statistics are (`flaxray.study.trained`)."""
+        """Where its seeds' final params and model state are (`flaxray.study.trained`)."""
         return self.folder / "params" / results.slug(self.name)
 
 
+def group_names(name: str, grid: Mapping[str, tuple]) -> list[str]:
+    """`NAME` for one setting; for several, `NAME@` and the settings that vary: `NAME@lr=3e-4`,
+    `NAME@dropout=0.2`, `NAME@lr=0.001,wd=1e-4`; in the order of `settings.cross(grid)`."""
+    fields = settings.varying(grid)
+    return [settings.group_name(name, s, fields) for s in settings.cross(grid)]
+
+
 def write_curves(path, groups: Sequence[Group]) -> Path:
-    """curves.csv of `groups`: every seed's curves with its group's rate and diverged epoch, and its
-    dropout and weight decay columns when a group sets them (so a default study's file is unchanged)."""
-    extra = {field: {g.name: getattr(g.config, field) for g in groups} for field, _, default in SETTINGS[1:]
-             if any(getattr(g.config, field) != default for g in groups)}
+    """curves.csv of `groups`: every seed's curves with its group's rate and diverged epoch, and a column
+    for each other setting that some group sets (so a study that sets none writes the columns it always did)."""
+    extra = {}
+    for field in Settings._fields[1:]:
+        off = settings.FIELDS[field].off
+        values = {g.name: getattr(g.settings, field) for g in groups}
+        if any(v is not None and v != off for v in values.values()):
+            extra[field] = {n: off if v is None else v for n, v in values.items()}
     return results.write_curves_csv(path, {g.name: g.history for g in groups}, {g.name: g.seeds for g in groups},
-                                    lrs={g.name: g.config.lr for g in groups},
+                                    lrs={g.name: g.settings.lr for g in groups},
                                     diverged={g.name: g.diverged for g in groups}, extra=extra)
 
 
@@ -99,19 +88,11 @@ def unit_dir(out, arch: str, source: str | None = None) -> Path:
     return folder if source is None else folder / f"only-{source}"
 
 
-def fingerprint(config, lrs: Sequence[float], seeds: Sequence[int], data_summary, dropouts: Sequence = (None,),
-                weight_decays: Sequence[float] = (0.0,)) -> dict:
-    """What a saved unit must match to be reused: the config (its settings aside), the settings, the
-    seeds, the data. Dropouts and weight decays only when not the defaults, so a default unit's
-    fingerprint is the one it had before they existed (its folder stays reusable)."""
-    skip = {field for field, _, _ in SETTINGS}
-    out = {"config": {**{k: v for k, v in dataclasses.asdict(config).items() if k not in skip}, "lr": None},
-           "lrs": [float(r) for r in lrs], "seeds": [int(s) for s in seeds],
-           "data": {k: data_summary.get(k) for k in DATA_KEYS}}
-    for key, values, default in (("dropouts", dropouts, None), ("weight_decays", weight_decays, 0.0)):
-        if list(values) != [default]:
-            out[key] = [None if v is None else float(v) for v in values]
-    return results.jsonable(out)
+def fingerprint(config: TrainConfig, grid: Mapping[str, tuple], seeds: Sequence[int], data_summary) -> dict:
+    """What a saved unit must match to be reused: the config, the settings (those at their off value left
+    out: `settings.record`), the seeds, the data."""
+    return results.jsonable({"config": config.record(), "settings": settings.record(grid),
+                             "seeds": [int(s) for s in seeds], "data": {k: data_summary.get(k) for k in DATA_KEYS}})
 
 
 def differences(saved, wanted, prefix="") -> list[str]:
@@ -125,12 +106,20 @@ def differences(saved, wanted, prefix="") -> list[str]:
     return out
 
 
+def read_record(folder: Path) -> dict | None:
+    """A unit's group.json in today's format (`flaxray.study.compat` upgrades an older one), or None."""
+    try:
+        record = json.loads((Path(folder) / GROUP_JSON).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return compat.group_record(record)
+
+
 def finished(folder: Path, wanted: dict) -> dict | None:
     """The unit's group.json if it finished with the `wanted` fingerprint; None if it never finished;
     a one-line error if it finished with other settings."""
-    try:
-        record = json.loads((folder / GROUP_JSON).read_text("utf-8"))
-    except (OSError, ValueError):
+    record = read_record(folder)
+    if record is None:
         return None
     if record.get("format") != FORMAT or record.get("fingerprint") != wanted:
         diff = "; ".join(differences(record.get("fingerprint", {}), wanted)[:3]) or "an older format"
@@ -143,10 +132,6 @@ def program_shape(folder: Path, lanes: int) -> dict:
     """What decides a seed's arithmetic besides its own inputs: the lanes of each vmapped program (the
     chunk size), the devices they were split over, the machine and the form of the convolutions and
     pools (`flaxray.models.conv.form`; `flaxray.study.replay` runs it again)."""
-    import jax
-
-    from flaxray.models.conv import form
-
     chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
             "strategy": chunks.get("strategy", "vmap"), "strategy_source": chunks.get("strategy_source", "asked"),
@@ -155,53 +140,43 @@ def program_shape(folder: Path, lanes: int) -> dict:
             "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model(), "layers": form()}
 
 
-def train_unit(name: str, config, lrs: Sequence[float], seeds: Sequence[int], folder: Path, data, dataset, *,
-               progress=True, checkpoint_every=DEFAULT_EVERY, chunk=None, dropouts: Sequence = (None,),
-               weight_decays: Sequence[float] = (0.0,), strategy=None) -> tuple[list[Group], bool]:
-    """The groups of one unit (`name` x `lrs` x `dropouts` x `weight_decays` x `seeds`, one vmapped
-    program), trained into `folder` or read back from it. `dropouts`: rates replacing the arch's
-    (None: its own); `weight_decays`: Keras's decoupled decay (0: none).
-
-    Returns (groups, reused)."""
-    from flaxray.runtime.runner import SAVES, train_seeds
-    from flaxray.study.trained import save_trained
-
-    seeds, grid = [int(s) for s in seeds], settings(lrs, dropouts, weight_decays)
-    names, summary = group_names(name, lrs, dropouts, weight_decays), dataset.summary
-    wanted = fingerprint(config, lrs, seeds, summary, dropouts, weight_decays)
+def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds: Sequence[int], folder: Path, data,
+               dataset, *, progress=True, checkpoint_every=DEFAULT_EVERY, chunk=None, strategy=None
+               ) -> tuple[list[Group], bool]:
+    """The groups of one unit (`name` x every setting of `grid` (`settings.normalize`d) x `seeds`, one
+    vmapped program), trained into `folder` or read back from it. Returns (groups, reused)."""
+    seeds, lanes = [int(s) for s in seeds], settings.cross(grid)
+    names, summary = group_names(name, grid), dataset.summary
+    wanted = fingerprint(config, grid, seeds, summary)
     record = finished(folder, wanted)
     if record is not None:
         histories, _ = results.read_curves_csv(folder / "curves.csv")
-        return [Group(n, dataclasses.replace(config, **g), seeds, histories[n],
-                      np.asarray(record["diverged"][n], np.int64), folder)
-                for n, g in zip(names, grid)], True
+        return [Group(n, config, lane, seeds, histories[n], np.asarray(record["diverged"][n], np.int64), folder)
+                for n, lane in zip(names, lanes)], True
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    lanes = {field: [g[field] for g in grid for _ in seeds] for field, _, _ in SETTINGS}
     stopped = None
     try:
-        states, history = train_seeds(config, data, [s for _ in grid for s in seeds], lrs=lanes["lr"],
-                                      dropouts=lanes["dropout"], weight_decays=lanes["weight_decay"],
-                                      class_names=getattr(dataset, "class_names", None), progress=progress,
-                                      desc=name + (f" x {len(grid)} settings" if len(grid) > 1 else ""),
+        states, history = train_seeds(config, data, [s for _ in lanes for s in seeds],
+                                      [lane for lane in lanes for _ in seeds],
+                                      class_names=dataset.class_names, progress=progress,
+                                      desc=name + (f" x {len(lanes)} settings" if len(lanes) > 1 else ""),
                                       checkpoint_dir=folder / results.CHECKPOINTS, checkpoint_every=checkpoint_every,
                                       max_seeds_per_chunk=chunk, strategy=strategy)
     except Stopped as err:  # a Ctrl-C in the last epoch: the unit is finished, and written before stopping
         (states, history), stopped = err.result, err
     seconds = time.perf_counter() - start
-    import jax
-
     diverged, groups = np.asarray(states.diverged), []
-    for j, (n, g) in enumerate(zip(names, grid)):
+    for j, (n, lane) in enumerate(zip(names, lanes)):
         rows = slice(j * len(seeds), (j + 1) * len(seeds))
-        groups.append(Group(n, dataclasses.replace(config, **g), seeds, {k: v[rows] for k, v in history.items()},
-                            diverged[rows], folder, seconds, jax.tree.map(lambda a: a[rows], states)))
+        groups.append(Group(n, config, lane, seeds, {k: v[rows] for k, v in history.items()}, diverged[rows],
+                            folder, seconds, jax.tree.map(lambda a: a[rows], states)))
     write_curves(folder / "curves.csv", groups)
     for g in groups:
-        save_trained(g.params_dir, g.name, g.config, seeds, g.states, data.x_train.shape[1:], summary)
+        save_trained(g.params_dir, g.name, g.config, g.settings, seeds, g.states, data.x_train.shape[1:], summary)
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
-        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(grid) * len(seeds)),
+        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(lanes) * len(seeds)),
         "checkpoints": results.read_json(folder / results.CHECKPOINTS / SAVES)})  # their cost to this run
     if stopped is not None:
         raise Stopped(f"stopped after {name}'s last epoch, saved", (groups, False))

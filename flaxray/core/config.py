@@ -1,0 +1,103 @@
+"""What a compiled training program depends on (`TrainConfig`), and the data it reads on the device.
+
+A `TrainConfig` holds what changes the program: the arch, the epochs, the batch sizes, the classes
+and their weights, the compute dtype and which sources of randomness vary. What may differ between
+the lanes of one program (the learning rate, dropout, weight decay: `flaxray.core.settings`) is not
+here: it is state. Every check of these fields is here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxray import models
+from flaxray.core.randomness import FLOOR, SOURCES
+from flaxray.errors import FlaxrayError
+
+DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "pyramid"
+    epochs: int = 20
+    batch_size: int = 32
+    vary: tuple[str, ...] = SOURCES  # what differs between seeds; the rest comes from `shared_seed`
+    shared_seed: int = 0
+    class_weight: tuple[float, ...] | None = None  # loss weight of each class, as Keras's class_weight
+    eval_batch_size: int = 256
+    dtype: str = "float32"  # compute dtype of activations and matmuls (`DTYPES`)
+    num_classes: int = 2  # 2: one logit, sigmoid; 3 or more: one logit per class, softmax
+
+    def __post_init__(self):
+        models.check_arch(self.arch)  # unknown names and bad spec strings fail here, before any work
+        if self.num_classes < 2:
+            raise FlaxrayError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.class_weight is not None and len(self.class_weight) != self.num_classes:
+            raise FlaxrayError(f"class_weight needs one weight per class ({self.num_classes}), "
+                               f"got {len(self.class_weight)}")
+        if unknown := set(self.vary) - {*SOURCES, FLOOR}:
+            raise FlaxrayError(f"--vary: unknown source(s) {sorted(unknown)}; choose from {', '.join((*SOURCES, FLOOR))}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise FlaxrayError(f"--dtype: unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+
+    def record(self) -> dict:
+        """The config as JSON-able plain values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "TrainConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+
+    @property
+    def epoch_key(self) -> tuple:
+        """What one epoch's program depends on: every field but the number of epochs (a host loop)."""
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "epochs")
+
+
+def check_dropout_settings(arch: str, dropouts) -> None:
+    """A one-line error when rates replacing the arch's dropout are asked of an arch without any."""
+    if any(d is not None for d in dropouts):
+        models.check_dropout(arch)
+
+
+class DeviceData(NamedTuple):
+    """Images as uint8 on the device; val padded to whole eval batches (`val_mask` 0 on padding)."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array
+    y_val: jax.Array
+    val_mask: jax.Array
+
+
+def pad_to_batches(x, y, eval_batch_size: int):
+    """Images (uint8), labels and mask on the device, zero-padded to whole eval batches (mask 0 on padding)."""
+    n = len(y)
+    pad = -n % eval_batch_size
+    x = np.concatenate([np.asarray(x, np.uint8), np.zeros((pad, *np.shape(x)[1:]), np.uint8)])
+    return (jnp.asarray(x, jnp.uint8), jnp.asarray(np.concatenate([y, np.zeros(pad)]), jnp.float32),
+            jnp.asarray(np.arange(n + pad) < n, jnp.float32))
+
+
+def device_data(dataset, eval_batch_size: int = 256) -> DeviceData:
+    """Put a `flaxray.data.Dataset`'s train and val splits on the device once, as uint8 (labels as
+    float32: the sigmoid loss takes them so, and small class indices are exact in float32)."""
+    if len(dataset.train.y) == 0 or len(dataset.val.y) == 0:
+        raise FlaxrayError("the data has an empty train or validation split; add images or lower --val-fraction")
+    x_val, y_val, val_mask = pad_to_batches(dataset.val.x, dataset.val.y, eval_batch_size)
+    return DeviceData(x_train=jnp.asarray(dataset.train.x, jnp.uint8), y_train=jnp.asarray(dataset.train.y, jnp.float32),
+                      x_val=x_val, y_val=y_val, val_mask=val_mask)
+
+
+def check_batch_size(config: TrainConfig, n_train: int) -> None:
+    if config.batch_size > n_train:
+        raise FlaxrayError(f"batch size {config.batch_size} is larger than the training split ({n_train} images)")
