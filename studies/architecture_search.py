@@ -83,7 +83,7 @@ def run(args) -> Path:
     print()
     print(report.ranking_markdown(result.analysis))
     print(result.analysis["verdict"].replace("**", ""))
-    from flaxray.analysis.study import luck_lines, variance_lines
+    from flaxray.report.table import luck_lines, variance_lines
 
     print("\n".join(luck_lines(result.analysis) + variance_lines(result.analysis)))
     out = result.out

@@ -43,13 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> Path:
-    from flaxray.analysis import ranking
+    from flaxray.analysis.study import settle_sentence
+    from flaxray.report.table import format_summary_table, luck_lines, variance_lines
     from flaxray.report.study import format_diverged
 
     result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
     print()
-    print(ranking.format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
-    from flaxray.analysis.study import luck_lines, settle_sentence, variance_lines
+    print(format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
 
     for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),
                  *variance_lines(result.analysis)]:

@@ -208,7 +208,7 @@ def test_variance_shares_zero_source_and_nonfinite():
 
 def test_compare_analyse_and_report_for_three_classes(tmp_path):
     from flaxray.analysis import compare, metrics
-    from flaxray.report import plots
+    from flaxray.report import compare as compare_report, plots
 
     classes = ("a", "b", "c")
     rng = np.random.default_rng(4)
@@ -230,8 +230,8 @@ def test_compare_analyse_and_report_for_three_classes(tmp_path):
     assert good["ensemble"]["accuracy"] == pytest.approx(direct)
     assert good["summary"]["auc"]["n"] == 4 and "better on this test set" in analysis["verdict"]
 
-    bands = plots.plot_bands({"good": {"loss": rng.uniform(size=(2, 3)), "val_loss": rng.uniform(size=(2, 3))}},
-                             tmp_path / "bands.png")
-    md, _ = compare.write_report(tmp_path, analysis, info={"title": "3 classes"}, bands=bands)
+    bands = plots.save(plots.plot_bands({"good": {"loss": rng.uniform(size=(2, 3)),
+                                                  "val_loss": rng.uniform(size=(2, 3))}}), tmp_path / "bands.png")
+    md, _ = compare_report.write_report(tmp_path, analysis, info={"title": "3 classes"}, bands=bands)
     text = md.read_text()
     assert "recall b" in text and "predicted class: the most probable" in text and "specificity" not in text

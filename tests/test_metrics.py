@@ -17,9 +17,9 @@ def random_probs(rng, seeds, n, c):
 
 
 def test_keys_binary_exactly_today_and_multiclass_from_the_class_list():
-    assert metrics.curve_keys() == ("loss", "accuracy", "precision", "recall", "auc",
+    assert metrics.curve_keys(metrics.BINARY) == ("loss", "accuracy", "precision", "recall", "auc",
                                     "val_loss", "val_accuracy", "val_precision", "val_recall", "val_auc")
-    assert metrics.test_metrics() == ("loss", "accuracy", "precision", "recall", "specificity", "auc")
+    assert metrics.test_metrics(metrics.BINARY) == ("loss", "accuracy", "precision", "recall", "specificity", "auc")
     names = ("loss", "accuracy", "auc", "recall_cat", "recall_dog", "recall_eel", "recall_fox")
     assert metrics.curve_keys(CLASSES) == names + tuple(f"val_{n}" for n in names)
     assert metrics.test_metrics(CLASSES) == names
@@ -31,11 +31,12 @@ def test_keys_binary_exactly_today_and_multiclass_from_the_class_list():
 
 def test_binary_metrics_are_the_registry_and_unchanged_on_a_hand_example():
     # 4 negatives at 0.1, 0.2, 0.3, 0.9; 2 positives at 0.8, 0.7.
-    c = metrics.counts_from_probs(np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.7]), np.array([0, 0, 0, 0, 1, 1]))
+    c = metrics.counts_from_probs(np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.7]), np.array([0, 0, 0, 0, 1, 1]),
+                              class_names=metrics.BINARY)
     m = metrics.binary_metrics(c["loss_sum"], c["count"], c["pos_hist"], c["neg_hist"])
     assert m == pytest.approx({"loss": c["loss_sum"] / 6, "accuracy": 5 / 6, "precision": 2 / 3, "recall": 1.0,
                                "specificity": 3 / 4, "auc": 6 / 8})  # 6 of 8 pairs ordered
-    assert list(m) == list(metrics.test_metrics())
+    assert list(m) == list(metrics.test_metrics(metrics.BINARY))
 
 
 def test_multiclass_counts_are_binned_as_the_device_bins_them():
@@ -94,4 +95,4 @@ def test_history_from_counts_both_kinds_and_wrong_statistics():
     h = metrics.history_from_counts({"train": split, "val": split}, ("a", "b", "c"))
     assert tuple(h) == metrics.curve_keys(("a", "b", "c")) and h["val_recall_c"].shape == (2, 5)
     with pytest.raises(FlaxrayError, match="pos_hist"):
-        metrics.history_from_counts({"train": split, "val": split})  # multi-class counts, binary class list
+        metrics.history_from_counts({"train": split, "val": split}, metrics.BINARY)  # multi-class counts, binary class list

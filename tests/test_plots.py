@@ -40,7 +40,9 @@ def _check_png(path):
 def test_plot_bands_writes_png(tmp_path, n_archs, seeds, epochs):
     rng = np.random.default_rng(0)
     hs = {f"arch{i}": _history(rng, seeds, epochs, level=0.2 * i) for i in range(n_archs)}
-    out = plots.plot_bands(hs, tmp_path / "bands.png", title="test")
+    axes = plots.plot_bands(hs, title="test")
+    assert axes.shape == (2, 2) and axes[0, 0].get_lines()  # the caller holds the axes, and saves them
+    out = plots.save(axes, tmp_path / "bands.png")
     assert out == tmp_path / "bands.png"
     _check_png(out)
 
@@ -52,10 +54,10 @@ def test_plot_bands_nan_seed_and_spike(tmp_path):
         hs["a"][k][2, 8:] = np.nan  # diverged seed
     hs["b"]["val_loss"][0, 3] = np.inf
     hs["b"]["loss"][1, 4] = 1e4  # one huge spike must not squash the panel
-    _check_png(plots.plot_bands(hs, tmp_path / "nan.png"))
+    _check_png(plots.save(plots.plot_bands(hs), tmp_path / "nan.png"))
     # All-NaN and missing metrics must not crash either.
     hs["c"] = {"val_loss": np.full((3, 15), np.nan)}
-    _check_png(plots.plot_bands(hs, str(tmp_path / "missing.png")))
+    _check_png(plots.save(plots.plot_bands(hs), str(tmp_path / "missing.png")))
 
 
 def test_robust_ylim_clips_spike_keeps_common_start():
@@ -69,14 +71,14 @@ def test_robust_ylim_clips_spike_keeps_common_start():
 
 
 def test_plot_bands_leaves_pyplot_alone(tmp_path):
-    plots.plot_bands({"a": _history(np.random.default_rng(3), 3, 5)}, tmp_path / "x.png")
+    plots.save(plots.plot_bands({"a": _history(np.random.default_rng(3), 3, 5)}), tmp_path / "x.png")
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
 
 
 def test_plot_bands_rejects_empty(tmp_path):
     with pytest.raises(ValueError):
-        plots.plot_bands({}, tmp_path / "x.png")
+        plots.plot_bands({})
 
 
 def test_plot_bands_of_a_multiclass_history_draws_the_registry_panels(tmp_path):
@@ -86,4 +88,4 @@ def test_plot_bands_of_a_multiclass_history_draws_the_registry_panels(tmp_path):
     keys = metrics.curve_keys(("cat", "dog", "eel"))
     hs = {"a": {k: rng.uniform(0.1, 0.9, (4, 6)) for k in keys}}
     assert [k for k, _ in plots._panels()] == ["loss", "val_loss", "accuracy", "val_accuracy"]
-    _check_png(plots.plot_bands(hs, tmp_path / "multi.png"))
+    _check_png(plots.save(plots.plot_bands(hs), tmp_path / "multi.png"))

@@ -111,8 +111,8 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
     # The same race from the command line: round 1 is read back, not trained again.
     trained = []
     real = __import__("flaxray.runtime.runner", fromlist=["train_seeds"]).train_seeds
-    monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda config, data, seeds, **kw: trained.append(
-        (config.arch, list(seeds))) or real(config, data, seeds, **kw))
+    monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda config, data, seeds, *a, **kw: trained.append(
+        (config.arch, list(seeds))) or real(config, data, seeds, *a, **kw))
     argv = ["--race", "--arch", *ARCHS, "--max-seeds", "6", "--round-seeds", "2", "--budget", "8", *TINY,
             "--data", data, "--out", str(out)]
     assert architecture_search.main(argv) == 0

@@ -65,7 +65,7 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     # Other settings in the same folder: an error naming what differs, not a silent mix.
     assert architecture_search.main([*argv, "--lr", "0.01"]) == 2
     err = capsys.readouterr().err
-    assert "lrs [0.001] here, [0.01] asked" in err and "--overwrite" in err
+    assert "settings.lr [0.001] here, [0.01] asked" in err and "--overwrite" in err
 
     # An arch whose group.json is missing (interrupted) is trained again; the finished one is reused.
     (groups.unit_dir(out, "dense:4") / "group.json").unlink()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from flaxray.analysis import metrics, ranking, stats
+from flaxray.report import table
 
 METRICS = ("loss", "accuracy", "precision", "recall", "auc")
 
@@ -280,7 +281,7 @@ def test_rank_higher_is_better_and_missing_last():
 
 def test_format_summary_table_contents():
     summ = _summaries()
-    text = ranking.format_summary_table(summ)
+    text = table.format_summary_table(summ)
     for arch in summ:
         assert arch in text
     for m in ("loss", "accuracy", "precision", "recall (sensitivity)", "AUC"):
@@ -292,12 +293,12 @@ def test_format_summary_table_contents():
 
 def test_format_summary_table_single_arch_single_seed_and_custom_ranking():
     one = {"solo": ranking.summarize(_history(np.array([[0.9, 0.5]])))}
-    text = ranking.format_summary_table(one)
+    text = table.format_summary_table(one)
     assert "solo" in text and "1 seed)" in text and "Ranking" not in text
     assert "n/a" in text  # std and CI are undefined with one seed
 
     summ = _summaries()
-    text = ranking.format_summary_table(summ, ranking.rank(summ, key="best_val_auc"))
+    text = table.format_summary_table(summ, ranking.rank(summ, key="best_val_auc"))
     assert "Ranking by the lower end of the 95 % CI of the IQM of best val AUC (higher is better" in text
 
 
@@ -305,8 +306,8 @@ def test_format_summary_table_warns_about_few_seeds():
     rng = np.random.default_rng(0)
     few = {"a": ranking.summarize(_history(rng.normal(0.5, 0.1, (4, 3))))}
     many = {"a": ranking.summarize(_history(rng.normal(0.5, 0.1, (12, 3))))}
-    assert "with 4 seeds" in ranking.format_summary_table(few)
-    assert "note:" not in ranking.format_summary_table(many)
+    assert "with 4 seeds" in table.format_summary_table(few)
+    assert "note:" not in table.format_summary_table(many)
 
 
 def test_a_metric_added_to_the_registry_reaches_the_summary_and_the_table(monkeypatch):
@@ -316,15 +317,15 @@ def test_a_metric_added_to_the_registry_reaches_the_summary_and_the_table(monkey
 
     new = metrics.Metric("balanced_error", "balanced error rate", True, balanced_error, classes="binary")
     monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY + (new,))
-    assert "val_balanced_error" in metrics.curve_keys()
-    counts = metrics.counts_from_probs(np.array([[0.9, 0.2, 0.7, 0.4]]), np.array([1, 0, 0, 1]))
-    assert metrics.compute(counts)["balanced_error"] == pytest.approx([0.5])
+    assert "val_balanced_error" in metrics.curve_keys(metrics.BINARY)
+    counts = metrics.counts_from_probs(np.array([[0.9, 0.2, 0.7, 0.4]]), np.array([1, 0, 0, 1]), class_names=metrics.BINARY)
+    assert metrics.compute(counts, metrics.BINARY)["balanced_error"] == pytest.approx([0.5])
     h = _history(np.array([[0.9, 0.5], [0.8, 0.6]]))
     h["val_balanced_error"] = np.array([[0.3, 0.2], [0.4, 0.1]])
     s = ranking.summarize(h)
     assert s["best_val_balanced_error"]["min"] == 0.1 and s["best_val_balanced_error"]["worst"] == 0.2  # lower wins
     assert list(s)[-3:] == ["final_val_balanced_error", "best_val_balanced_error", "best_epoch"]  # registry order
-    text = ranking.format_summary_table({"a": s, "b": s})
+    text = table.format_summary_table({"a": s, "b": s})
     assert "final val balanced error rate" in text and "best val balanced error rate" in text
     assert ranking.rank({"a": s}, key="final_val_balanced_error")[0]["lower_is_better"] is True
     with pytest.raises(ValueError, match="same label"):  # one name, one meaning

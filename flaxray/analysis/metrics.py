@@ -24,7 +24,7 @@ import numpy as np
 from flaxray.errors import FlaxrayError
 
 NUM_BINS = 200  # Keras's AUC uses 200 thresholds by default; 0.5 is a bin edge.
-CHEST = ("NORMAL", "PNEUMONIA")  # the Kaggle chest X-rays: label 1 = PNEUMONIA
+BINARY = ("0", "1")  # two classes whose names do not matter: binary metrics have no per-class keys
 BINARY_KEYS = ("loss_sum", "count", "pos_hist", "neg_hist")
 MULTICLASS_KEYS = ("loss_sum", "count", "hist", "confusion")
 
@@ -180,7 +180,7 @@ class Entry:
     column: int | None = None  # the class of a per-class metric
 
 
-def entries(class_names: Sequence[str] = CHEST, *, test: bool = False) -> tuple[Entry, ...]:
+def entries(class_names: Sequence[str], *, test: bool = False) -> tuple[Entry, ...]:
     """The metrics of a class list, in registry order: the History curves, or (`test`) a test evaluation."""
     class_names = tuple(class_names)
     if len(class_names) < 2:
@@ -220,13 +220,13 @@ def lower_is_better(name: str) -> bool:
     return e.lower_is_better if e is not None else False
 
 
-def curve_keys(class_names: Sequence[str] = CHEST) -> tuple[str, ...]:
+def curve_keys(class_names: Sequence[str]) -> tuple[str, ...]:
     """The History keys, train then val, in curves.csv order (binary: loss, accuracy, precision, recall, auc)."""
     names = [e.name for e in entries(class_names)]
     return tuple(names) + tuple(f"val_{n}" for n in names)
 
 
-def test_metrics(class_names: Sequence[str] = CHEST) -> tuple[str, ...]:
+def test_metrics(class_names: Sequence[str]) -> tuple[str, ...]:
     """The metrics of a test-set evaluation (binary: loss, accuracy, precision, recall, specificity, auc)."""
     return tuple(e.name for e in entries(class_names, test=True))
 
@@ -242,7 +242,7 @@ def _check(counts: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None
                            f"missing {', '.join(missing)}")
 
 
-def compute(counts: Mapping[str, np.ndarray], class_names: Sequence[str] = CHEST, *,
+def compute(counts: Mapping[str, np.ndarray], class_names: Sequence[str], *,
             test: bool = False) -> dict[str, np.ndarray]:
     """Every metric of `entries(class_names, test=test)` from one split's statistics: {key: values (...)}."""
     _check(counts, class_names)
@@ -262,10 +262,11 @@ def binary_metrics(loss_sum, count, pos_hist, neg_hist) -> dict[str, np.ndarray]
     negatives. Precision, recall and specificity are 0 when undefined (as Keras reports them); AUC
     is NaN when a class is absent, and counts pairs in the same bin as half-ordered (Mann-Whitney).
     """
-    return compute({"loss_sum": loss_sum, "count": count, "pos_hist": pos_hist, "neg_hist": neg_hist}, test=True)
+    return compute({"loss_sum": loss_sum, "count": count, "pos_hist": pos_hist, "neg_hist": neg_hist}, BINARY,
+                   test=True)
 
 
-def counts_from_probs(probs, labels, losses=None, *, class_names: Sequence[str] = CHEST) -> dict[str, np.ndarray]:
+def counts_from_probs(probs, labels, losses=None, *, class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """The statistics the trainer accumulates, from probabilities and int labels (N,) in [0, C).
 
     Binary: `probs` (..., N) are P(class 1); C >= 3: (..., N, C) softmax probabilities, argmax the
@@ -309,7 +310,7 @@ def counts_from_probs(probs, labels, losses=None, *, class_names: Sequence[str] 
 
 
 def history_from_counts(counts: Mapping[str, Mapping[str, np.ndarray]],
-                        class_names: Sequence[str] = CHEST) -> dict[str, np.ndarray]:
+                        class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """{"train": statistics, "val": statistics} with (seed, epoch) leading axes -> a Keras-style History.
 
     Keys as Keras names them, in `curve_keys(class_names)` order: `loss`, `accuracy`, ... for train,

@@ -16,7 +16,6 @@ import numpy as np
 import scipy.stats
 
 from flaxray.analysis import metrics
-from flaxray.report.document import fmt
 from flaxray.analysis.stats import as_scores, describe
 
 
@@ -139,53 +138,6 @@ def rank(summaries: Mapping[str, Mapping[str, dict]], *, key: str = RANK_KEY) ->
     for i, r in enumerate(rows):
         r["rank"] = i + 1
     return rows
-
-
-# ----------------------------------------------------------------------------- text table
-
-
-def format_summary_table(summaries: Mapping[str, Mapping[str, dict]], ranking: list[dict] | None = None) -> str:
-    """Plain-text table for the terminal (fits 100 columns).
-
-    One block per architecture: a row per summary key (final/best val of every registry metric,
-    the best epoch); columns mean ± std, 95 % CI of the mean, IQM, min..max over seeds. With
-    several architectures the ranking follows (`rank` when not given), its criterion named.
-    """
-    lines: list[str] = []
-    for arch, summ in summaries.items():
-        n_seeds = max((d["n"] + d["n_nonfinite"] for d in summ.values()), default=0)
-        head = f"{arch}  ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
-        lines += [head, "-" * len(head)]
-        table = [("metric", "mean ± std", "95% CI of mean", "IQM", "min..max", "")]
-        for key, d in summ.items():
-            note = f"{d['n_nonfinite']} non-finite" if d["n_nonfinite"] else ""
-            table.append((metric_label(key), f"{fmt(d['mean'])} ± {fmt(d['std'])}",
-                          f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]", fmt(d["iqm"]),
-                          f"{fmt(d['min'])}..{fmt(d['max'])}", note))
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        lines.append("")
-
-    if len(summaries) > 1:
-        ranking = rank(summaries) if ranking is None else ranking
-        if ranking:
-            key = ranking[0].get("key", RANK_KEY)
-            better = "lower" if ranking[0].get("lower_is_better", True) else "higher"
-            lines.append(f"Ranking by the {criterion(key)} ({better} is better)")
-            lines.append("  (a diverged seed counts as the worst; the IQM leaves out the best and the worst quarter of seeds)")
-            name_w = max(len(str(r["arch"])) for r in ranking)
-            for r in ranking:
-                ci = f"[{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]"
-                bad = f"{r['n_nonfinite']} diverged" if r["n_nonfinite"] else ""
-                lines.append(f"  {r['rank']:>2}. {str(r['arch']).ljust(name_w)}  {fmt(r['criterion']):>9}  "
-                             f"IQM {fmt(r['iqm'])} {ci:<22}  worst {fmt(r['worst'])}  {bad}".rstrip())
-    fewest = min((d["n"] for summ in summaries.values() for d in summ.values()), default=0)
-    if 2 <= fewest < 10:
-        # Measured: a percentile bootstrap of the mean covers ~74 % at 3 seeds, ~88 % at 8, ~93 % at 20.
-        lines.append(f"note: with {fewest} seeds a 95% bootstrap CI covers the true mean less often than 95% "
-                     "(about 88% at 8 seeds); use more seeds for claims")
-    return "\n".join(lines).rstrip() + "\n"
 
 
 # ----------------------------------------------------------------------------- comparing architectures

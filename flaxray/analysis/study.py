@@ -98,21 +98,6 @@ def setting_shares(values, *, confidence: float = 0.95, n_resamples: int = 2000,
     return out
 
 
-def setting_sentence(arch: str, varies: str, d: Mapping) -> str:
-    """Whether the settings of `arch` move final val loss more than its seeds do, in words."""
-    if not np.isfinite(d["share"]):
-        return f"{arch}: too few seeds to split the variance between {varies} and the seed"
-    low, high = d["share_ci_low"], d["share_ci_high"]
-    if low > 0.5:
-        how = f"{varies} moves final val loss more than the seed does"
-    elif high < 0.5:
-        how = f"the seed moves final val loss more than {varies} does"
-    else:
-        how = f"{varies} and the seed are not told apart as the larger source"
-    return (f"{arch}: {how}: {varies}'s share of the variance {d['share']:.2f} ({low:.2f}–{high:.2f}), the seeds' "
-            f"{1 - d['share']:.2f}; F-test of no {varies} effect p = {d['p']:.2g} ({d['settings']} settings x "
-            f"{d['n']} seeds)")
-
 
 def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: float = float(np.log(2)),
             decomposition: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
@@ -240,29 +225,3 @@ def settle_sentence(analysis: Mapping) -> str:
     return (f"Seeds a claim needs: {how} would tell **{a}** from **{b}** on final val loss with "
             f"{_pct(settle['power'])} power (a Mann-Whitney test at {settle['alpha']:g}, simulated from the "
             "observed seeds).")
-
-
-def variance_lines(analysis: Mapping) -> list[str]:
-    """The settings' share against the seeds' per arch, and the noise floor per decomposed arch."""
-    lines = [setting_sentence(a, d["varies"], d) for a, d in analysis.get("settings", {}).items()]
-    for arch, dec in analysis.get("decomposition", {}).items():
-        if FLOOR in dec:
-            f = dec[FLOOR]
-            above = ", ".join(f"{s} {d['above_floor']:+.2f} ({d['above_floor_ci_low']:+.2f}–{d['above_floor_ci_high']:+.2f})"
-                              for s, d in dec.items() if "above_floor" in d)
-            lines.append(f"{arch}: numerical-noise floor (only a one-ulp nudge of the initial parameters) = "
-                         f"{f['share']:.2f} ({f['share_ci_low']:.2f}–{f['share_ci_high']:.2f}) of the variance with "
-                         f"every source varied; each source's share above it: {above}")
-    return lines
-
-
-def luck_lines(analysis: Mapping) -> list[str]:
-    """Per arch, its luckiest seed and where it sits among the arch's seeds (none with one seed)."""
-    lines = []
-    for arch, pcts in analysis.get("luck", {}).items():
-        finite = {s: p for s, p in pcts.items() if np.isfinite(p)}
-        if len(finite) >= 3:
-            best = max(finite, key=finite.get)
-            lines.append(f"seed {best} of {arch} sits at the {finite[best]:.0f}th percentile of its {len(pcts)} seeds "
-                         "(final val loss): a pick made from it alone would be lucky")
-    return lines

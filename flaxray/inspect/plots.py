@@ -46,7 +46,7 @@ def _overlay(ax, image, heat, *, cmap=OVERLAY_CMAP, vmin=0.0, vmax=1.0):
     return im
 
 
-def plot_attribution(images, maps, seeds: Sequence[int], path, *, title: str, row_labels: Sequence[str] = (),
+def plot_attribution(images, maps, seeds: Sequence[int], *, title: str, row_labels: Sequence[str] = (),
                      box=attribution.LUNG_BOX):
     """One row per image: the X-ray, each seed's map over it (normalised to its maximum), the seeds' mean
     and their standard deviation. `maps` (seeds, N, H, W) for `images` (N, H, W, C)."""
@@ -54,7 +54,7 @@ def plot_attribution(images, maps, seeds: Sequence[int], path, *, title: str, ro
     mean, std = norm.mean(axis=0), norm.std(axis=0)
     n_img, n_seed = norm.shape[1], norm.shape[0]
     cols = n_seed + 3
-    fig = Figure(figsize=(1.9 * cols + 1.2, 2.0 * n_img + 0.9), layout="constrained")
+    fig = Figure(figsize=(1.9 * cols + 1.2, 2.0 * n_img + 0.9), dpi=110, layout="constrained")
     axes = fig.subplots(n_img, cols, squeeze=False)
     corr = attribution.pairwise_correlation(maps)
     border = attribution.border_fraction(maps, box)
@@ -80,18 +80,17 @@ def plot_attribution(images, maps, seeds: Sequence[int], path, *, title: str, ro
                  label="std of the normalised maps")
     fig.suptitle(title + "\nr̄: mean pairwise correlation of the seeds' maps · border: share of the map outside "
                  "the dashed box (a crude lung-field proxy)", fontsize=9)
-    fig.savefig(path, dpi=110)
-    return path
+    return axes
 
 
-def plot_feature_maps(activations, image, seeds: Sequence[int], path, *, title: str, n_channels: int = 8):
+def plot_feature_maps(activations, image, seeds: Sequence[int], *, title: str, n_channels: int = 8):
     """One conv layer's output for one image: one row per seed, its `n_channels` most active channels
     (by mean activation; a seed's channels are its own, not matched across seeds), each row on its own
     colour scale. `activations` (seeds, h, w, channels)."""
     acts = np.asarray(activations, np.float64)
     n_seed, channels = acts.shape[0], acts.shape[-1]
     shown = min(n_channels, channels)
-    fig = Figure(figsize=(1.35 * (shown + 1) + 1.0, 1.45 * n_seed + 0.8), layout="constrained")
+    fig = Figure(figsize=(1.35 * (shown + 1) + 1.0, 1.45 * n_seed + 0.8), dpi=100, layout="constrained")
     axes = fig.subplots(n_seed, shown + 1, squeeze=False)
     for k in range(n_seed):
         top = np.argsort(-acts[k].mean(axis=(0, 1)))[:shown]
@@ -106,17 +105,16 @@ def plot_feature_maps(activations, image, seeds: Sequence[int], path, *, title: 
         fig.colorbar(im, ax=axes[k, :], shrink=0.9, pad=0.01)
     fig.suptitle(f"{title}\n{shown} most active of {channels} channels per seed (relu output; each row its own "
                  "scale)", fontsize=9)
-    fig.savefig(path, dpi=100)
-    return path
+    return axes
 
 
-def _weight_grid(weights, seeds: Sequence[int], path, *, title: str, caption: str, panel: float, titles):
+def _weight_grid(weights, seeds: Sequence[int], *, title: str, caption: str, panel: float, titles):
     """Rows of signed weight images (seeds, units, h, w) on one symmetric colour scale; `titles[k][j]` above
     panel (k, j) (rows may be shorter: no title)."""
     weights = np.asarray(weights, np.float64)
     n_seed, shown = weights.shape[:2]
     vmax = max(float(np.abs(weights).max()), 1e-12)
-    fig = Figure(figsize=(panel * shown + 1.3, panel * n_seed + 0.9), layout="constrained")
+    fig = Figure(figsize=(panel * shown + 1.3, panel * n_seed + 0.9), dpi=100, layout="constrained")
     axes = fig.subplots(n_seed, shown, squeeze=False)
     for k in range(n_seed):
         for j in range(shown):
@@ -127,26 +125,25 @@ def _weight_grid(weights, seeds: Sequence[int], path, *, title: str, caption: st
         axes[k, 0].set_ylabel(f"seed {seeds[k]}", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
     fig.suptitle(f"{title}\n{caption}", fontsize=9)
-    fig.savefig(path, dpi=100)
-    return path
+    return axes
 
 
-def plot_filters(filters, seeds: Sequence[int], path, *, title: str, n_filters: int = 16):
+def plot_filters(filters, seeds: Sequence[int], *, title: str, n_filters: int = 16):
     """The first conv layer's 3x3 filters (seeds, 3, 3, filters), one row per seed."""
     filters = np.asarray(filters)[..., :n_filters].transpose(0, 3, 1, 2)
     titles = [[str(j) for j in range(filters.shape[1])]] + [[]] * (filters.shape[0] - 1)
-    return _weight_grid(filters, seeds, path, title=title, panel=0.62, titles=titles,
+    return _weight_grid(filters, seeds, title=title, panel=0.62, titles=titles,
                         caption="3x3 kernels as they act on the (grey) image; red excites, blue inhibits")
 
 
-def plot_templates(templates, seeds: Sequence[int], path, *, title: str, n_units: int = 8):
+def plot_templates(templates, seeds: Sequence[int], *, title: str, n_units: int = 8):
     """The first dense layer's units as images (seeds, units, H, W): each unit's weights on the pixels; per
     seed the `n_units` units of largest weight norm (units are not matched across seeds)."""
     templates = np.asarray(templates, np.float64)
     units = templates.shape[1]
     order = np.argsort(-np.linalg.norm(templates.reshape(*templates.shape[:2], -1), axis=-1), axis=1)[:, :n_units]
     shown = np.take_along_axis(templates, order[..., None, None], axis=1)
-    return _weight_grid(shown, seeds, path, title=title, panel=1.5, titles=[[f"unit {u}" for u in row] for row in order],
+    return _weight_grid(shown, seeds, title=title, panel=1.5, titles=[[f"unit {u}" for u in row] for row in order],
                         caption=f"per seed, the {shown.shape[1]} of {units} units with the largest weight norm, "
                         "largest first: a unit responds to images like its red parts and unlike its blue ones")
 
@@ -156,14 +153,14 @@ def _wrapped(name: str, width: int = 22) -> str:
     return textwrap.fill(name.replace(",", ", "), width).replace(", ", ",")
 
 
-def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str, Mapping[int, float]], path, *,
+def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str, Mapping[int, float]], *,
                    title: str, border_area: float, smoothed: Mapping[str, np.ndarray] | None = None,
                    flag_above: float = attribution.BORDER_FLAG):
     """Left: per architecture, the per-image mean pairwise correlation of the seeds' maps over the images
     (and, hollow, of the maps blurred by `attribution.smooth`). Right: per architecture, each seed's mean
     border fraction, with the flag line and the border's area."""
     names = list(correlations)
-    fig = Figure(figsize=(5.6 + 1.8 * len(names), 4.2), layout="constrained")
+    fig = Figure(figsize=(5.6 + 1.8 * len(names), 4.2), dpi=110, layout="constrained")
     left, right = fig.subplots(1, 2)
     rng = np.random.default_rng(0)
     series = [("raw", correlations, -0.2 if smoothed else 0.0, 0.35)]
@@ -203,5 +200,4 @@ def plot_agreement(correlations: Mapping[str, np.ndarray], borders: Mapping[str,
     right.set_title("mass outside the box, per seed", fontsize=9)
     right.legend(fontsize=7, loc="upper right")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    return path
+    return np.array([left, right])

@@ -14,6 +14,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.inspect import attribution, plots as inspect_plots
+from flaxray.report.plots import save
 from flaxray.results import slug
 
 BOX_NOTE = ("The lung box is a fixed central rectangle (rows {top:.0%}–{bottom:.0%} of the height, columns "
@@ -33,21 +34,22 @@ def _figures(out: Path, name: str, i: int, g: Mapping, images, row_labels, shown
     """Write one group's PNGs; returns (caption, path) in the order inspect.md shows them."""
     stem, seeds = f"{i}-{slug(name)[:24]}", g["seeds"][:shown_seeds]  # short: spec strings are long
     figures = [(f"{g['method']} per seed, their mean and spread",
-                inspect_plots.plot_attribution(images[:shown_images], g["maps"][:shown_seeds, :shown_images], seeds,
-                                               out / f"{stem}_maps.png", title=f"{name} · {g['method']}",
-                                               row_labels=row_labels[:shown_images]))]
+                save(inspect_plots.plot_attribution(images[:shown_images], g["maps"][:shown_seeds, :shown_images], seeds,
+                                                    title=f"{name} · {g['method']}",
+                                                    row_labels=row_labels[:shown_images]), out / f"{stem}_maps.png"))]
     if g["filters"] is not None:
-        figures.append(("first conv layer's filters", inspect_plots.plot_filters(
-            g["filters"][:shown_seeds], seeds, out / f"{stem}_filters.png", title=f"{name} · first-layer filters")))
+        figures.append(("first conv layer's filters", save(inspect_plots.plot_filters(
+            g["filters"][:shown_seeds], seeds, title=f"{name} · first-layer filters"), out / f"{stem}_filters.png")))
     if g["templates"] is not None:
-        figures.append(("first dense layer's units as images", inspect_plots.plot_templates(
-            g["templates"][:shown_seeds], seeds, out / f"{stem}_templates.png",
-            title=f"{name} · first dense layer, unit templates")))
+        figures.append(("first dense layer's units as images", save(inspect_plots.plot_templates(
+            g["templates"][:shown_seeds], seeds, title=f"{name} · first dense layer, unit templates"),
+            out / f"{stem}_templates.png")))
     feature_seeds = seeds[:3]
     for layer, (kind, acts) in g["activations"].items():
-        figures.append((f"feature maps of layer {layer} ({kind})", inspect_plots.plot_feature_maps(
-            acts[: len(feature_seeds), 0], images[0], feature_seeds, out / f"{stem}_features_{layer}.png",
-            title=f"{name} · layer {layer} ({kind}) · {row_labels[0].replace(chr(10), ' ') if row_labels else 'image 0'}")))
+        figures.append((f"feature maps of layer {layer} ({kind})", save(inspect_plots.plot_feature_maps(
+            acts[: len(feature_seeds), 0], images[0], feature_seeds,
+            title=f"{name} · layer {layer} ({kind}) · {row_labels[0].replace(chr(10), ' ') if row_labels else 'image 0'}"),
+            out / f"{stem}_features_{layer}.png")))
     return figures
 
 
@@ -63,11 +65,11 @@ def write_inspection(out, groups: Mapping[str, Mapping], images, *, row_labels: 
     figures = {name: _figures(out, name, i, g, images, list(row_labels), shown_seeds, shown_images)
                for i, (name, g) in enumerate(groups.items())}
     area = attribution.border_area(images.shape[1:3])
-    agreement = inspect_plots.plot_agreement(
+    agreement = save(inspect_plots.plot_agreement(
         {n: s["per_image_correlation"] for n, s in summaries.items()},
-        {n: s["border_fraction"] for n, s in summaries.items()}, out / "agreement.png",
+        {n: s["border_fraction"] for n, s in summaries.items()},
         title=f"seed agreement over {len(images)} images", border_area=area,
-        smoothed={n: s["per_image_correlation_smoothed"] for n, s in summaries.items()})
+        smoothed={n: s["per_image_correlation_smoothed"] for n, s in summaries.items()}), out / "agreement.png")
     record = {
         **info,
         "images": {"n": len(images), "shape": list(images.shape[1:]), "labels": list(row_labels)},

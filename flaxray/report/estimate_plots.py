@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from flaxray.report.plots import palette, save
+from flaxray.report.plots import palette
 
 
 def _ci_keys(stat: str) -> tuple[str, str]:
@@ -25,7 +25,6 @@ def _ci_keys(stat: str) -> tuple[str, str]:
 
 def plot_intervals(
     summaries: Mapping[str, Mapping[str, dict]],
-    path,
     *,
     metrics: tuple[tuple[str, str], ...],
     values: Mapping[str, Mapping[str, np.ndarray]] | None = None,
@@ -97,11 +96,11 @@ def plot_intervals(
                   "bootstrap CI · dots: seeds (arrowheads: beyond the axis)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=12)
-    return save(fig, path)
+    return axes
 
 
-def plot_improvement_matrix(matrix: Mapping, path, *, confidence: float = 0.95, title: str | None = None):
-    """Heat map of P(row arch improves on column arch) from `ranking.improvement_matrix`; returns `path`.
+def plot_improvement_matrix(matrix: Mapping, *, confidence: float = 0.95, title: str | None = None):
+    """Heat map of P(row arch improves on column arch) from `ranking.improvement_matrix`; returns its axes.
 
     Blue: the row arch tends to beat the column arch; red: it tends to lose; white: a coin flip.
     Bold values with a frame are pairs whose CI excludes 0.5.
@@ -136,10 +135,10 @@ def plot_improvement_matrix(matrix: Mapping, path, *, confidence: float = 0.95, 
     bar.set_label("P(row improves on column)")
     ax.set_title(title or f"P(row improves on column)\nbold, framed: its {100 * confidence:g} % CI excludes 0.5",
                  fontsize=10)
-    return save(fig, path)
+    return ax
 
 
-def plot_throughput(rows, path, *, title: str | None = None):
+def plot_throughput(rows, *, title: str | None = None):
     """Seed-epochs per second against the number of seeds S, log-log, one line per method; `rows` are
     dicts with "method", "seeds" and "seed_epochs_per_s", as `benchmarks.throughput` writes them."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -162,14 +161,14 @@ def plot_throughput(rows, path, *, title: str | None = None):
     fig.legend(loc="outside right upper", fontsize=9, frameon=False)  # beside the lines, never over them
     if title:
         ax.set_title(title, fontsize=10)
-    return save(fig, path)
+    return ax
 
 
 # ----------------------------------------------------------------------------- race
 
 
-def plot_race(rounds, path, *, confidence: float = 0.95, title: str | None = None):
-    """The elimination trace of a race (`flaxray.study.race`'s rounds with their `intervals`); returns `path`.
+def plot_race(rounds, *, confidence: float = 0.95, title: str | None = None):
+    """The elimination trace of a race (`flaxray.study.race`'s rounds with their `intervals`); returns its axes.
 
     x: seeds per arch after each round; per arch (one colour, dodged) its IQM of final val loss with
     the CI as a bar, a line joining its rounds, an × on the round it was eliminated in. Archs are
@@ -204,4 +203,4 @@ def plot_race(rounds, path, *, confidence: float = 0.95, title: str | None = Non
               title=f"bar: {100 * confidence:g} % bootstrap CI · ×: eliminated", title_fontsize=8)
     if title:
         ax.set_title(title, fontsize=11)
-    return save(fig, path)
+    return ax

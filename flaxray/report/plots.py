@@ -118,12 +118,12 @@ def _draw_band(ax, c: np.ndarray, color, *, dodge: float = 0.0, confidence: floa
 
 def plot_bands(
     histories: Mapping[str, Mapping[str, np.ndarray]],
-    path,
     *,
     confidence: float = 0.95,
     title: str | None = None,
 ):
-    """Train/val loss and accuracy over epochs, every architecture on every panel; returns `path`.
+    """Train/val loss and accuracy over epochs, every architecture on every panel; returns the 2 x 2 axes
+    (`save(axes, path)` writes them).
 
     2 x 2 panels (the registry's first two headline metrics, loss on top, accuracy below, for any
     class count; train left, validation right), shared epoch
@@ -207,9 +207,7 @@ def plot_bands(
         title=_caption(max_seeds, max_epochs, confidence),
         title_fontsize=9,
     )
-    results.save_figure(fig, path, dpi=120)
-    fig.clear()  # no pyplot registry to close from; drop the artists so the memory goes now
-    return path
+    return axes
 
 
 # ----------------------------------------------------------------------------- architecture search
@@ -220,8 +218,10 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return int(np.ceil(n / cols)), cols
 
 
-def save(fig: Figure, path):
-    """Write `fig` atomically at its own dpi and free it; returns `path`."""
+def save(axes, path):
+    """Write the figure of `axes` (what a plot function returns: one Axes or an array of them) atomically,
+    at its own dpi, and free it (no pyplot registry to close from); returns `path`."""
+    fig = np.ravel(axes)[0].figure
     results.save_figure(fig, path, dpi=fig.dpi)
     fig.clear()
     return path
@@ -229,7 +229,6 @@ def save(fig: Figure, path):
 
 def plot_band_grid(
     histories: Mapping[str, Mapping[str, np.ndarray]],
-    path,
     *,
     keys: tuple[tuple[str, str], ...] = (("loss", "train loss"), ("val_loss", "val loss")),
     subtitles: Mapping[str, str] | None = None,
@@ -237,7 +236,7 @@ def plot_band_grid(
     confidence: float = 0.95,
     title: str | None = None,
 ):
-    """One panel per architecture, every panel on the same axes (log y by default); returns `path`.
+    """One panel per architecture, every panel on the same axes (log y by default); returns the axes.
 
     Each panel draws `keys` (default train and val loss) as in `plot_bands`: mean over seeds,
     bootstrap CI band of the mean, every seed faint. `subtitles[arch]` goes under the panel's
@@ -298,4 +297,4 @@ def plot_band_grid(
     handles = [Line2D([], [], color=c, lw=2, label=label) for (_, label), c in zip(keys, colors)]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
                title=_caption(max_seeds, max_epochs, confidence), title_fontsize=9)
-    return save(fig, path)
+    return axes

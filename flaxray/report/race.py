@@ -1,4 +1,4 @@
-"""A race's files: curves.csv of every seed it trained, trace.png, report.md and report.html.
+"""A race's report: trace.png, report.md and report.html (its curves.csv and race.json: `flaxray.study.race`).
 
 The report says the decision, the test and its level, the elimination trace (figure and table, round
 by round), the seed-epochs spent against the fixed design, and the one ranking over the seeds each
@@ -13,32 +13,20 @@ from typing import Mapping
 import numpy as np
 
 from flaxray import results
-from flaxray.analysis import diagnose, stats
-from flaxray.report import document, estimate_plots, search as report
-from flaxray.study.units import Group, write_curves
+from flaxray.analysis import stats
+from flaxray.analysis.text import ci, num, prob_ci
+from flaxray.report import document, estimate_plots, plots, search as report
+from flaxray.report.study import header
 
 
-def merged(units: list[Group]) -> Group:
-    """An arch's rounds as one group: its seeds in order, each curve stacked over seeds."""
-    first = units[0]
-    return Group(first.name, first.config, [s for g in units for s in g.seeds],
-                 {k: np.concatenate([g.history[k] for g in units]) for k in first.history},
-                 np.concatenate([g.diverged for g in units]), first.folder.parent)
-
-
-def write_report(out, record: dict, trained: Mapping[str, list[Group]], study, dataset) -> tuple[Path, Path]:
-    from flaxray.analysis.study import analyse
-    from flaxray.report.study import header
-
+def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[Path, Path]:
+    """trace.png, report.md and report.html of a race (`record`: race.json's; `analysis`: the ranking's
+    analysis of every seed each arch got)."""
     out = Path(out)
-    groups = {a: merged(units) for a, units in trained.items() if units}
-    write_curves(out / "curves.csv", list(groups.values()))
-    histories = {a: g.history for a, g in groups.items()}
-    analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, next(iter(groups.values())).config.class_weight), confidence=study.confidence,
-                       seeds={a: g.seeds for a, g in groups.items()})
+    groups = analysis["summary"]
     conf, rounds, d = study.confidence, record["rounds"], record["decision"]
-    with results.atomic_path(out / "trace.png") as tmp:
-        estimate_plots.plot_race(rounds, tmp, confidence=conf, title=f"Race over {len(groups)} archs: {d['kind']}")
+    plots.save(estimate_plots.plot_race(rounds, confidence=conf, title=f"Race over {len(groups)} archs: {d['kind']}"),
+               out / "trace.png")
     info = header(study, dataset, record, record["environment"])
     info["seeds"] = f"up to {len(study.seeds)} per arch ({study.seeds[0]}..{study.seeds[-1]}), {record['round_seeds']} a round"
 
@@ -86,7 +74,7 @@ def write_report(out, record: dict, trained: Mapping[str, list[Group]], study, d
         iqm, low, high = last["intervals"][a]
         p = last["p_leader"].get(a)
         by, pm = last["p_min"][a]
-        rows.append([f"`{a}`", f"{document.num(iqm)} {document.ci(low, high)}", document.prob_ci(*p) if p else "leader",
+        rows.append([f"`{a}`", f"{num(iqm)} {ci(low, high)}", prob_ci(*p) if p else "leader",
                      f"{pm:.3g} (against `{by}`)"])
     doc.table(["arch", "IQM final val loss [CI]", "P(leader improves on it) [CI]", "smallest p"], rows)
 
@@ -96,6 +84,6 @@ def write_report(out, record: dict, trained: Mapping[str, list[Group]], study, d
     doc.table(*report.ranking_table(analysis))
 
     md, page = out / "report.md", out / "report.html"
-    md.write_text(doc.markdown())
-    page.write_text(doc.html("Architecture race report"))
+    results.write_text(md, doc.markdown())
+    results.write_text(page, doc.html("Architecture race report"))
     return md, page

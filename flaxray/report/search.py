@@ -16,7 +16,10 @@ import numpy as np
 from flaxray import results
 from flaxray.analysis import diagnose, metrics, ranking
 from flaxray.report import estimate_plots, plots
-from flaxray.report.document import Document, ci, num, prob_ci
+from flaxray.analysis.study import settle_sentence
+from flaxray.analysis.text import ci, num, prob_ci
+from flaxray.report.document import Document
+from flaxray.report.table import luck_lines, setting_sentence
 
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 # bands_per_arch.png, not bands.png: a study's own bands.png has every group on shared axes
@@ -32,19 +35,20 @@ def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "")
     subtitles = {a: diagnosis_summary(analysis["diagnosis"][a]["labels"]) for a in order}
     single = len(order) == 1  # nothing to rank or compare: no "best-ranked", no 1x1 improvement matrix
     paths = {k: out / v for k, v in _FIGURES.items() if not (single and k == "improvement")}
-    plots.plot_band_grid({a: histories[a] for a in order}, paths["bands"], subtitles=subtitles, confidence=conf,
-                         title=("Loss curves" if single else "Loss curves per architecture, best-ranked first")
-                         + (f" · {title}" if title else ""))
+    plots.save(plots.plot_band_grid({a: histories[a] for a in order}, subtitles=subtitles, confidence=conf,
+                                    title=("Loss curves" if single else "Loss curves per architecture, best-ranked "
+                                           "first") + (f" · {title}" if title else "")), paths["bands"])
     panels = tuple(sorted(headline_keys(analysis), key=lambda m: m[0].startswith("best")))  # finals on top
-    estimate_plots.plot_intervals({a: analysis["summary"][a] for a in order}, paths["intervals"], metrics=panels,
-                                  values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
-                                  title="IQM over seeds with its bootstrap CI"
-                                        + ("" if single else ", best-ranked arch on top"))
+    plots.save(estimate_plots.plot_intervals({a: analysis["summary"][a] for a in order}, metrics=panels,
+                                             values=analysis["values"], confidence=conf, ncols=len(panels) // 2 or 1,
+                                             title="IQM over seeds with its bootstrap CI"
+                                                   + ("" if single else ", best-ranked arch on top")), paths["intervals"])
     if single:
         return paths
-    estimate_plots.plot_improvement_matrix(analysis["improvement"], paths["improvement"], confidence=conf,
-                                           title="P(row improves on column) in final val loss\nbold, framed: its "
-                                                 f"{100 * conf:g} % CI excludes 0.5")
+    plots.save(estimate_plots.plot_improvement_matrix(
+        analysis["improvement"], confidence=conf,
+        title=f"P(row improves on column) in final val loss\nbold, framed: its {100 * conf:g} % CI excludes 0.5"),
+        paths["improvement"])
     return paths
 
 
@@ -163,7 +167,6 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
                  "2021), the Mann-Whitney U statistic over n·m.")
         doc.image(figures["improvement"], "probability of improvement matrix")
 
-    from flaxray.analysis.study import luck_lines, settle_sentence  # beside analyse, which computes them
 
     if "luck" in analysis:
         doc.heading(2, "How lucky was a seed")
@@ -174,7 +177,6 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
             doc.para(line)
 
     if "settings" in analysis:
-        from flaxray.analysis.study import setting_sentence
 
         doc.heading(2, "Settings beside seeds")
         doc.para("Each arch's settings were trained on the same seeds in one vmapped program. The variance of final "

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from flaxray import results
-from flaxray.analysis import compare
-from flaxray.report import plots, search
+from flaxray.report import compare, plots, search
 
 
 def describe_programs(programs: Mapping) -> str:
@@ -44,7 +43,7 @@ def write(result) -> None:
     out, record = result.out, result.record
     head = header(result.study, result.dataset, result.info, record["environment"], record["programs"])
     histories = {n: g.history for n, g in result.groups.items()}
-    plots.plot_bands(histories, out / "bands.png", title=head["title"])
+    plots.save(plots.plot_bands(histories, title=head["title"]), out / "bands.png")
     if result.test is not None:
         compare.write_report(out, result.test, info=head, bands=out / "bands.png")
     else:

@@ -39,10 +39,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
 from flaxray import results
-from flaxray.analysis import ranking, stats
-from flaxray.runtime.checkpoint import DEFAULT_EVERY
+from flaxray.analysis import diagnose, ranking, stats
+from flaxray.analysis.study import analyse
 from flaxray.errors import FlaxrayError
+from flaxray.report.race import write_report
+from flaxray.runtime.checkpoint import DEFAULT_EVERY
+from flaxray.study import units
+from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
 
@@ -196,9 +201,15 @@ class RaceResult:
 
 
 def block_dir(out, arch: str, seeds: Sequence[int]) -> Path:
-    from flaxray.study.units import unit_dir
+    return units.unit_dir(out, arch) / f"seeds-{seeds[0]}-{seeds[-1]}"
 
-    return unit_dir(out, arch) / f"seeds-{seeds[0]}-{seeds[-1]}"
+
+def merged(blocks: list) -> "units.Group":
+    """An arch's rounds as one group: its seeds in order, each curve stacked over seeds."""
+    first = blocks[0]
+    return units.Group(first.name, first.config, first.settings, [s for g in blocks for s in g.seeds],
+                       {k: np.concatenate([g.history[k] for g in blocks]) for k in first.history},
+                       np.concatenate([g.diverged for g in blocks]), first.folder.parent)
 
 
 def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progress: bool = True,
@@ -207,10 +218,6 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
     """Race `study.archs` over the seeds `study.seeds` (in order, `round_seeds` a round) into `out`:
     trains (or reads back) each round's units, writes race.json after every round, then the report.
     `budget`: seed-epochs at most (None: the fixed design's). alpha = 1 - study.confidence."""
-    from flaxray.study import units
-    from flaxray.report.race import write_report
-    from flaxray.study.study import prepare
-
     check(study, round_seeds, budget)
     out = Path(out)
     prepared = prepared or prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
@@ -243,8 +250,14 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
                   alpha=1 - study.confidence, planned_looks=looks(len(study.seeds), round_seeds),
                   environment=results.environment(), data=prepared.dataset.summary, **dict(info or {}))
     results.write_json(out / RACE_JSON, record)
+    groups = {a: merged(blocks) for a, blocks in trained.items() if blocks}
+    units.write_curves(out / "curves.csv", list(groups.values()))
+    analysis = analyse({a: g.history for a, g in groups.items()},
+                       baseline=diagnose.baseline_loss(prepared.dataset.train.y,
+                                                       next(iter(groups.values())).config.class_weight),
+                       confidence=study.confidence, seeds={a: g.seeds for a, g in groups.items()})
     if not results.elsewhere():  # a multi-process race: process 0 writes the report
-        write_report(out, record, trained, study, prepared.dataset)
+        write_report(out, record, analysis, study, prepared.dataset)
     return RaceResult(out, record, trained, reused)
 
 

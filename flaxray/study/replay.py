@@ -25,7 +25,7 @@ from flaxray.errors import FlaxrayError
 from flaxray.models.conv import ENV, form
 from flaxray.results import slug
 from flaxray.runtime import scale
-from flaxray.runtime.runner import train_seeds
+from flaxray.runtime import runner
 from flaxray.study import compat
 from flaxray.study.study import DataSpec
 from flaxray.study.trained import check_run_dir, load_folder
@@ -90,7 +90,7 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
             part = next(p for p in parts if p.start <= lane < p.stop)
             if (part.start, part.stop) not in done:
                 chunk = lanes[part]
-                done[part.start, part.stop] = train_seeds(
+                done[part.start, part.stop] = runner.train_seeds(
                     config, data, [s for s, _ in chunk], [lane for _, lane in chunk],
                     class_names=tuple(dataset.class_names), progress=progress,
                     desc=f"replay {meta['name']} [{part.start}:{part.stop}]", max_seeds_per_chunk=len(chunk),

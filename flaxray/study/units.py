@@ -32,7 +32,8 @@ from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from flaxray.models.conv import form
 from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped
-from flaxray.runtime.runner import SAVES, train_seeds
+from flaxray.runtime.plan import PLAN
+from flaxray.runtime import runner
 from flaxray.study import compat
 from flaxray.study.trained import save_trained
 
@@ -132,7 +133,7 @@ def program_shape(folder: Path, lanes: int) -> dict:
     """What decides a seed's arithmetic besides its own inputs: the lanes of each vmapped program (the
     chunk size), the devices they were split over, the machine and the form of the convolutions and
     pools (`flaxray.models.conv.form`; `flaxray.study.replay` runs it again)."""
-    chunks = results.read_json(folder / results.CHECKPOINTS / "chunks.json")
+    chunks = results.read_json(folder / results.CHECKPOINTS / PLAN)
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
             "strategy": chunks.get("strategy", "vmap"), "strategy_source": chunks.get("strategy_source", "asked"),
             **({"probe_s": chunks["probe_s"]} if "probe_s" in chunks else {}),
@@ -157,7 +158,7 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     start = time.perf_counter()
     stopped = None
     try:
-        states, history = train_seeds(config, data, [s for _ in lanes for s in seeds],
+        states, history = runner.train_seeds(config, data, [s for _ in lanes for s in seeds],
                                       [lane for lane in lanes for _ in seeds],
                                       class_names=dataset.class_names, progress=progress,
                                       desc=name + (f" x {len(lanes)} settings" if len(lanes) > 1 else ""),
@@ -177,7 +178,7 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
         "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(lanes) * len(seeds)),
-        "checkpoints": results.read_json(folder / results.CHECKPOINTS / SAVES)})  # their cost to this run
+        "checkpoints": results.read_json(folder / results.CHECKPOINTS / runner.SAVES)})  # their cost to this run
     if stopped is not None:
         raise Stopped(f"stopped after {name}'s last epoch, saved", (groups, False))
     return groups, False
