@@ -242,9 +242,11 @@ def _utc() -> str:
 
 
 @contextlib.contextmanager
-def recorded(out, *, study: str, command: str, argv, resumed: bool = False, overwrite: bool = False):
+def recorded(out, *, study: str, command: str, argv, resumed: bool = False, overwrite: bool = False,
+             spec: dict | None = None):
     """run.json in `out` says "running" while the block runs (so a killed run reads as unfinished),
-    then "complete", "interrupted" or "failed"; `overwrite` clears the study's files first."""
+    then "complete", "interrupted" or "failed"; it keeps the command, its flags and the study's `spec`
+    (what a resume rebuilds); `overwrite` clears the study's files first."""
     out = Path(out)
     if overwrite:
         clear_outputs(out)
@@ -254,7 +256,7 @@ def recorded(out, *, study: str, command: str, argv, resumed: bool = False, over
                                                                         _utc()])
     else:
         write_run(out, status="running", study=study, command=command, argv=list(argv), cwd=os.getcwd(),
-                  pid=os.getpid(), started_utc=_utc())
+                  pid=os.getpid(), started_utc=_utc(), **({"spec": spec} if spec is not None else {}))
     try:
         yield
     except KeyboardInterrupt as err:

@@ -14,6 +14,7 @@ from flaxray.errors import FlaxrayError
 from flaxray.core import settings
 from flaxray.core.config import DTYPES
 from flaxray.core.randomness import FLOOR, SOURCES
+from flaxray.study import compat
 from flaxray.study.study import MAX_SEEDS
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
@@ -111,54 +112,62 @@ def data_spec(args):
 
 
 def study_spec(args, archs, kind: str, **fields):
-    """The `flaxray.study.study.Study` the flags describe; validates every arch and flag before any data."""
+    """The `flaxray.study.study.Study` the flags describe (a resumed study: the one it recorded); validates
+    every arch and flag before any data."""
     from flaxray.study.study import Study
 
+    if getattr(args, "recorded_study", None) is not None:
+        return args.recorded_study
     grid = {name: tuple(getattr(args, name)) for name in settings.FIELDS if getattr(args, name) is not None}
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), settings=grid,
                  epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
                  class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
 
 
-def _dest(token: str, names) -> str | None:
-    """The argparse destination a flag token names (argparse accepts unambiguous prefixes)."""
-    matches = [n for n in names if f"--{n.replace('_', '-')}".startswith(token)]
-    exact = [n for n in matches if f"--{n.replace('_', '-')}" == token]
-    return (exact or matches or [None])[0]
+def given_flags(parser, argv) -> dict:
+    """{destination: value} of the flags `argv` sets itself, whatever the defaults: argparse fills in a
+    default only where the namespace has no value yet, so one that starts every destination unset shows
+    what was given (abbreviations resolved by argparse itself)."""
+    unset = object()
+    names = vars(parser().parse_args([]))
+    parsed = parser().parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {k: v for k, v in vars(parsed).items() if v is not unset}
 
 
-def resume_args(parse_args, args):
-    """The flags of the study in `args.resume` (from its run.json) with the few that may change;
-    None when that study is complete. Flags given with --resume must equal the recorded ones (the
-    original command with --resume added is accepted), except --no-progress, --checkpoint-every
-    and --cache-dir, which only change how it runs."""
+def resume_args(parser, args):
+    """The options of the study in `args.resume` (its run.json) with the few that may change, and the
+    recorded `Study` itself (`args.recorded_study`); None when that study is complete. Flags given with
+    --resume must equal the recorded ones (the original command with --resume added is accepted), except
+    --no-progress, --checkpoint-every and --cache-dir, which only change how it runs."""
     folder = Path(args.resume)
     run = results.read_run(folder)
     if not run or "argv" not in run:
         raise FlaxrayError(f"--resume {folder}: no readable {results.RUN_JSON} there, so no study to continue")
-    stored = parse_args(run["argv"])
+    stored = parser().parse_args(run["argv"])
+    started = Path(run.get("cwd", "."))
     for name in ("data", "cache_dir"):  # relative to where the study was started
         value = getattr(stored, name, None)
         if value and not str(value).startswith("tfds:"):
-            setattr(stored, name, str(Path(run.get("cwd", ".")) / Path(value).expanduser()))
+            setattr(stored, name, str(started / Path(value).expanduser()))
     free = {f[2:].replace("-", "_") for f in RESUME_FLAGS}
-    tokens = {t.split("=", 1)[0]: _dest(t.split("=", 1)[0], vars(args)) for t in args.argv if t.startswith("--")}
-    for token, dest in tokens.items():
-        if dest is None or dest in free or dest == "out" and Path(args.out or folder).resolve() == folder.resolve():
+    given = given_flags(parser, args.argv)
+    for dest, value in given.items():
+        if dest in free or dest == "out" and Path(value).resolve() == folder.resolve():
             continue
-        given, recorded = getattr(args, dest), getattr(stored, dest, None)
-        if dest in ("data", "cache_dir") and given and not str(given).startswith("tfds:"):
-            same = recorded is not None and Path(given).resolve() == Path(recorded).resolve()
+        recorded, flag = getattr(stored, dest, None), "--" + dest.replace("_", "-")
+        if dest in ("data", "cache_dir") and value and not str(value).startswith("tfds:"):
+            same = recorded is not None and Path(value).resolve() == Path(recorded).resolve()
         else:
-            same = given == recorded
+            same = value == recorded
         if not same:
             raise FlaxrayError(f"--resume continues the study recorded in {folder / results.RUN_JSON}, where "
-                               f"{token} is {recorded!r}, not {given!r}; drop {token} or start another study")
+                               f"{flag} is {recorded!r}, not {value!r}; drop {flag} or start another study")
     if run.get("status") == "complete":
         return None
-    for dest in (free - {"resume"}) & set(tokens.values()):
-        setattr(stored, dest, getattr(args, dest))
+    for dest in (free - {"resume"}) & set(given):
+        setattr(stored, dest, given[dest])
     stored.argv, stored.out, stored.resume, stored.overwrite = list(run["argv"]), str(folder), str(folder), False
+    stored.recorded_study = compat.recorded_study(run, started)
     return stored
 
 
@@ -178,9 +187,9 @@ def run_study(args, spec, module: str, run=None):
     # Every refusal happens here, before run.json or anything is written (--overwrite: the folder is cleared later).
     prepared = prepare(spec, out, progress=progress, overwrite=args.overwrite, **options)
     with results.recorded(out, study=module, command=cmd, argv=args.argv, resumed=bool(getattr(args, "resume", None)),
-                          overwrite=args.overwrite):
-        result = run(spec, out, progress=progress, info={"command": cmd, "args": vars(args)}, prepared=prepared,
-                     **options)
+                          overwrite=args.overwrite, spec=spec.record()):
+        flags = {k: v for k, v in vars(args).items() if k != "recorded_study"}
+        result = run(spec, out, progress=progress, info={"command": cmd, "args": flags}, prepared=prepared, **options)
     if result.reused:
         print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
     if getattr(args, "tensorboard", None) and not results.elsewhere():
@@ -223,11 +232,12 @@ def _abandon(err: BaseException) -> None:
     os._exit(1)
 
 
-def main(run, parse_args, argv=None) -> int:
-    """Run a study; user errors are one line on stderr and exit 2, never a traceback. Started as one
+def main(run, parser, argv=None) -> int:
+    """Run a study (`parser`: a function returning the study's ArgumentParser); user errors are one line on
+    stderr and exit 2, never a traceback. Started as one
     of several processes (`python -m flaxray.runtime.launch`, SLURM), it joins them first; then only process 0
     prints and writes."""
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in study.json
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     from flaxray.runtime import hosts
@@ -238,7 +248,7 @@ def main(run, parse_args, argv=None) -> int:
         if getattr(args, "replay", None) or getattr(args, "seed", None) is not None:
             return replay(args)
         if getattr(args, "resume", None):
-            resumed = resume_args(parse_args, args)
+            resumed = resume_args(parser, args)
             if resumed is None:
                 print(f"{args.resume} holds a complete study; nothing to resume")
                 return 0

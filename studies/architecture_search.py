@@ -21,7 +21,7 @@ from flaxray.study.study import MAX_SEEDS
 from studies import _cli
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     from flaxray.study.catalogue import DEFAULT_CATALOGUE, SAME_STACK
 
     p = argparse.ArgumentParser(
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
                          "runs/architecture_race); a rerun with the same folder skips every finished arch",
                          overwrite_help="retrain every arch even if --out holds a finished run of it")
-    return p.parse_args(argv)
+    return p
 
 
 RACE_FLAGS = ("max_seeds", "round_seeds", "budget")
@@ -116,7 +116,7 @@ def run_race(args, archs, given) -> Path:
 
 
 def main(argv=None) -> int:
-    return _cli.main(run, parse_args, argv)
+    return _cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ WHY_CNN = ("cnn_sep is the keras.io 'Pneumonia Classification' network built for
            "for this task, chosen before any test result was seen")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.cnn_vs_ann",
         description="Train a CNN and a dense network (ANN) with the same --seeds, data, patient split and epochs, "
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     _cli.add_data_args(p)
     _cli.add_output_args(p, out="runs/cnn_vs_ann", out_help="output folder",
                          overwrite_help="replace the study --out already holds")
-    return p.parse_args(argv)
+    return p
 
 
 def run(args) -> Path:
@@ -84,7 +84,7 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> int:
-    return _cli.main(run, parse_args, argv)
+    return _cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from studies import _cli
 MODULE = "studies.inspect"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.inspect",
         description="Show what every seed of a finished study looks at: Grad-CAM (CNNs) or input-gradient saliency "
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/inspect)")
     p.add_argument("--cache-dir", default=None, help="where prepared data is cached (as for the study)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    return p
 
 
 def _shown_first(y, n: int):
@@ -128,7 +128,7 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> int:
-    return _cli.main(run, parse_args, argv)
+    return _cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

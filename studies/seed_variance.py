@@ -23,7 +23,7 @@ from studies import _cli
 MODULE = "studies.seed_variance"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.seed_variance",
         description="Train every --arch with --seeds random seeds at once (jax.vmap) and report the "
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     _cli.add_training_args(p)
     _cli.add_data_args(p)
     _cli.add_output_args(p)
-    return p.parse_args(argv)
+    return p
 
 
 def run(args) -> Path:
@@ -63,7 +63,7 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> int:
-    return _cli.main(run, parse_args, argv)
+    return _cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
     assert "--race" in error("--race", "--lr", "1e-3", "1e-2")
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
-        architecture_search.parse_args(["--help"])
+        architecture_search.parser().parse_args(["--help"])
     help_text = capsys.readouterr().out
     for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "runs/architecture_race"):
         assert flag in help_text

@@ -102,7 +102,7 @@ def test_bad_input_is_one_line_and_help_lists_every_flag(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing written on bad input
 
     with pytest.raises(SystemExit):
-        architecture_search.parse_args(["--help"])
+        architecture_search.parser().parse_args(["--help"])
     help_text = capsys.readouterr().out
     for flag in ("--arch", "--decompose", "--confidence", "--seeds", "--epochs", "--data", "--image-size", "--out",
                  "--overwrite", "--vary", "--class-weight"):
