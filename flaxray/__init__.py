@@ -7,12 +7,12 @@
 The packages, from the bottom up; each imports only those below it, and data flows upwards:
 
     errors, results   the one exception type; atomic files, the curves CSV, the environment record
+    analysis          numpy/scipy only: metrics, statistics, ranking, diagnosis, comparisons
     data              any images (folders, .npz, TFDS, arrays) -> uint8 arrays, leak-free splits
     models            every arch behind one pure interface: `init(key) -> variables`, `apply(...)`
     core              pure, no I/O: `make_train(config)` -> per-seed functions; settings and keys by name
     runtime           the host side: compiled programs, the plan (chunks, strategy), the runner,
                       checkpoints, devices and processes
-    analysis          numpy/scipy only: metrics, statistics, ranking, diagnosis, comparisons
     report            files from results: markdown/HTML reports, plots that return axes, pandas, TensorBoard
     study             a spec -> train, evaluate, analyse -> a `Result`; units on disk, reuse, replay, race
     inspect           what trained models look at: feature maps, filters, Grad-CAM, saliency

@@ -280,10 +280,10 @@ def clear_outputs(out) -> None:
         for name in existing_outputs(out):
             path = Path(out) / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if _distributed():
-        from flaxray.runtime import hosts
+    if _distributed():  # the others start writing once it is empty
+        from jax.experimental import multihost_utils
 
-        hosts.barrier("flaxray.results.clear_outputs")  # the others start writing once it is empty
+        multihost_utils.sync_global_devices("flaxray.results.clear_outputs")
 
 
 def default_out_dir(archs: Sequence[str], root="runs") -> Path:

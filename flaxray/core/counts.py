@@ -25,8 +25,10 @@ class BinaryCounts(NamedTuple):
     def zeros(cls, num_classes: int = 2):
         return cls(jnp.float32(0), jnp.float32(0), jnp.zeros(NUM_BINS), jnp.zeros(NUM_BINS))
 
-    def add(self, losses, logits, labels, mask):
-        bins = jnp.clip((jax.nn.sigmoid(logits) * NUM_BINS).astype(jnp.int32), 0, NUM_BINS - 1)
+    def add(self, losses, outputs, labels, mask, *, probabilities: bool = False):
+        """`outputs`: logits, or (`probabilities`) P(class 1) already."""
+        probs = outputs if probabilities else jax.nn.sigmoid(outputs)
+        bins = jnp.clip((probs * NUM_BINS).astype(jnp.int32), 0, NUM_BINS - 1)
         return BinaryCounts(
             self.loss_sum + jnp.sum(mask * losses),
             self.count + jnp.sum(mask),
@@ -50,9 +52,11 @@ class ClassCounts(NamedTuple):
         c = num_classes
         return cls(jnp.float32(0), jnp.float32(0), jnp.zeros((c, c, NUM_BINS)), jnp.zeros((c, c)))
 
-    def add(self, losses, logits, labels, mask):
-        c = logits.shape[-1]
-        bins = jnp.clip((jax.nn.softmax(logits) * NUM_BINS).astype(jnp.int32), 0, NUM_BINS - 1)  # (N, C)
+    def add(self, losses, outputs, labels, mask, *, probabilities: bool = False):
+        """`outputs`: logits, or (`probabilities`) the class probabilities already."""
+        c = outputs.shape[-1]
+        probs = outputs if probabilities else jax.nn.softmax(outputs)
+        bins = jnp.clip((probs * NUM_BINS).astype(jnp.int32), 0, NUM_BINS - 1)  # (N, C)
         labels = labels.astype(jnp.int32)
         k = jnp.broadcast_to(jnp.arange(c), bins.shape)
         true = jnp.broadcast_to(labels[:, None], bins.shape)
@@ -60,7 +64,7 @@ class ClassCounts(NamedTuple):
             self.loss_sum + jnp.sum(mask * losses),
             self.count + jnp.sum(mask),
             self.hist.at[k, true, bins].add(jnp.broadcast_to(mask[:, None], bins.shape)),
-            self.confusion.at[labels, jnp.argmax(logits, -1)].add(mask),
+            self.confusion.at[labels, jnp.argmax(outputs, -1)].add(mask),
         )
 
 

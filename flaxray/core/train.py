@@ -36,7 +36,9 @@ from flaxray.core.counts import counts_type
 from flaxray.core.optim import keras_adam, keras_weight_decay, with_lr
 from flaxray.core.randomness import FLOOR, SOURCES, nudge_one_ulp, seed_keys, source_key
 from flaxray.core.settings import Settings
-from flaxray.models import LOGITS, Variables
+from flaxray.models import LOGITS, PROBABILITIES, Variables
+
+EPSILON = 1e-7  # Keras's backend.epsilon(): how close to 0 and 1 a probability is clipped in its loss
 
 
 class SeedState(NamedTuple):
@@ -93,10 +95,21 @@ def make_train(config: TrainConfig) -> Trainer:
     def model_of(x):
         return models.model(config.arch, x.shape[1:], dtype=config.dtype, num_classes=config.num_classes)
 
-    def sample_losses(logits, y):
+    def sample_losses(outputs, y, output=LOGITS):
+        if output == PROBABILITIES:  # Keras's cross-entropy of probabilities, clipped to [eps, 1 - eps]
+            if binary:
+                p = jnp.clip(outputs, EPSILON, 1 - EPSILON)
+                return -(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))
+            p = jnp.clip(outputs / jnp.sum(outputs, axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
+            return -jnp.log(jnp.take_along_axis(p, y.astype(jnp.int32)[:, None], axis=-1)[:, 0])
         if binary:
-            return optax.sigmoid_binary_cross_entropy(logits, y)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
+            return optax.sigmoid_binary_cross_entropy(outputs, y)
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, y.astype(jnp.int32))
+
+    def measure(counts, model, outputs, y, mask, losses=None):
+        """`counts` plus this batch (its per-sample `losses`, else computed here)."""
+        losses = sample_losses(outputs, y, model.output) if losses is None else losses
+        return counts.add(losses, outputs, y, mask, probabilities=model.output == PROBABILITIES)
 
     def init(seed, data: DeviceData, settings: Settings | None = None, variables: Variables | None = None) -> SeedState:
         """`variables`: the initial variables a kind of model made on the host (else `model.init` of the
@@ -113,11 +126,12 @@ def make_train(config: TrainConfig) -> Trainer:
         return SeedState(params, variables.state, opt_state, keys, settings, jnp.int32(0), jnp.int32(0))
 
     def loss_fn(params, model_state, x, y, key, settings):
-        logits, model_state = model_of(x).apply(Variables(params, model_state), x, train=True, key=key,
-                                                dropout=settings.dropout)
+        model = model_of(x)
+        outputs, model_state = model.apply(Variables(params, model_state), x, train=True, key=key,
+                                           dropout=settings.dropout)
         # Keras's class_weight scales each sample's loss; the batch loss is their mean.
-        losses = class_weight[y.astype(jnp.int32)] * sample_losses(logits, y)
-        return jnp.mean(losses), (losses, logits, model_state)
+        losses = class_weight[y.astype(jnp.int32)] * sample_losses(outputs, y, model.output)
+        return jnp.mean(losses), (losses, outputs, model_state)
 
     def evaluate(variables: Variables, x, y, mask) -> Counts:
         size = config.eval_batch_size
@@ -125,17 +139,20 @@ def make_train(config: TrainConfig) -> Trainer:
 
         def body(counts, batch):
             xb, yb, mb = batch
-            logits, _ = model_of(xb).apply(variables, xb, train=False)
-            return counts.add(sample_losses(logits, yb), logits, yb, mb), None
+            model = model_of(xb)
+            outputs, _ = model.apply(variables, xb, train=False)
+            return measure(counts, model, outputs, yb, mb), None
 
         return jax.lax.scan(body, Counts.zeros(config.num_classes), batches)[0]
 
     def predict(variables: Variables, x):
         xb = x.reshape(-1, config.eval_batch_size, *x.shape[1:])
-        logits = jax.lax.map(lambda b: model_of(b).apply(variables, b, train=False)[0], xb)
-        if binary:
-            return jax.nn.sigmoid(logits.reshape(-1))
-        return jax.nn.softmax(logits.reshape(-1, config.num_classes))
+        model = model_of(xb[0])
+        outputs = jax.lax.map(lambda b: model.apply(variables, b, train=False)[0], xb)
+        outputs = outputs.reshape(-1) if binary else outputs.reshape(-1, config.num_classes)
+        if model.output == PROBABILITIES:
+            return outputs
+        return jax.nn.sigmoid(outputs) if binary else jax.nn.softmax(outputs)
 
     def run_epoch(state: SeedState, data: DeviceData):
         n, size = data.x_train.shape[0], config.batch_size
@@ -153,7 +170,7 @@ def make_train(config: TrainConfig) -> Trainer:
             params, model_state, opt_state, counts = carry
             i, idx = inputs
             x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
-            grads, (losses, logits, new_model_state) = jax.grad(loss_fn, has_aux=True)(
+            grads, (losses, outputs, new_model_state) = jax.grad(loss_fn, has_aux=True)(
                 params, model_state, x, y, jax.random.fold_in(epoch_key, i), state.settings
             )
             # `alive` is known before the epoch, so these selects fuse into Adam's elementwise passes (a
@@ -164,7 +181,7 @@ def make_train(config: TrainConfig) -> Trainer:
                 params = keras_weight_decay(params, decay, step_lr)
             params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
             model_state = jax.tree.map(lambda new, old: jnp.where(alive, new, old), new_model_state, model_state)
-            return (params, model_state, opt_state, counts.add(losses, logits, y, jnp.ones_like(y))), None
+            return (params, model_state, opt_state, measure(counts, model_of(x), outputs, y, jnp.ones_like(y), losses)), None
 
         start = (state.params, state.model_state, state.opt_state)
         (params, model_state, opt_state, train_counts), _ = jax.lax.scan(

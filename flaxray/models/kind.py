@@ -26,6 +26,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
+
+from flaxray.errors import FlaxrayError
+
 LOGITS, PROBABILITIES = "logits", "probabilities"
 
 
@@ -56,10 +60,6 @@ class Model(NamedTuple):
 
 def num_outputs(num_classes: int) -> int:
     """The head's width for `num_classes` classes: 1 (a sigmoid output) for two, C for C >= 3."""
-    import numpy as np
-
-    from flaxray.errors import FlaxrayError
-
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise FlaxrayError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
     return 1 if num_classes == 2 else int(num_classes)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flaxray.analysis import stats
 from flaxray.errors import FlaxrayError
 from flaxray.results import slug
 
@@ -159,8 +160,6 @@ def write_tensorboard(out, logdir, *, confidence: float | None = None) -> Path:
     (float32); non-finite ones are left out. Writing again into the same `logdir` replaces the event
     files of the runs it writes and leaves any other runs there alone.
     """
-    from flaxray.analysis import stats
-
     study = read_study_json(out)
     curves = read_curves(study_files(out)[1])
     try:
