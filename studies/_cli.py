@@ -14,8 +14,7 @@ from flaxray.errors import FlaxrayError
 from flaxray.core import settings
 from flaxray.core.config import DTYPES
 from flaxray.core.randomness import FLOOR, SOURCES
-from flaxray.study import compat
-from flaxray.study.study import MAX_SEEDS
+from flaxray.study.study import MAX_SEEDS, recorded_study
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
@@ -167,7 +166,7 @@ def resume_args(parser, args):
     for dest in (free - {"resume"}) & set(given):
         setattr(stored, dest, given[dest])
     stored.argv, stored.out, stored.resume, stored.overwrite = list(run["argv"]), str(folder), str(folder), False
-    stored.recorded_study = compat.recorded_study(run, started)
+    stored.recorded_study = recorded_study(run, started)
     return stored
 
 

@@ -208,6 +208,7 @@ def test_variance_shares_zero_source_and_nonfinite():
 
 def test_compare_analyse_and_report_for_three_classes(tmp_path):
     from flaxray.analysis import compare, metrics
+    from flaxray.analysis.probs import counts_from_probs
     from flaxray.report import compare as compare_report, plots
 
     classes = ("a", "b", "c")
@@ -217,7 +218,7 @@ def test_compare_analyse_and_report_for_three_classes(tmp_path):
     def model(sharpness):
         logits = rng.normal(size=(4, 90, 3)) + sharpness * np.eye(3)[y]
         probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-        return {"counts": metrics.counts_from_probs(probs, y, class_names=classes), "probs": probs,
+        return {"counts": counts_from_probs(probs, y, class_names=classes), "probs": probs,
                 "params": 10, "seconds": 1.0, "seed_epochs": 8}
 
     models = {"good": model(3.0), "weak": model(0.3)}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from flaxray.analysis import metrics
+from flaxray.analysis.probs import counts_from_probs
 from flaxray.errors import FlaxrayError
 from flaxray.analysis.metrics import NUM_BINS
 
@@ -31,7 +32,7 @@ def test_keys_binary_exactly_today_and_multiclass_from_the_class_list():
 
 def test_binary_metrics_are_the_registry_and_unchanged_on_a_hand_example():
     # 4 negatives at 0.1, 0.2, 0.3, 0.9; 2 positives at 0.8, 0.7.
-    c = metrics.counts_from_probs(np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.7]), np.array([0, 0, 0, 0, 1, 1]),
+    c = counts_from_probs(np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.7]), np.array([0, 0, 0, 0, 1, 1]),
                               class_names=metrics.BINARY)
     m = metrics.binary_metrics(c["loss_sum"], c["count"], c["pos_hist"], c["neg_hist"])
     assert m == pytest.approx({"loss": c["loss_sum"] / 6, "accuracy": 5 / 6, "precision": 2 / 3, "recall": 1.0,
@@ -43,7 +44,7 @@ def test_multiclass_counts_are_binned_as_the_device_bins_them():
     rng = np.random.default_rng(0)
     probs, y = random_probs(rng, 2, 50, 4), rng.integers(0, 4, 50)
     probs[0, 0] = [0.5, 0.25, 0.125, 0.125]  # bin edges: float32 x 200, truncated
-    c = metrics.counts_from_probs(probs, y, class_names=CLASSES)
+    c = counts_from_probs(probs, y, class_names=CLASSES)
     assert c["hist"].shape == (2, 4, 4, NUM_BINS) and c["confusion"].shape == (2, 4, 4)
     bins = np.clip((probs.astype(np.float32) * np.float32(NUM_BINS)).astype(int), 0, NUM_BINS - 1)
     for s in range(2):
@@ -61,7 +62,7 @@ def test_multiclass_metrics_against_brute_force():
     n = 120
     y = rng.integers(0, 4, n)
     probs = random_probs(rng, 3, n, 4)
-    m = metrics.compute(metrics.counts_from_probs(probs, y, class_names=CLASSES), CLASSES, test=True)
+    m = metrics.compute(counts_from_probs(probs, y, class_names=CLASSES), CLASSES, test=True)
     bins = np.clip((probs.astype(np.float32) * np.float32(NUM_BINS)).astype(int), 0, NUM_BINS - 1)
     for s in range(3):
         pred = probs[s].argmax(-1)
@@ -80,17 +81,17 @@ def test_multiclass_metrics_against_brute_force():
 def test_multiclass_undefined_cases_and_a_perfect_model():
     y = np.array([0, 0, 1, 1, 2, 2])
     perfect = np.eye(3)[y] * 0.98 + 0.01
-    m = metrics.compute(metrics.counts_from_probs(perfect, y, class_names=("a", "b", "c")), ("a", "b", "c"))
+    m = metrics.compute(counts_from_probs(perfect, y, class_names=("a", "b", "c")), ("a", "b", "c"))
     assert m["accuracy"] == 1.0 and m["auc"] == 1.0 and m["recall_b"] == 1.0
     # a class absent from the split: its recall is 0 (as Keras reports an undefined recall), the AUC NaN
-    m = metrics.compute(metrics.counts_from_probs(perfect[:4], y[:4], class_names=("a", "b", "c")), ("a", "b", "c"))
+    m = metrics.compute(counts_from_probs(perfect[:4], y[:4], class_names=("a", "b", "c")), ("a", "b", "c"))
     assert m["recall_c"] == 0.0 and np.isnan(m["auc"])
 
 
 def test_history_from_counts_both_kinds_and_wrong_statistics():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 40)
-    per = [metrics.counts_from_probs(random_probs(rng, 2, 40, 3), y, class_names=("a", "b", "c")) for _ in range(5)]
+    per = [counts_from_probs(random_probs(rng, 2, 40, 3), y, class_names=("a", "b", "c")) for _ in range(5)]
     split = {k: np.stack([p[k] for p in per], axis=1) for k in per[0]}  # (seed, epoch, ...)
     h = metrics.history_from_counts({"train": split, "val": split}, ("a", "b", "c"))
     assert tuple(h) == metrics.curve_keys(("a", "b", "c")) and h["val_recall_c"].shape == (2, 5)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from flaxray.analysis import metrics, ranking, stats
+from flaxray.analysis.probs import counts_from_probs
 from flaxray.report import table
 
 METRICS = ("loss", "accuracy", "precision", "recall", "auc")
@@ -318,7 +319,7 @@ def test_a_metric_added_to_the_registry_reaches_the_summary_and_the_table(monkey
     new = metrics.Metric("balanced_error", "balanced error rate", True, balanced_error, classes="binary")
     monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY + (new,))
     assert "val_balanced_error" in metrics.curve_keys(metrics.BINARY)
-    counts = metrics.counts_from_probs(np.array([[0.9, 0.2, 0.7, 0.4]]), np.array([1, 0, 0, 1]), class_names=metrics.BINARY)
+    counts = counts_from_probs(np.array([[0.9, 0.2, 0.7, 0.4]]), np.array([1, 0, 0, 1]), class_names=metrics.BINARY)
     assert metrics.compute(counts, metrics.BINARY)["balanced_error"] == pytest.approx([0.5])
     h = _history(np.array([[0.9, 0.5], [0.8, 0.6]]))
     h["val_balanced_error"] = np.array([[0.3, 0.2], [0.4, 0.1]])

@@ -1,6 +1,7 @@
 """Analysis: numpy and scipy only, no jax, no files, no report text.
 
     metrics     the one metric registry: names, directions, formulas from sufficient statistics
+    probs       those statistics from probabilities on the host (a test evaluation, saved predictions)
     stats       across-seed statistics of one number per seed: bootstrap CIs, IQM, bands, variance shares
     ranking     the per-arch summary, the one ranking, P(improvement)
     diagnose    each seed's loss curves: good, overfit, underfit, unstable or diverged

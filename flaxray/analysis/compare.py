@@ -15,6 +15,7 @@ import numpy as np
 import scipy.stats
 
 from flaxray.analysis import metrics, ranking, stats
+from flaxray.analysis.probs import counts_from_probs
 from flaxray.analysis.text import num, prob_ci
 
 
@@ -26,7 +27,7 @@ def metrics_from_counts(counts: Mapping[str, np.ndarray], class_names: Sequence[
 def metrics_from_probs(probs, labels, class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """The test metrics of probabilities ((..., N) binary, (..., N, C) otherwise) against labels (N,),
     binned as the trainer bins them."""
-    return metrics_from_counts(metrics.counts_from_probs(probs, labels, class_names=class_names), class_names)
+    return metrics_from_counts(counts_from_probs(probs, labels, class_names=class_names), class_names)
 
 
 def ensemble(probs) -> np.ndarray:

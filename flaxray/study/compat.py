@@ -7,7 +7,8 @@ to today's here, so the rest of the code knows one format per record.
                 saved as `batch_stats`; format 2: `settings` beside the config, `model_state`.
     study       layouts before one folder per arch (issue 12) are refused with the command to run
                 them again; their units could not be found.
-    run.json    before it recorded the study's spec, a resume rebuilds the study from the recorded flags.
+    run.json    before it recorded the study's spec (`flaxray.study.study.recorded_study`), a resume
+                rebuilds the study from the recorded flags.
 
 Checkpoints (`flaxray.runtime.checkpoint`) of an older format are refused: they belong to an unfinished
 run, which is started again.
@@ -62,22 +63,6 @@ def no_saved_params(run_dir: Path, again: str) -> FlaxrayError:
                             f"before one layout for every study, issue 12); run it again{again}")
     return FlaxrayError(f"{run_dir} holds no saved parameters that this flaxray reads (studies before issue 8 "
                         f"kept none; those before issue 12 kept them in another layout); run it again{again}")
-
-
-def recorded_study(run: dict, started: Path):
-    """The `Study` a run.json recorded, its data path made absolute from where it was started; None for a
-    run.json of before the spec was recorded (its flags describe it: the caller rebuilds it from them)."""
-    import dataclasses
-
-    from flaxray.study.study import Study
-
-    if "spec" not in run:
-        return None
-    study = Study.from_record(run["spec"])
-    path = study.data.path
-    if path and not str(path).startswith("tfds:"):
-        study = dataclasses.replace(study, data=dataclasses.replace(study.data, path=str(started / Path(path).expanduser())))
-    return study
 
 
 def program_layers(program: dict) -> str:

@@ -132,6 +132,18 @@ class Study:
         return cls(**{**spec, "data": DataSpec(**record["data"]), "settings": record.get("settings", {})})
 
 
+def recorded_study(run: Mapping, started: Path) -> Study | None:
+    """The `Study` a run.json recorded, its data path made absolute from where it was started (`started`);
+    None for a run.json of before the spec was recorded, whose flags describe it."""
+    if "spec" not in run:
+        return None
+    study = Study.from_record(run["spec"])
+    path = study.data.path
+    if path and not str(path).startswith("tfds:"):
+        study = dataclasses.replace(study, data=dataclasses.replace(study.data, path=str(started / Path(path).expanduser())))
+    return study
+
+
 def balanced_class_weight(labels, num_classes: int = 2) -> tuple[float, ...]:
     """Loss weights n / (C n_class), sklearn's 'balanced'."""
     labels = np.asarray(labels)
