@@ -90,6 +90,15 @@ def test_old_sources_keep_their_keys_and_a_new_source_moves_none():
     assert jnp.array_equal(jax.random.key_data(shared), jax.random.key_data(randomness.seed_keys(9, ("order",), ())["order"]))
 
 
+def test_a_new_source_changes_no_record_of_a_program_that_does_not_draw_it(monkeypatch):
+    from flaxray.core import config as config_module
+
+    before = TrainConfig(**CONFIG).record()
+    assert before["vary"] == ["init", "dropout", "order"]  # as every earlier unit's fingerprint has it
+    monkeypatch.setattr(config_module, "SOURCES", (*randomness.SOURCES, "augment"))  # `vary` may name it now
+    assert TrainConfig(**CONFIG, vary=(*randomness.SOURCES, "augment")).record() == before
+
+
 def test_a_setting_at_its_off_value_is_left_out_of_the_program_and_the_record():
     grid = settings.normalize({"lr": (1e-3, 3e-4)})
     assert settings.present(grid) == ("lr",) and settings.record(grid) == {"lr": [1e-3, 3e-4]}

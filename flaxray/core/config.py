@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxray import models
-from flaxray.core.randomness import FLOOR, SOURCES
+from flaxray.core.randomness import DRAWN_BY_ALL, FLOOR, SOURCES
 from flaxray.errors import FlaxrayError
 
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
@@ -49,9 +49,17 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise FlaxrayError(f"--dtype: unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
 
+    @property
+    def drawn(self) -> tuple[str, ...]:
+        """The sources of randomness this program draws from: every program draws init, dropout and order
+        (and the ulp floor's coin flips when asked). A source only some programs draw (augmentation, say)
+        joins here where its setting turns it on."""
+        return DRAWN_BY_ALL + ((FLOOR,) if FLOOR in self.vary else ())
+
     def record(self) -> dict:
-        """The config as JSON-able plain values."""
-        return dataclasses.asdict(self)
+        """The config as JSON-able plain values; `vary` names the sources that vary among those the program
+        draws, so a source added later changes no record of a program that does not draw it."""
+        return {**dataclasses.asdict(self), "vary": [s for s in self.vary if s in self.drawn]}
 
     @classmethod
     def from_record(cls, record: dict) -> "TrainConfig":

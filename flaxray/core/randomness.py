@@ -10,8 +10,8 @@ sources that predate names keep the numbers they had as positions (init 0, dropo
 ulp floor 3), so their draws are exactly those of every earlier study, and a new source is numbered
 from its name (its CRC-32 with the top bit set, which no old number has), so adding one moves none.
 
-A new source is a name here (in `SOURCES` if every program draws from it) and the code that draws
-from `keys[name]`.
+A new source is a name here (in `SOURCES`; also in `DRAWN_BY_ALL` if every program draws from it, else
+in `TrainConfig.drawn` where its setting turns it on) and the code that draws from `keys[name]`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCES = ("init", "dropout", "order")  # what every program draws from; `vary` chooses among them
+DRAWN_BY_ALL = ("init", "dropout", "order")  # what every program draws from
+SOURCES = DRAWN_BY_ALL  # the named sources `vary` chooses among (a source only some programs draw joins here)
 # Not a source of randomness but a probe of chaos: with "ulp" in `vary`, every initial parameter moves one
 # ulp up or down (a coin flip per element from the seed), so a run varying only it measures how far
 # float rounding alone spreads the seeds: the numerical-noise floor (Summers & Dinneen, ICML 2021).
