@@ -87,6 +87,14 @@ class Trainer(NamedTuple):
 
 
 def make_train(config: TrainConfig) -> Trainer:
+    """The pure functions of one seed that `config` describes.
+
+    Args:
+      config: the arch, epochs, batch sizes, classes, dtype and sources of randomness.
+    Returns:
+      A `Trainer` (init, run_epoch, train, evaluate, predict): `jax.vmap` them over seeds (and their
+      `Settings`), `jax.jit` the result.
+    """
     tx = keras_adam()
     class_weight = jnp.asarray(config.class_weight or (1.0,) * config.num_classes, jnp.float32)
     binary = config.num_classes == 2

@@ -217,7 +217,17 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
          prepared: Any = None, on_round: Callable[[dict], None] | None = None, strategy=None) -> RaceResult:
     """Race `study.archs` over the seeds `study.seeds` (in order, `round_seeds` a round) into `out`:
     trains (or reads back) each round's units, writes race.json after every round, then the report.
-    `budget`: seed-epochs at most (None: the fixed design's). alpha = 1 - study.confidence."""
+
+    Args:
+      study: the archs, the seeds (at most), the settings; alpha = 1 - study.confidence.
+      out: the race's folder.
+      round_seeds: seeds each arch still raced gets per round.
+      budget: seed-epochs at most (None: the fixed design's).
+      on_round: called with each round's record as it ends.
+      progress, checkpoint_every, chunk, cache_dir, strategy, info, prepared: as `flaxray.run`'s.
+    Returns:
+      A `RaceResult`: its folder, race.json's record, each arch's units and what was reused.
+    """
     check(study, round_seeds, budget)
     out = Path(out)
     prepared = prepared or prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,

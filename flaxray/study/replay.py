@@ -42,10 +42,18 @@ def _tree_equal(a, b) -> tuple[bool, float]:
 
 
 def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=None) -> list[dict]:
-    """Re-train `seed` in every group of the finished study in `out` that holds it, in the program
-    shape it was trained in; one row per group: group, seed, lanes, identical (curves and params bit
-    for bit), curves_max_diff, params_max_diff, same_machine. `dataset`: the data, when the study was
-    trained on arrays given in memory (a folder, .npz or TFDS set is loaded again from the record)."""
+    """Re-train `seed` in every group of the finished study in `out` that holds it, in the program shape
+    it was trained in, and compare it with what the study recorded.
+
+    Args:
+      out: the finished study's folder.
+      seed: the seed to train again.
+      dataset: the data, when the study was trained on arrays given in memory (a folder, .npz or TFDS
+        set is loaded again from the record).
+    Returns:
+      One row per group: group, seed, lanes, identical (curves and params bit for bit),
+      curves_max_diff, params_max_diff, same_machine.
+    """
     out = check_run_dir(out)
     record = results.read_json(out / "study.json")
     if dataset is None:

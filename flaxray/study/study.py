@@ -171,7 +171,15 @@ class Prepared:
 def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int | str = DEFAULT_EVERY,
             chunk: int | None = None, cache_dir=None, overwrite: bool = False, strategy=None) -> Prepared:
     """Every check that can refuse a study, before anything is written: the options, `out` (what it
-    holds is not checked with `overwrite`: it is to be cleared), the data, the disk `out` is on."""
+    holds is not checked with `overwrite`: it is to be cleared), the units already there, the data, the
+    disk `out` is on.
+
+    Args:
+      study, out, checkpoint_every, chunk, cache_dir, strategy: as `run`'s.
+      overwrite: `out` is to be cleared, so what it holds is not checked.
+    Returns:
+      The `Prepared` data (on the device) and configs, for `run(..., prepared=...)`.
+    """
     progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     saves = any(every(checkpoint_every))
     check_most(chunk)

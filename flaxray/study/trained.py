@@ -101,7 +101,15 @@ def check_run_dir(run_dir) -> Path:
 
 
 def load_trained(run_dir, names: Sequence[str] | None = None) -> dict[str, Trained]:
-    """{group: Trained} of a finished study's folder (or of the groups `names`), params restored with orbax."""
+    """Every seed's final parameters of a finished study, restored with orbax.
+
+    Args:
+      run_dir: the study's folder (its --out).
+      names: the groups to load (default: all).
+    Returns:
+      {group name: `Trained`}: config, settings, seeds, input shape, data settings, and `params` and
+      `model_state` with a leading seed axis (`.variables` for `flaxray.models.model(...).apply`).
+    """
     loaded = {}
     for folder in trained_folders(check_run_dir(run_dir)):
         meta = json.loads((folder / TRAINED_JSON).read_text("utf-8"))
