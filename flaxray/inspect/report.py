@@ -109,8 +109,8 @@ def _write_markdown(path: Path, record, summaries, figures, agreement: Path, inf
                                   flag=attribution.BORDER_FLAG), ""]
     zero = {n: {k: v for k, v in s["zero_maps"].items() if v} for n, s in summaries.items()}
     if any(zero.values()):
-        lines += ["All-zero maps (the maps explain the explained class's logit: in these no region raises it; left out "
-                  "of the means): " + "; ".join(
+        lines += ["All-zero maps (no region raises the explained logit, that of class 1 or of the predicted class; "
+                  "left out of the means): " + "; ".join(
             f"`{n}` " + ", ".join(f"seed {k}: {v}" for k, v in z.items()) for n, z in zero.items() if z), ""]
     lines += [f"![agreement]({agreement.name})", ""]
     for name, figs in figures.items():
