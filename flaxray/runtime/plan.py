@@ -7,10 +7,11 @@
 Memory first: the hand estimate (`scale.bytes_per_seed`, vmap's, the most any strategy keeps at once)
 when the seeds take less than half the free memory by it; else XLA's own figure for the compiled
 program, so a plan near the memory is the compiler's, not a guess. Then the strategy: as asked, or
-auto's probe (each candidate timed on this device, compilation apart), remembered per machine in the
-cache folder (`strategies.json`). Near the memory, a chunk trained in map or groups is re-planned by
-that program's own figure, since they keep one seed's or group's activations at a time. A resumed
-run keeps its recorded plan, so it finds its chunks' checkpoints again and continues in the same program.
+auto's probe (`flaxray.runtime.probe`: the epoch each candidate would take on this device), remembered
+per machine in the cache folder (`strategies.json`) with its evidence and, once a run measured it, the
+epoch the chosen program took. Near the memory, a chunk trained in map or groups is re-planned by that
+program's own figure, since they keep one seed's or group's activations at a time. A resumed run keeps
+its recorded plan, so it finds its chunks' checkpoints again and continues in the same program.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from pathlib import Path
 
 import jax
@@ -31,11 +31,9 @@ from flaxray.core.config import DeviceData, TrainConfig
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from flaxray.models import conv
-from flaxray.runtime import hosts, programs, scale
+from flaxray.runtime import hosts, probe, programs, scale
 
 PLAN = "chunks.json"  # a checkpointed run's plan
-PROBE_STEPS = 8  # training steps per seed in a probe: long enough that a step's cost dominates the call's
-PROBE_REPEATS = 3  # timed calls per candidate, after one that compiles; the fastest counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +41,16 @@ class Plan:
     seeds_per_chunk: int
     strategy: str | int
     strategy_source: str  # asked, probed, probed here before, one seed per device, recorded
-    probe_s: dict | None = None  # auto's timings, {strategy: seconds}
+    evidence: dict | None = None  # auto's: each candidate's predicted epoch, the noise, ... (`probe.Choice`)
     bytes_per_seed: int = 0
     memory_source: str = "estimated"  # or "compiled", "compiled for map", ...
     free: int = 0  # bytes free per device when planned
+    key: str | None = None  # the machine cache's key of auto's choice
 
     def record(self) -> dict:
-        """What chunks.json keeps: enough to resume in the same chunks and program."""
+        """What chunks.json keeps: enough to resume in the same chunks and program, and auto's evidence."""
         return {"seeds_per_chunk": self.seeds_per_chunk, "strategy": self.strategy,
-                "strategy_source": self.strategy_source, **({"probe_s": self.probe_s} if self.probe_s else {})}
+                "strategy_source": self.strategy_source, **({"evidence": self.evidence} if self.evidence else {})}
 
     def describe(self, n_lanes: int, n_devices: int) -> str:
         return scale.describe(n_lanes, self.seeds_per_chunk, self.bytes_per_seed, self.free, n_devices,
@@ -61,11 +60,15 @@ class Plan:
         """The printed line: which strategy, for how many seeds per device, and why."""
         per_device = -(-min(self.seeds_per_chunk, n_lanes) // n_devices)
         line = f"strategy {strategies.name(self.strategy)} for {per_device} seeds per device ({self.strategy_source}"
-        if not self.probe_s:
+        predicted = (self.evidence or {}).get("predicted_epoch_s")
+        if not predicted:
             return line + ")"
-        best = self.probe_s.get(str(self.strategy)) or min(self.probe_s.values())
-        others = ", ".join(f"{k} {v / best:.2f}x" for k, v in self.probe_s.items() if k != str(self.strategy))
-        return line + f": the fastest in a probe of {PROBE_STEPS} steps; the others took {others} its time)"
+        own = predicted[str(self.strategy)]
+        others = ", ".join(f"{k} {v / own:.2f}x" for k, v in predicted.items() if k != str(self.strategy))
+        tied = [k for k in self.evidence["within_noise"] if k != str(self.strategy)]
+        why = (f"; {', '.join(tied)} within the noise ({self.evidence['noise']:.0%}) of the fastest, and "
+               f"{strategies.name(self.strategy)} the simplest" if tied else "")
+        return line + f": an epoch predicted at {own:.3g} s, the others at {others} that{why})"
 
 
 def recorded(checkpoint_dir, n_lanes: int) -> Plan | None:
@@ -123,7 +126,8 @@ def make_plan(config: TrainConfig, data: DeviceData, lanes: Settings, devices, a
     whole = strategies.multiple(chosen["strategy"]) * len(devices)
     if whole <= size < n_lanes:  # chunks fill the memory: a padded group would overfill it
         size -= size % whole
-    return Plan(size, chosen["strategy"], chosen["source"], chosen.get("times"), per_seed, source, free)
+    return Plan(size, chosen["strategy"], chosen["source"], chosen.get("evidence"), per_seed, source, free,
+                chosen.get("key"))
 
 
 def probe_key(config: TrainConfig, data, fields, per_device: int, devices) -> str:
@@ -135,34 +139,28 @@ def probe_key(config: TrainConfig, data, fields, per_device: int, devices) -> st
                        "xla_flags": os.environ.get("XLA_FLAGS", ""), "layers": conv.form()}, sort_keys=True)
 
 
-def probe_data(config: TrainConfig, data: DeviceData) -> DeviceData:
-    """A short epoch of the same shapes per step: `PROBE_STEPS` training batches and one eval batch."""
-    n, v = PROBE_STEPS * config.batch_size, config.eval_batch_size
+def probe_data(config: TrainConfig, data: DeviceData, steps: int) -> DeviceData:
+    """A short epoch of the same shapes per step: `steps` training batches and one eval batch."""
+    n, v = steps * config.batch_size, config.eval_batch_size
     return DeviceData(data.x_train[:n], data.y_train[:n], data.x_val[:v], data.y_val[:v], data.val_mask[:v])
 
 
-def probe(calls: dict, repeats: int = PROBE_REPEATS) -> tuple[str | int, dict]:
-    """The fastest of `calls` ({strategy: a call running one short epoch in it}): each is run once
-    (compiling), then all are timed `repeats` times, taking turns, so that a slow spell of a shared
-    machine falls on every candidate alike; a candidate's best time counts. Returns (the fastest,
-    {strategy: s}). (Compiling them in threads saves nothing on XLA:CPU: measured, not overlapped.)"""
-    for call in calls.values():
-        jax.block_until_ready(call())
-    times = dict.fromkeys(calls, float("inf"))
-    for _ in range(repeats):
-        for strategy, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            times[strategy] = min(times[strategy], time.perf_counter() - start)
-    return min(times, key=times.get), times
+def contradicted(known: dict) -> bool:
+    """Whether a cached choice's measured epoch was slower than another candidate's prediction by more than
+    the noise: it is probed again, not reused forever."""
+    evidence = known.get("evidence") or {}
+    measured, predicted = evidence.get("measured_epoch_s"), evidence.get("predicted_epoch_s") or {}
+    others = [v for k, v in predicted.items() if k != str(known["strategy"])]
+    return bool(measured and others and measured > min(others) * (1 + evidence.get("noise", probe.NOISE_FLOOR)))
 
 
 def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: int, devices, *, cache_dir=None,
                     fresh=False) -> dict:
     """The strategy for `count` seeds (with settings like `lanes`) over `devices`: {"strategy", "source",
-    "times"?}. `asked` is kept unless auto; auto probes each candidate on this device and remembers the
-    choice for this machine, so a run again here takes the same program without probing (`fresh`: probe
-    anyway, remember nothing)."""
+    "evidence"?, "key"?}. `asked` is kept unless auto; auto probes each candidate on this device
+    (`flaxray.runtime.probe`: the epoch each would take) and remembers the choice for this machine, so a
+    run again here takes the same program without probing, unless what it measured then contradicts the
+    choice (`fresh`: probe anyway, remember nothing)."""
     fields, per_device = fields_of(lanes), -(-count // len(devices))
     if asked != strategies.AUTO:
         return {"strategy": strategies.canonical(asked, per_device), "source": "asked"}
@@ -170,11 +168,15 @@ def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: in
         return {"strategy": strategies.VMAP, "source": "one seed per device"}
     key = probe_key(config, data, fields, per_device, devices)
     known = cached_choice(key, cache_dir) if hosts.is_primary() and not fresh else None
+    if known is not None and contradicted(known):
+        known = None
     if hosts.agree(known is not None):
         code = hosts.agree(strategies.encode(strategies.parse(known["strategy"])) if known else 0)
-        return {"strategy": strategies.decode(code), "times": (known or {}).get("times"), "source": "probed here before"}
+        return {"strategy": strategies.decode(code), "evidence": (known or {}).get("evidence"), "key": key,
+                "source": "probed here before"}
     mesh, cands = scale.seed_mesh(devices), strategies.candidates(per_device, len(devices))
-    full, short = scale.replicate(mesh, data), scale.replicate(mesh, probe_data(config, data))
+    full = scale.replicate(mesh, data)
+    short = {n: scale.replicate(mesh, probe_data(config, data, n)) for n in probe.LENGTHS}
     # Every candidate runs on one chain of states, donated from call to call, of the largest count that
     # every candidate's groups divide and the chunk holds: the probe needs no more memory than the run
     # it is for (a chunk is planned to fill the device), and the candidates are timed on the same seeds.
@@ -183,17 +185,33 @@ def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: in
     chain = [programs.initial_states(config, full, list(range(count)),
                                      jax.tree.map(lambda a: np.resize(a, count), lanes), mesh)]
 
-    def step(program):
-        chain[0] = program(chain[0], short)[0]
+    def step(program, probe_data):
+        chain[0] = program(chain[0], probe_data)[0]
         return chain[0]
 
-    calls = {c: functools.partial(step, programs.epoch(config, c, mesh)) for c in cands}
-    best, times = probe(calls)
-    best = strategies.decode(hosts.agree(strategies.encode(best)))
-    choice = {"strategy": best, "times": {str(k): round(v, 6) for k, v in times.items()}}
+    calls = {c: {n: functools.partial(step, programs.epoch(config, c, mesh), short[n]) for n in probe.LENGTHS}
+             for c in cands}
+    choice = probe.probe(calls, steps=data.x_train.shape[0] // config.batch_size, epochs=config.epochs,
+                         block=jax.block_until_ready)
+    best = strategies.decode(hosts.agree(strategies.encode(choice.best)))
+    chosen = {"strategy": best, "evidence": choice.record()}
     if hosts.is_primary() and not fresh:
-        remember(key, choice, cache_dir)
-    return {**choice, "source": "probed"}
+        remember(key, chosen, cache_dir)
+    return {**chosen, "key": key, "source": "probed"}
+
+
+def measured(plan: Plan, epoch_s: float | None, checkpoint_dir=None, cache_dir=None) -> Plan:
+    """`plan` with auto's evidence completed by the epoch the chosen program took here (`epoch_s`, an
+    epoch after the first, which compiles): kept in chunks.json and in the machine's cache, where it
+    makes a later run probe again if it contradicts the choice."""
+    if not plan.evidence or epoch_s is None:
+        return plan
+    plan = dataclasses.replace(plan, evidence={**plan.evidence, "measured_epoch_s": round(epoch_s, 6)})
+    if checkpoint_dir is not None:
+        results.write_json(Path(checkpoint_dir) / PLAN, plan.record())
+    if plan.key is not None and hosts.is_primary():
+        remember(plan.key, {"strategy": plan.strategy, "evidence": plan.evidence}, cache_dir)
+    return plan
 
 
 def cache_file(cache_dir=None) -> Path:

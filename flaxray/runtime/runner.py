@@ -120,6 +120,7 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], lanes: Sequence
                                  checkpoint_every=checkpoint_every, strategy=plan.strategy))
         if done[-1].stopped and k + 1 < len(parts):  # a Ctrl-C in a chunk's last epoch stops before the next
             raise KeyboardInterrupt(f"stopped after chunk {k + 1} of {len(parts)}, saved in {checkpoint_dir}")
+    plan = plans.measured(plan, done[0].epoch_s, checkpoint_dir, cache_dir)
     if checkpoint_dir is not None and any(c.saves for c in done):
         results.write_json(Path(checkpoint_dir) / SAVES, {  # what this call's checkpoints cost it
             "checkpoints": sum(c.saves for c in done), "held_s": sum(c.held_s for c in done),
@@ -145,6 +146,7 @@ class Chunk(NamedTuple):
     saves: int  # checkpoints written
     held_s: float  # seconds they held training up
     stopped: bool  # a Ctrl-C came in its last epoch
+    epoch_s: float | None  # the fastest epoch after the first (which compiles), its checkpoints apart
 
 
 def _host_concat(arrays):
@@ -191,7 +193,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
             states, done = saver.restore(states, template)
             epochs = [{s: {k: v[:, e] for k, v in c.items()} for s, c in done.items()}
                       for e in range(saver.latest())]
-    start, began = len(epochs), time.monotonic()
+    start, began, timed = len(epochs), time.monotonic(), []
     last_save, saving, saves, stop = began, 0.0, 0, False
     try:
         with checkpoint.deferred_interrupt(enabled=saver is not None) as interrupted, tqdm(
@@ -199,8 +201,10 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
             disable=not progress,
         ) as bar:
             for epoch in bar:
+                began_epoch = time.monotonic()
                 states, counts = run_epoch(states, data)
                 epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
+                timed.append(time.monotonic() - began_epoch)
                 died = int(np.count_nonzero(np.asarray(hosts.gather(states.diverged))[:n]))  # every process: a collective
                 if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
                     val = history_from_counts(epochs[-1], class_names)["val_loss"]
@@ -232,7 +236,8 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
     if len(padded) > n:
         states = jax.tree.map(lambda a: a[:n], states)
     history = history_from_counts(_stack(epochs), class_names)
-    return Chunk(states, mask_diverged(history, np.asarray(states.diverged)), saves, saving, stop)
+    return Chunk(states, mask_diverged(history, np.asarray(states.diverged)), saves, saving, stop,
+                 min(timed[1:], default=None))
 
 
 def variables_of(states) -> Variables:

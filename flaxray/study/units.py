@@ -136,7 +136,7 @@ def program_shape(folder: Path, lanes: int) -> dict:
     chunks = results.read_json(folder / results.CHECKPOINTS / PLAN)
     return {"lanes": lanes, "seeds_per_chunk": int(chunks.get("seeds_per_chunk", lanes)),
             "strategy": chunks.get("strategy", "vmap"), "strategy_source": chunks.get("strategy_source", "asked"),
-            **({"probe_s": chunks["probe_s"]} if "probe_s" in chunks else {}),
+            **({"evidence": chunks["evidence"]} if "evidence" in chunks else {}),
             "devices": len(jax.devices()), "processes": jax.process_count(), "backend": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind, "cpu": results.cpu_model(), "layers": form()}
 

@@ -1,0 +1,104 @@
+"""Which strategy trains an epoch fastest here: each candidate timed at two lengths, the study's epoch predicted.
+
+    calls = {"vmap": {4: run_4_steps, 16: run_16_steps}, "loop": {...}, ...}
+    choice = probe(calls, steps=163, epochs=20)
+    choice.best, choice.predicted, choice.within_noise
+
+A call of an epoch program costs a part that does not grow with its steps (the dispatch, the
+evaluation batch, the divergence check; `loop` pays them once per seed) and a part per step. Timing a
+call at two lengths separates them, t(s) = fixed + s * per_step, so the study's own epoch, `steps`
+long, is predicted rather than assumed to be a multiple of a few steps (a few steps let a per-call cost
+weigh as if it were a share of the epoch). The candidates take turns, round after round, so a slow spell
+of a shared machine falls on all; a length's fastest time so far counts. The rounds stop once the two
+fastest predicted epochs are apart by more than the noise (the spread of the epochs predicted from each
+round alone), or when the timing budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S`
+and at most `MAX_BUDGET_S` (compilation not counted). Of the candidates whose prediction is within
+the noise of the fastest, the simplest is chosen: the plain loop over seeds, then vmap, map, groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable, Mapping
+
+LENGTHS = (4, 16)  # training steps per seed in the two timed calls of each candidate
+MIN_ROUNDS = 2  # rounds before the ranking may be judged clear
+MIN_BUDGET_S, MAX_BUDGET_S, BUDGET_SHARE = 10.0, 60.0, 0.1  # seconds of timing, of the predicted training
+NOISE_FLOOR = 0.02  # a relative difference below this is never told apart from noise
+
+
+def simplicity(strategy) -> tuple:
+    """The order ties are broken in: the loop over seeds (what a user writes), vmap, map, then groups."""
+    return {"loop": (0,), "vmap": (1,), "map": (2,)}.get(strategy, (3, strategy))
+
+
+@dataclasses.dataclass
+class Choice:
+    best: str | int  # the strategy chosen
+    predicted: dict  # {strategy: predicted seconds of one epoch}
+    noise: float  # relative spread of repeated timings
+    within_noise: list  # the candidates whose prediction is within the noise of the fastest
+    rounds: int
+    timing_s: float  # the seconds spent timing, compilation apart
+
+    def record(self) -> dict:
+        return {"predicted_epoch_s": {str(k): round(v, 6) for k, v in self.predicted.items()},
+                "noise": round(self.noise, 4), "within_noise": [str(c) for c in self.within_noise],
+                "rounds": self.rounds, "timing_s": round(self.timing_s, 3)}
+
+
+def predict(times: Mapping[int, float], steps: int) -> float:
+    """An epoch of `steps` steps from the fastest times of calls at two lengths: the line through them
+    (its fixed part at least 0, its part per step at least 0)."""
+    (s1, t1), (s2, t2) = sorted(times.items())
+    per_step = max(0.0, (t2 - t1) / (s2 - s1))
+    fixed = max(0.0, t1 - s1 * per_step)
+    return fixed + steps * per_step
+
+
+def noise(rounds: Mapping[str, list]) -> float:
+    """The relative spread of the epochs predicted round by round ({candidate: [one per round]}), the
+    timing noise as it reaches a prediction (an extrapolation from short calls amplifies it): the median
+    over candidates of (median - smallest) / smallest, at least `NOISE_FLOOR`. A round's prediction is
+    noisier than the one from every round's fastest calls, so this errs towards calling candidates tied,
+    and a tie goes to the simpler one."""
+    spreads = sorted((statistics.median(p) - min(p)) / min(p) for p in rounds.values() if len(p) > 1 and min(p) > 0)
+    return max(NOISE_FLOOR, statistics.median(spreads) if spreads else NOISE_FLOOR)
+
+
+def budget(predicted_epoch_s: float, epochs: int) -> float:
+    """Seconds of timing a probe may spend for a study of `epochs` epochs of the predicted length."""
+    return min(MAX_BUDGET_S, max(MIN_BUDGET_S, BUDGET_SHARE * predicted_epoch_s * epochs))
+
+
+def probe(calls: Mapping, *, steps: int, epochs: int, block: Callable = lambda x: x,
+          clock: Callable[[], float] = time.perf_counter, max_rounds: int = 50) -> Choice:
+    """The strategy that trains an epoch of `steps` steps fastest, from `calls` {strategy: {length: a call
+    running `length` steps of each seed in it}}. Each call runs once first (compiling, not timed); `block`
+    waits for a call's result (`jax.block_until_ready`)."""
+    for by_length in calls.values():
+        for call in by_length.values():
+            block(call())
+    samples = {(c, n): [] for c, by_length in calls.items() for n in by_length}
+    spent, rounds = 0.0, 0
+    while True:
+        rounds += 1
+        for c, by_length in calls.items():
+            for n, call in by_length.items():
+                start = clock()
+                block(call())
+                samples[c, n].append(clock() - start)
+                spent += samples[c, n][-1]
+        predicted = {c: predict({n: min(samples[c, n]) for n in by_length}, steps) for c, by_length in calls.items()}
+        per_round = {c: [predict({n: samples[c, n][r] for n in by_length}, steps) for r in range(rounds)]
+                     for c, by_length in calls.items()}
+        spread = noise(per_round)
+        ranked = sorted(predicted, key=predicted.get)
+        fastest = predicted[ranked[0]]
+        clear = len(ranked) < 2 or predicted[ranked[1]] > fastest * (1 + spread)
+        if rounds >= MIN_ROUNDS and (clear or spent >= budget(fastest, epochs)) or rounds >= max_rounds:
+            break
+    within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + spread)), key=simplicity)
+    return Choice(within[0], predicted, spread, within, rounds, spent)

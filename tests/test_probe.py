@@ -1,0 +1,81 @@
+"""auto's probe predicts an epoch: candidates with known costs per call and per step, on a fake clock."""
+
+import json
+
+import numpy as np
+import pytest
+
+from flaxray.runtime import plan, probe
+
+
+class FakeClock:
+    """A clock that only the fake calls move: each call costs its candidate's fixed + steps * per_step
+    seconds, times a factor of noise drawn from `spread`."""
+
+    def __init__(self, spread=0.0, seed=0):
+        self.now, self.rng, self.spread = 0.0, np.random.default_rng(seed), spread
+
+    def __call__(self):
+        return self.now
+
+    def calls(self, costs):
+        def call(fixed, per_step, steps):
+            def run():
+                self.now += (fixed + steps * per_step) * (1 + self.spread * self.rng.random())
+            return run
+
+        return {c: {n: call(fixed, per_step, n) for n in probe.LENGTHS} for c, (fixed, per_step) in costs.items()}
+
+
+def test_the_epoch_is_predicted_not_a_few_steps():
+    # loop pays a large cost per call (a dispatch per seed) and a small one per step; map the reverse. Over a
+    # few steps map looks 5x faster; over the study's 1000-step epoch the loop is faster, and is chosen.
+    clock = FakeClock()
+    costs = {"loop": (1.0, 0.01), "map": (0.05, 0.02)}
+    choice = probe.probe(clock.calls(costs), steps=1000, epochs=20, clock=clock)
+    assert choice.best == "loop"
+    assert choice.predicted["loop"] == pytest.approx(11.0) and choice.predicted["map"] == pytest.approx(20.05)
+    assert choice.within_noise == ["loop"] and choice.rounds == probe.MIN_ROUNDS  # clear at once, no noise
+    short = probe.probe(clock.calls(costs), steps=8, epochs=20, clock=clock)  # a short epoch: map wins
+    assert short.best == "map"
+
+
+def test_within_the_noise_the_simplest_candidate_is_chosen():
+    clock = FakeClock(spread=0.05, seed=1)
+    costs = {4: (0.1, 0.0100), "map": (0.1, 0.01005), "vmap": (0.1, 0.0101), "loop": (0.1, 0.01015)}
+    choice = probe.probe(clock.calls(costs), steps=200, epochs=10, clock=clock)
+    assert choice.noise >= probe.NOISE_FLOOR
+    assert set(choice.within_noise) == {4, "map", "vmap", "loop"}  # 1.5 % apart at most: under any noise
+    assert choice.best == "loop"  # the plain loop over seeds, the simplest
+    assert choice.timing_s >= probe.budget(min(choice.predicted.values()), 10)  # undecided: the budget is spent
+
+
+def test_the_budget_is_a_tenth_of_the_training_within_bounds():
+    assert probe.budget(1.0, 5) == probe.MIN_BUDGET_S
+    assert probe.budget(100.0, 20) == probe.MAX_BUDGET_S
+    assert probe.budget(10.0, 20) == pytest.approx(20.0)
+
+
+def test_a_cached_choice_that_its_run_contradicts_is_probed_again(tmp_path, monkeypatch):
+    evidence = {"predicted_epoch_s": {"vmap": 10.0, "loop": 10.5}, "noise": 0.05}
+    kept = {"strategy": "vmap", "evidence": {**evidence, "measured_epoch_s": 10.9}}  # within 5 % of loop's 10.5
+    wrong = {"strategy": "vmap", "evidence": {**evidence, "measured_epoch_s": 12.0}}  # loop's predicted 10.5 beats it
+    assert not plan.contradicted(kept) and plan.contradicted(wrong)
+    assert not plan.contradicted({"strategy": "vmap", "evidence": evidence})  # nothing measured yet
+
+    # The run's measured epoch is written beside the prediction, in chunks.json and the machine's cache.
+    chosen = plan.Plan(8, "vmap", "probed", evidence, key="k")
+    monkeypatch.setattr(plan.hosts, "is_primary", lambda: True)
+    after = plan.measured(chosen, 12.0, tmp_path, cache_dir=tmp_path)
+    assert after.evidence["measured_epoch_s"] == 12.0
+    assert json.loads((tmp_path / plan.PLAN).read_text())["evidence"]["measured_epoch_s"] == 12.0
+    assert plan.contradicted(plan.cached_choice("k", tmp_path))
+    assert plan.measured(plan.Plan(8, "vmap", "asked"), 12.0, tmp_path / "x") == plan.Plan(8, "vmap", "asked")
+
+
+def test_the_printed_line_says_what_was_predicted():
+    evidence = {"predicted_epoch_s": {"vmap": 10.0, "loop": 10.2, "map": 13.0}, "noise": 0.05,
+                "within_noise": ["loop", "vmap"]}
+    line = plan.Plan(16, "loop", "probed", evidence).describe_strategy(16, 1)
+    assert "an epoch predicted at 10.2 s" in line and "map 1.27x" in line
+    assert "vmap within the noise (5%) of the fastest, and loop the simplest" in line
