@@ -153,9 +153,9 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
     settings = {} if kaggle else {"classes": scan.classes}  # the chest key is today's, so its caches stay valid
     fp = _fingerprint(scan, image_size=image_size, channels=channels,
                       builder_version=builder_lib.BUILDER_VERSION, decoder=DECODER_VERSION, **settings)
-    cache_root = cache_root(cache_dir)
-    _check_cache(cache_root / "tfds")
-    data_dir = cache_root / "tfds" / fp
+    root_dir = cache_root(cache_dir)
+    _check_cache(root_dir / "tfds")
+    data_dir = root_dir / "tfds" / fp
     meta_path = data_dir / PREPARED_JSON
 
     def make_builder():
@@ -163,7 +163,7 @@ def open_folder(path, *, image_size: int = FOLDER_IMAGE_SIZE, channels: int = 3,
         return cls(image_size=image_size, channels=channels, scan=scan, strict=strict,
                                             data_dir=os.fspath(data_dir), file_format="array_record")
 
-    with _quiet_tfds(), _file_lock(cache_root / "tfds" / f"{fp}.lock"):
+    with _quiet_tfds(), _file_lock(root_dir / "tfds" / f"{fp}.lock"):
         meta = _read_meta(meta_path, scan.splits) if meta_path.is_file() else None
         builder = make_builder()
         sources = None
