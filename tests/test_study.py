@@ -195,7 +195,7 @@ def test_a_study_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_
     from flaxray.runtime.scale import param_count
     from flaxray.study.study import Study, disk_needed, prepare
 
-    study = Study(archs=("dense:8",), seeds=(0, 1, 2), lrs=(1e-3, 1e-2), epochs=1)
+    study = Study(archs=("dense:8",), seeds=(0, 1, 2), settings={"lr": (1e-3, 1e-2)}, epochs=1)
     params = param_count("dense:8", (28, 28, 3)) * 4 * 6  # 3 seeds x 2 rates, float32
     config = {"dense:8": study.config("dense:8", 2)}
     assert disk_needed(study, config, (28, 28, 3)) == params * (1 + 3) + params * 3  # a second checkpoint while saving
