@@ -49,8 +49,8 @@ def test_grad_cam_weights_equal_finite_differences_of_the_logit():
     _, params, stats = seeds_of(arch, (8, 8, 1), [1])
     p, b, x = one(params, 0), one(stats, 0), images(2)
     (a,) = fi.layer_outputs(arch, p, b, x, (1,))  # (2, 8, 8, 2), after relu
-    model = fi._model(arch, p, b, x.shape[1:])
-    tail = jax.jit(lambda a: fi.head(model, fi.run_blocks(model, a, 2)))  # the logit from the conv map
+    pieces, _, _ = fi._model(arch, p, b, x.shape[1:])
+    tail = jax.jit(lambda a: fi.score(pieces.head(pieces.blocks(a, 2))))  # the logit from the conv map
     eps = 1e-2
     flat = np.asarray(a).reshape(2, -1)
     bumps = np.eye(flat.shape[1])[None] * eps  # one perturbed copy per element of the map
@@ -162,7 +162,7 @@ def test_saved_params_read_back_as_trained(tiny_study):
     assert cnn.params["blocks"][0]["kernel"].shape == (2, 3, 3, 1, 4)
     # The saved seeds are the trained ones: retraining them in the same program shape gives their bits.
     from flaxray.runtime.runner import train_seeds
-    from flaxray.core.train import device_data
+    from flaxray.core.config import device_data
     dataset = load_run_data(cnn, progress=False)
     states, _ = train_seeds(cnn.config, device_data(dataset), [0, 1], progress=False)
     jax.tree.map(lambda saved, fresh: np.testing.assert_array_equal(saved, fresh), cnn.params, states.params)
