@@ -169,6 +169,41 @@ def test_saved_params_read_back_as_trained(tiny_study):
     assert dataset.test.x.shape[1:] == (28, 28, 1) and len(dataset.test.y) > 0
 
 
+def test_groups_saved_before_the_settings_pytree_load_as_they_were(tiny_study, tmp_path):
+    """trained.json format 1 (the group's lr, dropout and weight decay in its config, the model state saved
+    as `batch_stats`) is read through flaxray.study.compat: the same config, settings and variables."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from flaxray.core.settings import Settings
+    from flaxray.study import compat
+
+    old = compat.trained_record({"format": 1, "config": {"arch": "a", "lr": 3e-4, "dropout": 0.2, "weight_decay": 1e-4}})
+    assert old["config"] == {"arch": "a"} and old["state_key"] == "batch_stats"
+    assert Settings(**old["settings"]) == Settings(lr=3e-4, dropout=0.2, weight_decay=1e-4)
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_study, copy)
+    saved = json.loads((tiny_study / "study.json").read_text())["params"]
+    now = load_trained(tiny_study)
+    for name, trained in now.items():
+        folder = (copy / saved[name]).absolute()
+        meta = json.loads((folder / "trained.json").read_text())
+        config = {**meta.pop("settings"), **meta["config"]}
+        config = {**config, "dropout": config.get("dropout"), "weight_decay": config.get("weight_decay", 0.0)}
+        (folder / "trained.json").write_text(json.dumps({**meta, "format": 1, "config": config}))
+        shutil.rmtree(folder / "state")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(folder / "state", {"params": trained.params, "batch_stats": trained.model_state})
+    then = load_trained(copy)
+    assert list(then) == list(now)
+    for name, trained in now.items():
+        assert (then[name].config, then[name].settings, then[name].seeds) == (trained.config, trained.settings,
+                                                                              trained.seeds)
+        jax.tree.map(np.testing.assert_array_equal, then[name].variables, trained.variables)
+    assert jax.tree.leaves(now["dense:8@0.5"].model_state)  # a BatchNorm's statistics, not an empty tree
+
+
 def test_inspect_cli_end_to_end(tiny_study, tmp_path, capsys):
     out = tmp_path / "look"
     assert inspect_cli.main([str(tiny_study), "--out", str(out), "--seeds", "2", "--show-images", "2",

@@ -68,6 +68,17 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     assert seed_variance.main(argv) == 0
     assert "reused 2 finished arch(s)" in capsys.readouterr().out
     assert (out / "curves.csv").read_bytes() == before
+    # Units written before the settings were one pytree (group.json format 1: the rates as `lrs`, the config
+    # with `lr: null`) are read through flaxray.study.compat: reused as they are, the same bytes written.
+    for record in out.glob("groups/*/group.json"):
+        meta = json.loads(record.read_text())
+        fp = meta["fingerprint"]
+        old = {"config": {**fp["config"], "lr": None}, "lrs": fp["settings"]["lr"], "seeds": fp["seeds"],
+               "data": fp["data"]}
+        record.write_text(json.dumps({**meta, "format": 1, "fingerprint": old}))
+    assert seed_variance.main(argv) == 0
+    assert "reused 2 finished arch(s)" in capsys.readouterr().out
+    assert (out / "curves.csv").read_bytes() == before
     # Other settings in the same folder are refused, naming the difference, unless asked to overwrite.
     assert seed_variance.main([*argv, "--epochs", "3"]) == 2
     err = capsys.readouterr().err
