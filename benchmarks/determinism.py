@@ -35,7 +35,8 @@ def drift(args) -> list[dict]:
     import jax.numpy as jnp
 
     from flaxray.data import load_dataset
-    from flaxray.core.train import TrainConfig, device_data, make_train
+    from flaxray.core.config import TrainConfig, device_data
+    from flaxray.core.train import make_train
 
     if not 0 <= args.seed < args.seeds:
         raise SystemExit(f"--seed must be one of the {args.seeds} lanes 0..{args.seeds - 1}")

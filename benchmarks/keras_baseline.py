@@ -41,6 +41,9 @@ def measure_keras(config, dataset, seeds: int, epochs: int) -> dict:
     epoch of each compiles, the next `epochs` are timed. Validation and metrics as the notes use them."""
     import keras
 
+    from flaxray.core.settings import Settings
+
+    lr = Settings().lr  # the rate flaxray's methods train at (`train_seeds`' default lanes)
     x, y = dataset.train.x, dataset.train.y.astype(np.float32)
     steps = len(y) // config.batch_size  # the last partial batch dropped, as flaxray does
     x, y = x[: steps * config.batch_size], y[: steps * config.batch_size]
@@ -49,7 +52,7 @@ def measure_keras(config, dataset, seeds: int, epochs: int) -> dict:
     for seed in range(seeds):
         keras.utils.set_random_seed(seed)
         model = keras_model(config.arch, x.shape[1:])
-        model.compile(optimizer=keras.optimizers.Adam(config.lr), loss="binary_crossentropy",
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                       metrics=["accuracy", keras.metrics.Precision(), keras.metrics.Recall(), keras.metrics.AUC()])
         fit = dict(batch_size=config.batch_size, validation_data=val, validation_batch_size=config.eval_batch_size,
                    verbose=0)

@@ -3,7 +3,8 @@
     python -m benchmarks.step_versions --against 62d04f3 --arch pyramid final --seeds 1 8
 
 Each revision's flaxray/core/train.py is loaded as a module of its own beside the working tree's (the
-rest of flaxray is the working tree's), its `run_epoch` jitted, single-seed for S = 1 and vmapped
+rest of flaxray is the working tree's, so a revision whose train.py imports what the tree no longer has
+cannot be loaded: one line says which), its `run_epoch` jitted, single-seed for S = 1 and vmapped
 otherwise, on the embedded default (28x28x3, batch 32). The versions take turns epoch by epoch in
 one process, so a machine's load slows all of them alike; the best and the median of --rounds
 epochs are printed, wall and CPU time. What the epoch does besides its steps (the permutation and
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load(revision: str | None, folder: Path):
     """flaxray/core/train.py at `revision` (None: the working tree) as a module."""
-    path = ROOT / "flaxray" / "train.py"
+    path = ROOT / "flaxray" / "core" / "train.py"
     if revision is not None:
         path = folder / f"train_{revision}.py"
         path.write_text(subprocess.run(["git", "show", f"{revision}:flaxray/core/train.py"], cwd=ROOT, check=True,
@@ -35,8 +36,22 @@ def load(revision: str | None, folder: Path):
     spec = importlib.util.spec_from_file_location(f"train_{revision or 'tree'}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as err:
+        raise SystemExit(f"error: flaxray/core/train.py at {revision} imports what the working tree no longer has "
+                         f"({err}); compare revisions of the same layout") from None
     return module
+
+
+def device_data(train, dataset):
+    """The data on the device as the revision's trainer reads it (`device_data` moved to flaxray.core.config
+    with the settings' pytree; the tree's own then)."""
+    if hasattr(train, "device_data"):
+        return train.device_data(dataset)
+    from flaxray.core.config import device_data
+
+    return device_data(dataset)
 
 
 def main(argv=None) -> int:
@@ -62,7 +77,7 @@ def main(argv=None) -> int:
             for seeds in args.seeds:
                 runs = {}
                 for name, train in versions.items():
-                    data = train.device_data(dataset)
+                    data = device_data(train, dataset)
                     config = train.TrainConfig(arch=arch, epochs=1)
                     trainer = train.make_train(config)
                     if seeds == 1:

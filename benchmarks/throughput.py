@@ -97,7 +97,8 @@ def training_data(args, batch_size: int):
             raise FlaxrayError(f"--steps {args.steps} x batch {batch_size} is more than the {len(dataset.train.y)} "
                                "training images")
         dataset = SimpleNamespace(train=SimpleNamespace(x=dataset.train.x[:n], y=dataset.train.y[:n]),
-                                  val=dataset.val, test=dataset.test, summary=dataset.summary)
+                                  val=dataset.val, test=dataset.test, summary=dataset.summary,
+                                  class_names=dataset.class_names)
     return dataset
 
 
@@ -112,14 +113,15 @@ def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
     probes first (its time counted as compilation, the choice not cached: each S is measured afresh)."""
     import jax
 
-    from flaxray.runtime import programs
+    from flaxray.core import settings
+    from flaxray.runtime import plan
     from flaxray.runtime.runner import train_seeds
 
     probe = 0.0
     if strategy == "auto":
         start = time.perf_counter()
-        strategy = programs.choose_strategy(config, data, "auto", seeds, jax.devices(),
-                                            fresh=True)["strategy"]
+        lanes = settings.stack([settings.Settings()] * seeds)  # train_seeds' default: every seed at Settings()
+        strategy = plan.choose_strategy(config, data, lanes, "auto", seeds, jax.devices(), fresh=True)["strategy"]
         probe = time.perf_counter() - start
     one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=epochs)
     first = timed(lambda: train_seeds(one, data, range(seeds), progress=False, strategy=strategy))
@@ -152,8 +154,9 @@ def run(args) -> Path:
 
     from flaxray import results
     from flaxray.report import estimate_plots
+    from flaxray.core.config import TrainConfig, device_data
+    from flaxray.core.settings import Settings
     from flaxray.study.study import describe_data
-    from flaxray.core.train import TrainConfig, device_data
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := {m for m in methods if m not in (*METHODS, "loop") and not (m.isdigit() and int(m) > 0)}:
@@ -231,7 +234,9 @@ def run(args) -> Path:
               "device": peaks["device"], "peaks": peaks, "keras_backend": os.environ.get("KERAS_BACKEND"),
               "load_average": os.getloadavg(), "data": dataset.summary, "image_shape": list(dataset.train.x.shape[1:]),
               "step_cost": {c.arch: roofline.step_cost(c, dataset.train.x.shape[1:]) for c in configs},
-              "config": {c.arch: dataclasses.asdict(c) for c in configs}, "args": vars(args), "stopped": stopped}
+              # as study.json's configs: the config and the settings its lanes train at (train_seeds' default)
+              "config": {c.arch: {**c.record(), "settings": {"lr": Settings().lr}} for c in configs},
+              "args": vars(args), "stopped": stopped}
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
     with results.atomic_path(out / "throughput.png") as tmp:

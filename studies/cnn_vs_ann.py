@@ -56,7 +56,7 @@ def run(args) -> Path:
 
     if args.cnn == args.ann:
         raise FlaxrayError(f"--cnn and --ann are both {args.cnn!r}; compare two different models")
-    if len(args.lr) > 1:
+    if len(args.lr or ()) > 1:  # None: --lr not given (the default rate)
         raise FlaxrayError("--lr takes one learning rate here: both models train with the same one")
     spec = _cli.study_spec(args, [args.cnn, args.ann], "cnn_vs_ann", test=True, confidence=args.confidence)
     result = _cli.run_study(args, spec, MODULE)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from flaxray.runtime.runner import train_seeds
-from flaxray.core.train import TrainConfig, device_data, make_train
+from flaxray.core.config import TrainConfig, device_data
+from flaxray.core.train import make_train
 
 
 # Every kind of layer with state or randomness: convolutions, BatchNorm (batch stats), Dropout, both pools.
@@ -35,7 +36,7 @@ def data():
 def test_cnn_batch_statistics_are_per_seed(data):
     """The seed-in-batch = seed-alone property for CNNs is in test_train.py; here the BatchNorm state."""
     states, history = train_seeds(TrainConfig(**CONFIG), data, [0, 1, 2], progress=False)
-    moving_mean = np.asarray(states.batch_stats["blocks"][1]["norm"]["mean"])  # of conv:4's channels
+    moving_mean = np.asarray(states.model_state["blocks"][1]["norm"]["mean"])  # of conv:4's channels
     assert moving_mean.shape == (3, 4) and np.all(moving_mean != 0)  # moved away from its initial zeros
     assert not np.allclose(moving_mean[0], moving_mean[1])
     assert np.isfinite(history["val_loss"]).all() and history["val_loss"].shape == (3, 2)

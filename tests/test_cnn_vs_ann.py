@@ -15,7 +15,8 @@ from flaxray.analysis.metrics import NUM_BINS, binary_metrics, counts_from_probs
 
 TEST_METRICS = test_metrics()
 from flaxray.runtime.runner import evaluate_seeds, predict, train_seeds
-from flaxray.core.train import TrainConfig, device_data
+from flaxray.core.config import TrainConfig, device_data
+from flaxray.core.settings import Settings
 from studies import cnn_vs_ann
 
 
@@ -72,11 +73,14 @@ def test_test_evaluation_on_the_device_matches_its_probabilities():
         np.testing.assert_allclose(from_counts[k], from_probs[k], rtol=1e-4, err_msg=k)
     hist = counts_from_probs(probs, y_test)
     np.testing.assert_array_equal(hist["pos_hist"], counts["pos_hist"])  # binned identically
-    # Evaluated again (another rate, the same program): nothing is compiled again.
-    from flaxray.runtime import runner
-    evaluate = programs.compiled(programs.program_config(config))[3]
-    again = evaluate_seeds(dataclasses.replace(config, lr=0.5), states, x_test, y_test)
+    # Evaluated again (another config of the same program: the rates are the lanes' own, and a config's programs
+    # are shared whatever its epochs), and models trained at another rate: nothing is compiled again.
+    evaluate = programs.compiled(config).evaluate
+    assert programs.compiled(dataclasses.replace(config, epochs=5)) is programs.compiled(config)
+    again = evaluate_seeds(dataclasses.replace(config, epochs=5), states, x_test, y_test)
     np.testing.assert_array_equal(again["pos_hist"], counts["pos_hist"])
+    other_rate, _ = train_seeds(config, device_data(ds, 16), [0, 1, 2], [Settings(lr=0.5)] * 3, progress=False)
+    assert not np.array_equal(evaluate_seeds(config, other_rate, x_test, y_test)["pos_hist"], counts["pos_hist"])
     assert evaluate._cache_size() == 1
 
 

@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 
 from flaxray.analysis import study as fa
-from flaxray.study import units as groups
+from flaxray.study import compat, units as groups
 from flaxray.analysis import stats
 from flaxray.errors import FlaxrayError
+from flaxray.core import settings
+from flaxray.core.config import TrainConfig, check_dropout_settings, device_data
 from flaxray.core.optim import keras_weight_decay
+from flaxray.core.randomness import FLOOR
+from flaxray.core.settings import Settings
 from flaxray.runtime.runner import train_seeds
-from flaxray.core.train import FLOOR, TrainConfig, device_data, make_train
+from flaxray.core.train import make_train
+from flaxray.study.study import Study
 from tests.test_train import CONFIG, tiny_dataset
 
 
@@ -35,20 +40,23 @@ def test_a_lanes_dropout_and_weight_decay_are_its_own_and_decay_zero_is_no_decay
     nothing at 0, comes before Adam's step)."""
     # One dense block: the identities are the same for any arch, and it compiles in half the time.
     config, seeds, rates = TrainConfig(**{**CONFIG, "arch": "dense:8@0.5"}), [3, 4, 5, 6], [0.1, 0.2, 0.5, 0.0]
-    states, mixed = train_seeds(config, data, seeds, dropouts=rates, weight_decays=[0.0, 50.0, 1e-2, 0.0],
-                                progress=False)
-    _, again = train_seeds(config, data, [9, 9, 5, 5], dropouts=[0.3, 0.3, 0.5, 0.1],
-                           weight_decays=[0.0, 0.0, 1e-2, 1e-3], progress=False)
+
+    def lanes(dropouts, decays=None):  # decays None: no weight decay in the program
+        return [Settings(dropout=d, weight_decay=None if decays is None else decays[i]) for i, d in enumerate(dropouts)]
+
+    states, mixed = train_seeds(config, data, seeds, lanes(rates, [0.0, 50.0, 1e-2, 0.0]), progress=False)
+    _, again = train_seeds(config, data, [9, 9, 5, 5], lanes([0.3, 0.3, 0.5, 0.1], [0.0, 0.0, 1e-2, 1e-3]),
+                           progress=False)
     for key in mixed:
         np.testing.assert_array_equal(mixed[key][2], again[key][2], err_msg=key)
     assert not np.allclose(again["loss"][2], again["loss"][3])  # another rate and decay: another run
-    np.testing.assert_array_equal(np.asarray(states.hparams["dropout"]), np.float32(rates))
-    np.testing.assert_array_equal(np.asarray(states.hparams["weight_decay"]), np.float32([0.0, 50.0, 1e-2, 0.0]))
+    np.testing.assert_array_equal(np.asarray(states.settings.dropout), np.float32(rates))
+    np.testing.assert_array_equal(np.asarray(states.settings.weight_decay), np.float32([0.0, 50.0, 1e-2, 0.0]))
 
-    plain_states, plain = train_seeds(config, data, seeds, dropouts=rates, progress=False)
+    plain_states, plain = train_seeds(config, data, seeds, lanes(rates), progress=False)
     for key in plain:
         np.testing.assert_array_equal(mixed[key][[0, 3]], plain[key][[0, 3]], err_msg=key)
-    assert "weight_decay" not in plain_states.hparams  # no decay asked: not in the program
+    assert plain_states.settings.weight_decay is None  # no decay asked: not in the program
     kernel = lambda s: np.abs(np.asarray(s.params["blocks"][0]["dense"]["kernel"])[1]).sum()  # noqa: E731
     assert kernel(states) < 0.8 * kernel(plain_states)  # 12 steps at wd * lr = 0.05 shrink the weights
 
@@ -75,42 +83,67 @@ def test_the_ulp_floor_moves_every_initial_parameter_by_one_ulp_and_nothing_else
         assert all(((leaf == up) | (leaf == down)).all() for leaf in leaves)
         assert base.size < 8 or not np.array_equal(*leaves)  # each seed its own coin flips
     for state in nudged:  # every source of randomness shared: the same keys as the run that varies nothing
-        for a, b in ((shared.dropout_key, state.dropout_key), (shared.order_key, state.order_key)):
+        for a, b in ((shared.keys["dropout"], state.keys["dropout"]), (shared.keys["order"], state.keys["order"])):
             np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
 
 
 def test_bad_settings_are_one_line_errors():
-    for kwargs, needle in [({"dropout": 1.0}, "--dropout"), ({"dropout": -0.1}, "--dropout"),
-                           ({"weight_decay": -1.0}, "--weight-decay"), ({"weight_decay": float("nan")}, "--weight-decay"),
-                           ({"dropout": 0.2, "arch": "dense:16,8"}, "no Dropout layer"),
-                           ({"dropout": 0.2, "arch": "resnet18"}, "registered module")]:
+    """The settings are a lane's, not the config's: refused in a grid (`settings.normalize`, what a Study and
+    the command line give), in lanes (`settings.check_lanes`, what train_seeds checks) and, a rate asked of an
+    arch with nothing to set, where a study is specified."""
+    for grid, needle in [({"dropout": 1.0}, "--dropout"), ({"dropout": -0.1}, "--dropout"),
+                         ({"weight_decay": -1.0}, "--weight-decay"), ({"weight_decay": float("nan")}, "--weight-decay")]:
+        with pytest.raises(FlaxrayError, match=needle) as err:
+            settings.normalize({k: (v,) for k, v in grid.items()})
+        assert "\n" not in str(err.value)
         with pytest.raises(FlaxrayError, match=needle):
-            TrainConfig(**{**CONFIG, **kwargs})
+            settings.check_lanes([Settings(**grid)])
+        with pytest.raises(FlaxrayError, match=needle):
+            Study(archs=(CONFIG["arch"],), settings={k: (v,) for k, v in grid.items()})
+    for arch, needle in [("dense:16,8", "no Dropout layer"), ("resnet18", "registered module")]:
+        with pytest.raises(FlaxrayError, match=needle) as err:
+            check_dropout_settings(arch, (0.2,))
+        assert "\n" not in str(err.value)
+        with pytest.raises(FlaxrayError, match=needle):
+            Study(archs=(arch,), settings={"dropout": (0.2,)})
+    check_dropout_settings("dense:16,8", (None,))  # no rate asked: nothing to refuse
 
 
 def test_group_names_fingerprints_and_curves_columns(tmp_path):
-    assert groups.group_names("p", [1e-3]) == ["p"]
-    assert groups.group_names("p", [1e-3, 3e-4]) == ["p@lr=1e-3", "p@lr=3e-4"]  # as before settings existed
-    assert groups.group_names("p", [1e-3], [0.2, 0.5]) == ["p@dropout=0.2", "p@dropout=0.5"]
-    assert groups.group_names("p", [1e-3, 1e-2], (None,), [0, 1e-4]) == [
+    names = lambda **grid: groups.group_names("p", settings.normalize(grid))  # noqa: E731
+    assert names(lr=[1e-3]) == ["p"]
+    assert names(lr=[1e-3, 3e-4]) == ["p@lr=1e-3", "p@lr=3e-4"]  # as before settings existed
+    assert names(dropout=[0.2, 0.5]) == ["p@dropout=0.2", "p@dropout=0.5"]
+    assert names(lr=[1e-3, 1e-2], weight_decay=[0, 1e-4]) == [
         "p@lr=1e-3,wd=0", "p@lr=1e-3,wd=1e-4", "p@lr=0.01,wd=0", "p@lr=0.01,wd=1e-4"]
     # A default unit's fingerprint is the one it had before dropout and decay existed: its folder is reused.
+    # That record (format 1: the config with `lr: null`, the rates as `lrs`) is read by `flaxray.study.compat`.
     config, summary = TrainConfig(**CONFIG), {"source": "x"}
+    grid = settings.normalize({"lr": [1e-3]})
     old = {"config": {**dataclasses.asdict(config), "lr": None}, "lrs": [1e-3], "seeds": [0, 1],
            "data": {k: summary.get(k) for k in groups.DATA_KEYS}}
-    del old["config"]["dropout"], old["config"]["weight_decay"]
     old = json.loads(json.dumps(old))
-    assert groups.fingerprint(config, [1e-3], [0, 1], summary) == old
+    wanted = groups.fingerprint(config, grid, [0, 1], summary)
+    assert compat.group_record({"format": 1, "fingerprint": old})["fingerprint"] == wanted
+    unit = tmp_path / "unit"
+    unit.mkdir()
+    (unit / groups.GROUP_JSON).write_text(json.dumps({"format": 1, "name": "p", "fingerprint": old}))
+    assert groups.finished(unit, wanted)["format"] == groups.FORMAT  # reused, not refused
+    # Today's record of the same unit: the settings at their off values are left out of it.
+    assert wanted == json.loads(json.dumps({"config": config.record(), "settings": {"lr": [1e-3]}, "seeds": [0, 1],
+                                            "data": {k: summary.get(k) for k in groups.DATA_KEYS}}))
     # Another dropout is another unit: a rerun with it is refused, naming the difference.
-    assert groups.differences(groups.fingerprint(config, [1e-3], [0, 1], summary, dropouts=[0.2]), old) == [
-        "dropouts [0.2] here, None asked"]
+    other = groups.fingerprint(config, settings.normalize({"dropout": [0.2]}), [0, 1], summary)
+    assert groups.differences(other, wanted) == ["settings.dropout [0.2] here, None asked"]
+    with pytest.raises(FlaxrayError, match="settings.dropout None here, \\[0.2\\] asked"):
+        groups.finished(unit, other)
 
     history = {"loss": np.ones((2, 1)), "val_loss": np.ones((2, 1))}
-    make = lambda name, **kw: groups.Group(name, dataclasses.replace(config, **kw), [0, 1], history,  # noqa: E731
+    make = lambda name, **kw: groups.Group(name, config, Settings(**kw), [0, 1], history,  # noqa: E731
                                            np.zeros(2, int), tmp_path)
     header = lambda gs: groups.write_curves(tmp_path / "c.csv", gs).read_text().splitlines()[:2]  # noqa: E731
     assert header([make("a")])[0].endswith("lr,diverged_epoch")
-    first, row = header([make("a@wd=0"), make("a@wd=0.1", weight_decay=0.1)])
+    first, row = header([make("a@wd=0", weight_decay=0.0), make("a@wd=0.1", weight_decay=0.1)])
     assert first.endswith("lr,diverged_epoch,weight_decay") and row.endswith(",0.0")
     assert header([make("a", dropout=0.2)])[0].endswith("diverged_epoch,dropout")
 

@@ -49,8 +49,8 @@ def test_grad_cam_weights_equal_finite_differences_of_the_logit():
     _, params, stats = seeds_of(arch, (8, 8, 1), [1])
     p, b, x = one(params, 0), one(stats, 0), images(2)
     (a,) = fi.layer_outputs(arch, p, b, x, (1,))  # (2, 8, 8, 2), after relu
-    model = fi._model(arch, p, b, x.shape[1:])
-    tail = jax.jit(lambda a: fi.head(model, fi.run_blocks(model, a, 2)))  # the logit from the conv map
+    pieces, _, _ = fi._model(arch, p, b, x.shape[1:])
+    tail = jax.jit(lambda a: fi.score(pieces.head(pieces.blocks(a, 2))))  # the logit from the conv map
     eps = 1e-2
     flat = np.asarray(a).reshape(2, -1)
     bumps = np.eye(flat.shape[1])[None] * eps  # one perturbed copy per element of the map
@@ -162,11 +162,46 @@ def test_saved_params_read_back_as_trained(tiny_study):
     assert cnn.params["blocks"][0]["kernel"].shape == (2, 3, 3, 1, 4)
     # The saved seeds are the trained ones: retraining them in the same program shape gives their bits.
     from flaxray.runtime.runner import train_seeds
-    from flaxray.core.train import device_data
+    from flaxray.core.config import device_data
     dataset = load_run_data(cnn, progress=False)
     states, _ = train_seeds(cnn.config, device_data(dataset), [0, 1], progress=False)
     jax.tree.map(lambda saved, fresh: np.testing.assert_array_equal(saved, fresh), cnn.params, states.params)
     assert dataset.test.x.shape[1:] == (28, 28, 1) and len(dataset.test.y) > 0
+
+
+def test_groups_saved_before_the_settings_pytree_load_as_they_were(tiny_study, tmp_path):
+    """trained.json format 1 (the group's lr, dropout and weight decay in its config, the model state saved
+    as `batch_stats`) is read through flaxray.study.compat: the same config, settings and variables."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from flaxray.core.settings import Settings
+    from flaxray.study import compat
+
+    old = compat.trained_record({"format": 1, "config": {"arch": "a", "lr": 3e-4, "dropout": 0.2, "weight_decay": 1e-4}})
+    assert old["config"] == {"arch": "a"} and old["state_key"] == "batch_stats"
+    assert Settings(**old["settings"]) == Settings(lr=3e-4, dropout=0.2, weight_decay=1e-4)
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_study, copy)
+    saved = json.loads((tiny_study / "study.json").read_text())["params"]
+    now = load_trained(tiny_study)
+    for name, trained in now.items():
+        folder = (copy / saved[name]).absolute()
+        meta = json.loads((folder / "trained.json").read_text())
+        config = {**meta.pop("settings"), **meta["config"]}
+        config = {**config, "dropout": config.get("dropout"), "weight_decay": config.get("weight_decay", 0.0)}
+        (folder / "trained.json").write_text(json.dumps({**meta, "format": 1, "config": config}))
+        shutil.rmtree(folder / "state")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(folder / "state", {"params": trained.params, "batch_stats": trained.model_state})
+    then = load_trained(copy)
+    assert list(then) == list(now)
+    for name, trained in now.items():
+        assert (then[name].config, then[name].settings, then[name].seeds) == (trained.config, trained.settings,
+                                                                              trained.seeds)
+        jax.tree.map(np.testing.assert_array_equal, then[name].variables, trained.variables)
+    assert jax.tree.leaves(now["dense:8@0.5"].model_state)  # a BatchNorm's statistics, not an empty tree
 
 
 def test_inspect_cli_end_to_end(tiny_study, tmp_path, capsys):

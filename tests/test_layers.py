@@ -15,7 +15,7 @@ from flaxray.runtime import programs
 from flaxray.errors import FlaxrayError
 from flaxray.models import build_model, conv, layers
 from flaxray.models.resnet import Conv
-from flaxray.core.train import TrainConfig
+from flaxray.core.config import TrainConfig
 
 ARCH = "conv:4,bn,pool,sep:8,bn,pool:same,dropout:0.2,gap,dense:8@0.5"
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 from flaxray.errors import FlaxrayError
 from flaxray.models import CNN_SPECS, NOTES_STACKS, build_model, count_params, known_archs, min_image_size, parse_arch
-from flaxray.core.train import keras_adam
+from flaxray.core.optim import keras_adam
 
 
 def dense(n_in, n_out):

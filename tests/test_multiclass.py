@@ -17,7 +17,7 @@ from studies import seed_variance
 
 datasets = pytest.importorskip("sklearn.datasets")
 ARCHS = ("dense:32@0.2", "dense:16")
-SPEC = dict(archs=ARCHS, seeds=(0, 1, 2), epochs=4, batch_size=32, lrs=(1e-2,))
+SPEC = dict(archs=ARCHS, seeds=(0, 1, 2), epochs=4, batch_size=32, settings={"lr": (1e-2,)})
 
 
 def digits():

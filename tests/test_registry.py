@@ -42,37 +42,40 @@ def images(n=6, shape=(5, 5, 2), seed=0):
 
 def test_a_registered_module_trains_purely_per_seed_through_split_vmap_merge():
     shape, x = (5, 5, 2), images()
-    structure = graphdef("tiny", shape)
+    net = models.model("tiny", shape)  # what the trainer calls: init and apply, pure functions of arrays
 
-    def init(key):  # as the trainer's init: build, then pure (params, batch_stats)
-        return nnx.as_pure(nnx.split(build_model("tiny", shape, key=key), nnx.Param, nnx.BatchStat)[1:])
+    def init(key):  # as the trainer's init: the module built from the key, split into pure (params, state)
+        return net.init(key)
 
-    def step(params, batch_stats, dropout_key):  # as the trainer's loss: merge, call, read the new stats
-        model = nnx.merge(structure, params, batch_stats)
-        logits = model(x, train=True, dropout_key=dropout_key)
-        return logits, nnx.as_pure(nnx.state(model, nnx.BatchStat))
+    def step(variables, dropout_key):  # as the trainer's loss: merged, called, the new statistics read back
+        return net.apply(variables, x, train=True, key=dropout_key)
 
     keys = jax.random.split(jax.random.key(0), 3)
-    params, stats = jax.jit(jax.vmap(init))(keys)
+    variables = jax.jit(jax.vmap(init))(keys)
+    params, stats = variables
+    assert jax.tree.structure(params) == jax.tree.structure(
+        nnx.as_pure(nnx.state(build_model("tiny", shape), nnx.Param)))  # the module's own split
     dropout_keys = jax.random.split(jax.random.key(1), 3)
-    logits, new_stats = jax.jit(jax.vmap(step))(params, stats, dropout_keys)
+    logits, new_stats = jax.jit(jax.vmap(step))(variables, dropout_keys)
     assert logits.shape == (3, 6) and logits.dtype == jnp.float32  # binary: (N,) per seed
     for k in range(3):  # seed k of the vmapped batch is seed k alone: no state shared between seeds
-        p, s = init(keys[k])
-        alone, alone_stats = step(p, s, dropout_keys[k])
+        alone, alone_stats = step(init(keys[k]), dropout_keys[k])
         np.testing.assert_allclose(logits[k], alone, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(new_stats["net"]["norm"]["mean"][k], alone_stats["net"]["norm"]["mean"], atol=1e-6)
     assert not np.allclose(new_stats["net"]["norm"]["mean"], stats["net"]["norm"]["mean"])  # train mode updates them
     # Dropout follows the key it is given: the same key the same mask, another key another one.
-    p0, s0 = init(keys[0])
-    np.testing.assert_array_equal(step(p0, s0, dropout_keys[0])[0], step(p0, s0, dropout_keys[0])[0])
-    assert not np.allclose(step(p0, s0, dropout_keys[0])[0], step(p0, s0, dropout_keys[1])[0])
-    # Inference: no key, deterministic, the moving statistics.
-    model = nnx.merge(structure, p0, s0)
-    np.testing.assert_array_equal(model(x, train=False), model(x, train=False))
+    v0 = init(keys[0])
+    np.testing.assert_array_equal(step(v0, dropout_keys[0])[0], step(v0, dropout_keys[0])[0])
+    assert not np.allclose(step(v0, dropout_keys[0])[0], step(v0, dropout_keys[1])[0])
+    # Inference: no key, deterministic, the moving statistics (left as they were).
+    inferred, same_stats = net.apply(v0, x, train=False)
+    np.testing.assert_array_equal(inferred, net.apply(v0, x, train=False)[0])
+    jax.tree.map(np.testing.assert_array_equal, same_stats, v0.state)
     # The module sees the images rescaled to [0, 1]: the wrapper divides by 255 as Sequential does.
+    model = nnx.merge(graphdef("tiny", shape), v0.params, v0.state)
+    np.testing.assert_array_equal(model(x, train=False), inferred)
     direct = model.net(x.astype(jnp.float32) / 255, train=False, dropout_key=None)[:, 0]
-    np.testing.assert_allclose(model(x), direct, rtol=1e-6)
+    np.testing.assert_allclose(inferred, direct, rtol=1e-6)
 
 
 def test_class_count_sets_the_heads_width():

@@ -16,7 +16,8 @@ import pytest
 
 from flaxray import results
 from flaxray.runtime import runner
-from flaxray.core import train
+from flaxray.core.config import TrainConfig, device_data
+from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from studies import seed_variance
 
@@ -55,7 +56,7 @@ def test_same_flags_give_the_same_bytes_and_diverged_seeds_are_flagged(clean, tm
 
     study = json.loads((clean / "study.json").read_text())
     assert set(study["summary"]) == set(study["configs"]) == GROUPS
-    assert study["configs"]["dense:4@lr=1e+30"]["lr"] == 1e30
+    assert study["configs"]["dense:4@lr=1e+30"]["settings"]["lr"] == 1e30
     assert study["diverged"]["dense:8@0.5@lr=1e-3"] == study["diverged"]["dense:4@lr=1e-3"] == {}
     assert study["diverged"]["dense:8@0.5@lr=1e+30"], "lr=1e30 should blow up a BatchNorm stack"
     rows = list(csv.DictReader((clean / "curves.csv").open()))
@@ -181,8 +182,8 @@ def test_ctrl_c_in_a_chunks_last_epoch_stops_before_the_next_and_after_the_last_
     from flaxray.runtime.checkpoint import Stopped
     from flaxray.data import load_dataset
 
-    data = train.device_data(load_dataset(channels=1))
-    config = train.TrainConfig(arch="dense:4", epochs=2, batch_size=512)
+    data = device_data(load_dataset(channels=1))
+    config = TrainConfig(arch="dense:4", epochs=2, batch_size=512)
     run = dict(progress=False, max_seeds_per_chunk=1)
     whole = runner.train_seeds(config, data, [0, 1], **run)[1]
     for chunk, raised in ((1, KeyboardInterrupt), (2, Stopped)):
@@ -198,11 +199,11 @@ def test_ctrl_c_in_a_chunks_last_epoch_stops_before_the_next_and_after_the_last_
 def test_a_checkpoint_of_other_settings_is_refused(clean):
     from flaxray.data import load_dataset
 
-    data = train.device_data(load_dataset(channels=1))
-    config = train.TrainConfig(arch="dense:4", epochs=3, batch_size=512)
+    data = device_data(load_dataset(channels=1))
+    config = TrainConfig(arch="dense:4", epochs=3, batch_size=512)
     with pytest.raises(FlaxrayError, match="other settings.*seeds"):
-        runner.train_seeds(config, data, [7, 8, 7, 8], lrs=[1e-3, 1e-3, 1e30, 1e30], progress=False,
-                          checkpoint_dir=clean / "groups" / "dense_4" / "checkpoints")
+        runner.train_seeds(config, data, [7, 8, 7, 8], [Settings(lr=lr) for lr in (1e-3, 1e-3, 1e30, 1e30)],
+                           progress=False, checkpoint_dir=clean / "groups" / "dense_4" / "checkpoints")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -249,7 +250,7 @@ def test_checkpoint_every_takes_epochs_or_a_wall_time():
 def test_a_wall_time_policy_saves_when_it_is_due_and_after_the_last_epoch(tmp_path, capsys):
     from tests.test_train import CONFIG, tiny_dataset
 
-    data, config = train.device_data(tiny_dataset(), eval_batch_size=16), train.TrainConfig(**{**CONFIG, "epochs": 3})
+    data, config = device_data(tiny_dataset(), eval_batch_size=16), TrainConfig(**{**CONFIG, "epochs": 3})
     _, want = runner.train_seeds(config, data, [0, 1], progress=False)
     for policy in ("1h", "0.001s", 1):  # orbax keeps the latest step only
         folder = tmp_path / str(policy)

@@ -12,14 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxray.runtime import scale
+from flaxray.runtime import plan, scale
 from flaxray.errors import FlaxrayError
 from flaxray.runtime.runner import train_seeds
-from flaxray.core.train import TrainConfig, device_data, make_train
+from flaxray.core.config import TrainConfig, device_data
+from flaxray.core.settings import Settings
+from flaxray.core.train import make_train
 from tests.samples import ALPHA, assert_one_distribution, assert_same_mean
 from tests.test_train import CONFIG, tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+LR = ("lr",)  # the settings in a default program (`plan.fields_of`): the learning rate alone
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +52,11 @@ def test_chunked_run_gives_the_unchunked_curves(data, tmp_path, capsys):
     depends on its inputs and the program's shape). Unchunked, 5 lanes are another program shape:
     another sample, tested as such in test_train."""
     config = TrainConfig(**CONFIG)
-    seeds, lrs = [0, 1, 2, 3, 4], [1e-3, 1e30, 1e-3, 3e-3, 1e-3]  # seed 1 diverges, in the first chunk
-    parts = [train_seeds(config, data, seeds[i:i + 2], lrs=lrs[i:i + 2], progress=False) for i in (0, 2, 4)]
+    seeds = [0, 1, 2, 3, 4]
+    lanes = [Settings(lr=lr) for lr in (1e-3, 1e30, 1e-3, 3e-3, 1e-3)]  # seed 1 diverges, in the first chunk
+    parts = [train_seeds(config, data, seeds[i:i + 2], lanes[i:i + 2], progress=False) for i in (0, 2, 4)]
     whole = {key: np.concatenate([h[key] for _, h in parts]) for key in parts[0][1]}
-    chunked_states, chunked = train_seeds(config, data, seeds, lrs=lrs, max_seeds_per_chunk=2,
+    chunked_states, chunked = train_seeds(config, data, seeds, lanes, max_seeds_per_chunk=2,
                                           checkpoint_dir=tmp_path / "ck")
     assert "5 seeds in 3 chunks of up to 2" in capsys.readouterr().out
     for key in whole:
@@ -63,28 +67,30 @@ def test_chunked_run_gives_the_unchunked_curves(data, tmp_path, capsys):
     # The chunks checkpointed separately; a second call restores every one of them.
     assert json.loads((tmp_path / "ck" / "chunks.json").read_text())["seeds_per_chunk"] == 2
     assert sorted(p.name for p in (tmp_path / "ck").glob("chunk-*")) == ["chunk-0", "chunk-1", "chunk-2"]
-    _, again = train_seeds(config, data, seeds, lrs=lrs, checkpoint_dir=tmp_path / "ck", progress=False)
+    _, again = train_seeds(config, data, seeds, lanes, checkpoint_dir=tmp_path / "ck", progress=False)
     for key in whole:
         np.testing.assert_array_equal(again[key], chunked[key])
-    with pytest.raises(FlaxrayError, match="max_seeds_per_chunk"):
+    with pytest.raises(FlaxrayError, match="must be >= 1, got 0"):  # the cap's one check (`plan.check_most`)
         train_seeds(config, data, seeds, max_seeds_per_chunk=0, progress=False)
 
 
 FOUR_DEVICES = textwrap.dedent("""
     import json, jax, numpy as np
     from flaxray.runtime.runner import train_seeds
-    from flaxray.core.train import TrainConfig, device_data
+    from flaxray.core.config import TrainConfig, device_data
+    from flaxray.core.settings import Settings
     from tests.test_train import CONFIG, tiny_dataset
     data = device_data(tiny_dataset(), eval_batch_size=16)
     config = TrainConfig(**CONFIG)
     # 10 seeds, two of which diverge: padded to 12 on 4 devices; the 8 healthy ones compared as samples.
     seeds, lrs = list(range(10)), [1e-3] * 2 + [1e30] + [1e-3] * 5 + [1e30, 1e-3]
-    one_states, one = train_seeds(config, data, seeds, lrs=lrs, progress=False, devices=jax.devices()[:1])
-    four_states, four = train_seeds(config, data, seeds, lrs=lrs, progress=False)
+    lanes = [Settings(lr=lr) for lr in lrs]
+    one_states, one = train_seeds(config, data, seeds, lanes, progress=False, devices=jax.devices()[:1])
+    four_states, four = train_seeds(config, data, seeds, lanes, progress=False)
     healthy = [i for i, lr in enumerate(lrs) if lr < 1]
     # map on 4 devices: each device maps over its own seeds, each seed the single-seed program.
-    map_states, mapped = train_seeds(config, data, seeds, lrs=lrs, progress=False, strategy="map")
-    _, map_one = train_seeds(config, data, seeds, lrs=lrs, progress=False, strategy="map", devices=jax.devices()[:1])
+    map_states, mapped = train_seeds(config, data, seeds, lanes, progress=False, strategy="map")
+    _, map_one = train_seeds(config, data, seeds, lanes, progress=False, strategy="map", devices=jax.devices()[:1])
     print(json.dumps({
         "map_shards": len(jax.tree.leaves(map_states.params)[0].sharding.device_set),
         "map_same": all(np.array_equal(mapped[k], map_one[k], equal_nan=True) for k in mapped),
@@ -179,7 +185,7 @@ def test_the_hand_estimate_is_xlas_figure_for_the_notes_stack():
 
     data = device_data(load_dataset(None, progress=False))
     config = TrainConfig(arch="pyramid")
-    compiled, _ = programs.compiled_bytes_per_seed(config, data)
+    compiled, _ = programs.compiled_bytes_per_seed(config, data, LR)
     assert abs(scale.bytes_per_seed(config, data.x_train.shape[1:]) - compiled) < 0.25 * compiled
 
 
@@ -187,21 +193,22 @@ def test_a_plan_near_the_memory_takes_xlas_figure_for_the_compiled_program(data,
     from flaxray.runtime import programs
 
     config = TrainConfig(**CONFIG)
-    per_seed, fixed = programs.compiled_bytes_per_seed(config, data)
+    per_seed, fixed = programs.compiled_bytes_per_seed(config, data, LR)
     # Linear in the seeds, as the plan assumes: the 4-seed program's own figure within 25 %.
-    four = programs.program_bytes(config, data, 4)
+    four = programs.program_bytes(config, data, LR, 4)
     assert per_seed > 0 and abs(fixed + 4 * per_seed - four) < 0.25 * four
     # Far from the memory, the estimate (no compile); near it, the compiler's figure: 2 seeds fit here.
-    assert programs.plan(config, data, 5, 2**40, 1) == (5, scale.bytes_per_seed(config, data.x_train.shape[1:]),
-                                                         "estimated")
+    assert plan.memory(config, data, LR, 5, 2**40, 1) == (5, scale.bytes_per_seed(config, data.x_train.shape[1:]),
+                                                          "estimated")
     free = fixed + int(2.5 * per_seed / scale.MEMORY_FRACTION)
-    assert programs.plan(config, data, 5, free, 1) == (2, per_seed, "compiled")
+    assert plan.memory(config, data, LR, 5, free, 1) == (2, per_seed, "compiled")
     # A backend that gives no memory analysis (jax: `memory_analysis()` may return None): the estimate.
     monkeypatch.setattr(programs, "program_bytes", lambda *_: None)
-    assert programs._compiled_bytes_per_seed.__wrapped__(config, data, "vmap", "shifted") is None  # not cached
+    uncached = programs._compiled_bytes_per_seed.__wrapped__  # not cached
+    assert uncached(programs._Key(config), data, LR, "vmap", "shifted") is None
     monkeypatch.setattr(programs, "compiled_bytes_per_seed", lambda *_: None)
     estimate = scale.bytes_per_seed(config, data.x_train.shape[1:])
-    assert programs.plan(config, data, 5, free, 1) == (scale.plan_chunk(5, estimate, free), estimate, "estimated")
+    assert plan.memory(config, data, LR, 5, free, 1) == (scale.plan_chunk(5, estimate, free), estimate, "estimated")
 
 
 def test_near_the_memory_map_is_planned_by_its_own_compiled_figure(monkeypatch, tmp_path):
@@ -214,14 +221,14 @@ def test_near_the_memory_map_is_planned_by_its_own_compiled_figure(monkeypatch, 
     config = TrainConfig(arch="conv:8,pool,gap,dense:4", epochs=1,
                          batch_size=16, eval_batch_size=16)
     data = device_data(tiny_dataset(size=16), eval_batch_size=16)
-    vmap_seed, vmap_fixed = programs.compiled_bytes_per_seed(config, data)
-    map_seed, _ = programs.compiled_bytes_per_seed(config, data, "map")
+    vmap_seed, vmap_fixed = programs.compiled_bytes_per_seed(config, data, LR)
+    map_seed, _ = programs.compiled_bytes_per_seed(config, data, LR, "map")
     assert map_seed < vmap_seed / 2
     free = vmap_fixed + int(3.5 * vmap_seed / scale.MEMORY_FRACTION)  # 3 seeds in vmap
-    assert programs.plan(config, data, 64, free, 1) == (3, vmap_seed, "compiled")
-    size, per_seed, source = programs.plan(config, data, 64, free, 1, "map")
+    assert plan.memory(config, data, LR, 64, free, 1) == (3, vmap_seed, "compiled")
+    size, per_seed, source = plan.memory(config, data, LR, 64, free, 1, "map")
     assert size > 6 and (per_seed, source) == (map_seed, "compiled for map")
-    assert programs.program_bytes(config, data, size, "map") <= free
+    assert programs.program_bytes(config, data, LR, size, "map") <= free
     monkeypatch.setattr(scale, "free_memory", lambda device=None: free)
     _, history = train_seeds(config, data, range(64), strategy="map", progress=False, checkpoint_dir=tmp_path)
     assert json.loads((tmp_path / "chunks.json").read_text())["seeds_per_chunk"] == size

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from flaxray.runtime import programs
-from flaxray.core import strategy
+from flaxray.runtime import plan, programs
+from flaxray.core import settings, strategy
 from flaxray.errors import FlaxrayError
 from flaxray.runtime.runner import train_seeds
-from flaxray.core.train import TrainConfig, device_data
+from flaxray.core.config import TrainConfig, device_data
+from flaxray.core.settings import Settings
 from tests.samples import assert_one_distribution
 from tests.test_train import CONFIG, SEEDS, tiny_dataset
 
@@ -22,6 +23,11 @@ CNN = "conv:4,bn,pool,sep:8,bn,pool:same,dropout:0.2,gap,dense:8@0.5"
 @pytest.fixture(scope="module")
 def data():
     return device_data(tiny_dataset(), eval_batch_size=16)
+
+
+def lanes(n: int) -> Settings:
+    """`n` lanes of the default settings, stacked (what `train_seeds` plans with)."""
+    return settings.stack([Settings()] * n)
 
 
 @pytest.mark.numeric
@@ -44,8 +50,8 @@ def test_in_map_and_groups_a_seeds_lane_depends_on_its_own_inputs_only(data, nam
     as for vmap in test_train), and a seed that diverges (lane 0, rate 1e30) leaves the others alone."""
     config = TrainConfig(**{**CONFIG, "arch": arch})
     _, batch = train_seeds(config, data, [3, 4, 5, 6], progress=False, strategy=name)
-    states, again = train_seeds(config, data, [9, 9, 5, 9], lrs=[1e30, 1e-3, 1e-3, 1e-3], progress=False,
-                                strategy=name)
+    states, again = train_seeds(config, data, [9, 9, 5, 9], [Settings(lr=lr) for lr in (1e30, 1e-3, 1e-3, 1e-3)],
+                                progress=False, strategy=name)
     for key in batch:
         np.testing.assert_array_equal(batch[key][2], again[key][2], err_msg=key)
     assert np.asarray(states.diverged)[0] > 0 and not np.asarray(states.diverged)[1:].any()
@@ -57,21 +63,21 @@ def test_auto_probes_says_why_records_and_remembers(data, tmp_path, capsys, monk
     train_seeds(config, data, range(3), strategy="auto", cache_dir=tmp_path / "cache", checkpoint_dir=tmp_path / "a",
                 max_seeds_per_chunk=3)
     line = next(s for s in capsys.readouterr().out.splitlines() if "strategy" in s)
-    plan = json.loads((tmp_path / "a" / "chunks.json").read_text())
-    chosen = plan["strategy"]
-    assert plan["strategy_source"] == "probed" and set(plan["probe_s"]) == {"vmap", "map", "loop"}
-    assert min(plan["probe_s"], key=plan["probe_s"].get) == str(chosen)  # the fastest is taken
+    record = json.loads((tmp_path / "a" / "chunks.json").read_text())
+    chosen = record["strategy"]
+    assert record["strategy_source"] == "probed" and set(record["probe_s"]) == {"vmap", "map", "loop"}
+    assert min(record["probe_s"], key=record["probe_s"].get) == str(chosen)  # the fastest is taken
     assert "probed" in line and "3 seeds per device" in line and "probe" in line
     cache = json.loads((tmp_path / "cache" / "strategies.json").read_text())
     assert [v["strategy"] for v in cache.values()] == [chosen]
     # Here again: the remembered choice, no probe.
-    monkeypatch.setattr(strategy, "probe", lambda calls: pytest.fail("probed again"))
+    monkeypatch.setattr(plan, "probe", lambda calls: pytest.fail("probed again"))
     train_seeds(config, data, range(3), strategy="auto", cache_dir=tmp_path / "cache", checkpoint_dir=tmp_path / "b",
                 max_seeds_per_chunk=3)
     again = json.loads((tmp_path / "b" / "chunks.json").read_text())
     assert again["strategy"] == chosen and again["strategy_source"] == "probed here before"
     # Another seed count is another key; one seed per device has nothing to choose.
-    assert programs.choose_strategy(config, data, "auto", 1, [object()])["strategy"] == "vmap"
+    assert plan.choose_strategy(config, data, lanes(1), "auto", 1, [object()])["strategy"] == "vmap"
 
 
 def test_the_probe_and_the_groups_need_no_more_memory_than_the_chunk(data, monkeypatch, tmp_path):
@@ -92,7 +98,7 @@ def test_the_probe_and_the_groups_need_no_more_memory_than_the_chunk(data, monke
         return run
 
     monkeypatch.setattr(programs, "epoch", recording)
-    programs.choose_strategy(TrainConfig(**CONFIG), data, "auto", 6, jax.devices()[:1], fresh=True)
+    plan.choose_strategy(TrainConfig(**CONFIG), data, lanes(6), "auto", 6, jax.devices()[:1], fresh=True)
     assert {name for name, *_ in seen} == {"vmap", "map", 4, "loop"}
     assert {n for _, n, _ in seen} == {4}
     assert all(donated for name, _, donated in seen if name != "loop")  # loop donates each seed's own slice

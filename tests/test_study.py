@@ -68,6 +68,17 @@ def test_tiny_study_on_a_folder_writes_every_file(tmp_path, capsys):
     assert seed_variance.main(argv) == 0
     assert "reused 2 finished arch(s)" in capsys.readouterr().out
     assert (out / "curves.csv").read_bytes() == before
+    # Units written before the settings were one pytree (group.json format 1: the rates as `lrs`, the config
+    # with `lr: null`) are read through flaxray.study.compat: reused as they are, the same bytes written.
+    for record in out.glob("groups/*/group.json"):
+        meta = json.loads(record.read_text())
+        fp = meta["fingerprint"]
+        old = {"config": {**fp["config"], "lr": None}, "lrs": fp["settings"]["lr"], "seeds": fp["seeds"],
+               "data": fp["data"]}
+        record.write_text(json.dumps({**meta, "format": 1, "fingerprint": old}))
+    assert seed_variance.main(argv) == 0
+    assert "reused 2 finished arch(s)" in capsys.readouterr().out
+    assert (out / "curves.csv").read_bytes() == before
     # Other settings in the same folder are refused, naming the difference, unless asked to overwrite.
     assert seed_variance.main([*argv, "--epochs", "3"]) == 2
     err = capsys.readouterr().err
@@ -195,7 +206,7 @@ def test_a_study_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_
     from flaxray.runtime.scale import param_count
     from flaxray.study.study import Study, disk_needed, prepare
 
-    study = Study(archs=("dense:8",), seeds=(0, 1, 2), lrs=(1e-3, 1e-2), epochs=1)
+    study = Study(archs=("dense:8",), seeds=(0, 1, 2), settings={"lr": (1e-3, 1e-2)}, epochs=1)
     params = param_count("dense:8", (28, 28, 3)) * 4 * 6  # 3 seeds x 2 rates, float32
     config = {"dense:8": study.config("dense:8", 2)}
     assert disk_needed(study, config, (28, 28, 3)) == params * (1 + 3) + params * 3  # a second checkpoint while saving

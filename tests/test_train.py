@@ -10,7 +10,10 @@ import pytest
 from flaxray.errors import FlaxrayError
 from flaxray.analysis.metrics import binary_metrics, NUM_BINS
 from flaxray.runtime.runner import counts_to_numpy, train_seeds
-from flaxray.core.train import TrainConfig, device_data, make_train
+from flaxray.core import settings
+from flaxray.core.config import TrainConfig, device_data
+from flaxray.core.settings import Settings
+from flaxray.core.train import make_train
 from tests.samples import assert_one_distribution
 
 
@@ -134,11 +137,22 @@ def test_val_padding_does_not_count(data):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(arch="nope"), dict(vary=("init", "colour")), dict(epochs=0), dict(lr=0.0), dict(batch_size=0)]
+    "kwargs", [dict(arch="nope"), dict(vary=("init", "colour")), dict(epochs=0), dict(batch_size=0)]
 )
 def test_bad_config_is_a_flaxray_error(kwargs):
     with pytest.raises(FlaxrayError):
         TrainConfig(**{**CONFIG, **kwargs})
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf")])
+def test_a_bad_learning_rate_is_a_flaxray_error(data, lr):
+    """The learning rate is a lane's setting now (not the config's): refused wherever a lane is given."""
+    with pytest.raises(FlaxrayError, match="--lr"):
+        settings.normalize({"lr": (lr,)})
+    with pytest.raises(FlaxrayError, match="--lr"):
+        settings.check_lanes([Settings(lr=lr)])
+    with pytest.raises(FlaxrayError, match="--lr"):
+        train_seeds(TrainConfig(**CONFIG), data, [0, 1], [Settings(), Settings(lr=lr)], progress=False)
 
 
 def test_binary_metrics_against_direct_computation():
@@ -165,9 +179,10 @@ def test_a_diverging_seed_stops_alone_and_per_seed_lr_is_its_own_run(data):
     lanes 1 and 3 are healthy, and a seed's own learning rate must give exactly what a config with
     that rate gives."""
     config, seeds = TrainConfig(**CONFIG), [0, 1, 2, 3, 2]
-    states, mixed = train_seeds(config, data, seeds, lrs=[1e-3, 1e30, 1e-3, 1e30, 3e-3], progress=False)
-    _, healthy = train_seeds(config, data, seeds, lrs=[1e-3, 1e-3, 1e-3, 1e-3, 3e-3], progress=False)
-    _, other_lr = train_seeds(TrainConfig(**{**CONFIG, "lr": 3e-3}), data, seeds, progress=False)
+    lanes = lambda lrs: [Settings(lr=lr) for lr in lrs]  # noqa: E731
+    states, mixed = train_seeds(config, data, seeds, lanes([1e-3, 1e30, 1e-3, 1e30, 3e-3]), progress=False)
+    _, healthy = train_seeds(config, data, seeds, lanes([1e-3, 1e-3, 1e-3, 1e-3, 3e-3]), progress=False)
+    _, other_lr = train_seeds(config, data, seeds, lanes([3e-3] * 5), progress=False)  # every lane at that rate
     diverged = np.asarray(states.diverged)
     assert diverged[0] == diverged[2] == diverged[4] == 0 and diverged[1] >= 1 and diverged[3] >= 1
     for key in mixed:
@@ -177,8 +192,8 @@ def test_a_diverging_seed_stops_alone_and_per_seed_lr_is_its_own_run(data):
             epochs = np.arange(1, config.epochs + 1)
             assert np.array_equal(np.isnan(mixed[key][s]), epochs >= diverged[s]), (key, s)
     # It stopped on a finite state (its state at the start of the epoch it diverged in), not carrying NaN or inf along.
-    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves((states.params, states.batch_stats)))
-    lrs = np.asarray(states.opt_state.hyperparams["learning_rate"])
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves((states.params, states.model_state)))
+    lrs = np.asarray(states.settings.lr)
     np.testing.assert_array_equal(lrs, np.float32([1e-3, 1e30, 1e-3, 1e30, 3e-3]))
 
 
@@ -188,15 +203,15 @@ def test_a_seed_that_diverges_ends_the_epoch_as_it_began_it(data):
     trainer = make_train(TrainConfig(**CONFIG))
     init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0)))
     run_epoch = jax.jit(jax.vmap(trainer.run_epoch, in_axes=(0, None)))
-    start = init(jnp.arange(2), data, jnp.float32([1e-3, 1e30]))
+    start = init(jnp.arange(2), data, Settings(lr=jnp.float32([1e-3, 1e30])))
     after, _ = run_epoch(start, data)
     assert np.asarray(after.diverged).tolist() == [0, 1]
-    for old, new in zip(jax.tree.leaves((start.params, start.batch_stats, start.opt_state)),
-                        jax.tree.leaves((after.params, after.batch_stats, after.opt_state))):
+    for old, new in zip(jax.tree.leaves((start.params, start.model_state, start.opt_state)),
+                        jax.tree.leaves((after.params, after.model_state, after.opt_state))):
         np.testing.assert_array_equal(np.asarray(new)[1], np.asarray(old)[1])
     assert not np.array_equal(np.asarray(jax.tree.leaves(after.params)[0])[0],
                               np.asarray(jax.tree.leaves(start.params)[0])[0])  # the healthy one trained
     later, _ = run_epoch(after, data)  # stopped: nothing moves in the epochs after
-    for old, new in zip(jax.tree.leaves((after.params, after.batch_stats)), jax.tree.leaves((later.params, later.batch_stats))):
+    for old, new in zip(jax.tree.leaves((after.params, after.model_state)), jax.tree.leaves((later.params, later.model_state))):
         np.testing.assert_array_equal(np.asarray(new)[1], np.asarray(old)[1])
     assert np.asarray(later.diverged).tolist() == [0, 1]

@@ -39,7 +39,7 @@ def toy(n=240, classes=3, seed=0):
 def test_a_registered_module_trains_in_a_study_beside_a_spec_string(tiny, tmp_path, classes):
     x, y = toy(classes=classes)
     data = from_arrays(x[:180], y[:180], x_test=x[180:], y_test=y[180:])
-    spec = Study(archs=(tiny, "dense:8"), data=data, seeds=(0, 1), epochs=2, batch_size=30, lrs=(1e-2,),
+    spec = Study(archs=(tiny, "dense:8"), data=data, seeds=(0, 1), epochs=2, batch_size=30, settings={"lr": (1e-2,)},
                  test=True)
     result = run(spec, tmp_path / "run", progress=False)
     history = result.groups[tiny].history
