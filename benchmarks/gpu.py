@@ -52,7 +52,7 @@ TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2,
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "keras", "tensorflow-datasets")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/gpu", metavar="DIR", help="folder for gpu.json, gpu.md and the parts' runs")
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a CPU check: embedded data, 28x28, S <= 2, 1 epoch")
     p.add_argument("--prepare", action="store_true", help=f"write {PREPARED} from --data (default {SHARED}) and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    return p
 
 
 def command(module: str, argv) -> str:
@@ -189,7 +189,7 @@ def probe(argv, archs, seeds, out) -> dict:
     from flaxray.study.study import prepare as ready
     from studies import cnn_vs_ann
 
-    study = _cli.study_spec(cnn_vs_ann.parse_args(argv), archs, "cnn_vs_ann", test=True)
+    study = _cli.study_spec(cnn_vs_ann.parser().parse_args(argv), archs, "cnn_vs_ann", test=True)
     got, seconds = ready(study, out / "probe", progress=False, checkpoint_every=0, overwrite=True), {}
     for arch in archs:
         for _ in range(2):
@@ -287,7 +287,7 @@ def run(args) -> Path:
 def main(argv=None) -> int:
     global START
     START = time.monotonic()  # CUDA's start and the data loading are in the budget
-    return _cli.main(run, parse_args, argv)
+    return _cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

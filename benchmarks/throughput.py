@@ -45,7 +45,7 @@ METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and loop, and any gr
 SERIAL = ("sequential", "keras")  # seed after seed: their seed-epochs/s does not depend on S
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.throughput",
         description="Seed-epochs per second of flaxray's vmapped trainer against the same jitted step run seed "
@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/throughput", metavar="DIR", help="folder for throughput.json and .png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cli.add_data_args(p)
-    return p.parse_args(argv)
+    return p
 
 
 def seed_counts(max_seeds: int) -> list[int]:
@@ -297,7 +297,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    return _cli.main(run, parse_args, argv)
+    return _cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

@@ -172,3 +172,9 @@ def test_the_public_api_is_at_the_top():
         assert getattr(flaxray, name) is not None
     with pytest.raises(AttributeError):
         flaxray.no_such_thing  # noqa: B018
+
+
+def test_a_dropout_rate_for_an_arch_without_one_to_set_is_refused_where_lanes_enter(data):
+    for arch in ("dense:8", "resnet18"):  # no Dropout layer; a registered module's dropout is its own
+        with pytest.raises(FlaxrayError, match="--dropout"):
+            train_seeds(TrainConfig(**{**CONFIG, "arch": arch}), data, [0], [Settings(dropout=0.2)], progress=False)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from flaxray.runtime import plan, programs
+from flaxray.runtime import plan, probe, programs
 from flaxray.core import settings, strategy
 from flaxray.errors import FlaxrayError
 from flaxray.runtime.runner import train_seeds
@@ -59,19 +59,25 @@ def test_in_map_and_groups_a_seeds_lane_depends_on_its_own_inputs_only(data, nam
 
 
 def test_auto_probes_says_why_records_and_remembers(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(probe, "MIN_BUDGET_S", 0.5)  # tiny programs: what is recorded matters here, not the timing
     config = TrainConfig(**CONFIG)
     train_seeds(config, data, range(3), strategy="auto", cache_dir=tmp_path / "cache", checkpoint_dir=tmp_path / "a",
                 max_seeds_per_chunk=3)
     line = next(s for s in capsys.readouterr().out.splitlines() if "strategy" in s)
     record = json.loads((tmp_path / "a" / "chunks.json").read_text())
     chosen = record["strategy"]
-    assert record["strategy_source"] == "probed" and set(record["probe_s"]) == {"vmap", "map", "loop"}
-    assert min(record["probe_s"], key=record["probe_s"].get) == str(chosen)  # the fastest is taken
-    assert "probed" in line and "3 seeds per device" in line and "probe" in line
+    evidence = record["evidence"]
+    assert record["strategy_source"] == "probed" and set(evidence["predicted_epoch_s"]) == {"vmap", "map", "loop"}
+    fastest = min(evidence["predicted_epoch_s"].values())
+    assert str(chosen) in evidence["within_noise"]  # the simplest of those the noise cannot tell from the fastest
+    assert evidence["predicted_epoch_s"][str(chosen)] <= fastest * (1 + evidence["noise"])
+    assert evidence["measured_epoch_s"] > 0  # the chosen program's own epoch, beside its prediction
+    assert "probed" in line and "3 seeds per device" in line and "predicted" in line
     cache = json.loads((tmp_path / "cache" / "strategies.json").read_text())
     assert [v["strategy"] for v in cache.values()] == [chosen]
-    # Here again: the remembered choice, no probe.
-    monkeypatch.setattr(plan, "probe", lambda calls: pytest.fail("probed again"))
+    # Here again: the remembered choice, no probe (unless its measured epoch contradicted it: tests/test_probe.py).
+    monkeypatch.setattr(plan, "contradicted", lambda known: False)
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: pytest.fail("probed again"))
     train_seeds(config, data, range(3), strategy="auto", cache_dir=tmp_path / "cache", checkpoint_dir=tmp_path / "b",
                 max_seeds_per_chunk=3)
     again = json.loads((tmp_path / "b" / "chunks.json").read_text())
@@ -98,6 +104,7 @@ def test_the_probe_and_the_groups_need_no_more_memory_than_the_chunk(data, monke
         return run
 
     monkeypatch.setattr(programs, "epoch", recording)
+    monkeypatch.setattr(probe, "MIN_BUDGET_S", 0.5)
     plan.choose_strategy(TrainConfig(**CONFIG), data, lanes(6), "auto", 6, jax.devices()[:1], fresh=True)
     assert {name for name, *_ in seen} == {"vmap", "map", 4, "loop"}
     assert {n for _, n, _ in seen} == {4}

@@ -140,9 +140,9 @@ def probe_key(config: TrainConfig, data, fields, per_device: int, devices) -> st
 
 
 def probe_data(config: TrainConfig, data: DeviceData, steps: int) -> DeviceData:
-    """A short epoch of the same shapes per step: `steps` training batches and one eval batch."""
-    n, v = steps * config.batch_size, config.eval_batch_size
-    return DeviceData(data.x_train[:n], data.y_train[:n], data.x_val[:v], data.y_val[:v], data.val_mask[:v])
+    """A short epoch: `steps` training batches, and the whole validation split, which every epoch evaluates."""
+    n = steps * config.batch_size
+    return data._replace(x_train=data.x_train[:n], y_train=data.y_train[:n])
 
 
 def contradicted(known: dict) -> bool:
@@ -175,8 +175,8 @@ def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: in
         return {"strategy": strategies.decode(code), "evidence": (known or {}).get("evidence"), "key": key,
                 "source": "probed here before"}
     mesh, cands = scale.seed_mesh(devices), strategies.candidates(per_device, len(devices))
-    full = scale.replicate(mesh, data)
-    short = {n: scale.replicate(mesh, probe_data(config, data, n)) for n in probe.LENGTHS}
+    full, steps = scale.replicate(mesh, data), data.x_train.shape[0] // config.batch_size
+    short = {n: scale.replicate(mesh, probe_data(config, data, n)) for n in probe.lengths(steps)}
     # Every candidate runs on one chain of states, donated from call to call, of the largest count that
     # every candidate's groups divide and the chunk holds: the probe needs no more memory than the run
     # it is for (a chunk is planned to fill the device), and the candidates are timed on the same seeds.
@@ -189,10 +189,9 @@ def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: in
         chain[0] = program(chain[0], probe_data)[0]
         return chain[0]
 
-    calls = {c: {n: functools.partial(step, programs.epoch(config, c, mesh), short[n]) for n in probe.LENGTHS}
+    calls = {c: {n: functools.partial(step, programs.epoch(config, c, mesh), d) for n, d in short.items()}
              for c in cands}
-    choice = probe.probe(calls, steps=data.x_train.shape[0] // config.batch_size, epochs=config.epochs,
-                         block=jax.block_until_ready)
+    choice = probe.probe(calls, steps=steps, epochs=config.epochs, block=jax.block_until_ready)
     best = strategies.decode(hosts.agree(strategies.encode(choice.best)))
     chosen = {"strategy": best, "evidence": choice.record()}
     if hosts.is_primary() and not fresh:

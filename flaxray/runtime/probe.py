@@ -49,9 +49,17 @@ class Choice:
                 "rounds": self.rounds, "timing_s": round(self.timing_s, 3)}
 
 
+def lengths(steps: int) -> tuple[int, ...]:
+    """The lengths to time for an epoch of `steps` steps: `LENGTHS`, none longer than the epoch itself."""
+    return tuple(sorted({min(n, steps) for n in LENGTHS}))
+
+
 def predict(times: Mapping[int, float], steps: int) -> float:
     """An epoch of `steps` steps from the fastest times of calls at two lengths: the line through them
-    (its fixed part at least 0, its part per step at least 0)."""
+    (its fixed part at least 0, its part per step at least 0); from one length, in proportion."""
+    if len(times) == 1:
+        ((s1, t1),) = times.items()
+        return t1 * steps / s1
     (s1, t1), (s2, t2) = sorted(times.items())
     per_step = max(0.0, (t2 - t1) / (s2 - s1))
     fixed = max(0.0, t1 - s1 * per_step)

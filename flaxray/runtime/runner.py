@@ -24,7 +24,7 @@ import numpy as np
 from flaxray import results
 from flaxray.analysis.metrics import history_from_counts, mask_diverged
 from flaxray.core import settings, strategy as strategies
-from flaxray.core.config import TrainConfig, check_batch_size, pad_to_batches
+from flaxray.core.config import TrainConfig, check_batch_size, check_dropout_settings, pad_to_batches
 from flaxray.core.counts import counts_type
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
@@ -44,13 +44,15 @@ def counts_to_numpy(counts) -> dict[str, dict[str, np.ndarray]]:
     return {split: {k: np.asarray(v) for k, v in hosts.gather(c._asdict()).items()} for split, c in counts.items()}
 
 
-def lanes_of(seeds: Sequence[int], lanes: Sequence[Settings] | None) -> Settings:
-    """Each seed's settings (default: `Settings()` for every seed), checked once (`settings.check_lanes`)
-    and stacked into float32 arrays with a leading lane axis."""
+def lanes_of(config: TrainConfig, seeds: Sequence[int], lanes: Sequence[Settings] | None) -> Settings:
+    """Each seed's settings (default: `Settings()` for every seed), checked once (`settings.check_lanes`;
+    a dropout rate only for an arch with a dropout layer to set) and stacked into float32 arrays with a
+    leading lane axis."""
     lanes = [Settings()] * len(seeds) if lanes is None else list(lanes)
     if len(lanes) != len(seeds) or not seeds:
         raise ValueError(f"need one Settings per seed and at least one seed, got {len(lanes)} for {len(seeds)}")
     settings.check_lanes(lanes)
+    check_dropout_settings(config.arch, [lane.dropout for lane in lanes])
     return settings.stack(lanes)
 
 
@@ -90,7 +92,7 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], lanes: Sequence
     checkpoint.every(checkpoint_every)  # a bad policy fails before anything trains
     plans.check_most(max_seeds_per_chunk)
     seeds = [int(s) for s in seeds]
-    lanes = lanes_of(seeds, lanes)
+    lanes = lanes_of(config, seeds, lanes)
     class_names = tuple(class_names or default_class_names(config.num_classes))
     if len(class_names) != config.num_classes:
         raise FlaxrayError(f"{len(class_names)} class names for a config of {config.num_classes} classes")
@@ -146,7 +148,7 @@ class Chunk(NamedTuple):
     saves: int  # checkpoints written
     held_s: float  # seconds they held training up
     stopped: bool  # a Ctrl-C came in its last epoch
-    epoch_s: float | None  # the fastest epoch after the first (which compiles), its checkpoints apart
+    epoch_s: float | None  # the fastest epoch program after the first (which compiles)
 
 
 def _host_concat(arrays):
@@ -201,10 +203,10 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
             disable=not progress,
         ) as bar:
             for epoch in bar:
-                began_epoch = time.monotonic()
-                states, counts = run_epoch(states, data)
-                epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
+                began_epoch = time.monotonic()  # the program alone, as the strategy probe times it
+                states, counts = jax.block_until_ready(run_epoch(states, data))
                 timed.append(time.monotonic() - began_epoch)
+                epochs.append({s: {k: v[:n] for k, v in c.items()} for s, c in counts_to_numpy(counts).items()})
                 died = int(np.count_nonzero(np.asarray(hosts.gather(states.diverged))[:n]))  # every process: a collective
                 if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
                     val = history_from_counts(epochs[-1], class_names)["val_loss"]
