@@ -47,9 +47,11 @@ def markdown(r: dict) -> str:
     if a.get("rows"):
         lines += ["", f"### Throughput, seed-epochs/s ({a['steps']} steps of 32 an epoch; compilation excluded)", "",
                   format_table(a["rows"]), "", *table(
-                      ["arch", "method", "S", "seed-epochs/s", "compile s", "% peak FLOP/s", "% peak bandwidth"],
+                      ["arch", "method", "S", "seed-epochs/s", "compile s", "% peak FLOP/s", "% peak bandwidth",
+                       "auto took (probe s)"],
                       [(x["arch"], x["method"], x["seeds"], f"{x['seed_epochs_per_s']:.3g}", f"{x['compile_s']:.1f}",
-                        f"{100 * x['flops_fraction']:.1f}", f"{100 * x['bandwidth_fraction']:.1f}")
+                        f"{100 * x['flops_fraction']:.1f}", f"{100 * x['bandwidth_fraction']:.1f}",
+                        f"{x['strategy']} ({x['probe_s']:.1f})" if "probe_s" in x else "")
                        for x in a["rows"]]),
                   "", f"Peaks: {a['peaks']['source']}."]
     if "train_s" in b:

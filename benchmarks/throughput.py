@@ -110,7 +110,8 @@ def timed(f) -> float:
 
 def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
     """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones. auto
-    probes first (its time counted as compilation, the choice not cached: each S is measured afresh)."""
+    probes first as a study of `epochs` epochs would (its time counted as compilation and reported as
+    `probe_s`, the choice not cached: each S is measured afresh)."""
     import jax
 
     from flaxray.core import settings
@@ -121,12 +122,14 @@ def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
     if strategy == "auto":
         start = time.perf_counter()
         lanes = settings.stack([settings.Settings()] * seeds)  # train_seeds' default: every seed at Settings()
-        strategy = plan.choose_strategy(config, data, lanes, "auto", seeds, jax.devices(), fresh=True)["strategy"]
+        study = dataclasses.replace(config, epochs=epochs)  # its budget: a tenth of these epochs' predicted time
+        strategy = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)["strategy"]
         probe = time.perf_counter() - start
     one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=epochs)
     first = timed(lambda: train_seeds(one, data, range(seeds), progress=False, strategy=strategy))
     seconds = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy))
-    return {"seconds": seconds, "compile_s": probe + max(0.0, first - seconds / epochs), "strategy": strategy}
+    return {"seconds": seconds, "compile_s": probe + max(0.0, first - seconds / epochs), "strategy": strategy,
+            **({"probe_s": probe} if probe else {})}
 
 
 def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
@@ -153,7 +156,7 @@ def run(args) -> Path:
     import jax
 
     from flaxray import results
-    from flaxray.report import estimate_plots
+    from flaxray.report import estimate_plots, plots
     from flaxray.core.config import TrainConfig, device_data
     from flaxray.core.settings import Settings
     from flaxray.study.study import describe_data
@@ -221,7 +224,7 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
-                             **({"strategy": m["strategy"]} if "strategy" in m else {}),
+                             **{k: m[k] for k in ("strategy", "probe_s") if k in m},
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,
                              "flops_fraction": rate * steps * cost["flops"] / peaks["flops"],
@@ -239,10 +242,10 @@ def run(args) -> Path:
               "args": vars(args), "stopped": stopped}
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
-    with results.atomic_path(out / "throughput.png") as tmp:
-        labelled = [{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]} for r in rows]
-        estimate_plots.plot_throughput(
-            labelled, tmp, title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}")
+    labelled = [{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]} for r in rows]
+    plots.save(estimate_plots.plot_throughput(
+        labelled, title=f"{', '.join(args.arch)} · {size} · batch {args.batch_size} · {peaks['device']}"),
+        out / "throughput.png")
     print()
     print(format_table(rows))
     for line in stopped:
@@ -253,7 +256,7 @@ def run(args) -> Path:
 
 
 def format_row(r: dict) -> str:
-    took = f" ({r['strategy']})" if r["method"] == "auto" else ""
+    took = f" ({r['strategy']}; probe {r['probe_s']:.1f} s)" if r["method"] == "auto" else ""
     return (f"{r['arch']:>10} {r['method']:>10} S={r['seeds']:<4} {r['seed_epochs_per_s']:9.3f} seed-epochs/s  "
             f"compile {r['compile_s']:6.1f} s  {100 * r['flops_fraction']:5.1f} % FLOP/s  "
             f"{100 * r['bandwidth_fraction']:5.1f} % bandwidth{took}")

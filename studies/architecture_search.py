@@ -71,7 +71,7 @@ def run(args) -> Path:
     from flaxray.report import search as report
 
     archs = list(dict.fromkeys(args.arch))  # a name given twice is trained once
-    given = {_cli._dest(t.split("=", 1)[0], vars(args)) for t in args.argv if t.startswith("--")}
+    given = set(_cli.given_flags(parser, args.argv))
     if args.race:
         return run_race(args, archs, given)
     for flag in RACE_FLAGS:

@@ -11,9 +11,10 @@ import scipy.stats
 
 from flaxray.analysis import compare
 from flaxray.runtime import programs
-from flaxray.analysis.metrics import NUM_BINS, binary_metrics, counts_from_probs, test_metrics
+from flaxray.analysis.metrics import BINARY, NUM_BINS, binary_metrics, test_metrics
+from flaxray.analysis.probs import counts_from_probs
 
-TEST_METRICS = test_metrics()
+TEST_METRICS = test_metrics(BINARY)
 from flaxray.runtime.runner import evaluate_seeds, predict, train_seeds
 from flaxray.core.config import TrainConfig, device_data
 from flaxray.core.settings import Settings
@@ -23,7 +24,7 @@ from studies import cnn_vs_ann
 def test_specificity_on_a_hand_example():
     # 4 negatives: 3 below 0.5 (true negatives), 1 above; 2 positives, both above.
     probs, labels = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.7]), np.array([0, 0, 0, 0, 1, 1])
-    m = compare.metrics_from_probs(probs, labels)
+    m = compare.metrics_from_probs(probs, labels, BINARY)
     assert m["specificity"] == pytest.approx(3 / 4) and m["recall"] == 1.0
     assert m["precision"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(5 / 6)
     neg = np.zeros(NUM_BINS)
@@ -48,12 +49,12 @@ def test_ensemble_metrics_equal_a_direct_computation_on_averaged_probabilities()
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     probs = np.clip(rng.normal(0.3 + 0.35 * y, 0.25, size=(5, 300)), 0.001, 0.999)  # 5 seeds
-    m = compare.metrics_from_probs(compare.ensemble(probs), y)
+    m = compare.metrics_from_probs(compare.ensemble(probs), y, BINARY)
     want = direct_metrics(probs.mean(0), y)
     for k in TEST_METRICS:
         assert m[k] == pytest.approx(want[k], rel=1e-6), k
     # the ensemble is one model: not the mean of the seeds' metrics
-    assert m["accuracy"] != pytest.approx(compare.metrics_from_probs(probs, y)["accuracy"].mean())
+    assert m["accuracy"] != pytest.approx(compare.metrics_from_probs(probs, y, BINARY)["accuracy"].mean())
 
 
 def test_test_evaluation_on_the_device_matches_its_probabilities():
@@ -68,10 +69,11 @@ def test_test_evaluation_on_the_device_matches_its_probabilities():
     probs = predict(config, states, x_test)
     assert probs.shape == (3, 30) and counts["count"].tolist() == [30, 30, 30]
     assert not np.allclose(probs[0], probs[1])  # different seeds, different models
-    from_counts, from_probs = compare.metrics_from_counts(counts), compare.metrics_from_probs(probs, y_test)
+    from_counts = compare.metrics_from_counts(counts, BINARY)
+    from_probs = compare.metrics_from_probs(probs, y_test, BINARY)
     for k in TEST_METRICS:
         np.testing.assert_allclose(from_counts[k], from_probs[k], rtol=1e-4, err_msg=k)
-    hist = counts_from_probs(probs, y_test)
+    hist = counts_from_probs(probs, y_test, class_names=BINARY)
     np.testing.assert_array_equal(hist["pos_hist"], counts["pos_hist"])  # binned identically
     # Evaluated again (another config of the same program: the rates are the lanes' own, and a config's programs
     # are shared whatever its epochs), and models trained at another rate: nothing is compiled again.
@@ -102,21 +104,21 @@ def models_for(rng, n_test, means):
     out = {}
     for name, mean in means.items():
         probs = np.clip(rng.normal(0.5 + mean * (2 * y - 1), 0.2, size=(4, n_test)), 0, 1)
-        out[name] = {"counts": counts_from_probs(probs, y), "probs": probs, "params": 100, "seconds": 2.0,
+        out[name] = {"counts": counts_from_probs(probs, y, class_names=BINARY), "probs": probs, "params": 100, "seconds": 2.0,
                      "seed_epochs": 8}
     return out, y
 
 
 def test_analyse_prefers_the_clearly_better_model_and_reports_it(tmp_path):
     models, y = models_for(np.random.default_rng(1), 400, {"good": 0.3, "weak": 0.02})
-    analysis = compare.analyse(models, y, challenger="good", baseline="weak")
+    analysis = compare.analyse(models, y, challenger="good", baseline="weak", class_names=BINARY)
     assert analysis["comparison"]["accuracy"]["p_improve"] == 1.0
     assert "`good` is better" in analysis["verdict"]
     assert analysis["models"]["good"]["seed_epochs_per_s"] == 4.0
-    reverse = compare.analyse(models, y, challenger="weak", baseline="good")
+    reverse = compare.analyse(models, y, challenger="weak", baseline="good", class_names=BINARY)
     assert reverse["comparison"]["auc"]["p_improve"] == 0.0 and "`good` is better" in reverse["verdict"]
     with pytest.raises(ValueError):
-        compare.analyse(models, y, challenger="good", baseline="missing")
+        compare.analyse(models, y, challenger="good", baseline="missing", class_names=BINARY)
 
 
 def test_end_to_end_on_the_embedded_default(tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 from flaxray.analysis import study as fa
 from flaxray.study import compat, units as groups
 from flaxray.analysis import stats
+from flaxray.report import table
 from flaxray.errors import FlaxrayError
 from flaxray.core import settings
 from flaxray.core.config import TrainConfig, check_dropout_settings, device_data
@@ -195,5 +196,5 @@ def test_the_floor_and_each_sources_share_above_it():
     assert "above_floor" not in out[FLOOR] and out["all"]["remainder"] == pytest.approx(1 - out["init"]["share"])
     histories = {"a": {"loss": np.ones((64, 1)), "val_loss": finals["all"][:, None] + 2}}
     runs = {s: {"loss": np.ones((64, 1)), "val_loss": v[:, None] + 2} for s, v in finals.items()}
-    lines = fa.variance_lines(fa.analyse(histories, decomposition={"a": runs}))
+    lines = table.variance_lines(fa.analyse(histories, decomposition={"a": runs}))
     assert len(lines) == 1 and "noise floor" in lines[0] and "init +" in lines[0]

@@ -83,7 +83,7 @@ def test_pure_train_and_epoch_loop_are_one_distribution(data):
     _, counts = jax.jit(jax.vmap(make_train(config).train, in_axes=(0, None)))(jnp.arange(len(SEEDS)), data)
     from flaxray.analysis.metrics import history_from_counts
 
-    pure = history_from_counts(counts_to_numpy(counts))
+    pure = history_from_counts(counts_to_numpy(counts), ("0", "1"))  # train_seeds' class names by default
     assert set(pure) == set(loop) and pure["val_loss"].shape == loop["val_loss"].shape
     assert_one_distribution(pure["val_loss"][:, -1], loop["val_loss"][:, -1], "final val loss, pure vs loop")
 
