@@ -6,7 +6,7 @@
 Both start from the same initial parameters and see the same batches; they differ only in the
 program (a vmap over S lanes, or the one-seed program), so in the order XLA sums in. Trained for 1, 5,
 20, ... steps (the training split cut to that many batches), it prints the relative difference of the
-parameters, ||batched - alone|| / ||alone||, after each. The README's Determinism section quotes it.
+parameters, ||batched - alone|| / ||alone||, after each. docs/resume_and_determinism.md quotes it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="TensorFlow Datasets' data_dir for --data tfds:NAME (nothing is downloaded)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="images are resized to SIZE x SIZE (default: 180 with --data, 28 for the embedded data)")
+                   help="images are resized to SIZE x SIZE (default: 180 for an image folder, 28 for the embedded data; "
+                   "an .npz, arrays and a TFDS set keep their own size unless given)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 = grey, 3 = RGB as in the notes")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of train carved out as val, by patient")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split (same for every model seed)")
@@ -50,18 +51,19 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
                    f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
                    "nudges each seed's initial parameters by one ulp (with the rest shared: the noise floor)")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
-                   help="'balanced' weighs each class's loss by n / (2 n_class), as sklearn and Keras users do")
+                   help="'balanced' weighs each class's loss by n / (C n_class) for C classes, as sklearn and Keras users do")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype of activations and matmuls; parameters and Adam's state stay float32")
     p.add_argument("--chunk", type=int, default=None, metavar="N",
                    help="train at most N seeds at once (default: as many as fit in the free device memory, "
                    "estimated; the seeds are split over every device of every process). Does not change the curves")
-    p.add_argument("--strategy", default=None, metavar="auto|vmap|map|K",
+    p.add_argument("--strategy", default=None, metavar="auto|vmap|map|loop|K",
                    help="how the seeds of a chunk share a device: vmap batches them all into wider operations, map "
                    "runs them one after another inside one program, K batches groups of K seeds, the groups one "
-                   "after another; auto times a few steps of each here and takes the fastest, remembered per machine "
-                   "in the cache folder (default: $FLAXRAY_STRATEGY, else auto). Recorded; a resume keeps the one "
-                   "the run started with")
+                   "after another, loop calls the one-seed program seed after seed from the host; auto predicts "
+                   "this study's epoch in each from timed short runs here and takes the simplest of the fastest "
+                   "within the noise, remembered per machine in the cache folder with the epoch it then took "
+                   "(default: $FLAXRAY_STRATEGY, else auto). Recorded; a resume keeps the one the run started with")
 
 
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",

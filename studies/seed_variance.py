@@ -8,7 +8,7 @@
 Writes curves.csv, study.json, bands.png, report.md/html, run.json and groups/ (per arch: its curves,
 checkpoints and every seed's final parameters, for `python -m studies.inspect`) into --out and prints
 a summary table over seeds with the robust ranking; `--resume DIR` continues a stopped or killed study.
-Everything here is one library call, `flaxray.study.study.run` (see the README for it from Python).
+Everything here is one library call, `flaxray.run` (docs/python_api.md shows it from Python).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def check_flags(block: Block, line: str) -> None:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args = importlib.import_module(module).parse_args(argv)
+            args = importlib.import_module(module).parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"{block.where}: {line}\n{err.getvalue()}", pytrace=False)
     archs = [*(getattr(args, "arch", None) or []), *[getattr(args, k) for k in ("cnn", "ann") if hasattr(args, k)]]

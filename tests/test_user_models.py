@@ -1,4 +1,4 @@
-"""A model a user writes, registered by name, in a whole study: the README's example, as written there."""
+"""A model a user writes, registered by name, in a whole study: docs/python_api.md's example."""
 
 import numpy as np
 import pytest

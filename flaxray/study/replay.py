@@ -7,7 +7,7 @@ ran in: the number of lanes of the vmapped program (its chunk), the devices they
 form of its convolutions and pools (`flaxray.models.conv.form`), and the machine, whose XLA compiles
 other kernels (`groups.program_shape` records them all). A seed trained in another shape is another
 sample of the same distribution, not the same numbers: Adam's first steps and BatchNorm amplify a
-last-bit difference into a visible one within an epoch (README, Determinism). So the replay runs the
+last-bit difference into a visible one within an epoch (docs/resume_and_determinism.md). So the replay runs the
 chunk the seed was trained in, every lane of it as it was, and compares the seed's lane with what the
 study recorded, bit for bit. The cost is one chunk's training: with one chunk (the default when the
 seeds fit in memory) that is the whole unit.
