@@ -79,3 +79,16 @@ def test_the_printed_line_says_what_was_predicted():
     line = plan.Plan(16, "loop", "probed", evidence).describe_strategy(16, 1)
     assert "an epoch predicted at 10.2 s" in line and "map 1.27x" in line
     assert "vmap within the noise (5%) of the fastest, and loop the simplest" in line
+
+
+def test_a_units_record_carries_the_probes_evidence(tmp_path):
+    from flaxray import results
+    from flaxray.study import units
+
+    evidence = {"predicted_epoch_s": {"vmap": 1.0, "loop": 1.1}, "noise": 0.15, "within_noise": ["loop", "vmap"],
+                "measured_epoch_s": 1.05}
+    (tmp_path / results.CHECKPOINTS).mkdir()
+    results.write_json(tmp_path / results.CHECKPOINTS / plan.PLAN,
+                       plan.Plan(4, "loop", "probed", evidence).record())
+    shape = units.program_shape(tmp_path, 4)
+    assert shape["strategy"] == "loop" and shape["strategy_source"] == "probed" and shape["evidence"] == evidence

@@ -50,8 +50,9 @@ class Choice:
 
 
 def lengths(steps: int) -> tuple[int, ...]:
-    """The lengths to time for an epoch of `steps` steps: `LENGTHS`, none longer than the epoch itself."""
-    return tuple(sorted({min(n, steps) for n in LENGTHS}))
+    """The lengths to time for an epoch of `steps` steps: `LENGTHS`, or the whole epoch where it is no longer
+    than they are (nothing to predict then, and the program timed is the one the study runs)."""
+    return LENGTHS if steps > LENGTHS[-1] else (steps,)
 
 
 def predict(times: Mapping[int, float], steps: int) -> float:
