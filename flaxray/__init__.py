@@ -33,10 +33,13 @@ _API = {
     "device_data": "flaxray.core", "train_seeds": "flaxray.runtime", "register": "flaxray.models",
     "FlaxrayError": "flaxray.errors",
 }
+_PACKAGES = ("analysis", "core", "data", "errors", "inspect", "models", "report", "results", "runtime", "study")
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str):
+    if name in _PACKAGES:  # `flaxray.models.register(...)` after a bare `import flaxray`
+        return importlib.import_module(f"flaxray.{name}")
     if name not in _API:
         raise AttributeError(f"module 'flaxray' has no attribute {name!r}")
     value = getattr(importlib.import_module(_API[name]), name)
@@ -45,4 +48,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, *_PACKAGES})
