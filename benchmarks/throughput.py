@@ -6,8 +6,9 @@
 
 For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after another:
 
-    auto        `flaxray.runtime.runner.train_seeds` as a study runs it: the strategy its probe finds fastest here
-                (the probe's time counts as compilation; the row says which it took)
+    auto        `flaxray.runtime.runner.train_seeds` in the strategy its probe chooses here, probed once per S
+                as a study of --epochs epochs would (not cached), then timed as the others are (the probe's
+                time counts as compilation; the row says which it took and how long the probe was)
     vmap        `train_seeds` with every seed batched into one jitted program per epoch
     map         `train_seeds` with the seeds one after another inside one jitted program (`lax.map`)
     K           (an integer, e.g. 4) `train_seeds` with groups of K seeds batched, the groups mapped
@@ -108,28 +109,30 @@ def timed(f) -> float:
     return time.perf_counter() - start
 
 
-def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
-    """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones. auto
-    probes first as a study of `epochs` epochs would (its time counted as compilation and reported as
-    `probe_s`, the choice not cached: each S is measured afresh)."""
+def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
+    """auto's choice for `seeds` seeds, as a study of `epochs` epochs would make it (the probe's budget is a
+    tenth of those epochs' predicted time), not cached: (the strategy, the probe's seconds, compilation
+    included)."""
     import jax
 
     from flaxray.core import settings
     from flaxray.runtime import plan
+
+    start = time.perf_counter()
+    lanes = settings.stack([settings.Settings()] * seeds)  # train_seeds' default: every seed at Settings()
+    study = dataclasses.replace(config, epochs=epochs)
+    strategy = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)["strategy"]
+    return strategy, time.perf_counter() - start
+
+
+def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
+    """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones."""
     from flaxray.runtime.runner import train_seeds
 
-    probe = 0.0
-    if strategy == "auto":
-        start = time.perf_counter()
-        lanes = settings.stack([settings.Settings()] * seeds)  # train_seeds' default: every seed at Settings()
-        study = dataclasses.replace(config, epochs=epochs)  # its budget: a tenth of these epochs' predicted time
-        strategy = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)["strategy"]
-        probe = time.perf_counter() - start
     one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=epochs)
     first = timed(lambda: train_seeds(one, data, range(seeds), progress=False, strategy=strategy))
     seconds = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy))
-    return {"seconds": seconds, "compile_s": probe + max(0.0, first - seconds / epochs), "strategy": strategy,
-            **({"probe_s": probe} if probe else {})}
+    return {"seconds": seconds, "compile_s": max(0.0, first - seconds / epochs)}
 
 
 def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
@@ -202,6 +205,11 @@ def run(args) -> Path:
                 print(stopped[-1], flush=True)
                 break
             last, spent = seeds, dict.fromkeys(now_methods, 0.0)
+            if "auto" in now_methods:  # probed once per S, then measured as the others are, taking turns
+                chosen, probe_s = probe_auto(config, data, seeds, args.epochs)
+                spent["auto"] += probe_s
+                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s: {
+                    **measure_strategy(c, data, s, args.epochs, chosen), "strategy": chosen, "probe_s": probe_s}
             # The methods take turns at each S, best of --repeats: load from other jobs on the machine
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
@@ -220,6 +228,8 @@ def run(args) -> Path:
                     spent[method] += time.monotonic() - began_method
                     if method not in best or m["seconds"] < best[method]["seconds"]:
                         best[method] = {**m, "compile_s": best.get(method, m)["compile_s"]}  # the first run's
+            if "auto" in best:  # the probe's time counts as the study's compilation
+                best["auto"]["compile_s"] += best["auto"]["probe_s"]
             for method in (m for m in now_methods if m in best):
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
