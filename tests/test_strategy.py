@@ -93,8 +93,8 @@ def test_the_probe_and_the_groups_need_no_more_memory_than_the_chunk(data, monke
     groups of 4 hold 4 seeds, not 6 padded to 8."""
     real, seen = programs.epoch, []
 
-    def recording(config, name, mesh, donate=True):
-        program = real(config, name, mesh, donate)
+    def recording(config, name, mesh, donate=True, **kwargs):
+        program = real(config, name, mesh, donate, **kwargs)
 
         def run(states, d):
             out = program(states, d)

@@ -189,8 +189,12 @@ def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: in
         chain[0] = program(chain[0], probe_data)[0]
         return chain[0]
 
-    calls = {c: {n: functools.partial(step, programs.epoch(config, c, mesh), d) for n, d in short.items()}
-             for c in cands}
+    # Short epochs no run uses again: programs of their own, whose executables go once the probe is done
+    # (kept, hundreds of them pile up in a long process: XLA:CPU maps each into memory). A whole epoch is
+    # timed in the program the study runs.
+    whole = list(short) == [steps]
+    calls = {c: {n: functools.partial(step, programs.epoch(config, c, mesh, cached=whole), d)
+                 for n, d in short.items()} for c in cands}
     choice = probe.probe(calls, steps=steps, epochs=config.epochs, block=jax.block_until_ready)
     best = strategies.decode(hosts.agree(strategies.encode(choice.best)))
     chosen = {"strategy": best, "evidence": choice.record()}

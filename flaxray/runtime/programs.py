@@ -61,39 +61,41 @@ class _Key:
 
 @functools.lru_cache(maxsize=16)
 def _compiled(key: _Key, layers: str) -> Programs:
-    trainer = make_train(key.config)
+    return _programs(make_train(key.config))._replace(epoch=_epoch(key, strategies.VMAP, None, True, layers))
 
+
+def _programs(trainer) -> Programs:
     def one_seed(state, data):
         state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
         return jax.tree.map(lambda a: a[None], (state, counts))
 
-    return Programs(jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))),
-                    _epoch(key, strategies.VMAP, None, True, layers),
+    return Programs(jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))), None,
                     jax.jit(one_seed, donate_argnums=0),
                     jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, None, None, None))),
                     jax.jit(jax.vmap(trainer.predict, in_axes=(0, None))))
 
 
-def epoch(config: TrainConfig, strategy, mesh, donate: bool = True):
+def epoch(config: TrainConfig, strategy, mesh, donate: bool = True, *, cached: bool = True):
     """The jitted epoch over a leading seed axis in `strategy` (`flaxray.core.strategy`). On a mesh, vmap
     is split over the devices by the compiler; map and groups run per device (`shard_map`), each device
     looping over its own seeds, since a loop over a split axis would gather it first. loop calls the
-    single-seed program once per seed from the host (one device)."""
+    single-seed program once per seed from the host (one device). Not `cached`: a program of its own,
+    whose executables go with it (the strategy probe's short epochs, which no run uses again)."""
     if strategy == strategies.LOOP:
         if mesh is not None:
             raise FlaxrayError("--strategy loop runs on one device; choose vmap, map or K for several")
-        run_one = compiled(config).one_seed  # donates each seed's slice, a fresh array: `states` stays intact
+        # donates each seed's slice, a fresh array: `states` stays intact
+        run_one = compiled(config).one_seed if cached else _programs(make_train(config)).one_seed
 
         def loop(states, data):
             done = [run_one(jax.tree.map(lambda a: a[i:i + 1], states), data) for i in range(len(states.epoch))]
             return jax.tree.map(lambda *parts: jnp.concatenate(parts), *done)
 
         return loop
-    return _epoch(_Key(config), strategy, mesh, donate, conv.form())
+    return (_epoch if cached else _epoch_program)(_Key(config), strategy, mesh, donate, conv.form())
 
 
-@functools.lru_cache(maxsize=32)
-def _epoch(key: _Key, strategy, mesh, donate: bool, layers: str):
+def _epoch_program(key: _Key, strategy, mesh, donate: bool, layers: str):
     program = strategies.epoch_program(make_train(key.config).run_epoch, strategy)
     if mesh is not None and strategy != strategies.VMAP:
         seeds = PartitionSpec(scale.SEED_AXIS)
@@ -102,6 +104,9 @@ def _epoch(key: _Key, strategy, mesh, donate: bool, layers: str):
         program = jax.shard_map(program, mesh=mesh, in_specs=(seeds, PartitionSpec()), out_specs=seeds,
                                 check_vma=False)
     return jax.jit(program, donate_argnums=0 if donate else ())
+
+
+_epoch = functools.lru_cache(maxsize=32)(_epoch_program)
 
 
 def initial_states(config: TrainConfig, data, seeds, lanes: Settings, mesh):
