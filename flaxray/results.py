@@ -141,11 +141,17 @@ def curves_rows(histories: Mapping[str, Mapping[str, np.ndarray]], seeds: Mappin
 
 def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None = None,
                      diverged: Mapping[str, Sequence[int]] | None = None,
-                     extra: Mapping[str, Mapping[str, float | None]] | None = None) -> Path:
-    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`),
-    the epoch the seed diverged in (`diverged[arch][s]`, empty when it did not) and, after them, one
-    column per `extra` setting (e.g. {"dropout": {arch: rate}}; empty for None)."""
-    lr = {a: repr(float(lrs[a])) if lrs and a in lrs else "" for a in histories}
+                     extra: Mapping[str, Mapping[str, float | None]] | None = None,
+                     stopped: Mapping[str, Sequence[int]] | None = None) -> Path:
+    """One row per (arch, seed, epoch, split, metric), plus the group's learning rate (`lrs[arch]`: one
+    rate, or one per epoch under a schedule), the epoch the seed diverged in (`diverged[arch][s]`, empty
+    when it did not), with early stopping the epoch it stopped after (`stopped[arch][s]`; its rows end
+    there, as a Keras History does) and, after them, one column per `extra` setting (e.g. {"dropout":
+    {arch: rate}}; empty for None)."""
+    epochs = {a: np.shape(next(iter(h.values())))[-1] for a, h in histories.items()}
+    lr = {a: [repr(float(r)) for r in np.broadcast_to(np.asarray(lrs[a], float), (epochs[a],))] if lrs and a in lrs
+          else [""] * epochs[a] for a in histories}
+    ended = {a: {int(s): int(e) for s, e in zip(seeds[a], stopped[a])} for a in histories} if stopped else None
     died = {}  # arch -> seed -> the epoch it diverged in, or ""
     for a in histories:
         epochs = (diverged or {}).get(a, [0] * len(seeds[a]))
@@ -155,15 +161,19 @@ def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None 
 
     def write(f):
         out = csv.writer(f)
-        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch", *(extra or {})])
-        out.writerows((a, s, e, sp, m, repr(v), lr[a], died[a][s], *more[a])
-                      for a, s, e, sp, m, v in curves_rows(histories, seeds))
+        stop = ["stopped_epoch"] if ended else []
+        out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch", *stop, *(extra or {})])
+        out.writerows((a, s, e, sp, m, repr(v), lr[a][e - 1], died[a][s],
+                       *([str(ended[a][s]) if ended[a][s] else ""] if ended else []), *more[a])
+                      for a, s, e, sp, m, v in curves_rows(histories, seeds)
+                      if not ended or not ended[a][s] or e <= ended[a][s])
 
     return _atomic_write(path, write)
 
 
-def read_curves_csv(path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[int]]]:
-    """Inverse of `write_curves_csv`: Keras-style histories (S, E) and the seeds of each arch."""
+def read_curves_csv(path, epochs: int | None = None) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[int]]]:
+    """Inverse of `write_curves_csv`: Keras-style histories (S, E) and the seeds of each arch; the epochs a
+    seed has no row for (it stopped early) NaN, up to `epochs` (default: the last epoch of any row)."""
     cells: dict = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -175,9 +185,9 @@ def read_curves_csv(path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, l
     for arch, metrics in cells.items():
         any_metric = next(iter(metrics.values()))
         seeds[arch] = sorted({s for s, _ in any_metric})
-        epochs = max(e for _, e in any_metric)
+        last = epochs or max(e for _, e in any_metric)
         histories[arch] = {
-            key: np.array([[values[s, e] for e in range(1, epochs + 1)] for s in seeds[arch]])
+            key: np.array([[values.get((s, e), np.nan) for e in range(1, last + 1)] for s in seeds[arch]])
             for key, values in metrics.items()
         }
     return histories, seeds

@@ -15,6 +15,7 @@ from flaxray.core import settings
 from flaxray.core.config import DTYPES
 from flaxray.core.randomness import FLOOR, SOURCES
 from flaxray.study.study import MAX_SEEDS, recorded_study
+from studies import _recipe
 
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
@@ -44,11 +45,11 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per seed")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size per seed")
     for name, field in settings.FIELDS.items():  # every per-lane setting, each crossed with the seeds
-        p.add_argument(field.flag, type=float, nargs="+", default=None, metavar=field.label.upper(),
+        p.add_argument(field.flag, type=field.parse, nargs="+", default=None, metavar=field.label.upper(),
                        help=field.help + settings.CROSSED.format(label=field.label))
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "
-                   f"({', '.join(SOURCES)}); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
+                   f"({', '.join(SOURCES)}; augment only with --augment); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
                    "nudges each seed's initial parameters by one ulp (with the rest shared: the noise floor)")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                    help="'balanced' weighs each class's loss by n / (C n_class) for C classes, as sklearn and Keras users do")
@@ -64,6 +65,7 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
                    "this study's epoch in each from timed short runs here and takes the simplest of the fastest "
                    "within the noise, remembered per machine in the cache folder with the epoch it then took "
                    "(default: $FLAXRAY_STRATEGY, else auto). Recorded; a resume keeps the one the run started with")
+    _recipe.add_recipe_args(p)
 
 
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
@@ -122,7 +124,7 @@ def study_spec(args, archs, kind: str, **fields):
     grid = {name: tuple(getattr(args, name)) for name in settings.FIELDS if getattr(args, name) is not None}
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), settings=grid,
                  epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
-                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, **fields)
+                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, recipe=_recipe.recipe(args), **fields)
 
 
 def given_flags(parser, argv) -> dict:
@@ -254,6 +256,8 @@ def main(run, parser, argv=None) -> int:
                 print(f"{args.resume} holds a complete study; nothing to resume")
                 return 0
             args = resumed
+        if hasattr(args, "recipe") and not getattr(args, "resume", None):
+            _recipe.apply_preset(args, given_flags(parser, args.argv))
         run(args)
     except FlaxrayError as err:
         print(f"error: {err}", file=sys.stderr)

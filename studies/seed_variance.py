@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> Path:
+    from flaxray.analysis import stopping
     from flaxray.analysis.study import settle_sentence
     from flaxray.report.table import format_summary_table, luck_lines, variance_lines
     from flaxray.report.study import format_diverged
@@ -52,7 +53,7 @@ def run(args) -> Path:
     print(format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
 
     for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),
-                 *variance_lines(result.analysis)]:
+                 *variance_lines(result.analysis), *stopping.lines(result.analysis)]:
         if line:
             print(line)
     if diverged := format_diverged(result.record["diverged"]):

@@ -27,10 +27,14 @@ def _per_seed_best(curves: np.ndarray, lower_is_better: bool) -> np.ndarray:
     return np.where(np.isfinite(best), best, np.nan)
 
 
-def per_seed(history: Mapping[str, np.ndarray], key: str, kind: str, lower_is_better: bool) -> np.ndarray:
-    """One value per seed from curves (S, E): the last epoch ("final") or the best epoch ("best")."""
+def per_seed(history: Mapping[str, np.ndarray], key: str, kind: str, lower_is_better: bool,
+             final_epoch=None) -> np.ndarray:
+    """One value per seed from curves (S, E): the final epoch ("final": the last, or `final_epoch[s]`
+    (1-based), the model a seed ends with under early stopping or model selection) or the best ("best")."""
     curves = np.atleast_2d(np.asarray(history[key], dtype=float))
-    return curves[:, -1] if kind == "final" else _per_seed_best(curves, lower_is_better)
+    if kind != "final":
+        return _per_seed_best(curves, lower_is_better)
+    return curves[:, -1] if final_epoch is None else curves[np.arange(len(curves)), np.asarray(final_epoch) - 1]
 
 
 def val_metrics(history: Mapping[str, np.ndarray]) -> list[metrics.Entry]:
@@ -45,20 +49,20 @@ def summary_keys(history: Mapping[str, np.ndarray]) -> list[tuple[str, metrics.E
     return [(f"{kind}_val_{e.name}", e, kind) for e in val_metrics(history) for kind in ("final", "best")]
 
 
-def per_seed_values(history: Mapping[str, np.ndarray], *, diverged=None) -> dict[str, np.ndarray]:
+def per_seed_values(history: Mapping[str, np.ndarray], *, diverged=None, final_epoch=None) -> dict[str, np.ndarray]:
     """{summary key: per-seed values (S,)} for every registry metric of the history; `diverged` (S,)
     bool seeds are NaN on every metric (a NaN loss can leave a finite but meaningless accuracy behind)."""
     out = {}
     for key, e, kind in summary_keys(history):
         if np.atleast_2d(np.asarray(history[f"val_{e.name}"])).shape[1] == 0:
             continue
-        values = per_seed(history, f"val_{e.name}", kind, e.lower_is_better)
+        values = per_seed(history, f"val_{e.name}", kind, e.lower_is_better, final_epoch)
         out[key] = values if diverged is None else np.where(np.asarray(diverged, bool), np.nan, values)
     return out
 
 
 def summarize(history: Mapping[str, np.ndarray], *, diverged=None, confidence: float = 0.95,
-              seed: int = 0) -> dict[str, dict]:
+              seed: int = 0, final_epoch=None) -> dict[str, dict]:
     """The one per-architecture summary over seeds of a History {key: (S, E)}: {key: `describe`}.
 
     For every registry metric m with a `val_<m>` curve: `final_val_<m>` (the last epoch) and
@@ -68,7 +72,7 @@ def summarize(history: Mapping[str, np.ndarray], *, diverged=None, confidence: f
     non-finite on everything. Missing metrics are skipped.
     """
     out: dict[str, dict] = {}
-    values = per_seed_values(history, diverged=diverged)
+    values = per_seed_values(history, diverged=diverged, final_epoch=final_epoch)
     for key, e, _ in summary_keys(history):
         if key in values:
             out[key] = describe(values[key], lower_is_better=e.lower_is_better, confidence=confidence, seed=seed)

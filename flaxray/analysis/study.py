@@ -23,8 +23,19 @@ TOTAL = "all"  # the decomposition's run where every source of randomness varies
 FLOOR = "ulp"  # the decomposition's run where only a one-ulp nudge of the initial parameters varies (train.FLOOR)
 
 
-def _final_val_loss(history) -> np.ndarray:
-    return ranking.per_seed(history, "val_loss", "final", lower_is_better=True)
+def _held(history, stopped) -> dict:
+    """For the diagnosis: a seed that stopped early (`stopped[s]`, 1-based; 0: it did not) holds its
+    stop epoch's values to the end (its curves end there; NaN would read as diverged)."""
+    if stopped is None or not np.any(stopped):
+        return history
+    stopped = np.asarray(stopped)
+    epochs = np.arange(len(next(iter(history.values()))[0]))
+    take = np.where((stopped[:, None] > 0) & (epochs[None, :] >= stopped[:, None]), stopped[:, None] - 1, epochs[None, :])
+    return {k: np.take_along_axis(np.asarray(v, float), take, axis=1) for k, v in history.items()}
+
+
+def _final_val_loss(history, final_epoch=None) -> np.ndarray:
+    return ranking.per_seed(history, "val_loss", "final", lower_is_better=True, final_epoch=final_epoch)
 
 
 def seed_percentiles(values, lower_is_better: bool = True) -> np.ndarray:
@@ -102,7 +113,8 @@ def setting_shares(values, *, confidence: float = 0.95, n_resamples: int = 2000,
 def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: float = float(np.log(2)),
             decomposition: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
             confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS,
-            seeds: Mapping[str, Sequence[int]] | None = None, settings: Mapping[str, Mapping] | None = None) -> dict:
+            seeds: Mapping[str, Sequence[int]] | None = None, settings: Mapping[str, Mapping] | None = None,
+            final_epochs: Mapping[str, np.ndarray] | None = None, stopped: Mapping[str, np.ndarray] | None = None) -> dict:
     """Everything the report shows, as plain data (numpy arrays and floats).
 
     Works for any class count: everything per metric comes from the registry (`flaxray.analysis.metrics`).
@@ -117,17 +129,21 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     luck {arch: {seed: percentile of its final val loss among the arch's seeds}} (`seeds` names them;
     default 0..S-1) and settle (`seeds_to_settle` of the first two archs of the ranking).
     `settings` {arch: {"varies": "dropout", "groups": [group names, one per setting]}} (the groups of
-    one unit, same seeds) adds settings {arch: `setting_shares` + varies}.
+    one unit, same seeds) adds settings {arch: `setting_shares` + varies}. `final_epochs` {arch: (S,)}:
+    the epoch whose model each seed ends with (early stopping, model selection; default the last);
+    `stopped` {arch: (S,)}: the epoch each seed stopped after (0: it did not).
     """
+    final_epochs, stopped = final_epochs or {}, stopped or {}
     if not histories:
         raise FlaxrayError("no architecture to analyse")
     diagnosis, summary, values = {}, {}, {}
     for arch, history in histories.items():
-        labels, measures = diagnose.diagnose(history, baseline=baseline, thresholds=thresholds)
+        final = final_epochs.get(arch)
+        labels, measures = diagnose.diagnose(_held(history, stopped.get(arch)), baseline=baseline, thresholds=thresholds)
         diverged = labels == "diverged"
         diagnosis[arch] = {"labels": list(labels), "fractions": diagnose.fractions(labels), "measures": measures}
-        summary[arch] = ranking.summarize(history, diverged=diverged, confidence=confidence)
-        values[arch] = ranking.per_seed_values(history, diverged=diverged)
+        summary[arch] = ranking.summarize(history, diverged=diverged, confidence=confidence, final_epoch=final)
+        values[arch] = ranking.per_seed_values(history, diverged=diverged, final_epoch=final)
 
     ranked = ranking.rank(summary)
     order = [r["arch"] for r in ranked]
@@ -165,7 +181,7 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
         }
     if settings:
         out["settings"] = {arch: {"varies": d["varies"], "groups": list(d["groups"]), **setting_shares(
-            [_final_val_loss(histories[g]) for g in d["groups"]], confidence=confidence)} for arch, d in settings.items()}
+            [_final_val_loss(histories[g], final_epochs.get(g)) for g in d["groups"]], confidence=confidence)} for arch, d in settings.items()}
     out["verdict"] = verdict(out)
     return out
 

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxray import models
-from flaxray.core.randomness import DRAWN_BY_ALL, FLOOR, SOURCES
+from flaxray.core.randomness import AUGMENT, DRAWN_BY_ALL, FLOOR, SOURCES
+from flaxray.core.recipe import Recipe
+from flaxray.core.schedules import Schedule
 from flaxray.errors import FlaxrayError
 
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
@@ -33,6 +35,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     dtype: str = "float32"  # compute dtype of activations and matmuls (`DTYPES`)
     num_classes: int = 2  # 2: one logit, sigmoid; 3 or more: one logit per class, softmax
+    recipe: Recipe = Recipe()  # the optimizer, schedule, augmentation, early stopping's monitor, ...
 
     def __post_init__(self):
         models.check_arch(self.arch)  # unknown names and bad spec strings fail here, before any work
@@ -46,6 +49,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.recipe.schedule, Schedule):
+            self.recipe.schedule.check(self.epochs)
         if self.dtype not in DTYPES:
             raise FlaxrayError(f"--dtype: unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
 
@@ -54,16 +59,21 @@ class TrainConfig:
         """The sources of randomness this program draws from: every program draws init, dropout and order
         (and the ulp floor's coin flips when asked). A source only some programs draw (augmentation, say)
         joins here where its setting turns it on."""
-        return DRAWN_BY_ALL + ((FLOOR,) if FLOOR in self.vary else ())
+        return DRAWN_BY_ALL + ((AUGMENT,) if self.recipe.augment else ()) + ((FLOOR,) if FLOOR in self.vary else ())
 
     def record(self) -> dict:
         """The config as JSON-able plain values; `vary` names the sources that vary among those the program
-        draws, so a source added later changes no record of a program that does not draw it."""
-        return {**dataclasses.asdict(self), "vary": [s for s in self.vary if s in self.drawn]}
+        draws, so a source added later changes no record of a program that does not draw it; the recipe,
+        expanded, only when it is not the default (a config of before the recipe existed reads the same)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipe"}
+        out["vary"] = [s for s in self.vary if s in self.drawn]
+        return out if self.recipe.is_default() else {**out, "recipe": self.recipe.record()}
 
     @classmethod
     def from_record(cls, record: dict) -> "TrainConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+        record = dict(record)
+        recipe = Recipe.from_record(record.pop("recipe", None))
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}, recipe=recipe)
 
     @property
     def epoch_key(self) -> tuple:

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 DRAWN_BY_ALL = ("init", "dropout", "order")  # what every program draws from
-SOURCES = DRAWN_BY_ALL  # the named sources `vary` chooses among (a source only some programs draw joins here)
+AUGMENT = "augment"  # drawn only by a program that augments (`Recipe.augment`)
+SOURCES = (*DRAWN_BY_ALL, AUGMENT)  # the named sources `vary` chooses among
 # Not a source of randomness but a probe of chaos: with "ulp" in `vary`, every initial parameter moves one
 # ulp up or down (a coin flip per element from the seed), so a run varying only it measures how far
 # float rounding alone spreads the seeds: the numerical-noise floor (Summers & Dinneen, ICML 2021).

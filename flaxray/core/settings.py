@@ -33,6 +33,8 @@ class Settings(NamedTuple):
     lr: Any = 1e-3  # the learning rate
     dropout: Any = None  # replaces every Dropout layer's rate (None: the arch's own)
     weight_decay: Any = None  # Keras's decoupled weight decay (AdamW)
+    momentum: Any = None  # SGD's and RMSprop's momentum (None: the optimizer's Keras default)
+    patience: Any = None  # early stopping's patience in epochs (inf: "none", no early stopping in this lane)
 
 
 def check_rate(value, flag: str, *, low: float = 0.0, high: float | None = None, low_ok: bool = True) -> None:
@@ -52,13 +54,16 @@ class Field:
     off: Any  # the value that leaves it out of the program; `ALWAYS`: always in it
     check: Callable[[Any], None]
     help: str  # the flag's --help
+    parse: Callable[[str], Any] = float  # a command-line value
+    text: Callable[[Any], str] | None = None  # a value in group names (default: `label`)
 
 
 ALWAYS = object()
 CROSSED = " Several values are crossed with the seeds (and the other settings) in one vmapped program, groups NAME@{label}=VALUE."
 FIELDS = {
     "lr": Field("--lr", "lr", "the learning rate", ALWAYS, lambda v: check_rate(v, "--lr", low_ok=False),
-                "Adam's learning rate (Keras's Adam, epsilon 1e-7; default 1e-3)."),
+                "the learning rate of --optimizer (its peak under a --schedule); default 1e-3 for every optimizer, "
+                "where Keras's own defaults differ (SGD 0.01)."),
     "dropout": Field("--dropout", "dropout", "dropout", None, lambda v: check_rate(v, "--dropout", high=1.0),
                      "replace the rate of every Dropout layer (and dense block) of each arch, 0 <= RATE < 1 (default: "
                      "each layer's own rate); with several, the variance of final val loss is split into the "
@@ -66,8 +71,24 @@ FIELDS = {
     "weight_decay": Field("--weight-decay", "wd", "weight decay", 0.0, lambda v: check_rate(v, "--weight-decay"),
                           "decoupled weight decay as Keras's AdamW applies it (every weight -= weight * WD * lr "
                           "before each Adam step; default 0: plain Adam)."),
+    "momentum": Field("--momentum", "momentum", "momentum", None, lambda v: check_rate(v, "--momentum", high=1.0),
+                      "momentum of --optimizer sgd or rmsprop, 0 <= M < 1 (default: Keras's, 0)."),
+    "patience": Field("--early-stopping", "es", "early stopping", None, lambda v: check_patience(v),
+                      "stop each seed on its own once --monitor has not improved by --min-delta for PATIENCE epochs "
+                      "(Keras's EarlyStopping; the seed is then frozen and its curves end there); 'none' trains "
+                      "without, so '--early-stopping none 3' asks whether early stopping changes the ranking, on "
+                      "the same seeds (default: none).",
+                      parse=lambda text: math.inf if text == "none" else float(text),
+                      text=lambda v: "none" if v == math.inf else f"{int(v)}"),
 }
 assert tuple(FIELDS) == Settings._fields
+
+
+def check_patience(value) -> None:
+    """A patience is a whole number of epochs >= 0, or inf ("none")."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0
+    if not ok or (value != math.inf and value != int(value)):
+        raise FlaxrayError(f"--early-stopping takes whole numbers of epochs >= 0 or 'none', got {value!r}")
 
 
 def normalize(grid: Mapping[str, Sequence] | None = None) -> dict[str, tuple]:
@@ -81,6 +102,7 @@ def normalize(grid: Mapping[str, Sequence] | None = None) -> dict[str, tuple]:
         default = getattr(Settings(), name)
         values = grid.get(name, (field.off if field.off is not ALWAYS else default,))
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+        values = tuple(field.parse(v) if isinstance(v, str) else v for v in values)  # a record's "none"
         if not values or len(set(values)) < len(values):
             raise FlaxrayError(f"{field.flag} lists a value twice (or none): {' '.join(map(str, values))}")
         for v in values:
@@ -122,12 +144,13 @@ def group_name(name: str, settings: Settings, fields: Sequence[str]) -> str:
     """`NAME`, or `NAME@` and the values of `fields` (those that vary): `pyramid@lr=3e-4,wd=1e-4`."""
     if not fields:
         return name
-    return f"{name}@" + ",".join(f"{FIELDS[f].label}={label(getattr(settings, f))}" for f in fields)
+    return f"{name}@" + ",".join(f"{FIELDS[f].label}={(FIELDS[f].text or label)(getattr(settings, f))}" for f in fields)
 
 
 def record(grid: Mapping[str, tuple]) -> dict[str, list]:
     """The grid as JSON, every field at its `off` left out, so that a setting added later changes no record."""
-    return {n: list(grid[n]) for n, f in FIELDS.items() if f.off is ALWAYS or grid[n] != (f.off,)}
+    return {n: ["none" if v == math.inf else v for v in grid[n]] for n, f in FIELDS.items()
+            if f.off is ALWAYS or grid[n] != (f.off,)}  # JSON has no inf
 
 
 def stack(lanes: Sequence[Settings]) -> Settings:

@@ -33,8 +33,11 @@ import optax
 from flaxray import models
 from flaxray.core.config import DeviceData, TrainConfig, check_batch_size
 from flaxray.core.counts import counts_type
-from flaxray.core.optim import keras_adam, keras_weight_decay, with_lr
-from flaxray.core.randomness import FLOOR, SOURCES, nudge_one_ulp, seed_keys, source_key
+from flaxray.core import augment as augmentation
+from flaxray.core import optim
+from flaxray.core.optim import keras_weight_decay, with_lr
+from flaxray.core.randomness import FLOOR, nudge_one_ulp, seed_keys, source_key
+from flaxray.core.schedules import Schedule, factor
 from flaxray.core.settings import Settings
 from flaxray.models import LOGITS, PROBABILITIES, Variables
 
@@ -51,6 +54,11 @@ class SeedState(NamedTuple):
     settings: Settings  # this lane's settings; a field not in the program is None
     epoch: jax.Array  # epochs done
     diverged: jax.Array  # 0 while healthy, else the epoch (1-based) in which the seed stopped updating
+    # Early stopping and model selection, decided on the host between epochs as Keras's callbacks are
+    # (`flaxray.runtime.stopping`); None where the program has none, so its state is that of before.
+    stopped: Any = None  # 0 while training, else the epoch (1-based) after which early stopping froze it
+    best: Any = None  # `Variables` of the monitor's best epoch so far (`Recipe.restore_best`)
+    keep: Any = None  # True: the variables this state holds now are the new best (set by the host)
 
     @property
     def variables(self) -> Variables:
@@ -95,7 +103,11 @@ def make_train(config: TrainConfig) -> Trainer:
       A `Trainer` (init, run_epoch, train, evaluate, predict): `jax.vmap` them over seeds (and their
       `Settings`), `jax.jit` the result.
     """
-    tx = keras_adam()
+    recipe = config.recipe
+    tx = (optim.keras_optimizer(recipe.optimizer, nesterov=recipe.nesterov) if isinstance(recipe.optimizer, str)
+          else optax.inject_hyperparams(recipe.optimizer)(learning_rate=1e-3))
+    scheduled = not (isinstance(recipe.schedule, Schedule) and recipe.schedule.is_default())
+    smoothing = recipe.label_smoothing
     class_weight = jnp.asarray(config.class_weight or (1.0,) * config.num_classes, jnp.float32)
     binary = config.num_classes == 2
     Counts = counts_type(config.num_classes)
@@ -104,6 +116,8 @@ def make_train(config: TrainConfig) -> Trainer:
         return models.model(config.arch, x.shape[1:], dtype=config.dtype, num_classes=config.num_classes)
 
     def sample_losses(outputs, y, output=LOGITS):
+        if smoothing:  # Keras's label_smoothing, in the loss it logs for train and val alike
+            return smoothed_losses(outputs, y, output)
         if output == PROBABILITIES:  # Keras's cross-entropy of probabilities, clipped to [eps, 1 - eps]
             if binary:
                 p = jnp.clip(outputs, EPSILON, 1 - EPSILON)
@@ -114,6 +128,26 @@ def make_train(config: TrainConfig) -> Trainer:
             return optax.sigmoid_binary_cross_entropy(outputs, y)
         return optax.softmax_cross_entropy_with_integer_labels(outputs, y.astype(jnp.int32))
 
+    def smoothed_losses(outputs, y, output):
+        """Cross-entropy against labels moved towards uniform: y (1 - e) + e / 2 (binary), one-hot (1 - e) + e / C."""
+        if binary:
+            target = y * (1 - smoothing) + 0.5 * smoothing
+            if output == PROBABILITIES:
+                p = jnp.clip(outputs, EPSILON, 1 - EPSILON)
+                return -(target * jnp.log(p) + (1 - target) * jnp.log(1 - p))
+            return optax.sigmoid_binary_cross_entropy(outputs, target)
+        target = jax.nn.one_hot(y.astype(jnp.int32), config.num_classes) * (1 - smoothing) + smoothing / config.num_classes
+        if output == PROBABILITIES:
+            p = jnp.clip(outputs / jnp.sum(outputs, axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
+            return -jnp.sum(target * jnp.log(p), axis=-1)
+        return optax.softmax_cross_entropy(outputs, target)
+
+    def rate(lr, step, steps):
+        """The lane's rate at global optimizer step `step`: `lr` times the schedule's multiplier."""
+        if not scheduled:
+            return lr
+        return lr * factor(recipe.schedule, step, steps, config.epochs)
+
     def measure(counts, model, outputs, y, mask, losses=None):
         """`counts` plus this batch (its per-sample `losses`, else computed here)."""
         losses = sample_losses(outputs, y, model.output) if losses is None else losses
@@ -123,7 +157,7 @@ def make_train(config: TrainConfig) -> Trainer:
         """`variables`: the initial variables a kind of model made on the host (else `model.init` of the
         seed's init key)."""
         settings = lane_settings(settings)
-        keys = seed_keys(seed, SOURCES, config.vary, config.shared_seed)
+        keys = seed_keys(seed, [s for s in config.drawn if s != FLOOR], config.vary, config.shared_seed)
         if variables is None:
             variables = model_of(data.x_train).init(keys.pop("init"))
         keys.pop("init", None)
@@ -131,7 +165,10 @@ def make_train(config: TrainConfig) -> Trainer:
         if FLOOR in config.vary:  # its own key: the other sources' draws are those of a run without it
             params = nudge_one_ulp(params, source_key(seed, FLOOR, config.vary))
         opt_state = with_lr(tx.init(params), settings.lr)
-        return SeedState(params, variables.state, opt_state, keys, settings, jnp.int32(0), jnp.int32(0))
+        stopped = None if settings.patience is None else jnp.int32(0)
+        best, keep = (Variables(params, variables.state), jnp.bool_(False)) if recipe.restore_best else (None, None)
+        return SeedState(params, variables.state, opt_state, keys, settings, jnp.int32(0), jnp.int32(0),
+                         stopped, best, keep)
 
     def loss_fn(params, model_state, x, y, key, settings):
         model = model_of(x)
@@ -169,24 +206,35 @@ def make_train(config: TrainConfig) -> Trainer:
         order = jax.random.permutation(jax.random.fold_in(state.keys["order"], state.epoch), n)
         order = order[: steps * size].reshape(steps, size)
         epoch_key = jax.random.fold_in(state.keys["dropout"], state.epoch)
+        if recipe.augment:
+            augment_key = jax.random.fold_in(state.keys["augment"], state.epoch)
+        best = state.best
+        if best is not None:  # the variables this epoch starts from are the best so far: keep a copy
+            best = jax.tree.map(lambda new, old: jnp.where(state.keep, new, old), state.variables, best)
 
         alive = state.diverged == 0  # a stopped seed stays as it is: no update, whatever its gradients
+        if state.stopped is not None:
+            alive &= state.stopped == 0
         lr, decay = state.settings.lr, state.settings.weight_decay
         step_lr = jnp.where(alive, lr, 0)
+        hyper = {} if state.settings.momentum is None else {"momentum": state.settings.momentum}
 
         def step(carry, inputs):
             params, model_state, opt_state, counts = carry
             i, idx = inputs
             x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
+            if recipe.augment:  # float32 in [0, 255]: the models rescale whatever they are given
+                x = augmentation.apply(recipe.augment, jax.random.fold_in(augment_key, i), x.astype(jnp.float32))
+            lr_i = rate(step_lr, state.epoch * steps + i, steps)
             grads, (losses, outputs, new_model_state) = jax.grad(loss_fn, has_aux=True)(
                 params, model_state, x, y, jax.random.fold_in(epoch_key, i), state.settings
             )
             # `alive` is known before the epoch, so these selects fuse into Adam's elementwise passes (a
             # zero gradient at rate 0 leaves the parameters exactly as they were).
             grads = jax.tree.map(lambda g: jnp.where(alive, g, 0), grads)
-            updates, opt_state = tx.update(grads, with_lr(opt_state, step_lr), params)
+            updates, opt_state = tx.update(grads, optim.with_hyperparams(opt_state, learning_rate=lr_i, **hyper), params)
             if decay is not None:  # Keras's AdamW: decay the weights, then Adam's step
-                params = keras_weight_decay(params, decay, step_lr)
+                params = keras_weight_decay(params, decay, lr_i)
             params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
             model_state = jax.tree.map(lambda new, old: jnp.where(alive, new, old), new_model_state, model_state)
             return (params, model_state, opt_state, measure(counts, model_of(x), outputs, y, jnp.ones_like(y), losses)), None
@@ -203,12 +251,14 @@ def make_train(config: TrainConfig) -> Trainer:
         # step cost ~25 % of a step on XLA:CPU (a reduction over every gradient before Adam could start).
         healthy = all_finite((params, model_state, opt_state, train_counts.loss_sum))
         newly = alive & ~healthy
-        params, model_state, opt_state = jax.tree.map(lambda old, new: jnp.where(newly, old, new), start,
+        # A lane that was not alive ends the epoch exactly as it began it, whatever the optimizer would
+        # have done with a zero gradient (moments decay, a schedule's rate): frozen, bit for bit.
+        params, model_state, opt_state = jax.tree.map(lambda old, new: jnp.where(newly | ~alive, old, new), start,
                                                       (params, model_state, opt_state))
         val_counts = evaluate(Variables(params, model_state), data.x_val, data.y_val, data.val_mask)
         diverged = jnp.where(newly, state.epoch + 1, state.diverged)
         state = state._replace(params=params, model_state=model_state, opt_state=opt_state, epoch=state.epoch + 1,
-                               diverged=diverged)
+                               diverged=diverged, best=best, keep=None if best is None else jnp.bool_(False))
         return state, {"train": train_counts, "val": val_counts}
 
     def train(seed, data: DeviceData, settings: Settings | None = None):

@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from flaxray import results
+from flaxray.analysis.stopping import lines as stop_lines
 from flaxray.analysis import diagnose, metrics, ranking
 from flaxray.report import estimate_plots, plots
 from flaxray.analysis.study import settle_sentence
@@ -187,6 +188,15 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
         for arch, d in analysis["settings"].items():
             doc.para(setting_sentence(f"`{arch}`", d["varies"], d) + " (groups: "
                      + ", ".join(f"`{g}`" for g in d["groups"]) + ").")
+
+    if "stopping" in analysis:
+        doc.heading(2, "Early stopping and model selection")
+        doc.para("Each seed stopped on its own, with Keras's EarlyStopping semantics (`flaxray/runtime/stopping.py`); "
+                 "its curves end at its stop epoch, and its final values are those of the model it ends with (the "
+                 "best epoch's with --restore-best). Groups that differ only in their patience trained the same seeds, "
+                 "so they are compared seed by seed.")
+        for line in stop_lines(analysis):
+            doc.para(line)
 
     doc.heading(2, "Diagnosis per seed")
     t = analysis["thresholds"]

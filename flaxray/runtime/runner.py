@@ -29,7 +29,7 @@ from flaxray.core.counts import counts_type
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from flaxray.models import Variables
-from flaxray.runtime import checkpoint, hosts, plan as plans, programs, scale
+from flaxray.runtime import checkpoint, hosts, plan as plans, programs, scale, stopping
 from flaxray.runtime.checkpoint import DEFAULT_EVERY
 
 
@@ -195,6 +195,10 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
             states, done = saver.restore(states, template)
             epochs = [{s: {k: v[:, e] for k, v in c.items()} for s, c in done.items()}
                       for e in range(saver.latest())]
+    watch = stopping.watch(config, lanes.patience)
+    finished = False  # every seed stopped early: nothing left to train
+    if watch is not None and epochs:  # resumed: the decisions so far, from the curves so far
+        states, finished = watch.after_epoch(states, history_from_counts(_stack(epochs), class_names), n)
     start, began, timed = len(epochs), time.monotonic(), []
     last_save, saving, saves, stop = began, 0.0, 0, False
     try:
@@ -203,6 +207,8 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
             disable=not progress,
         ) as bar:
             for epoch in bar:
+                if finished:
+                    break
                 began_epoch = time.monotonic()  # the program alone, as the strategy probe times it
                 states, counts = jax.block_until_ready(run_epoch(states, data))
                 timed.append(time.monotonic() - began_epoch)
@@ -211,9 +217,11 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
                 if progress:  # the curves themselves are computed once, at the end, from every epoch's statistics
                     val = history_from_counts(epochs[-1], class_names)["val_loss"]
                     bar.set_postfix(val_loss=f"{np.mean(val):.4f}", seeds=n, diverged=died)
+                if watch is not None:
+                    states, finished = watch.after_epoch(states, history_from_counts(_stack(epochs), class_names), n)
                 stop = saver is not None and hosts.anyone(interrupted())  # every process stops after the same epoch
                 due = saver is not None and (
-                    every_epochs and (epoch + 1) % every_epochs == 0 or epoch + 1 == config.epochs or stop
+                    every_epochs and (epoch + 1) % every_epochs == 0 or epoch + 1 == config.epochs or stop or finished
                     or every_s and hosts.agree(time.monotonic() - last_save >= every_s))  # process 0's clock
                 if due:
                     before = time.monotonic()
@@ -234,12 +242,17 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
         spent = time.monotonic() - began
         print(f"{desc}: {saves} checkpoint{'s' * (saves > 1)} held training up for {saving:.1f} s, {saving / spent:.0%} "
               f"of its {spent:.0f} s (host copies; the writes ran beside training)", flush=True)
+    if config.recipe.restore_best:  # Keras restores the best epoch's weights at the end, stopped or not
+        states = stopping.restore_best(states)
     states = hosts.gather(states)  # several processes: each holds only its seeds; numpy on every process
     if len(padded) > n:
         states = jax.tree.map(lambda a: a[:n], states)
-    history = history_from_counts(_stack(epochs), class_names)
-    return Chunk(states, mask_diverged(history, np.asarray(states.diverged)), saves, saving, stop,
-                 min(timed[1:], default=None))
+    history = mask_diverged(history_from_counts(_stack(epochs), class_names), np.asarray(states.diverged))
+    if states.stopped is not None:
+        history = stopping.mask_stopped(history, np.asarray(states.stopped))
+    history = {k: np.pad(v, ((0, 0), (0, config.epochs - v.shape[1])), constant_values=np.nan)  # stopped early
+               for k, v in history.items()}
+    return Chunk(states, history, saves, saving, stop, min(timed[1:], default=None))
 
 
 def variables_of(states) -> Variables:

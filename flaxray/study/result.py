@@ -11,13 +11,15 @@ from typing import Any, Mapping
 
 from flaxray import results
 from flaxray.analysis import compare, diagnose
+from flaxray.analysis import stopping as stop_analysis
+from flaxray.analysis.ranking import RANK_KEY
 from flaxray.analysis.study import analyse
 from flaxray.core import settings as settings_grid
 from flaxray.models import param_counts
 from flaxray.runtime.runner import evaluate_seeds, predict
 from flaxray.study import compat
 from flaxray.study.trained import load_folder
-from flaxray.study.units import GROUP_JSON, Group, write_curves
+from flaxray.study.units import GROUP_JSON, Group, stopped_record, write_curves
 
 
 @dataclasses.dataclass
@@ -67,6 +69,22 @@ def settings_of(groups: Mapping[str, Group]) -> dict:
     return out
 
 
+def stopping_analysis(groups: Mapping[str, Group], analysis: Mapping) -> dict:
+    """With early stopping: each group's stop epochs, and, where the patience varies, its effect with
+    the seeds paired (`flaxray.analysis.stopping`)."""
+    watched = {n: g for n, g in groups.items() if g.stopped is not None}
+    if not watched:
+        return {}
+    out = {"stopping": {n: stop_analysis.epochs(g.stopped, g.config.epochs) for n, g in watched.items()}}
+    patience = {n: g.settings.patience for n, g in watched.items()}
+    if len(set(patience.values())) > 1:
+        order = [r["arch"] for r in analysis["ranking"] if r["arch"] in watched]
+        out["early_stopping"] = stop_analysis.effect(
+            {n: analysis["values"][n][RANK_KEY] for n in watched}, {n: g.config.arch for n, g in watched.items()},
+            patience, order)
+    return out
+
+
 def build(out, study, dataset, groups: Mapping[str, Group], decomposition: Mapping, reused: list,
           info: Mapping) -> Result:
     """The study's analysis (and test comparison), with curves.csv and study.json written into `out`."""
@@ -80,7 +98,10 @@ def build(out, study, dataset, groups: Mapping[str, Group], decomposition: Mappi
     weight = next(iter(groups.values())).config.class_weight
     analysis = analyse(histories, baseline=diagnose.baseline_loss(dataset.train.y, weight),
                        decomposition=decomposition or None, confidence=study.confidence,
-                       seeds={n: g.seeds for n, g in groups.items()}, settings=settings_of(groups))
+                       seeds={n: g.seeds for n, g in groups.items()}, settings=settings_of(groups),
+                       final_epochs={n: g.final_epoch for n, g in groups.items() if g.decision is not None},
+                       stopped={n: g.stopped for n, g in groups.items() if g.stopped is not None})
+    analysis.update(stopping_analysis(groups, analysis))
     test = evaluate_test(study, dataset, groups) if study.test else None
     diverged = {n: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for n, g in groups.items()}
     record = {
@@ -90,7 +111,7 @@ def build(out, study, dataset, groups: Mapping[str, Group], decomposition: Mappi
                                                           if v is not None}} for n, g in groups.items()},
         "seeds": list(study.seeds), "environment": results.environment(), "data": dataset.summary,
         "summary": analysis["summary"], "criterion": analysis["criterion"], "ranking": analysis["ranking"],
-        "diverged": diverged, "analysis": analysis, "test": test, "reused": reused,
+        "diverged": diverged, **stopped_record(list(groups.values()), None), "analysis": analysis, "test": test, "reused": reused,
         "train_seconds": {n: g.seconds for n, g in groups.items() if g.seconds is not None},
         "groups": {n: str(g.folder.relative_to(out)) for n, g in groups.items()},
         "programs": programs,

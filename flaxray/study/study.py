@@ -27,6 +27,7 @@ from flaxray.core import settings as settings_grid
 from flaxray.core import strategy as strategies
 from flaxray.core.config import TrainConfig, check_batch_size, check_dropout_settings, device_data
 from flaxray.core.randomness import FLOOR, SOURCES
+from flaxray.core.recipe import Recipe
 from flaxray.errors import FlaxrayError
 from flaxray.report import study as report
 from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped, every
@@ -65,7 +66,9 @@ class Study:
 
     `settings` maps a per-lane setting (`flaxray.core.settings.FIELDS`: lr, dropout, weight_decay) to
     the values crossed with the seeds in one program, e.g. {"lr": (1e-3, 3e-4), "dropout": (0.2, 0.5)};
-    a setting not given takes its default (lr 1e-3; dropout: each layer's own; no weight decay)."""
+    a setting not given takes its default (lr 1e-3; dropout: each layer's own; no weight decay).
+    `recipe` (`flaxray.core.recipe.Recipe`) is how every program trains: optimizer, schedule,
+    augmentation, early stopping's monitor, model selection, label smoothing."""
 
     archs: tuple[str, ...] = ("pyramid",)
     data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
@@ -80,12 +83,16 @@ class Study:
     test: bool = False  # evaluate every seed once on the test split and compare the first two archs there
     confidence: float = 0.95
     kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
+    recipe: Recipe = Recipe()
 
     def __post_init__(self):  # every check of a study, once, before any data is read
         object.__setattr__(self, "archs", tuple(self.archs))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "vary", tuple(self.vary))
         object.__setattr__(self, "settings", settings_grid.normalize(self.settings))
+        if isinstance(self.recipe, Mapping):
+            object.__setattr__(self, "recipe", Recipe.from_record(self.recipe))
+        self.recipe.check(self.epochs, self.settings)
         if not self.archs:
             raise FlaxrayError("a study needs at least one arch")
         if len(set(self.archs)) < len(self.archs):
@@ -96,9 +103,9 @@ class Study:
             raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
         if not 0 < self.confidence < 1:
             raise FlaxrayError(f"--confidence must be between 0 and 1, got {self.confidence}")
-        if self.decompose and (self.n_settings > 1 or set(self.vary) != set(SOURCES)):
-            raise FlaxrayError("--decompose varies each source in turn against a run that varies all, at one "
-                               "setting; drop --vary and give one --lr, --dropout and --weight-decay")
+        if self.decompose and (self.n_settings > 1 or not self.varied):
+            raise FlaxrayError("--decompose varies each source of --vary in turn against a run that varies them "
+                               "all, at one setting; give one value of each setting and at least one source")
         if self.test and len(self.archs) * self.n_settings != 2:
             raise FlaxrayError("a test-set comparison takes two groups: two archs at one setting (one --lr, "
                                "--dropout and --weight-decay)")
@@ -107,17 +114,26 @@ class Study:
             check_dropout_settings(arch, self.settings["dropout"])
 
     @property
+    def varied(self) -> tuple[str, ...]:
+        """The sources that differ between seeds among those the programs draw (augment only with --augment)."""
+        return tuple(s for s in self.vary if s in self.config(self.archs[0], 2).drawn and s != FLOOR)
+
+    @property
     def n_settings(self) -> int:
         return len(settings_grid.cross(self.settings))
 
     def config(self, arch: str, num_classes: int, class_weight=None) -> TrainConfig:
         return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, vary=tuple(self.vary),
-                           dtype=self.dtype, num_classes=num_classes, class_weight=class_weight)
+                           dtype=self.dtype, num_classes=num_classes, class_weight=class_weight, recipe=self.recipe)
 
     def record(self) -> dict:
         """The spec as JSON; `Study.from_record` builds it again (a resume)."""
         spec = dataclasses.asdict(dataclasses.replace(self, data=DataSpec()))
-        spec["settings"] = {k: list(v) for k, v in self.settings.items()}
+        spec["settings"] = settings_grid.record(self.settings)
+        spec["vary"] = [s for s in self.vary if s in self.config(self.archs[0], 2).drawn]
+        spec.pop("recipe")
+        if not self.recipe.is_default():
+            spec["recipe"] = self.recipe.record()
         spec["data"] = (dataclasses.asdict(self.data) if isinstance(self.data, DataSpec)
                         else {"in_memory": True, "source": self.data.summary.get("source")})
         return spec
@@ -210,7 +226,7 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
 def jobs(study: Study) -> list[tuple[str, str | None]]:
     """The units of a study, (arch, source): each arch with every source varied (None), then with
     --decompose each source alone and the numerical-noise floor (`FLOOR`)."""
-    sources = (*SOURCES, FLOOR) if study.decompose else ()
+    sources = (*study.varied, FLOOR) if study.decompose else ()
     return [(a, None) for a in study.archs] + [(a, s) for a in study.archs for s in sources]
 
 

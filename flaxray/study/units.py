@@ -33,7 +33,7 @@ from flaxray.errors import FlaxrayError
 from flaxray.models.conv import form
 from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped
 from flaxray.runtime.plan import PLAN
-from flaxray.runtime import runner
+from flaxray.runtime import runner, stopping
 from flaxray.study import compat
 from flaxray.study.trained import save_trained
 
@@ -56,6 +56,41 @@ class Group:
     folder: Path  # of its unit
     seconds: float | None = None  # of the program it was trained in now (None: read back)
     states: Any = None  # the final per-seed state (leading seed axis) when trained now
+    steps: int | None = None  # optimizer steps per epoch (for the rate a schedule gives each epoch)
+
+    @property
+    def decision(self) -> stopping.Decision | None:
+        """Early stopping's and model selection's decisions (`flaxray.runtime.stopping`), from the curves;
+        None where the program had neither."""
+        recipe, patience = self.config.recipe, self.settings.patience
+        if not recipe.restore_best and patience is None:
+            return None
+        d = stopping.decide(self.history[recipe.monitor], np.inf if patience is None else patience,
+                            min_delta=recipe.min_delta, lower_is_better=recipe.lower_is_better)
+        return d._replace(stopped=np.where(self.diverged > 0, 0, d.stopped))  # a diverged seed did not stop
+
+    @property
+    def stopped(self) -> np.ndarray | None:
+        """(seeds,): the epoch after which each seed stopped early, 0 if it did not; None without early stopping."""
+        return None if self.settings.patience is None else self.decision.stopped
+
+    @property
+    def final_epoch(self) -> np.ndarray:
+        """(seeds,): the epoch (1-based) of the model each seed ends with (restored, stopped or the last)."""
+        d = self.decision
+        if d is None:
+            return np.full(len(self.seeds), self.config.epochs)
+        return stopping.final_epochs(d, self.config.epochs, restore_best=self.config.recipe.restore_best)
+
+    @property
+    def rates(self):
+        """The learning rate of each epoch's last step (epochs,), or the lane's one rate without a schedule."""
+        from flaxray.core.schedules import rate_per_epoch
+
+        schedule = self.config.recipe.schedule
+        if getattr(schedule, "is_default", lambda: False)() or self.steps is None:
+            return self.settings.lr
+        return rate_per_epoch(schedule, self.settings.lr, self.steps, self.config.epochs)
 
     @property
     def params_dir(self) -> Path:
@@ -79,9 +114,20 @@ def write_curves(path, groups: Sequence[Group]) -> Path:
         values = {g.name: getattr(g.settings, field) for g in groups}
         if any(v is not None and v != off for v in values.values()):
             extra[field] = {n: off if v is None else v for n, v in values.items()}
+    stopped = {g.name: g.stopped for g in groups} if any(g.stopped is not None for g in groups) else None
     return results.write_curves_csv(path, {g.name: g.history for g in groups}, {g.name: g.seeds for g in groups},
-                                    lrs={g.name: g.settings.lr for g in groups},
-                                    diverged={g.name: g.diverged for g in groups}, extra=extra)
+                                    lrs={g.name: g.rates for g in groups},
+                                    diverged={g.name: g.diverged for g in groups}, extra=extra, stopped=stopped)
+
+
+def stopped_record(groups: Sequence[Group], steps: int | None) -> dict:
+    """What group.json and study.json add for a recipe: the steps per epoch (a schedule's rates; `steps`
+    None: not recorded) and {group: {seed: the epoch it stopped after}} (early stopping); nothing for
+    the default recipe."""
+    out = {} if groups[0].config.recipe.is_default() or steps is None else {"steps": steps}
+    if any(g.stopped is not None for g in groups):
+        out["stopped"] = {g.name: {int(s): int(e) for s, e in zip(g.seeds, g.stopped) if e} for g in groups}
+    return out
 
 
 def unit_dir(out, arch: str, source: str | None = None) -> Path:
@@ -151,9 +197,9 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     wanted = fingerprint(config, grid, seeds, summary)
     record = finished(folder, wanted)
     if record is not None:
-        histories, _ = results.read_curves_csv(folder / "curves.csv")
-        return [Group(n, config, lane, seeds, histories[n], np.asarray(record["diverged"][n], np.int64), folder)
-                for n, lane in zip(names, lanes)], True
+        histories, _ = results.read_curves_csv(folder / "curves.csv", epochs=config.epochs)
+        return [Group(n, config, lane, seeds, histories[n], np.asarray(record["diverged"][n], np.int64), folder,
+                      steps=record.get("steps")) for n, lane in zip(names, lanes)], True
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     stopped = None
@@ -167,17 +213,17 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     except Stopped as err:  # a Ctrl-C in the last epoch: the unit is finished, and written before stopping
         (states, history), stopped = err.result, err
     seconds = time.perf_counter() - start
-    diverged, groups = np.asarray(states.diverged), []
+    diverged, groups, steps = np.asarray(states.diverged), [], data.x_train.shape[0] // config.batch_size
     for j, (n, lane) in enumerate(zip(names, lanes)):
         rows = slice(j * len(seeds), (j + 1) * len(seeds))
         groups.append(Group(n, config, lane, seeds, {k: v[rows] for k, v in history.items()}, diverged[rows],
-                            folder, seconds, jax.tree.map(lambda a: a[rows], states)))
+                            folder, seconds, jax.tree.map(lambda a: a[rows], states), steps))
     write_curves(folder / "curves.csv", groups)
     for g in groups:
         save_trained(g.params_dir, g.name, g.config, g.settings, seeds, g.states, data.x_train.shape[1:], summary)
     results.write_json(folder / GROUP_JSON, {  # last: marks the unit finished
         "format": FORMAT, "name": name, "groups": names, "fingerprint": wanted, "seconds": seconds,
-        "diverged": {g.name: g.diverged for g in groups}, "program": program_shape(folder, len(lanes) * len(seeds)),
+        "diverged": {g.name: g.diverged for g in groups}, **stopped_record(groups, steps), "program": program_shape(folder, len(lanes) * len(seeds)),
         "checkpoints": results.read_json(folder / results.CHECKPOINTS / runner.SAVES)})  # their cost to this run
     if stopped is not None:
         raise Stopped(f"stopped after {name}'s last epoch, saved", (groups, False))

@@ -1,0 +1,87 @@
+"""Early stopping in the analysis: when seeds stopped, and whether stopping changes which arch looks best.
+
+    epochs(stopped)                        # the stop epochs' distribution of one group
+    effect(values, arch_of, patience_of, order)   # per arch, "none" against each patience, seeds paired
+
+Groups that differ only in their patience (`--early-stopping none 3`) trained the same seeds (the same
+initialisation, dropout masks and data order) in one program, so each seed is its own control: the
+comparison is of per-seed differences (Wilcoxon's signed-rank test, the median difference), not of two
+independent samples. Plain numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import scipy.stats
+
+
+def epochs(stopped, total: int) -> dict:
+    """How many of the seeds stopped early (`stopped` (S,): the epoch each stopped after, 0: it ran all
+    `total`) and the distribution of the epochs every seed trained."""
+    stopped = np.asarray(stopped, int)
+    ran = np.where(stopped > 0, stopped, total)
+    return {"stopped": int(np.count_nonzero(stopped)), "seeds": int(len(stopped)), "median": float(np.median(ran)),
+            "low": int(ran.min()), "high": int(ran.max()), "epochs": ran.tolist()}
+
+
+def label(patience: float) -> str:
+    return "none" if patience == math.inf else f"{int(patience)}"
+
+
+def effect(values: Mapping[str, np.ndarray], arch_of: Mapping[str, str], patience_of: Mapping[str, float],
+           order: Sequence[str], *, key: str = "final val loss") -> dict:
+    """Per arch whose groups differ in patience: each patience against "none" (or the first) on the same seeds,
+    and whether the ranking of the archs (`order`: the groups, best first) changes with the patience.
+
+    Args:
+      values: {group: per-seed values (S,), lower is better}, the seeds in the same order in every group.
+      arch_of, patience_of: each group's arch and patience (inf: none).
+      order: the groups in ranking order.
+    Returns:
+      {"pairs": [{arch, baseline, patience, median_difference, wins, n, p}], "rankings": {patience: [archs]},
+       "ranking_changes": bool, "key": key}; p is Wilcoxon's two-sided signed-rank p-value of the
+      differences (NaN with fewer than 2 nonzero ones).
+    """
+    pairs = []
+    by_arch: dict[str, dict[float, str]] = {}
+    for group, arch in arch_of.items():
+        by_arch.setdefault(arch, {})[patience_of[group]] = group
+    for arch, groups in by_arch.items():
+        levels = sorted(groups, key=lambda p: (p != math.inf, p))  # "none" first: the baseline
+        base = groups[levels[0]]
+        for level in levels[1:]:
+            a, b = np.asarray(values[groups[level]], float), np.asarray(values[base], float)
+            ok = np.isfinite(a) & np.isfinite(b)
+            diff = a[ok] - b[ok]
+            p = float(scipy.stats.wilcoxon(diff).pvalue) if np.count_nonzero(diff) >= 2 else math.nan
+            pairs.append({"arch": arch, "baseline": label(levels[0]), "patience": label(level),
+                          "median_difference": float(np.median(diff)) if diff.size else math.nan,
+                          "wins": int(np.sum(diff < 0)), "n": int(diff.size), "p": p})
+    rankings = {}
+    for group in order:
+        rankings.setdefault(label(patience_of[group]), []).append(arch_of[group])
+    changes = len({tuple(r) for r in rankings.values()}) > 1
+    return {"pairs": pairs, "rankings": rankings, "ranking_changes": changes, "key": key}
+
+
+def lines(analysis: Mapping) -> list[str]:
+    """The printed and reported sentences: each group's stop epochs, and early stopping's effect."""
+    out = []
+    for group, d in analysis.get("stopping", {}).items():
+        if d["stopped"]:
+            out.append(f"{group}: {d['stopped']} of {d['seeds']} seeds stopped early; epochs trained median "
+                       f"{d['median']:g} (range {d['low']}-{d['high']})")
+    e = analysis.get("early_stopping")
+    if e:
+        for p in e["pairs"]:
+            out.append(f"{p['arch']}: early stopping (patience {p['patience']}) against {p['baseline']}, the same "
+                       f"{p['n']} seeds paired: median change of {e['key']} {p['median_difference']:+.4g}, lower in "
+                       f"{p['wins']} of {p['n']} (Wilcoxon signed-rank p = {p['p']:.3g})")
+        if len(next(iter(e["rankings"].values()))) > 1:
+            orders = "; ".join(f"patience {k}: {' > '.join(v)}" for k, v in e["rankings"].items())
+            out.append(("early stopping changes the ranking of the archs: " if e["ranking_changes"] else
+                        "early stopping leaves the ranking of the archs as it is: ") + orders)
+    return out
