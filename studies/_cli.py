@@ -45,7 +45,7 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per seed")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size per seed")
     for name, field in settings.FIELDS.items():  # every per-lane setting, each crossed with the seeds
-        p.add_argument(field.flag, type=field.parse, nargs="+", default=None, metavar=field.label.upper(),
+        p.add_argument(field.flag, dest=name, type=field.parse, nargs="+", default=None, metavar=field.label.upper(),
                        help=field.help + settings.CROSSED.format(label=field.label))
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "

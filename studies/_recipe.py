@@ -62,7 +62,9 @@ def apply_preset(args, given: dict) -> None:
     if "lr" in preset and "lr" not in given:
         args.lr = [preset["lr"]]
     if "milestone_fractions" in preset and "milestones" not in given:
-        args.milestones = list(milestones_at(preset["milestone_fractions"], args.epochs))
+        args.milestones = list(milestones_at(preset["milestone_fractions"], args.epochs)) or None
+        if args.milestones is None and "schedule" not in given:  # a run too short for any: constant
+            preset["schedule"] = "constant"
     for dest in RECIPE_FLAGS:
         if dest in preset and dest not in given:
             setattr(args, dest, preset[dest])

@@ -127,7 +127,7 @@ def test_the_lr_column_is_each_epochs_rate_and_medmnist_is_its_recipe(tmp_path):
 
     rows = list(csv.DictReader(open(out / "curves.csv")))
     rates = {int(r["epoch"]): float(r["lr"]) for r in rows}
-    assert [rates[e] for e in (1, 2, 3, 4)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5], rel=1e-12)
+    assert [rates[e] for e in (1, 2, 3, 4)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5], rel=1e-6)
     study = json.loads((out / "study.json").read_text())
     recipe = study["spec"]["recipe"]
     assert recipe["schedule"]["milestones"] == [2, 3] and recipe["monitor"] == "val_auc" and recipe["restore_best"]
@@ -197,5 +197,6 @@ def test_the_default_recipe_records_as_before():
     assert fields["recipe"].schedule.decay == 0.5 and fields["recipe"].restore_best
     with pytest.raises(FlaxrayError, match="--recipe"):
         preset("imagenet")
-    again = TrainConfig.from_record(TrainConfig(**CONFIG, recipe=fields["recipe"]).record())
+    assert preset("medmnist", epochs=1)["recipe"].schedule.kind == "constant"  # no milestone fits one epoch
+    again = TrainConfig.from_record(TrainConfig(**{**CONFIG, "epochs": 4}, recipe=fields["recipe"]).record())
     assert again.recipe == fields["recipe"]

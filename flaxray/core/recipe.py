@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from flaxray.analysis import metrics
 from flaxray.core import augment as augmentation
@@ -133,6 +133,8 @@ def preset(name: str, epochs: int | None = None, **given) -> dict:
     fractions = values.pop("milestone_fractions", ())
     if "milestones" not in values and values.get("schedule") == "step":
         values["milestones"] = milestones_at(fractions, epochs)
+        if not values["milestones"]:  # a run too short for any: the rate stays constant
+            values["schedule"] = "constant"
     schedule = Schedule(**{k: values.pop(k) for k in ("milestones", "decay", "warmup_epochs") if k in values},
                         **({"kind": values.pop("schedule")} if "schedule" in values else {}))
     out = {"epochs": epochs, "recipe": Recipe(schedule=schedule, **{k: values.pop(k) for k in list(values)
@@ -143,5 +145,3 @@ def preset(name: str, epochs: int | None = None, **given) -> dict:
         out["lr"] = values.pop("lr")
     return out
 
-
-Optimizer = Callable  # from Python: learning_rate -> optax.GradientTransformation

@@ -146,3 +146,11 @@ def factor(schedule: ScheduleLike, step, steps_per_epoch: int, epochs: int):
     if warmup == 0:
         return rate
     return jnp.where(step < warmup, step.astype(F32) / F32(warmup), rate)
+
+
+def rate_per_epoch(schedule: ScheduleLike, lr: float, steps_per_epoch: int, epochs: int) -> list[float]:
+    """Each epoch's rate at its last step, as the program computes it (float32 `lr` times the factor),
+    written as the shortest decimal that reads back as that float32 (curves.csv's `lr` column)."""
+    last = jnp.arange(1, epochs + 1, dtype=jnp.int32) * steps_per_epoch - 1
+    rates = jax.device_get(F32(lr) * factor(schedule, last, steps_per_epoch, epochs))
+    return [float(str(r)) for r in rates.astype("float32")]
