@@ -7,6 +7,7 @@
     optim       Keras's Adam and decoupled weight decay as optax transforms
     counts      a split's metrics as on-device sufficient statistics
     strategy    how the seeds of one program share a device (vmap, map, groups): pure transforms
+    augment     Keras's image augmentation layers (flip, rotate, translate, zoom, contrast) in pure JAX
 
 `jax.jit(jax.vmap(make_train(config).train, in_axes=(0, None)))(seeds, data)` is the whole multi-seed story.
 """
