@@ -121,7 +121,7 @@ def test_group_names_fingerprints_and_curves_columns(tmp_path):
     # That record (format 1: the config with `lr: null`, the rates as `lrs`) is read by `flaxray.study.compat`.
     config, summary = TrainConfig(**CONFIG), {"source": "x"}
     grid = settings.normalize({"lr": [1e-3]})
-    old = {"config": {**dataclasses.asdict(config), "lr": None}, "lrs": [1e-3], "seeds": [0, 1],
+    old = {"config": {**config.record(), "lr": None}, "lrs": [1e-3], "seeds": [0, 1],
            "data": {k: summary.get(k) for k in groups.DATA_KEYS}}
     old = json.loads(json.dumps(old))
     wanted = groups.fingerprint(config, grid, [0, 1], summary)

@@ -77,15 +77,16 @@ def test_the_layers_import_downwards_only():
 
 def test_old_sources_keep_their_keys_and_a_new_source_moves_none():
     seed, vary = 5, randomness.SOURCES
-    keys = randomness.seed_keys(seed, (*randomness.SOURCES, "augment"), vary)
-    for i, source in enumerate(randomness.SOURCES):  # the arithmetic of every earlier study
+    keys = randomness.seed_keys(seed, randomness.SOURCES, vary)
+    assert randomness.SOURCES == (*randomness.DRAWN_BY_ALL, "augment")
+    for i, source in enumerate(randomness.DRAWN_BY_ALL):  # the arithmetic of every earlier study
         assert jnp.array_equal(jax.random.key_data(keys[source]),
                                jax.random.key_data(jax.random.fold_in(jax.random.key(seed), i)))
     floor = randomness.source_key(seed, randomness.FLOOR, (randomness.FLOOR,))
     assert jnp.array_equal(jax.random.key_data(floor), jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 3)))
     assert int(randomness.number("augment")) >= 2**31  # never one of the old numbers
     new = jax.random.key_data(keys["augment"])
-    assert not any(jnp.array_equal(new, jax.random.key_data(keys[s])) for s in randomness.SOURCES)
+    assert not any(jnp.array_equal(new, jax.random.key_data(keys[s])) for s in randomness.DRAWN_BY_ALL)
     shared = randomness.seed_keys(seed, ("order",), vary=())["order"]  # not varied: the shared seed's key
     assert jnp.array_equal(jax.random.key_data(shared), jax.random.key_data(randomness.seed_keys(9, ("order",), ())["order"]))
 
@@ -93,10 +94,11 @@ def test_old_sources_keep_their_keys_and_a_new_source_moves_none():
 def test_a_new_source_changes_no_record_of_a_program_that_does_not_draw_it(monkeypatch):
     from flaxray.core import config as config_module
 
-    before = TrainConfig(**CONFIG).record()
+    before = TrainConfig(**CONFIG, vary=randomness.DRAWN_BY_ALL).record()
     assert before["vary"] == ["init", "dropout", "order"]  # as every earlier unit's fingerprint has it
-    monkeypatch.setattr(config_module, "SOURCES", (*randomness.SOURCES, "augment"))  # `vary` may name it now
-    assert TrainConfig(**CONFIG, vary=(*randomness.SOURCES, "augment")).record() == before
+    assert TrainConfig(**CONFIG).record() == before  # augment in `vary` by default: not drawn, not recorded
+    monkeypatch.setattr(config_module, "SOURCES", (*randomness.SOURCES, "later"))  # `vary` may name it now
+    assert TrainConfig(**CONFIG, vary=(*randomness.SOURCES, "later")).record() == before
 
 
 def test_a_setting_at_its_off_value_is_left_out_of_the_program_and_the_record():
@@ -107,7 +109,7 @@ def test_a_setting_at_its_off_value_is_left_out_of_the_program_and_the_record():
     assert settings.present(grid) == ("lr", "weight_decay")
     assert [s.weight_decay for s in settings.cross(grid)] == [0.0, 1e-4, 0.0, 1e-4]  # lr outermost
     assert settings.group_name("p", settings.cross(grid)[1], settings.varying(grid)) == "p@lr=1e-3,wd=1e-4"
-    for bad in ({"lr": (0,)}, {"dropout": (1.0,)}, {"momentum": (0.9,)}, {"lr": (1e-3, 1e-3)}):
+    for bad in ({"lr": (0,)}, {"dropout": (1.0,)}, {"nesterov": (0.9,)}, {"momentum": (1.0,)}, {"lr": (1e-3, 1e-3)}):
         with pytest.raises(FlaxrayError):
             settings.normalize(bad)
     stacked = settings.stack(settings.cross(settings.normalize({"dropout": (0.2, 0.5)})))
