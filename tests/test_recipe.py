@@ -200,3 +200,45 @@ def test_the_default_recipe_records_as_before():
     assert preset("medmnist", epochs=1)["recipe"].schedule.kind == "constant"  # no milestone fits one epoch
     again = TrainConfig.from_record(TrainConfig(**{**CONFIG, "epochs": 4}, recipe=fields["recipe"]).record())
     assert again.recipe == fields["recipe"]
+
+
+def test_augment_draws_per_seed_unless_shared_and_decompose_adds_only_augment(data, tmp_path, capsys):
+    """The source `augment` gives each seed its own draws; without it in --vary every seed draws the same;
+    --decompose over the sources of --vary trains an only-augment unit."""
+    from flaxray.runtime import programs
+
+    recipe = Recipe(augment="flip,translate=0.1")
+    keys = lambda vary: programs.initial_states(  # noqa: E731
+        TrainConfig(**CONFIG, recipe=recipe, vary=vary), data, [1, 2], Settings(lr=np.float32([1e-3] * 2)), None
+    ).keys["augment"]
+    varied, shared = jax.random.key_data(keys(("init", "dropout", "order", "augment"))), jax.random.key_data(
+        keys(("init", "dropout", "order")))
+    assert not np.array_equal(varied[0], varied[1]) and np.array_equal(shared[0], shared[1])
+    _, plain = train_seeds(TrainConfig(**CONFIG), data, [1], progress=False)
+    _, augmented = train_seeds(TrainConfig(**CONFIG, recipe=recipe), data, [1], progress=False)
+    assert not np.array_equal(plain["loss"], augmented["loss"])  # the augmentation is in the step
+    out = tmp_path / "aug"
+    argv = ["--arch", "dense:4", "--seeds", "2", "--epochs", "1", "--batch-size", "256", "--channels", "1",
+            "--augment", "flip", "--decompose", "--out", str(out), "--no-progress", "--checkpoint-every", "0"]
+    from studies import architecture_search
+
+    assert architecture_search.main(argv) == 0
+    assert (out / "groups" / "dense_4" / "only-augment" / "group.json").exists()
+    assert "augment" in json.loads((out / "study.json").read_text())["analysis"]["decomposition"]["dense:4"]
+
+
+def test_label_smoothing_is_keras_cross_entropy_against_smoothed_labels(data):
+    """The val loss with --label-smoothing 0.2 is the binary cross-entropy against y (1 - 0.2) + 0.1,
+    from the same model's probabilities."""
+    from flaxray.core.train import make_train
+
+    trainer = make_train(TrainConfig(**CONFIG, recipe=Recipe(label_smoothing=0.2)))
+    state = trainer.init(3, data)
+    counts = trainer.evaluate(state.variables, data.x_val, data.y_val, data.val_mask)
+    p = np.asarray(trainer.predict(state.variables, data.x_val), np.float64)
+    y, mask = np.asarray(data.y_val), np.asarray(data.val_mask)
+    target = y * 0.8 + 0.1
+    want = np.sum(mask * -(target * np.log(p) + (1 - target) * np.log(1 - p)))
+    assert float(counts.loss_sum) == pytest.approx(want, rel=1e-5)
+    plain = make_train(TrainConfig(**CONFIG)).evaluate(state.variables, data.x_val, data.y_val, data.val_mask)
+    assert float(plain.loss_sum) != pytest.approx(want, rel=1e-3)
