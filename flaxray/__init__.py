@@ -29,7 +29,8 @@ _API = {
     "race": "flaxray.study.race", "replay": "flaxray.study.replay", "load_trained": "flaxray.study.trained",
     "load_study": "flaxray.report.views", "write_tensorboard": "flaxray.report.views",
     "load_dataset": "flaxray.data", "from_arrays": "flaxray.data",
-    "TrainConfig": "flaxray.core", "Settings": "flaxray.core", "make_train": "flaxray.core",
+    "TrainConfig": "flaxray.core", "Settings": "flaxray.core", "Recipe": "flaxray.core.recipe",
+    "Schedule": "flaxray.core.schedules", "make_train": "flaxray.core",
     "device_data": "flaxray.core", "train_seeds": "flaxray.runtime", "register": "flaxray.models",
     "FlaxrayError": "flaxray.errors",
 }

@@ -242,3 +242,25 @@ def test_label_smoothing_is_keras_cross_entropy_against_smoothed_labels(data):
     assert float(counts.loss_sum) == pytest.approx(want, rel=1e-5)
     plain = make_train(TrainConfig(**CONFIG)).evaluate(state.variables, data.x_val, data.y_val, data.val_mask)
     assert float(plain.loss_sum) != pytest.approx(want, rel=1e-3)
+
+
+def test_a_stopped_and_resumed_recipe_study_gives_the_same_bytes_and_replays(tmp_path, monkeypatch, capsys):
+    """Early stopping, model selection, a schedule and augmentation: a Ctrl-C after epoch 2 and --resume
+    give the uninterrupted run's curves.csv and study.json's stop epochs; a seed replays bit for bit."""
+    from tests.test_resume import ctrl_c_in_epoch
+
+    study = ["--arch", "dense:8@0.5", "--channels", "1", "--seeds", "3", "--epochs", "5", "--batch-size", "256",
+             "--early-stopping", "none", "1", "--restore-best", "--schedule", "step", "--milestones", "2",
+             "--augment", "flip", "--no-progress"]
+    clean = tmp_path / "clean"
+    assert seed_variance.main([*study, "--out", str(clean)]) == 0
+    ctrl_c_in_epoch(monkeypatch, 2)
+    out = tmp_path / "stopped"
+    assert seed_variance.main([*study, "--checkpoint-every", "1", "--out", str(out)]) == 130
+    monkeypatch.undo()
+    assert seed_variance.main([*study, "--out", str(out), "--resume", str(out)]) == 0
+    assert (out / "curves.csv").read_bytes() == (clean / "curves.csv").read_bytes()
+    record = lambda folder: json.loads((folder / "study.json").read_text())  # noqa: E731
+    assert record(out)["stopped"] == record(clean)["stopped"]
+    capsys.readouterr()
+    assert seed_variance.main(["--replay", str(clean), "--seed", "1", "--no-progress"]) == 0
