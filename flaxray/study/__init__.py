@@ -1,6 +1,7 @@
 """A study: a spec in; trained units on disk, evaluation and analysis; a `Result` out.
 
-    study       Study, DataSpec, prepare, run: the one study runner every study script calls
+    spec        Study, DataSpec: what a study compares (archs, seeds, settings, recipe), checked once
+    study       prepare, run: the one study runner every study script calls
     units       one arch's seeds (crossed with its settings) on disk: trained once, reused after
     trained     every seed's final parameters, saved and loaded again
     replay      train one seed again, to its exact recorded curves

@@ -274,8 +274,8 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
 def check(study, round_seeds: int, budget: float | None) -> None:
     """The race's own refusals, one line each, before anything is trained."""
     if study.decompose or study.test or study.n_settings > 1:
-        raise FlaxrayError("--race compares archs at one setting (one --lr, --dropout, --weight-decay), "
-                           "without --decompose")
+        raise FlaxrayError("--race compares archs at one setting (one value of each of --lr, --dropout, "
+                           "--weight-decay, --momentum, --early-stopping), without --decompose")
     if len(study.archs) < 2:
         raise FlaxrayError("--race needs at least two archs")
     if not 1 <= round_seeds <= len(study.seeds):

@@ -16,18 +16,16 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from flaxray import results
 from flaxray.analysis.study import TOTAL
-from flaxray.core import settings as settings_grid
 from flaxray.core import strategy as strategies
-from flaxray.core.config import TrainConfig, check_batch_size, check_dropout_settings, device_data
-from flaxray.core.randomness import FLOOR, SOURCES
-from flaxray.core.recipe import Recipe
+from flaxray.core.config import TrainConfig, check_batch_size, device_data
+from flaxray.core.randomness import FLOOR
 from flaxray.errors import FlaxrayError
 from flaxray.report import study as report
 from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped, every
@@ -35,130 +33,7 @@ from flaxray.runtime.plan import check_most
 from flaxray.runtime.scale import param_count
 from flaxray.study import compat, units
 from flaxray.study.result import Result, build
-
-MAX_SEEDS = 1_000_000  # far beyond any device's memory; more is a typo
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """Where the images come from (`flaxray.data.load_dataset`'s arguments)."""
-
-    path: str | None = None  # a folder, a .npz, tfds:NAME; None: the embedded default
-    image_size: int | None = None
-    channels: int = 3
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    strict: bool = False
-    data_dir: str | None = None  # TFDS's data_dir for tfds:NAME
-
-    def load(self, *, cache_dir=None, progress=True):
-        from flaxray.data import load_dataset
-
-        kwargs = {"data_dir": self.data_dir} if self.data_dir else {}
-        return load_dataset(self.path, image_size=self.image_size, channels=self.channels,
-                            val_fraction=self.val_fraction, split_seed=self.split_seed, strict=self.strict,
-                            cache_dir=cache_dir, progress=progress, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    """What to compare: every arch x every combination of `settings`, on the same seeds and data.
-
-    `settings` maps a per-lane setting (`flaxray.core.settings.FIELDS`: lr, dropout, weight_decay) to
-    the values crossed with the seeds in one program, e.g. {"lr": (1e-3, 3e-4), "dropout": (0.2, 0.5)};
-    a setting not given takes its default (lr 1e-3; dropout: each layer's own; no weight decay).
-    `recipe` (`flaxray.core.recipe.Recipe`) is how every program trains: optimizer, schedule,
-    augmentation, early stopping's monitor, model selection, label smoothing."""
-
-    archs: tuple[str, ...] = ("pyramid",)
-    data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
-    seeds: tuple[int, ...] = tuple(range(16))
-    settings: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
-    epochs: int = 20
-    batch_size: int = 32
-    vary: tuple[str, ...] = SOURCES  # what differs between seeds (`TrainConfig.vary`)
-    class_weight: str = "none"  # or "balanced": n / (C n_class), as sklearn's
-    dtype: str = "float32"
-    decompose: bool = False  # also train each arch with one source of randomness varied at a time, and the ulp floor
-    test: bool = False  # evaluate every seed once on the test split and compare the first two archs there
-    confidence: float = 0.95
-    kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
-    recipe: Recipe = Recipe()
-
-    def __post_init__(self):  # every check of a study, once, before any data is read
-        object.__setattr__(self, "archs", tuple(self.archs))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        object.__setattr__(self, "vary", tuple(self.vary))
-        object.__setattr__(self, "settings", settings_grid.normalize(self.settings))
-        if isinstance(self.recipe, Mapping):
-            object.__setattr__(self, "recipe", Recipe.from_record(self.recipe))
-        self.recipe.check(self.epochs, self.settings)
-        if not self.archs:
-            raise FlaxrayError("a study needs at least one arch")
-        if len(set(self.archs)) < len(self.archs):
-            raise FlaxrayError(f"an arch is listed twice: {' '.join(self.archs)}")
-        if not 1 <= len(self.seeds) <= MAX_SEEDS or min(self.seeds) < 0 or max(self.seeds) > 2**31 - 1:
-            raise FlaxrayError(f"seeds must be 1 to {MAX_SEEDS} integers in 0..2^31-1, got {len(self.seeds)}")
-        if self.class_weight not in ("none", "balanced"):
-            raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
-        if not 0 < self.confidence < 1:
-            raise FlaxrayError(f"--confidence must be between 0 and 1, got {self.confidence}")
-        if self.decompose and (self.n_settings > 1 or not self.varied):
-            raise FlaxrayError("--decompose varies each source of --vary in turn against a run that varies them "
-                               "all, at one setting; give one value of each setting and at least one source")
-        if self.test and len(self.archs) * self.n_settings != 2:
-            raise FlaxrayError("a test-set comparison takes two groups: two archs at one setting (one --lr, "
-                               "--dropout and --weight-decay)")
-        for arch in self.archs:  # unknown names and bad flags fail here, before any data is read
-            self.config(arch, 2)
-            check_dropout_settings(arch, self.settings["dropout"])
-
-    @property
-    def varied(self) -> tuple[str, ...]:
-        """The sources that differ between seeds among those the programs draw (augment only with --augment)."""
-        return tuple(s for s in self.vary if s in self.config(self.archs[0], 2).drawn and s != FLOOR)
-
-    @property
-    def n_settings(self) -> int:
-        return len(settings_grid.cross(self.settings))
-
-    def config(self, arch: str, num_classes: int, class_weight=None) -> TrainConfig:
-        return TrainConfig(arch=arch, epochs=self.epochs, batch_size=self.batch_size, vary=tuple(self.vary),
-                           dtype=self.dtype, num_classes=num_classes, class_weight=class_weight, recipe=self.recipe)
-
-    def record(self) -> dict:
-        """The spec as JSON; `Study.from_record` builds it again (a resume)."""
-        spec = dataclasses.asdict(dataclasses.replace(self, data=DataSpec()))
-        spec["settings"] = settings_grid.record(self.settings)
-        spec["vary"] = [s for s in self.vary if s in self.config(self.archs[0], 2).drawn]
-        spec.pop("recipe")
-        if not self.recipe.is_default():
-            spec["recipe"] = self.recipe.record()
-        spec["data"] = (dataclasses.asdict(self.data) if isinstance(self.data, DataSpec)
-                        else {"in_memory": True, "source": self.data.summary.get("source")})
-        return spec
-
-    @classmethod
-    def from_record(cls, record: Mapping) -> "Study":
-        if record["data"].get("in_memory"):
-            raise FlaxrayError("the study was trained on arrays given in memory, which cannot be loaded again "
-                               "from its record; save them as an .npz and pass that as the data instead")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields}
-        return cls(**{**spec, "data": DataSpec(**record["data"]), "settings": record.get("settings", {})})
-
-
-def recorded_study(run: Mapping, started: Path) -> Study | None:
-    """The `Study` a run.json recorded, its data path made absolute from where it was started (`started`);
-    None for a run.json of before the spec was recorded, whose flags describe it."""
-    if "spec" not in run:
-        return None
-    study = Study.from_record(run["spec"])
-    path = study.data.path
-    if path and not str(path).startswith("tfds:"):
-        study = dataclasses.replace(study, data=dataclasses.replace(study.data, path=str(started / Path(path).expanduser())))
-    return study
-
+from flaxray.study.spec import MAX_SEEDS, DataSpec, Study, recorded_study  # noqa: F401 - the spec, re-exported
 
 def balanced_class_weight(labels, num_classes: int = 2) -> tuple[float, ...]:
     """Loss weights n / (C n_class), sklearn's 'balanced'."""
