@@ -163,8 +163,9 @@ def resume_args(parser, args):
         else:
             same = value == recorded
         if not same:
+            was = "not given (its default)" if recorded is None else f"{recorded!r}"
             raise FlaxrayError(f"--resume continues the study recorded in {folder / results.RUN_JSON}, where "
-                               f"{flag} is {recorded!r}, not {value!r}; drop {flag} or start another study")
+                               f"{flag} is {was}, not {value!r}; drop {flag} or start another study")
     if run.get("status") == "complete":
         return None
     for dest in (free - {"resume"}) & set(given):

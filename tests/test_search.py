@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_and_help_lists_every_flag(tmp_path, capsys):
     assert "resnet9000" in error("--arch", "resnet9000")
     assert "--seeds" in error("--seeds", "0")
     assert "--confidence" in error("--confidence", "95")
-    assert "--decompose" in error("--arch", "dense:4", "--decompose", "--vary", "init", *TINY[:-1])
+    assert "--decompose" in error("--arch", "dense:4", "--decompose", "--vary", "none", *TINY[:-1])
     assert not (tmp_path / "out").exists()  # nothing written on bad input
 
     with pytest.raises(SystemExit):

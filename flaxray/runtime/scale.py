@@ -81,7 +81,8 @@ def bytes_per_seed(config, input_shape) -> int:
     """Estimated device bytes one more seed costs while it trains.
 
     Params, Adam's two moments, the gradient and the update's temporaries, and the parameters the
-    epoch started from, which a seed that diverges gets back (6 copies of the parameters in float32),
+    epoch started from, which a seed that diverges gets back (6 copies of the parameters in float32; 7
+    with `--restore-best`, which keeps the best epoch's),
     plus the activations a training step keeps for its backward pass and an eval batch's. A sequential model keeps ~4 numbers per layer output (pre-activation, relu,
     BatchNorm, dropout mask); a registered module's traced count already holds every intermediate,
     so it is taken once. `config.num_classes` (default 2) sets the head's width.
@@ -91,7 +92,8 @@ def bytes_per_seed(config, input_shape) -> int:
     activations = activation_count(config.arch, tuple(input_shape), num_classes)
     per_layer_output = 1 if is_registered(config.arch) else 4
     per_number = BYTES if config.dtype == "float32" else 2  # bfloat16 activations
-    return int(6 * params * BYTES
+    copies = 7 if getattr(getattr(config, "recipe", None), "restore_best", False) else 6
+    return int(copies * params * BYTES
                + activations * per_number * (per_layer_output * config.batch_size + config.eval_batch_size))
 
 
