@@ -116,7 +116,7 @@ def test_a_stopped_lane_stays_frozen_under_every_optimizer_and_schedule(data, op
     assert any(not np.array_equal(b[1], a[1]) for b, a in zip(jax.tree.leaves(before[0]), jax.tree.leaves(after[0])))
 
 
-def test_the_lr_column_is_each_epochs_rate_and_medmnist_is_its_recipe(tmp_path):
+def test_the_lr_column_is_each_epochs_rate_and_medmnist_is_its_recipe(tmp_path, capsys):
     """--recipe medmnist --epochs 4: milestones 2 and 3 (50 % and 75 %, rounded down), rates 1e-3, 1e-3,
     1e-4, 1e-5 in curves.csv, batch 128, the model of the best val AUC kept, all recorded expanded."""
     out = tmp_path / "m"
@@ -133,6 +133,11 @@ def test_the_lr_column_is_each_epochs_rate_and_medmnist_is_its_recipe(tmp_path):
     assert recipe["schedule"]["milestones"] == [2, 3] and recipe["monitor"] == "val_auc" and recipe["restore_best"]
     assert study["spec"]["batch_size"] == 128
     assert study["configs"]["dense:8@0.5"]["recipe"] == recipe
+    assert "keeps its best epoch's model" in capsys.readouterr().out
+    kept = study["analysis"]["stopping"]["dense:8@0.5"]["kept"]["epochs"]
+    best = [int(np.nanargmax([float(r["value"]) for r in rows if r["seed"] == str(s) and r["split"] == "val"
+                                and r["metric"] == "auc"]) + 1) for s in (0, 1)]
+    assert kept == best  # the model kept is that of each seed's best val AUC (the first, on a tie)
 
 
 def test_early_stopping_none_and_3_on_the_same_seeds_is_reported_paired(tmp_path, capsys):

@@ -18,13 +18,19 @@ import numpy as np
 import scipy.stats
 
 
-def epochs(stopped, total: int) -> dict:
+def epochs(stopped, total: int, kept=None) -> dict:
     """How many of the seeds stopped early (`stopped` (S,): the epoch each stopped after, 0: it ran all
-    `total`) and the distribution of the epochs every seed trained."""
+    `total`), the distribution of the epochs every seed trained and, with model selection, of the
+    epochs whose model each seed kept (`kept` (S,), 1-based)."""
     stopped = np.asarray(stopped, int)
     ran = np.where(stopped > 0, stopped, total)
-    return {"stopped": int(np.count_nonzero(stopped)), "seeds": int(len(stopped)), "median": float(np.median(ran)),
-            "low": int(ran.min()), "high": int(ran.max()), "epochs": ran.tolist()}
+    out = {"stopped": int(np.count_nonzero(stopped)), "seeds": int(len(stopped)), "median": float(np.median(ran)),
+           "low": int(ran.min()), "high": int(ran.max()), "epochs": ran.tolist()}
+    if kept is not None:
+        kept = np.asarray(kept, int)
+        out["kept"] = {"median": float(np.median(kept)), "low": int(kept.min()), "high": int(kept.max()),
+                       "epochs": kept.tolist()}
+    return out
 
 
 def label(patience: float) -> str:
@@ -74,6 +80,10 @@ def lines(analysis: Mapping) -> list[str]:
         if d["stopped"]:
             out.append(f"{group}: {d['stopped']} of {d['seeds']} seeds stopped early; epochs trained median "
                        f"{d['median']:g} (range {d['low']}-{d['high']})")
+        if "kept" in d:
+            k = d["kept"]
+            out.append(f"{group}: each seed keeps its best epoch's model (--restore-best): epoch median {k['median']:g} "
+                       f"(range {k['low']}-{k['high']}); its final values are that epoch's")
     e = analysis.get("early_stopping")
     if e:
         for p in e["pairs"]:

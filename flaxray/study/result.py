@@ -9,6 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from flaxray import results
 from flaxray.analysis import compare, diagnose
 from flaxray.analysis import stopping as stop_analysis
@@ -72,10 +74,13 @@ def settings_of(groups: Mapping[str, Group]) -> dict:
 def stopping_analysis(groups: Mapping[str, Group], analysis: Mapping) -> dict:
     """With early stopping: each group's stop epochs, and, where the patience varies, its effect with
     the seeds paired (`flaxray.analysis.stopping`)."""
-    watched = {n: g for n, g in groups.items() if g.stopped is not None}
+    watched = {n: g for n, g in groups.items() if g.decision is not None}
     if not watched:
         return {}
-    out = {"stopping": {n: stop_analysis.epochs(g.stopped, g.config.epochs) for n, g in watched.items()}}
+    out = {"stopping": {n: stop_analysis.epochs(g.decision.stopped if g.stopped is not None else np.zeros(len(g.seeds)),
+                                                g.config.epochs, g.final_epoch if g.config.recipe.restore_best else None)
+                        for n, g in watched.items()}}
+    watched = {n: g for n, g in watched.items() if g.stopped is not None}
     patience = {n: g.settings.patience for n, g in watched.items()}
     if len(set(patience.values())) > 1:
         order = [r["arch"] for r in analysis["ranking"] if r["arch"] in watched]
