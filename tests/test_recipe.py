@@ -269,3 +269,19 @@ def test_a_stopped_and_resumed_recipe_study_gives_the_same_bytes_and_replays(tmp
     assert record(out)["stopped"] == record(clean)["stopped"]
     capsys.readouterr()
     assert seed_variance.main(["--replay", str(clean), "--seed", "1", "--no-progress"]) == 0
+
+
+def test_a_cosine_program_is_its_epochs_own_and_the_host_decisions_compile_nothing_again(data):
+    """The epoch program is shared across epoch counts except where the schedule reads them (cosine);
+    early stopping's decisions written between epochs leave the program's signature as it was."""
+    from flaxray.runtime import programs
+
+    cosine = Recipe(schedule=Schedule("cosine"))
+    assert programs.compiled(TrainConfig(**{**CONFIG, "epochs": 2}, recipe=cosine)) is not programs.compiled(
+        TrainConfig(**{**CONFIG, "epochs": 4}, recipe=cosine))
+    assert programs.compiled(TrainConfig(**{**CONFIG, "epochs": 2})) is programs.compiled(
+        TrainConfig(**{**CONFIG, "epochs": 4}))
+    config = TrainConfig(**{**CONFIG, "epochs": 4}, recipe=Recipe(restore_best=True))
+    run = programs.epoch(config, "vmap", None)
+    train_seeds(config, data, [1, 2], [Settings(patience=5.0)] * 2, progress=False, strategy="vmap")
+    assert run._cache_size() == 1

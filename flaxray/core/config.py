@@ -77,8 +77,11 @@ class TrainConfig:
 
     @property
     def epoch_key(self) -> tuple:
-        """What one epoch's program depends on: every field but the number of epochs (a host loop)."""
-        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "epochs")
+        """What one epoch's program depends on: every field but the number of epochs (a host loop), unless
+        the schedule's rate depends on it (cosine decays over the run's steps)."""
+        kind = getattr(self.recipe.schedule, "kind", None)
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if f.name != "epochs" or kind == "cosine")
 
 
 def check_dropout_settings(arch: str, dropouts) -> None:

@@ -109,7 +109,11 @@ class Watch:
 
 
 def _put(values: np.ndarray, like):
-    """Host values as an array placed and split as `like` (every process passes the whole array)."""
+    """Host values as an array placed and split as `like` (every process passes the whole array). On one
+    device, left uncommitted as the states the program was first called with are: a committed leaf
+    would be another signature, and the epoch program would compile again."""
+    if len(like.sharding.device_set) == 1 and jax.process_count() == 1:
+        return jnp.asarray(values)
     return jax.make_array_from_callback(values.shape, like.sharding, lambda index: values[index])
 
 
