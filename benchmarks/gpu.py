@@ -1,5 +1,6 @@
 """Issue 14's GPU figures in one prepared script: throughput, the largest study that fits 3 minutes and
-CNN vs ANN, at 180x180x3 on the real data, in one process within one wall-clock budget (default 480 s).
+CNN vs ANN, at 180x180x3 on the real data, and issue 28's MedMNIST row at 28x28, in one process within
+one wall-clock budget (default 480 s).
 
     python -m benchmarks.gpu --prepare            # here, once: .gpu-data/chest_xray_180.npz (~44 MiB), .whl/ (Keras)
     python -m benchmarks.gpu --tiny --out /tmp/g  # here: every part at toy sizes on the CPU, as the test does
@@ -9,13 +10,16 @@ orbax-checkpoint; no tensorflow-datasets, no Keras, no network), from the reposi
 `.gpu-data` and `.whl`: `benchmarks.gpu_setup.DEVICE_COMMAND`, which --prepare prints (why the data and
 the wheels travel so: gpu_setup's docstring).
 
- a. (a third of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps 24,
-    every method of its METHODS (keras only where installed; the seed-after-seed ones at S <= 2); an S
-    predicted not to fit is not started.
- b. (up to 0.45) the largest `final` study that fits 3 minutes: seeds x epochs from a's seed-epochs/s at
-    its largest S, for ~150 s of training; `studies.seed_variance`, default checkpoints (their cost as the
-    runner records it).
- c. (the rest) `studies.cnn_vs_ann`, 8 seeds, its epochs from what is left after a 1-epoch probe.
+ a. (a quarter of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps
+    24, every method of its METHODS (keras only where installed; the seed-after-seed ones at S <= 2); an
+    S predicted not to fit is not started.
+ b. (up to 0.45, leaving c and d 0.3) the largest `final` study that fits 3 minutes: seeds x epochs from
+    a's seed-epochs/s at its largest S, for ~150 s of training; `studies.seed_variance`, default
+    checkpoints (their cost as the runner records it).
+ c. (0.4 of what is left) `studies.cnn_vs_ann`, 8 seeds, its epochs from what is left after a 1-epoch probe.
+ d. (the rest, ~0.2) MedMNIST v2's ResNet-18 recipe (`--recipe medmnist`) on the embedded 28x28 data
+    whatever --data is, seeds x epochs from a probe, test ACC and AUC per seed, their mean with a 95 % CI
+    and the seed ensemble's, beside the published PneumoniaMNIST row (`benchmarks.gpu_medmnist`).
 A part still running at its deadline gets a SIGINT, the trainer's own Ctrl-C: a study stops after the
 current epoch, saved. gpu.json (every figure) and gpu.md (a section for RESULTS.md) go into --out.
 """
@@ -25,17 +29,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import os
-import shlex
 import shutil
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from benchmarks import gpu_report
+from benchmarks.gpu_medmnist import medmnist_part
+from benchmarks.gpu_parts import command, ended, within
 from benchmarks.keras_baseline import KERAS_VERSION
 from benchmarks.gpu_setup import (DEVICE_COMMAND, MAX_MIB, PREPARED, SHARED, SUBSET, WHEELS, choose_data,
                                   download_wheels, preflight, prepare)
@@ -63,46 +65,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare", action="store_true", help=f"write {PREPARED} from --data (default {SHARED}) and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def command(module: str, argv) -> str:
-    return f"python -m {module} {shlex.join(argv)}"
-
-
-def within(until: float, call):
-    """(call(), stopped): a SIGINT at `until` (monotonic) stops it as Ctrl-C does: a study after the current
-    epoch, saved, whose main then returns 130; anything else where it is."""
-    fired, lock, done = threading.Event(), threading.Lock(), []
-
-    def fire():
-        with lock:  # never once `call` has returned
-            if not done:
-                fired.set()
-                os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Timer(max(0.0, until - time.monotonic()), fire)
-    timer.daemon = True
-    try:
-        try:
-            timer.start()  # inside: a deadline already past fires at once
-            result = call()
-        finally:
-            timer.cancel()
-            with lock:
-                done.append(True)
-    except KeyboardInterrupt:
-        if not fired.is_set():
-            raise  # a person's Ctrl-C
-        return None, True
-    return result, fired.is_set()
-
-
-def ended(part: dict, notes: list, what: str, code, stopped: bool) -> dict:
-    if code == 130 and not stopped:
-        raise KeyboardInterrupt  # a person's Ctrl-C, which the sub-command's main turned into its exit code
-    part["status"] = "stopped" if stopped else f"failed (exit {code})"
-    notes.append(f"{what}: {part['status']}{' at its deadline' * stopped}, no figures")
-    return part
 
 
 def throughput_part(args, common, until, out, notes) -> dict:
@@ -256,11 +218,15 @@ def run(args) -> Path:
     versions = report["environment"]["versions"]
     print(f"{report['device']} ({report['environment']['backend']}); "
           + ", ".join(f"{k} {v}" for k, v in versions.items() if v), flush=True)  # first, should a part fail later
-    # a: a third; b: ~150 s of training, its data, compilation and writes; c: the rest, at least an eighth
-    plan = (("throughput", lambda: START + budget / 3, lambda u: throughput_part(args, common, u, out, notes)),
-            ("study", lambda: min(time.monotonic() + 0.45 * budget, deadline - budget / 8),
+    # a: a quarter; b: ~150 s of training, its data, compilation and writes, and a hard stop that leaves c
+    # and d 0.3; c: 0.4 of what is left; d: the rest (~0.2 of the budget: a ResNet-18's compilations and
+    # epochs at 28x28; the probe says how many fit)
+    plan = (("throughput", lambda: START + budget / 4, lambda u: throughput_part(args, common, u, out, notes)),
+            ("study", lambda: min(time.monotonic() + 0.45 * budget, deadline - 0.3 * budget),
              lambda u: study_part(args, common, size, parts["throughput"], u, out, notes)),
-            ("cnn_vs_ann", lambda: deadline, lambda u: cnn_part(args, common, u, out, notes)))
+            ("cnn_vs_ann", lambda: time.monotonic() + 0.4 * (deadline - time.monotonic()),
+             lambda u: cnn_part(args, common, u, out, notes)),
+            ("medmnist", lambda: deadline, lambda u: medmnist_part(args.tiny, u, out, notes, not args.no_progress)))
     for name, until, call in plan:
         began, u = time.monotonic(), until()
         try:

@@ -2,6 +2,7 @@
 
     print(line("study", report["parts"]["study"], prefer="final"))
     Path("gpu.md").write_text(markdown(report))   # a section for benchmarks/RESULTS.md, naming the device
+    medmnist_section(report["parts"]["medmnist"])  # part d's lines, with the published row beside
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ def line(name: str, p: dict, prefer: str) -> str:
     if p.get("rows"):
         r = max(p["rows"], key=lambda r: (r["method"] == "vmap", r["seeds"], r["arch"] == prefer))
         return f"{head}; {r['arch']} {r['method']} S={r['seeds']}: {r['seed_epochs_per_s']:.3g} seed-epochs/s"
+    if "published" in p and "auc" in p:
+        acc, auc, pub = p["accuracy"], p["auc"], p["published"]
+        return (f"{head}; {p['arch']}, {p['seeds']} seeds x {p['epochs']} epochs: test ACC {acc['mean']:.3f}, AUC "
+                f"{auc['mean']:.3f} (seed ensemble {acc['ensemble']:.3f}, {auc['ensemble']:.3f}; published "
+                f"{pub['accuracy']:.3f}, {pub['auc']:.3f})")
     if "train_s" in p:
         return (f"{head}; {p['arch']}, {p['seeds']} seeds x {p['epochs']} epochs trained in {p['train_s']:.3g} s "
                 f"({p['seed_epochs_per_s']:.3g} seed-epochs/s), checkpoints {100 * p['checkpoint_share']:.1f} % of it")
@@ -30,7 +36,7 @@ def markdown(r: dict) -> str:
     from benchmarks.throughput import format_table
 
     env, parts, v, d = r["environment"], r["parts"], r["environment"]["versions"], r["data"]
-    a, b, c = (parts.get(k, {}) for k in ("throughput", "study", "cnn_vs_ann"))
+    a, b, c, med = (parts.get(k, {}) for k in ("throughput", "study", "cnn_vs_ann", "medmnist"))
     n = a.get("data", {})
     lines = [f"## GPU: {r['device']} (issue 14, `python -m benchmarks.gpu`)", "",
              f"- **Device**: {r['device']} ({env['backend']}, {len(env['devices'])} device(s)); host {env['cpu']}, "
@@ -68,4 +74,32 @@ def markdown(r: dict) -> str:
             [(f"`{k}`", f"{m['params']:,}", f"{m['train_s']:.3g}", f"{m['seed_epochs_per_s']:.3g}",
               f"{m['accuracy']:.3f}", f"{m['auc']:.3f}", f"{m['ensemble_accuracy']:.3f}")
              for k, m in c["models"].items()]), "", c["verdict"]]
+    if "auc" in med:
+        lines += ["", *medmnist_section(med)]
     return "\n".join(lines) + "\n"
+
+
+def medmnist_section(m: dict) -> list[str]:
+    """Part d: the recipe as run, the figures per seed, their mean with its CI, the ensemble, the published row."""
+    acc, auc, pub, n, p = m["accuracy"], m["auc"], m["published"], m["data"], m["plan"]
+    cell = lambda x: f"{x['mean']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"  # noqa: E731
+    out = ["### MedMNIST v2's ResNet-18 recipe on the embedded 28x28 data (issue 28)", "", f"`{m['command']}`", "",
+           f"`{m['arch']}`, {m['seeds']} seeds x {m['epochs']} epochs: Adam 1e-3, x0.1 after epoch(s) "
+           f"{', '.join(map(str, m['milestones'])) or 'none (too short a run)'} (50 % and 75 % of the epochs run, "
+           f"rounded down), batch 128, each seed's model of its best val AUC kept (mean val AUC {m['val_auc']:.3f}); "
+           f"vmap. Planned from a probe: an epoch {p['epoch_s']:.3g} s at {p['probe_seeds']} seeds after "
+           f"{p['compile_s']:.3g} s of compilation; trained in {m['train_s']:.3g} s ({m['seed_epochs_per_s']:.3g} "
+           f"seed-epochs/s, {'in the programs the probe compiled' if m['reused_probe'] else 'compilation included'}"
+           f"). Data: {m['source']}, train {n['train']} / val {n['val']} / test {n['test']} images: "
+           "PneumoniaMNIST's source and size, not its split (train 4708 / val 524 / test 624)."]
+    if not m["full_length"]:
+        out += ["", f"**{m['epochs']} epochs, not the published recipe's 100** ({m['short_because']}): these are the "
+                    "figures of a shorter run, its milestones at 50 % and 75 % of it."]
+    out += ["", *table(["", "test ACC", "test AUC"], [
+        (f"flaxray, mean of {m['seeds']} seeds [95 % bootstrap CI]", cell(acc), cell(auc)),
+        ("flaxray, seed ensemble (mean of the seeds' probabilities)", f"{acc['ensemble']:.3f}",
+         f"{auc['ensemble']:.3f}"),
+        (f"published: {pub['source']}", f"{pub['accuracy']:.3f}", f"{pub['auc']:.3f}")]),
+        "", "Per seed, ACC: " + ", ".join(f"{v:.3f}" for v in acc["per_seed"])
+        + "; AUC: " + ", ".join(f"{v:.3f}" for v in auc["per_seed"]) + "."]
+    return out

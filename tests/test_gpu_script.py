@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from benchmarks import gpu, gpu_setup
+from benchmarks import gpu, gpu_medmnist, gpu_setup
 from flaxray.errors import FlaxrayError
 
 
@@ -25,7 +25,7 @@ def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
     assert report["tiny"] and report["device"] and report["environment"]["versions"]["jax"]
     assert report["command"] == f"python -m benchmarks.gpu --tiny --out {out} --no-progress"
     parts = report["parts"]
-    assert list(parts) == ["throughput", "study", "cnn_vs_ann"]
+    assert list(parts) == ["throughput", "study", "cnn_vs_ann", "medmnist"]
     assert all(p["status"] == "complete" and positive(p["seconds"]) for p in parts.values()), parts
 
     a = parts["throughput"]
@@ -46,12 +46,33 @@ def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
         assert positive(m["train_s"]) and positive(m["seed_epochs_per_s"]) and 0 <= m["accuracy"] <= 1
     assert 0 <= c["p_cnn_better"] <= 1 and c["verdict"]
 
+    d = parts["medmnist"]  # the recipe on the embedded data whatever the other parts read, a stand-in arch
+    assert (d["arch"], d["seeds"], d["epochs"], d["milestones"]) == (gpu_medmnist.TINY["arch"], 2, 2, [1])
+    assert d["data"] == {"train": 4164, "val": 1042, "test": 618} and "embedded" in d["source"]
+    assert "--recipe medmnist" in d["command"] and d["reused_probe"] and not d["full_length"]
+    assert all(positive(d["plan"][k]) for k in ("epoch_s", "compile_s")) and positive(d["train_s"])
+    for key, published in (("accuracy", 0.854), ("auc", 0.944)):
+        m = d[key]
+        assert len(m["per_seed"]) == 2 and all(0 <= v <= 1 for v in m["per_seed"]) and 0 <= m["ensemble"] <= 1
+        assert m["ci"][0] <= m["mean"] <= m["ci"][1] and d["published"][key] == published
+
     md = (out / "gpu.md").read_text()
     assert md.startswith(f"## GPU: {report['device']}") and report["command"] in md
-    for heading in ("### Throughput", "### The largest", "### CNN vs ANN"):
+    for heading in ("### Throughput", "### The largest", "### CNN vs ANN", "### MedMNIST"):
         assert heading in md
+    assert "| published: MedMNIST v2" in md and "| 0.854 | 0.944 |" in md and "not the published recipe's 100" in md
     printed = capsys.readouterr().out
     assert "!!! --tiny" in printed and all(f"{name}: complete" in printed for name in parts)
+
+
+def test_medmnist_plan_fits_the_share():
+    # 0.5 s an epoch at 8 seeds, 20 s to compile: 100 epochs of the probed program in 60 s; more seeds
+    # only with room for another compilation; else fewer epochs, and never none
+    assert gpu_medmnist.plan(0.5, 20, 60, 8) == (8, 100)
+    assert gpu_medmnist.plan(0.5, 20, 170, 8) == (24, 100)
+    assert gpu_medmnist.plan(0.5, 20, 1000, 8) == (gpu_medmnist.MAX_SEEDS, 100)
+    assert gpu_medmnist.plan(0.5, 20, 45, 8) == (8, 50)
+    assert gpu_medmnist.plan(0.5, 20, 10, 8) == (8, 1)
 
 
 def test_deadline_interrupts_and_says_so():
