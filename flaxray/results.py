@@ -151,22 +151,20 @@ def write_curves_csv(path, histories, seeds, *, lrs: Mapping[str, float] | None 
     epochs = {a: np.shape(next(iter(h.values())))[-1] for a, h in histories.items()}
     lr = {a: [repr(float(r)) for r in np.broadcast_to(np.asarray(lrs[a], float), (epochs[a],))] if lrs and a in lrs
           else [""] * epochs[a] for a in histories}
-    ended = {a: {int(s): int(e) for s, e in zip(seeds[a], stopped[a])} for a in histories} if stopped else None
-    died = {}  # arch -> seed -> the epoch it diverged in, or ""
-    for a in histories:
-        epochs = (diverged or {}).get(a, [0] * len(seeds[a]))
-        died[a] = {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], epochs)}
+    def by_seed(epochs):  # arch -> seed -> the epoch, "" for 0
+        return {a: {int(s): str(int(e)) if e else "" for s, e in zip(seeds[a], epochs.get(a, [0] * len(seeds[a])))}
+                for a in histories}
 
+    died, ended = by_seed(diverged or {}), by_seed(stopped) if stopped else None
     more = {a: [("" if c.get(a) is None else repr(float(c[a]))) for c in (extra or {}).values()] for a in histories}
 
     def write(f):
         out = csv.writer(f)
         stop = ["stopped_epoch"] if ended else []
         out.writerow(["arch", "seed", "epoch", "split", "metric", "value", "lr", "diverged_epoch", *stop, *(extra or {})])
-        out.writerows((a, s, e, sp, m, repr(v), lr[a][e - 1], died[a][s],
-                       *([str(ended[a][s]) if ended[a][s] else ""] if ended else []), *more[a])
+        out.writerows((a, s, e, sp, m, repr(v), lr[a][e - 1], died[a][s], *([ended[a][s]] if ended else []), *more[a])
                       for a, s, e, sp, m, v in curves_rows(histories, seeds)
-                      if not ended or not ended[a][s] or e <= ended[a][s])
+                      if not ended or not ended[a][s] or e <= int(ended[a][s]))
 
     return _atomic_write(path, write)
 
