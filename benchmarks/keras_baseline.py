@@ -19,14 +19,15 @@ from flaxray.errors import FlaxrayError
 KERAS_VERSION = "3.15.1"  # pinned in pyproject.toml's [baseline] extra
 
 
-def keras_model(arch: str, input_shape):
+def keras_model(arch: str, input_shape, first=()):
     """The dense stack as the notes build it in Keras: Rescaling, Flatten, Dense(relu) -> BatchNormalization
-    -> Dropout blocks, Dense(1, sigmoid)."""
+    -> Dropout blocks, Dense(1, sigmoid). `first`: layers before the Rescaling (augmentation layers, which
+    then see the images in [0, 255] as flaxray's `--augment` does)."""
     import keras
 
     from flaxray.models import parse_arch
 
-    layers = [keras.Input(tuple(input_shape)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
+    layers = [keras.Input(tuple(input_shape)), *first, keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
     for layer in parse_arch(arch):
         if layer.kind != "dense":
             raise FlaxrayError(f"--methods keras builds dense stacks only; {arch!r} has a {layer.kind!r} layer")
