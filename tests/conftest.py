@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras (in [dev]) picks its backend once, at its first import
+
 # A tiny folder in the Kaggle layout {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg with several
 # multi-image patients, NORMAL2-/4-part names, a patient shared by official train and val, and one
 # "personN_virus_M_1" name (as in the real data).
