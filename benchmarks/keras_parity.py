@@ -128,6 +128,7 @@ def run_flaxray(sc: Scenario, args, dataset) -> dict:
     stopped = group.stopped if group.stopped is not None else np.zeros(len(final), int)
     return {"final_val_loss": [float(curves[s, e - 1]) for s, e in enumerate(final)],
             "stop_epoch": [int(e) if e > 0 else args.epochs for e in stopped],  # as len(history) in Keras
+            "stopped": [int(e) for e in stopped],  # 0: not stopped (a stop at the last epoch is one, unlike len(history))
             "best_epoch": [int(e) for e in final], "val_loss": curves.tolist(),
             "seconds": time.perf_counter() - start}
 
@@ -164,9 +165,11 @@ def keras_fit(sc: Scenario, args, seed: int, data) -> dict:
                         validation_data=val, callbacks=callbacks).history
     final = model.evaluate(*val, batch_size=args.batch_size, verbose=0, return_dict=True)["loss"]
     curve = history["val_loss"] + [float("nan")] * (args.epochs - len(history["val_loss"]))
-    best = callbacks[-1].best_epoch + 1 if sc.patience is not None else args.epochs
-    return {"final_val_loss": float(final), "stop_epoch": len(history["loss"]), "best_epoch": int(best),
-            "val_loss": [float(v) for v in curve]}
+    stopping = callbacks[-1] if sc.patience is not None else None
+    best = stopping.best_epoch + 1 if stopping else args.epochs
+    stopped = stopping.stopped_epoch + 1 if stopping and stopping.stopped_epoch > 0 else 0  # Keras's is 0-based
+    return {"final_val_loss": float(final), "stop_epoch": len(history["loss"]), "stopped": stopped,
+            "best_epoch": int(best), "val_loss": [float(v) for v in curve]}
 
 
 def run_keras(sc: Scenario, args, data) -> dict:
@@ -245,7 +248,8 @@ def format_table(rows: dict) -> str:
     for name, r in rows.items():
         c, s = r["val_loss"], r.get("stop")
         stops = ["–"] * 3 if s is None else [
-            f"{s[t + '_mean']:.1f} ({s[t + '_range'][0]:.0f}–{s[t + '_range'][1]:.0f})" for t in ("flaxray", "keras")
+            f"{s[t + '_mean']:.1f} ({s[t + '_range'][0]:.0f}–{s[t + '_range'][1]:.0f}; "
+            f"{sum(e > 0 for e in r[t]['stopped'])} stopped)" for t in ("flaxray", "keras")
         ] + [f"{s['mannwhitney_p']:.2g}"]
         lines.append(f"| {name} | {cell(c, 'flaxray')} | {cell(c, 'keras')} | {c['mannwhitney_p']:.2g} | "
                      f"{c['ks_p']:.2g} | {' | '.join(stops)} | {r['rate']['max_rel_diff']:.1g} | "

@@ -8,7 +8,7 @@ from benchmarks import keras_parity
 
 STATS = ("flaxray_mean", "flaxray_std", "keras_mean", "keras_std", "flaxray_range", "keras_range", "mannwhitney_p",
          "ks_p")
-PER_SEED = ("final_val_loss", "stop_epoch", "best_epoch", "val_loss")
+PER_SEED = ("final_val_loss", "stop_epoch", "stopped", "best_epoch", "val_loss")
 
 
 def test_tiny_writes_every_scenarios_fields(tmp_path, monkeypatch, capsys):
