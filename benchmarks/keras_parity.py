@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=12, help="seeds 0..N-1 in each tool")
     p.add_argument("--epochs", type=int, default=4,
                    help="epochs per seed (the step milestones are 50 %% and 75 %%). 4 by default: Keras's augmentation "
-                        "layers make an epoch ~13x a plain one on a 2-core CPU, so 4 scenarios x 12 seeds already take "
+                        "layers make its run 8-10x longer on a 2-core CPU, so 4 scenarios x 12 seeds already take "
                         "~50 min there")
     p.add_argument("--arch", default="pyramid", help="a dense stack (name or spec string) Keras can build too")
     p.add_argument("--batch-size", type=int, default=32)
