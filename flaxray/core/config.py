@@ -18,7 +18,7 @@ import numpy as np
 from flaxray import models
 from flaxray.core.randomness import AUGMENT, DRAWN_BY_ALL, FLOOR, SOURCES
 from flaxray.core.recipe import Recipe
-from flaxray.core.schedules import Schedule
+from flaxray.core import schedules
 from flaxray.errors import FlaxrayError
 
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters and optimizer state are float32 either way
@@ -49,8 +49,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise FlaxrayError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if isinstance(self.recipe.schedule, Schedule):
-            self.recipe.schedule.check(self.epochs)
+        schedules.check(self.recipe.schedule, self.epochs)
         if self.dtype not in DTYPES:
             raise FlaxrayError(f"--dtype: unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
 

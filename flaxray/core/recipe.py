@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from flaxray.analysis import metrics
 from flaxray.core import augment as augmentation
 from flaxray.core import optim
+from flaxray.core import schedules
 from flaxray.core.schedules import Schedule
 from flaxray.errors import FlaxrayError
 
@@ -61,8 +62,7 @@ class Recipe:
     def check(self, epochs: int, grid: Mapping[str, tuple]) -> None:
         """One-line errors for what needs the study's epochs and settings: the schedule's milestones and
         warm-up, a momentum for an optimizer without one."""
-        if isinstance(self.schedule, Schedule):
-            self.schedule.check(epochs)
+        schedules.check(self.schedule, epochs)
         momentum = any(v is not None for v in grid.get("momentum", (None,)))
         if isinstance(self.optimizer, str):
             optim.check_optimizer(self.optimizer, self.nesterov, momentum_given=momentum)
@@ -83,7 +83,7 @@ class Recipe:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "schedule":
-                value = value.record() if isinstance(value, Schedule) else {"kind": "callable", "repr": repr(value)}
+                value = schedules.record(value)
             elif f.name == "augment":
                 value = value.spec()
             elif callable(value):

@@ -37,7 +37,8 @@ from flaxray.core import augment as augmentation
 from flaxray.core import optim
 from flaxray.core.optim import keras_weight_decay, with_lr
 from flaxray.core.randomness import FLOOR, nudge_one_ulp, seed_keys, source_key
-from flaxray.core.schedules import Schedule, factor
+from flaxray.core import schedules
+from flaxray.core.schedules import factor
 from flaxray.core.settings import Settings
 from flaxray.models import LOGITS, PROBABILITIES, Variables
 
@@ -106,7 +107,7 @@ def make_train(config: TrainConfig) -> Trainer:
     recipe = config.recipe
     tx = (optim.keras_optimizer(recipe.optimizer, nesterov=recipe.nesterov) if isinstance(recipe.optimizer, str)
           else optax.inject_hyperparams(recipe.optimizer)(learning_rate=1e-3))
-    scheduled = not (isinstance(recipe.schedule, Schedule) and recipe.schedule.is_default())
+    scheduled = not schedules.is_default(recipe.schedule)
     smoothing = recipe.label_smoothing
     class_weight = jnp.asarray(config.class_weight or (1.0,) * config.num_classes, jnp.float32)
     binary = config.num_classes == 2

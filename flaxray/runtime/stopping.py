@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxray.analysis.metrics import mask_diverged
 from flaxray.errors import FlaxrayError
 from flaxray.runtime import hosts
 
@@ -61,14 +62,9 @@ def final_epochs(decision: Decision, epochs: int, *, restore_best: bool) -> np.n
 
 def mask_stopped(history: dict[str, np.ndarray], stopped) -> dict[str, np.ndarray]:
     """NaN after the epoch each seed stopped (`stopped[s]`, 1-based; 0 = never): its curves end there, as a
-    Keras History does; padded to the same epochs for every seed."""
+    Keras History does; padded to the same epochs for every seed. A diverged seed's mask, one epoch later."""
     stopped = np.asarray(stopped)
-    out = {}
-    for key, values in history.items():
-        epochs = np.arange(1, values.shape[1] + 1)
-        after = (stopped[:, None] > 0) & (epochs[None, :] > stopped[:, None])
-        out[key] = np.where(after, np.nan, values)
-    return out
+    return mask_diverged(history, np.where(stopped > 0, stopped + 1, 0))
 
 
 def watch(config, patience) -> "Watch | None":

@@ -17,6 +17,7 @@ trained again, continuing from its checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import jax
 import numpy as np
 
 from flaxray import results
-from flaxray.core import settings
+from flaxray.core import schedules, settings
 from flaxray.core.config import TrainConfig
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
@@ -58,7 +59,7 @@ class Group:
     states: Any = None  # the final per-seed state (leading seed axis) when trained now
     steps: int | None = None  # optimizer steps per epoch (for the rate a schedule gives each epoch)
 
-    @property
+    @functools.cached_property  # read by the curves, the record and the analysis: decided once
     def decision(self) -> stopping.Decision | None:
         """Early stopping's and model selection's decisions (`flaxray.runtime.stopping`), from the curves;
         None where the program had neither."""
@@ -85,12 +86,10 @@ class Group:
     @property
     def rates(self):
         """The learning rate of each epoch's last step (epochs,), or the lane's one rate without a schedule."""
-        from flaxray.core.schedules import rate_per_epoch
-
         schedule = self.config.recipe.schedule
-        if getattr(schedule, "is_default", lambda: False)() or self.steps is None:
+        if schedules.is_default(schedule) or self.steps is None:
             return self.settings.lr
-        return rate_per_epoch(schedule, self.settings.lr, self.steps, self.config.epochs)
+        return schedules.rate_per_epoch(schedule, self.settings.lr, self.steps, self.config.epochs)
 
     @property
     def params_dir(self) -> Path:
