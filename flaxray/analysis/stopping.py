@@ -89,9 +89,10 @@ def lines(analysis: Mapping) -> list[str]:
         for p in e["pairs"]:
             out.append(f"{p['arch']}: early stopping (patience {p['patience']}) against {p['baseline']}, the same "
                        f"{p['n']} seeds paired: median change of {e['key']} {p['median_difference']:+.4g}, lower in "
-                       f"{p['wins']} of {p['n']} (Wilcoxon signed-rank p = {p['p']:.3g})")
+                       f"{p['wins']} of {p['n']} " + (f"(Wilcoxon signed-rank p = {p['p']:.3g})" if np.isfinite(p["p"])
+                                                      else "(fewer than 2 seeds moved: nothing to test)"))
         if len(next(iter(e["rankings"].values()))) > 1:
-            orders = "; ".join(f"patience {k}: {' > '.join(v)}" for k, v in e["rankings"].items())
+            orders = "; ".join(f"patience {k}: {', '.join(v)}" for k, v in e["rankings"].items()) + " (best first)"
             out.append(("early stopping changes the ranking of the archs: " if e["ranking_changes"] else
                         "early stopping leaves the ranking of the archs as it is: ") + orders)
     return out
