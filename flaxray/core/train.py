@@ -40,6 +40,7 @@ from flaxray.core.randomness import FLOOR, nudge_one_ulp, seed_keys, source_key
 from flaxray.core import schedules
 from flaxray.core.schedules import factor
 from flaxray.core.settings import Settings
+from flaxray.errors import FlaxrayError
 from flaxray.models import LOGITS, PROBABILITIES, Variables
 
 EPSILON = 1e-7  # Keras's backend.epsilon(): how close to 0 and 1 a probability is clipped in its loss
@@ -60,6 +61,9 @@ class SeedState(NamedTuple):
     stopped: Any = None  # 0 while training, else the epoch (1-based) after which early stopping froze it
     best: Any = None  # `Variables` of the monitor's best epoch so far (`Recipe.restore_best`)
     keep: Any = None  # True: the variables this state holds now are the new best (set by the host)
+    # The next epoch's order of the training images, written by the host where the model's kind brings
+    # its own (a Keras model: fit's NumPy permutations); None: drawn here from the `order` key.
+    order: Any = None
 
     @property
     def variables(self) -> Variables:
@@ -143,6 +147,12 @@ def make_train(config: TrainConfig) -> Trainer:
             return -jnp.sum(target * jnp.log(p), axis=-1)
         return optax.softmax_cross_entropy(outputs, target)
 
+    def steps_of(model, n: int) -> tuple[int, int]:
+        """(whole batches, size of the partial last batch that is trained) of an epoch over `n` images:
+        flaxray drops the partial batch (0); a kind with its own order (fit's) trains it, as fit does."""
+        steps = n // config.batch_size
+        return steps, (n - steps * config.batch_size if model.order is not None else 0)
+
     def rate(lr, step, steps):
         """The lane's rate at global optimizer step `step`: `lr` times the schedule's multiplier."""
         if not scheduled:
@@ -159,17 +169,22 @@ def make_train(config: TrainConfig) -> Trainer:
         seed's init key)."""
         settings = lane_settings(settings)
         keys = seed_keys(seed, [s for s in config.drawn if s != FLOOR], config.vary, config.shared_seed)
+        model = model_of(data.x_train)
         if variables is None:
-            variables = model_of(data.x_train).init(keys.pop("init"))
+            if model.host_init is not None:
+                raise FlaxrayError(f"{config.arch} is built on the host, seed by seed: pass its variables "
+                                   "(flaxray.runtime.programs.initial_states does)")
+            variables = model.init(keys.pop("init"))
         keys.pop("init", None)
         params = variables.params
         if FLOOR in config.vary:  # its own key: the other sources' draws are those of a run without it
             params = nudge_one_ulp(params, source_key(seed, FLOOR, config.vary))
-        opt_state = with_lr(tx.init(params), settings.lr)
+        opt_state = model.compiled.opt_init() if model.compiled else with_lr(tx.init(params), settings.lr)
         stopped = None if settings.patience is None else jnp.int32(0)
         best, keep = (Variables(params, variables.state), jnp.bool_(False)) if recipe.restore_best else (None, None)
+        order = None if model.order is None else jnp.arange(data.x_train.shape[0], dtype=jnp.int32)
         return SeedState(params, variables.state, opt_state, keys, settings, jnp.int32(0), jnp.int32(0),
-                         stopped, best, keep)
+                         stopped, best, keep, order)
 
     def loss_fn(params, model_state, x, y, key, settings):
         model = model_of(x)
@@ -187,7 +202,8 @@ def make_train(config: TrainConfig) -> Trainer:
             xb, yb, mb = batch
             model = model_of(xb)
             outputs, _ = model.apply(variables, xb, train=False)
-            return measure(counts, model, outputs, yb, mb), None
+            losses = model.compiled.losses(variables, xb, yb, outputs) if model.compiled else None
+            return measure(counts, model, outputs, yb, mb, losses), None
 
         return jax.lax.scan(body, Counts.zeros(config.num_classes), batches)[0]
 
@@ -203,9 +219,14 @@ def make_train(config: TrainConfig) -> Trainer:
     def run_epoch(state: SeedState, data: DeviceData):
         n, size = data.x_train.shape[0], config.batch_size
         check_batch_size(config, n)
-        steps = n // size  # the last partial batch is dropped; each epoch draws a fresh order
-        order = jax.random.permutation(jax.random.fold_in(state.keys["order"], state.epoch), n)
-        order = order[: steps * size].reshape(steps, size)
+        model = model_of(data.x_train)
+        compiled = model.compiled
+        steps, rest = steps_of(model, n)  # flaxray drops the partial last batch; fit (a Keras model) takes it
+        if state.order is None:  # each epoch draws a fresh order
+            order = jax.random.permutation(jax.random.fold_in(state.keys["order"], state.epoch), n)
+        else:
+            order = state.order
+        last, order = order[steps * size:], order[: steps * size].reshape(steps, size)
         epoch_key = jax.random.fold_in(state.keys["dropout"], state.epoch)
         if recipe.augment:
             augment_key = jax.random.fold_in(state.keys["augment"], state.epoch)
@@ -226,24 +247,32 @@ def make_train(config: TrainConfig) -> Trainer:
             x, y = data.x_train[idx], data.y_train[idx]  # gathered on the device, no host round trip
             if recipe.augment:  # float32 in [0, 255]: the models rescale whatever they are given
                 x = augmentation.apply(recipe.augment, jax.random.fold_in(augment_key, i), x.astype(jnp.float32))
-            lr_i = rate(step_lr, state.epoch * steps + i, steps)
-            grads, (losses, outputs, new_model_state) = jax.grad(loss_fn, has_aux=True)(
-                params, model_state, x, y, jax.random.fold_in(epoch_key, i), state.settings
-            )
-            # `alive` is known before the epoch, so these selects fuse into Adam's elementwise passes (a
-            # zero gradient at rate 0 leaves the parameters exactly as they were).
-            grads = jax.tree.map(lambda g: jnp.where(alive, g, 0), grads)
-            updates, opt_state = tx.update(grads, optim.with_hyperparams(opt_state, learning_rate=lr_i, **hyper), params)
-            if decay is not None:  # Keras's AdamW: decay the weights, then Adam's step
-                params = keras_weight_decay(params, decay, lr_i)
-            params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
+            if compiled:  # the model's own compile: its loss, regularisers and optimizer, as its train_step
+                weights = class_weight[y.astype(jnp.int32)] if config.class_weight else None  # fit's class_weight
+                params, new_model_state, opt_state, outputs, loss = compiled.step(params, model_state, opt_state, x,
+                                                                                 y, weights)
+                losses = jnp.full(y.shape, loss)  # fit's loss tracker weighs each batch's mean by its size
+            else:
+                lr_i = rate(step_lr, state.epoch * (steps + (rest > 0)) + i, steps + (rest > 0))
+                grads, (losses, outputs, new_model_state) = jax.grad(loss_fn, has_aux=True)(
+                    params, model_state, x, y, jax.random.fold_in(epoch_key, i), state.settings
+                )
+                # `alive` is known before the epoch, so these selects fuse into Adam's elementwise passes (a
+                # zero gradient at rate 0 leaves the parameters exactly as they were).
+                grads = jax.tree.map(lambda g: jnp.where(alive, g, 0), grads)
+                updates, opt_state = tx.update(grads, optim.with_hyperparams(opt_state, learning_rate=lr_i, **hyper),
+                                               params)
+                if decay is not None:  # Keras's AdamW: decay the weights, then Adam's step
+                    params = keras_weight_decay(params, decay, lr_i)
+                params, opt_state = optax.apply_updates(params, updates), with_lr(opt_state, lr)
             model_state = jax.tree.map(lambda new, old: jnp.where(alive, new, old), new_model_state, model_state)
             return (params, model_state, opt_state, measure(counts, model_of(x), outputs, y, jnp.ones_like(y), losses)), None
 
         start = (state.params, state.model_state, state.opt_state)
-        (params, model_state, opt_state, train_counts), _ = jax.lax.scan(
-            step, (*start, Counts.zeros(config.num_classes)), (jnp.arange(steps), order)
-        )
+        carry, _ = jax.lax.scan(step, (*start, Counts.zeros(config.num_classes)), (jnp.arange(steps), order))
+        if rest:  # fit's partial last batch: one more step, of its own (static) size
+            carry, _ = step(carry, (jnp.int32(steps), last))
+        params, model_state, opt_state, train_counts = carry
         # Divergence is judged once an epoch, not every step: a non-finite loss, gradient or batch statistic
         # leaves a non-finite value that stays in the loss sum, the batch statistics or, through Adam's
         # moments, the parameters (NaN and inf do not come back), so one check of the epoch's end finds it.
@@ -267,3 +296,4 @@ def make_train(config: TrainConfig) -> Trainer:
         return jax.lax.scan(lambda s, _: run_epoch(s, data), state, None, length=config.epochs)
 
     return Trainer(init, run_epoch, train, evaluate, predict)
+

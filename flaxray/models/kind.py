@@ -56,6 +56,15 @@ class Model(NamedTuple):
     output: str = LOGITS  # LOGITS or PROBABILITIES
     pieces: Callable[[Variables], Pieces] | None = None  # the layers, where the kind knows them
     call: Callable | None = None  # (variables, x in [0, 1]) -> outputs, inference mode: what saliency differentiates
+    # A kind that can only initialise on the host, seed by seed (a Keras model), gives
+    # (init_seed, dropout_seed) -> Variables here; its `init` then gives the shapes alone.
+    host_init: Callable | None = None
+    compiled: Any = None  # a model that brings its own loss and optimizer (`keras_kind.Compiled`), else None
+    # A kind whose training takes the images in its own order (a Keras model: fit's) gives
+    # (seed, epoch, n) -> that epoch's permutation here (the host writes it into `SeedState.order`); it
+    # also trains the partial last batch, as fit does.
+    order: Callable | None = None
+    rescales: bool = False  # its first layer rescales the raw 0-255 pixels itself (recorded)
 
 
 def num_outputs(num_classes: int) -> int:

@@ -91,8 +91,17 @@ def registered_names() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def builtin_names() -> list[str]:
+    return sorted(_BUILTIN)
+
+
 def factory_of(arch: str) -> Callable | None:
-    """The factory registered as `arch`, or None (a sequential name or spec string)."""
+    """The factory registered as `arch` or named by it (`FILE.py:NAME`: `flaxray.models.user`; an NNX factory
+    or a Keras builder), or None (a sequential name or spec string)."""
+    from flaxray.models import user
+
+    if user.is_route(arch):
+        return user.load(arch)
     return _FACTORIES.get(arch)
 
 
@@ -127,7 +136,7 @@ class Registered(nnx.Module):
                  dtype=jnp.float32):
         self.name, self.num_outputs = name, num_outputs  # static attributes of the graph
         self.dtype = jnp.dtype(dtype).name
-        self.net = _FACTORIES[name](tuple(input_shape), num_outputs, rngs=rngs, dtype=jnp.dtype(dtype))
+        self.net = factory_of(name)(tuple(input_shape), num_outputs, rngs=rngs, dtype=jnp.dtype(dtype))
         _check_state(name, self.net)
 
     def __call__(self, images, *, train: bool = False, dropout_key: jax.Array | None = None):

@@ -17,15 +17,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec
 
+from flaxray import models
 from flaxray.core import strategy as strategies
 from flaxray.core.config import TrainConfig
 from flaxray.core.settings import Settings
 from flaxray.core.train import make_train
 from flaxray.errors import FlaxrayError
 from flaxray.models import conv
-from flaxray.runtime import scale
+from flaxray.runtime import scale, stopping
 
 
 class Programs(NamedTuple):
@@ -69,7 +71,7 @@ def _programs(trainer) -> Programs:
         state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
         return jax.tree.map(lambda a: a[None], (state, counts))
 
-    return Programs(jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0))), None,
+    return Programs(jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0))), None,
                     jax.jit(one_seed, donate_argnums=0),
                     jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, None, None, None))),
                     jax.jit(jax.vmap(trainer.predict, in_axes=(0, None))))
@@ -109,17 +111,47 @@ def _epoch_program(key: _Key, strategy, mesh, donate: bool, layers: str):
 _epoch = functools.lru_cache(maxsize=32)(_epoch_program)
 
 
+def model_of(config: TrainConfig, data) -> models.Model:
+    return models.model(config.arch, data.x_train.shape[1:], dtype=config.dtype, num_classes=config.num_classes)
+
+
+def seed_of(config: TrainConfig, seed: int, source: str) -> int:
+    """The seed a source draws from on the host: the lane's where it varies, else the shared seed."""
+    return int(seed) if source in config.vary else config.shared_seed
+
+
 def initial_states(config: TrainConfig, data, seeds, lanes: Settings, mesh):
-    """Every seed's initial state, split over `mesh`; `lanes`: each seed's settings (a leading lane axis)."""
-    seed_array, lanes = scale.shard_seeds(mesh, (jnp.asarray(seeds, jnp.int32), jax.tree.map(jnp.asarray, lanes)))
-    return scale.split_seeds(mesh, compiled(config).init(seed_array, data, lanes))
+    """Every seed's initial state, split over `mesh`; `lanes`: each seed's settings (a leading lane axis).
+    A model whose kind builds it on the host (a Keras model) is built here once per seed."""
+    model, variables = model_of(config, data), None
+    if model.host_init is not None:
+        each = [model.host_init(seed_of(config, s, "init"), seed_of(config, s, "dropout")) for s in seeds]
+        variables = jax.tree.map(lambda *a: np.stack(a), *each)
+    seed_array, lanes, variables = scale.shard_seeds(mesh, (jnp.asarray(seeds, jnp.int32), jax.tree.map(jnp.asarray, lanes),
+                                                            jax.tree.map(jnp.asarray, variables)))
+    return scale.split_seeds(mesh, compiled(config).init(seed_array, data, lanes, variables))
+
+
+def with_order(config: TrainConfig, data, states, seeds, epoch: int):
+    """`states` given each seed's order of epoch `epoch` (0-based) where the model's kind brings its own
+    (a Keras model: fit's); else `states` as they are. `seeds`: every lane's, padding included."""
+    model = model_of(config, data)
+    if model.order is None:
+        return states
+    n = data.x_train.shape[0]
+    return states._replace(order=stopping.put(np.stack([model.order(seed_of(config, s, "order"), epoch, n)
+                                                        for s in seeds]), states.order))
 
 
 def abstract_states(config: TrainConfig, data, fields: tuple[str, ...], lanes: int):
     """The shapes and types of `lanes` seeds' states whose settings carry `fields`; nothing is run."""
     n = jax.ShapeDtypeStruct((lanes,), jnp.float32)
     settings = Settings(**{f: (n if f in fields else None) for f in Settings._fields})
-    return jax.eval_shape(compiled(config).init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, settings)
+    model, variables = model_of(config, data), None
+    if model.host_init is not None:
+        variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct((lanes, *a.shape), a.dtype),
+                                 jax.eval_shape(model.init, jax.random.key(0)))
+    return jax.eval_shape(compiled(config).init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, settings, variables)
 
 
 def program_bytes(config: TrainConfig, data, fields: tuple[str, ...], lanes: int, strategy=strategies.VMAP) -> int | None:

@@ -209,6 +209,7 @@ def _train_chunk(config: TrainConfig, data, seeds: list[int], lanes: Settings, d
             for epoch in bar:
                 if finished:
                     break
+                states = programs.with_order(config, data, states, padded, epoch)  # a Keras model's: fit's
                 began_epoch = time.monotonic()  # the program alone, as the strategy probe times it
                 states, counts = jax.block_until_ready(run_epoch(states, data))
                 timed.append(time.monotonic() - began_epoch)

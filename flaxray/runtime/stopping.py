@@ -97,14 +97,14 @@ class Watch:
         grow = lambda a: np.concatenate([a, np.repeat(a[-1:], lanes - n)])  # noqa: E731 - the padding seeds
         if states.stopped is not None:
             stopped = np.where(diverged > 0, 0, decision.stopped)
-            states = states._replace(stopped=_put(grow(stopped).astype(np.int32), states.stopped))
+            states = states._replace(stopped=put(grow(stopped).astype(np.int32), states.stopped))
         if states.keep is not None:
-            states = states._replace(keep=_put(grow(decision.best == history[self.recipe.monitor].shape[1]), states.keep))
+            states = states._replace(keep=put(grow(decision.best == history[self.recipe.monitor].shape[1]), states.keep))
         done = states.stopped is not None and bool(np.all((decision.stopped > 0) | (diverged > 0)))
         return states, done
 
 
-def _put(values: np.ndarray, like):
+def put(values: np.ndarray, like):
     """Host values as an array placed and split as `like` (every process passes the whole array). On one
     device, left uncommitted as the states the program was first called with are: a committed leaf
     would be another signature, and the epoch program would compile again."""

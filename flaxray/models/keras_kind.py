@@ -1,0 +1,274 @@
+"""A user's Keras 3 model (JAX backend) behind the one model interface, unchanged.
+
+    def pyramid():                      # any function returning a keras.Model, compiled or not
+        ...
+        return model
+    m = keras_kind.model(pyramid, (180, 180, 3))
+    variables = m.host_init(init_seed=3, dropout_seed=3)     # what keras.utils.set_random_seed(3) + build give
+
+Seed k's lane is `model.fit` for seed k, in one vmapped program over the seeds:
+
+- its initial weights, and each Dropout's `SeedGenerator` state (a non-trainable `[seed, counter]`
+  variable, which is how a Keras model keeps its randomness), are those of `set_random_seed(k)` and a
+  build, made on the host (`host_init`); the process's Python and NumPy random states are restored;
+- its data order is fit's: NumPy's permutations after `set_random_seed(k)`, the first drawn by fit's
+  symbolic build and one per epoch after it, the partial last batch included (`fit_order`);
+- a compiled model steps with its compile's loss (regularisers and loss scaling included) and
+  optimizer, as `JAXTrainer.train_step` does (`Compiled`); an uncompiled one takes flaxray's recipe.
+
+The model's layers are called with `stateless_call`, so the variables are plain lists of arrays that
+cross jit, vmap and grad. Images reach it as float32 in [0, 1], as flaxray's own models get them,
+unless its first layer is a `Rescaling`, which then gets the raw 0-255 values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import sys
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxray.errors import FlaxrayError
+from flaxray.models.kind import LOGITS, PROBABILITIES, Model, Variables, num_outputs
+
+
+def prefer_jax() -> None:
+    """Where Keras is not loaded yet and no backend is asked for, ask for JAX's: flaxray is a JAX program,
+    and a user's file that imports keras then gets the backend flaxray can train."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+
+
+def keras():
+    """The keras module on its JAX backend, or a one-line error saying what to install or set."""
+    prefer_jax()
+    try:
+        import keras as module
+    except ImportError as e:
+        if os.environ.get("KERAS_BACKEND", "jax") != "jax":
+            raise FlaxrayError(f"KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r}; flaxray trains Keras models on "
+                               "its JAX backend: set KERAS_BACKEND=jax before Python starts") from e
+        raise FlaxrayError("a Keras model needs Keras 3: pip install 'flaxray[keras]'") from e
+    if module.backend.backend() != "jax":
+        raise FlaxrayError(f"Keras runs on its {module.backend.backend()!r} backend (KERAS_BACKEND or ~/.keras/keras.json);"
+                           " flaxray trains Keras models on its JAX backend: set KERAS_BACKEND=jax before Python starts")
+    if module.config.is_nnx_enabled():
+        raise FlaxrayError("Keras's NNX mode is on (KERAS_NNX_ENABLED); flaxray calls Keras models as pure "
+                           "functions: unset KERAS_NNX_ENABLED")
+    return module
+
+
+def is_keras(obj) -> bool:
+    """Whether `obj` is a keras.Model (without importing keras where it is not loaded)."""
+    return "keras" in sys.modules and isinstance(obj, sys.modules["keras"].Model)
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    """`keras.utils.set_random_seed` seeds Python's and NumPy's global generators: put them back after."""
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def build(builder: Callable, input_shape: tuple[int, ...], num_classes: int, name: str, seed: int | None = None):
+    """`builder()`'s model, built for images of `input_shape` after `set_random_seed(seed)`; one-line errors
+    for a builder that returns something else, a model that cannot take these images, or gives another
+    number of outputs."""
+    k = keras()
+    with _random_state_kept():
+        if seed is not None:
+            k.utils.set_random_seed(int(seed))
+        model = builder()
+        if not isinstance(model, k.Model):
+            raise FlaxrayError(f"{name}: the builder returned a {type(model).__name__}, not a keras.Model")
+        try:
+            if not model.built:
+                model.build((None, *input_shape))
+            out = k.ops.shape(model.compute_output_spec(k.KerasTensor((2, *input_shape))))
+        except Exception as e:  # Keras's own message says which layer refused the shape
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FlaxrayError(f"{name}: cannot build the model on images of shape {input_shape}: {first}") from None
+    want = num_outputs(num_classes)
+    if tuple(out[1:]) not in ((want,), () if want == 1 else (want,)):
+        raise FlaxrayError(f"{name}: the model gives outputs of shape {tuple(out)}; {num_classes} classes need "
+                           f"(batch, {want})")
+    return model
+
+
+def _output(model) -> str:
+    """PROBABILITIES when the last layer squashes (sigmoid or softmax), else LOGITS."""
+    k = keras()
+    activation = getattr(model.layers[-1], "activation", None)
+    squash = {k.activations.sigmoid, k.activations.softmax}
+    return PROBABILITIES if activation in squash else LOGITS
+
+
+def rescales(model) -> bool:
+    """Whether the model's first layer is a Rescaling (it then takes the raw 0-255 pixels)."""
+    k = keras()
+    layers = [layer for layer in model.layers if not isinstance(layer, k.layers.InputLayer)]
+    return bool(layers) and isinstance(layers[0], k.layers.Rescaling)
+
+
+def _is_seed_state(variable) -> bool:
+    return variable.path.endswith("seed_generator_state")
+
+
+def _values(variables) -> list:
+    return [np.array(v.value) for v in variables]  # copies: fit and stateless calls may donate the buffers
+
+
+def _check_randomness(model, name: str) -> None:
+    """A model that draws `keras.random` without a SeedGenerator has no per-seed state to vary or vmap."""
+    k = keras()
+    with _random_state_kept():
+        try:
+            jax.eval_shape(lambda x: model.stateless_call(_values(model.trainable_variables),
+                                                          _values(model.non_trainable_variables), x, training=True),
+                           jax.ShapeDtypeStruct((2, *model.input_shape[1:]), jnp.float32))
+        except Exception as e:
+            if "SeedGenerator" in str(e) or "seed" in str(e).lower():
+                raise FlaxrayError(f"{name}: the model draws keras.random without a SeedGenerator in its call; "
+                                   "create one in the layer's __init__ (keras.random.SeedGenerator) and pass it as seed=")
+            raise
+    del k
+
+
+class Compiled(NamedTuple):
+    """A compiled model's own training: its loss, regularisers, loss scaling and optimizer."""
+
+    opt_init: Callable[[], list]  # the optimizer's initial variables (the same for every seed)
+    step: Callable  # (params, state, opt_state, x, y, sample weights or None) -> (params, state, opt_state, outputs, loss)
+    losses: Callable  # (variables, x, y, outputs) -> per-sample losses, as `evaluate` adds them up
+    learning_rate: float | None  # the compile's rate, None where it is a schedule
+
+
+@functools.lru_cache(maxsize=32)
+def _template(builder, input_shape, num_classes, name):
+    model = build(builder, input_shape, num_classes, name, seed=0)
+    _check_randomness(model, name)
+    return model
+
+
+def model(builder: Callable, input_shape: tuple[int, ...], *, name: str, dtype: str = "float32",
+          num_classes: int = 2) -> Model:
+    """The Keras model `builder()` returns, as the pure functions of `flaxray.models.kind.Model`; made once
+    per builder, shape and classes, outside any trace (Keras creates its variables eagerly)."""
+    if dtype != "float32":
+        raise FlaxrayError(f"{name}: --dtype {dtype} is not for a Keras model, whose dtype is its own "
+                           "(keras.mixed_precision); leave --dtype at float32")
+    with jax.ensure_compile_time_eval():
+        return _model(builder, tuple(int(d) for d in input_shape), name, num_classes)
+
+
+@functools.lru_cache(maxsize=32)
+def _model(builder, input_shape, name, num_classes) -> Model:
+    template = _template(builder, input_shape, num_classes, name)
+    output, raw = _output(template), rescales(template)
+    binary = num_outputs(num_classes) == 1
+
+    def host_init(init_seed: int, dropout_seed: int) -> Variables:
+        built = build(builder, input_shape, num_classes, name, seed=init_seed)
+        state = _values(built.non_trainable_variables)
+        if dropout_seed != init_seed:  # the seed generators' states of the dropout seed's build, the weights of init's
+            other = build(builder, input_shape, num_classes, name, seed=dropout_seed).non_trainable_variables
+            state = [np.array(o.value) if _is_seed_state(o) else s for s, o in zip(state, other)]
+        return Variables(_values(built.trainable_variables), state)
+
+    def inputs(images):
+        x = images.astype(jnp.float32)
+        return x if raw else x / 255.0
+
+    def squeeze(outputs):
+        outputs = outputs.astype(jnp.float32)
+        return outputs.reshape(outputs.shape[0]) if binary else outputs
+
+    def apply(variables, images, *, train: bool, key=None, dropout=None):
+        del key, dropout  # the model's randomness is its seed generators' state; its rates are its own
+        outputs, state = template.stateless_call(list(variables.params), list(variables.state), inputs(images),
+                                                 training=train)
+        return squeeze(outputs), state
+
+    def init(key) -> Variables:  # shapes only (load_trained, param counts): a seed's values come from host_init
+        del key
+        return Variables(_values(template.trainable_variables), _values(template.non_trainable_variables))
+
+    def call(variables, x):  # x in [0, 1]: what saliency differentiates
+        outputs, _ = template.stateless_call(list(variables.params), list(variables.state), x * 255.0 if raw else x,
+                                             training=False)
+        return squeeze(outputs)
+
+    compiled = _compiled(template, inputs, squeeze, binary) if template.compiled else None
+    return Model(init, apply, output, pieces=None, call=call, host_init=host_init, compiled=compiled,
+                 order=fit_order, rescales=raw)
+
+
+def _compiled(template, inputs, squeeze, binary) -> Compiled:
+    optimizer = template.optimizer
+    with _random_state_kept():
+        if not optimizer.built:
+            optimizer.build(template.trainable_variables)
+        # Builds the compile's loss and metrics as fit's first batch would (evaluate draws no data order),
+        # then empties the loss tracker that batch filled.
+        template.evaluate(np.zeros((1, *template.input_shape[1:]), np.float32), np.zeros((1,), np.float32), verbose=0)
+        template.reset_metrics()
+    opt_values, metric_values = _values(optimizer.variables), _values(template.metrics_variables)
+    rate = optimizer.get_config()["learning_rate"]  # a float, or a serialised schedule
+    learning_rate = float(rate) if isinstance(rate, (int, float, np.floating)) else None
+
+    def labels(y):
+        return y if binary else y.astype(jnp.int32)
+
+    def step(params, state, opt_state, x, y, weights=None):
+        grad = jax.value_and_grad(template.compute_loss_and_updates, has_aux=True)
+        (_, (loss, outputs, state, _)), grads = grad(list(params), list(state), metric_values, inputs(x), labels(y),
+                                                     weights, training=True, optimizer_variables=list(opt_state))
+        params, opt_state = optimizer.stateless_apply(list(opt_state), grads, list(params))
+        return params, state, opt_state, squeeze(outputs), loss
+
+    def losses(variables, x, y, outputs):
+        """Each sample's compile loss plus the regularisers (Keras's evaluate: a batch's mean plus them)."""
+        del x  # a compile loss of the outputs and labels alone
+
+        def one(yi, pi):
+            loss, _ = template.stateless_compute_loss(list(variables.params), list(variables.state), metric_values,
+                                                      y=yi[None], y_pred=pi[None], training=False)
+            return loss
+
+        preds = outputs.reshape(-1, 1) if binary else outputs
+        return jax.vmap(one)(labels(y), preds)
+
+    return Compiled(lambda: [jnp.asarray(v) for v in opt_values], step, losses, learning_rate)
+
+
+def fit_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order `fit` takes seed `seed`'s `n` training images in, in epoch `epoch` (0-based): after
+    `set_random_seed(seed)`, NumPy's global generator gives one permutation to fit's symbolic build and
+    one to each epoch (a builder that draws from NumPy itself would move these: flaxray assumes it does not)."""
+    rng = np.random.RandomState(int(seed))
+    for _ in range(epoch + 1):
+        rng.permutation(n)
+    return rng.permutation(n).astype(np.int32)
+
+
+def to_keras(builder: Callable, input_shape, num_classes: int, name: str, variables: Variables):
+    """A keras.Model holding one seed's `variables` (predict and `.keras` saving work)."""
+    model_ = build(builder, tuple(input_shape), num_classes, name, seed=0)
+    for v, value in zip(model_.trainable_variables, variables.params):
+        v.assign(np.asarray(value))
+    for v, value in zip(model_.non_trainable_variables, variables.state):
+        v.assign(np.asarray(value))
+    return model_
+
+
+__all__ = ["Compiled", "build", "fit_order", "is_keras", "keras", "model", "rescales", "to_keras"]
