@@ -23,6 +23,13 @@ The names below are the public API, imported on first use (so `import flaxray` s
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+
+# flaxray is a JAX program: where Keras is not loaded yet and no backend is asked for, a user's Keras
+# model (`flaxray.models.keras_kind`) gets the JAX backend, the one flaxray can train it on.
+if "keras" not in sys.modules:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
 
 _API = {
     "Study": "flaxray.study", "DataSpec": "flaxray.study", "run": "flaxray.study", "prepare": "flaxray.study",

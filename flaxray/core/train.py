@@ -179,7 +179,7 @@ def make_train(config: TrainConfig) -> Trainer:
         params = variables.params
         if FLOOR in config.vary:  # its own key: the other sources' draws are those of a run without it
             params = nudge_one_ulp(params, source_key(seed, FLOOR, config.vary))
-        opt_state = model.compiled.opt_init() if model.compiled else with_lr(tx.init(params), settings.lr)
+        opt_state = model.compiled.opt_init(settings.lr) if model.compiled else with_lr(tx.init(params), settings.lr)
         stopped = None if settings.patience is None else jnp.int32(0)
         best, keep = (Variables(params, variables.state), jnp.bool_(False)) if recipe.restore_best else (None, None)
         order = None if model.order is None else jnp.arange(data.x_train.shape[0], dtype=jnp.int32)

@@ -81,6 +81,22 @@ def model(arch: str, input_shape: tuple[int, ...], *, dtype: str = "float32", nu
     return flax_nnx.model(arch, input_shape, dtype=dtype, num_classes=num_classes)
 
 
+def describe(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> dict | None:
+    """What a user's model is, for records and fingerprints: its kind, its file's hash (`FILE.py:NAME`;
+    a unit trained before the file changed is not reused), and for a Keras model whether it is compiled
+    (and with what), whether its first layer rescales the raw pixels and what it outputs; None for
+    flaxray's own archs and registered modules (their records are as they were)."""
+    factory = factory_of(arch)
+    if factory is None or not (user.is_route(arch) or is_keras(arch)):
+        return None
+    out = {"kind": user.kind(factory), **({"file_sha256": user.file_hash(arch)} if user.is_route(arch) else {})}
+    if out["kind"] == user.KERAS:
+        m = model(arch, tuple(input_shape), num_classes=num_classes)
+        out.update(keras_kind.describe(factory, tuple(input_shape), num_classes, arch), outputs=m.output,
+                   rescales=m.rescales)
+    return out
+
+
 def param_counts(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> dict[str, int]:
     """{"trainable", "non_trainable", "total"} as Keras's `model.summary()` counts them, from the shapes of
     the initial variables alone (nothing is initialised)."""
@@ -95,7 +111,7 @@ __all__ = [
     "CNN_SPECS", "ENDS_MAP", "NEEDS_MAP", "NOTES_STACKS", "USAGE", "BatchNorm", "Conv2D", "DenseBlock", "Dropout",
     "Flatten", "GlobalAveragePooling2D", "Layer", "MaxPool2D", "Registered", "ResNet18", "SeparableConv2D",
     "Sequential", "build_layer", "build_model", "check_arch", "check_dropout", "count_params", "dense", "factory_of", "glorot_uniform",
-    "graphdef", "is_keras", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "model", "neighbourhoods",
+    "describe", "graphdef", "is_keras", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "model", "neighbourhoods",
     "num_outputs", "param_counts", "LOGITS", "PROBABILITIES", "Model", "Pieces", "Variables",
     "output_shape", "parse_arch", "parse_spec", "plain", "register", "registered_names", "unregister",
 ]

@@ -147,7 +147,7 @@ def _check_randomness(model, name: str) -> None:
 class Compiled(NamedTuple):
     """A compiled model's own training: its loss, regularisers, loss scaling and optimizer."""
 
-    opt_init: Callable[[], list]  # the optimizer's initial variables (the same for every seed)
+    opt_init: Callable  # lr -> the optimizer's initial variables, its constant rate set to lr
     step: Callable  # (params, state, opt_state, x, y, sample weights or None) -> (params, state, opt_state, outputs, loss)
     losses: Callable  # (variables, x, y, outputs) -> per-sample losses, as `evaluate` adds them up
     learning_rate: float | None  # the compile's rate, None where it is a schedule
@@ -225,6 +225,16 @@ def _compiled(template, inputs, squeeze, binary) -> Compiled:
     opt_values, metric_values = _values(optimizer.variables), _values(template.metrics_variables)
     rate = optimizer.get_config()["learning_rate"]  # a float, or a serialised schedule
     learning_rate = float(rate) if isinstance(rate, (int, float, np.floating)) else None
+    # A constant rate is one of the optimizer's variables: the lane's --lr is written there, so one
+    # program crosses rates for a compiled model as for any other.
+    at = [i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate")]
+    at = at[0] if learning_rate is not None and at else None
+
+    def opt_init(lr):
+        values = [jnp.asarray(v) for v in opt_values]
+        if at is not None:
+            values[at] = jnp.asarray(lr, values[at].dtype)
+        return values
 
     def labels(y):
         return y if binary else y.astype(jnp.int32)
@@ -248,7 +258,17 @@ def _compiled(template, inputs, squeeze, binary) -> Compiled:
         preds = outputs.reshape(-1, 1) if binary else outputs
         return jax.vmap(one)(labels(y), preds)
 
-    return Compiled(lambda: [jnp.asarray(v) for v in opt_values], step, losses, learning_rate)
+    return Compiled(opt_init, step, losses, learning_rate)
+
+
+def describe(builder: Callable, input_shape, num_classes: int, name: str) -> dict:
+    """The compile a Keras model trains with (its loss and optimizer), or that it is not compiled."""
+    template = _template(builder, tuple(input_shape), num_classes, name)
+    if not template.compiled:
+        return {"compiled": False}
+    loss = template.loss
+    return {"compiled": True, "loss": loss if isinstance(loss, str) else type(loss).__name__,
+            "optimizer": {k: v for k, v in template.optimizer.get_config().items() if v is not None}}
 
 
 def fit_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -268,7 +288,9 @@ def to_keras(builder: Callable, input_shape, num_classes: int, name: str, variab
         v.assign(np.asarray(value))
     for v, value in zip(model_.non_trainable_variables, variables.state):
         v.assign(np.asarray(value))
+    if model_.compiled and not model_.optimizer.built:  # a fresh optimizer, so a saved .keras loads without warnings
+        model_.optimizer.build(model_.trainable_variables)
     return model_
 
 
-__all__ = ["Compiled", "build", "fit_order", "is_keras", "keras", "model", "rescales", "to_keras"]
+__all__ = ["Compiled", "build", "describe", "fit_order", "is_keras", "keras", "model", "rescales", "to_keras"]

@@ -64,6 +64,12 @@ def load(arch: str):
     return as_factory(getattr(module, match["name"]), arch)
 
 
+def file_hash(arch: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(ROUTE.match(arch)["file"]).expanduser().read_bytes()).hexdigest()
+
+
 def kind(obj) -> str:
     """KERAS or NNX for a factory or builder (a keras.Model instance is first made a builder: `as_factory`)."""
     if "flax.nnx" in sys.modules:

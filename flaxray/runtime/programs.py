@@ -22,7 +22,9 @@ from jax.sharding import PartitionSpec
 
 from flaxray import models
 from flaxray.core import strategy as strategies
+from flaxray.core import schedules
 from flaxray.core.config import TrainConfig
+from flaxray.core.recipe import Recipe
 from flaxray.core.settings import Settings
 from flaxray.core.train import make_train
 from flaxray.errors import FlaxrayError
@@ -113,6 +115,31 @@ _epoch = functools.lru_cache(maxsize=32)(_epoch_program)
 
 def model_of(config: TrainConfig, data) -> models.Model:
     return models.model(config.arch, data.x_train.shape[1:], dtype=config.dtype, num_classes=config.num_classes)
+
+
+def check_model(config: TrainConfig, data, lanes: Settings) -> None:
+    """One-line errors where a compiled model (a Keras model's compile: its loss and optimizer train it)
+    is asked for what only flaxray's recipe does, or its compile's rate differs from the lanes' --lr."""
+    model = model_of(config, data)
+    if model.compiled is None:
+        return
+    recipe, default = config.recipe, Recipe()
+    asked = [flag for flag, on in (("--optimizer", recipe.optimizer != default.optimizer or recipe.nesterov),
+                                   ("--schedule", not schedules.is_default(recipe.schedule)),
+                                   ("--label-smoothing", recipe.label_smoothing != default.label_smoothing),
+                                   ("--weight-decay", lanes.weight_decay is not None),
+                                   ("--momentum", lanes.momentum is not None),
+                                   ("--dropout", lanes.dropout is not None)) if on]
+    if asked:
+        raise FlaxrayError(f"{config.arch} is compiled: its compile's optimizer and loss train it, so {', '.join(asked)} "
+                           "do not apply; give a builder that does not compile to train with flaxray's recipe")
+    rates, rate = sorted({float(r) for r in np.asarray(lanes.lr)}), model.compiled.learning_rate
+    if rate is None and rates != [np.float32(Settings().lr)]:
+        raise FlaxrayError(f"--lr: {config.arch} is compiled with a learning-rate schedule, which sets its rate")
+    if rate is not None and rates == [np.float32(Settings().lr)] and np.float32(rate) != rates[0]:
+        raise FlaxrayError(f"{config.arch} is compiled at a learning rate of {rate:g}, and --lr is {Settings().lr:g} "
+                           f"(its default): give --lr {rate:g} (a compiled model's rate is the lane's --lr, so "
+                           "several cross rates)")
 
 
 def seed_of(config: TrainConfig, seed: int, source: str) -> int:

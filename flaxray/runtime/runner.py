@@ -97,6 +97,7 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], lanes: Sequence
     if len(class_names) != config.num_classes:
         raise FlaxrayError(f"{len(class_names)} class names for a config of {config.num_classes} classes")
     check_batch_size(config, data.x_train.shape[0])
+    programs.check_model(config, data, lanes)
     devices = jax.devices() if devices is None else list(devices)
     progress = progress and hosts.is_primary()
     plan = plans.recorded(checkpoint_dir, len(seeds))

@@ -17,7 +17,7 @@ from flaxray.analysis import stopping as stop_analysis
 from flaxray.analysis.ranking import RANK_KEY
 from flaxray.analysis.study import analyse
 from flaxray.core import settings as settings_grid
-from flaxray.models import param_counts
+from flaxray.models import describe, param_counts
 from flaxray.runtime.runner import evaluate_seeds, predict
 from flaxray.study import compat
 from flaxray.study.trained import load_folder
@@ -122,5 +122,9 @@ def build(out, study, dataset, groups: Mapping[str, Group], decomposition: Mappi
         "programs": programs,
         "params": {n: str(g.params_dir.relative_to(out)) for n, g in groups.items()},
     }
+    shape = tuple(dataset.train.x.shape[1:])
+    described = {a: describe(a, shape, len(dataset.class_names)) for a in study.archs}
+    if any(described.values()):  # users' models: their kind, file, compile and what their inputs are
+        record["models"] = {a: d for a, d in described.items() if d}
     results.write_json(out / "study.json", record)
     return Result(out, study, dataset, dict(groups), analysis, dict(decomposition), reused, test, record, dict(info))

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
+from flaxray import models
 from flaxray.core import settings as settings_grid
 from flaxray.core.config import TrainConfig, check_dropout_settings
 from flaxray.core.randomness import FLOOR, SOURCES
@@ -50,7 +51,7 @@ class Study:
     `recipe` (`flaxray.core.recipe.Recipe`) is how every program trains: optimizer, schedule,
     augmentation, early stopping's monitor, model selection, label smoothing."""
 
-    archs: tuple[str, ...] = ("pyramid",)
+    archs: tuple[str, ...] = ("pyramid",)  # names, specs, FILE.py:NAME, or models as Python objects (`flaxray.models.user`)
     data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
     seeds: tuple[int, ...] = tuple(range(16))
     settings: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
@@ -66,7 +67,10 @@ class Study:
     recipe: Recipe = Recipe()
 
     def __post_init__(self):  # every check of a study, once, before any data is read
-        object.__setattr__(self, "archs", tuple(self.archs))
+        # A model given as a Python object (a Keras builder or instance, an NNX factory) is registered under its name.
+        object.__setattr__(self, "archs", tuple(a if isinstance(a, str) else models.user.name_of(a)
+                                                for a in (self.archs if isinstance(self.archs, (list, tuple))
+                                                          else (self.archs,))))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "vary", tuple(self.vary))
         object.__setattr__(self, "settings", settings_grid.normalize(self.settings))

@@ -89,7 +89,7 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
     for arch, source in jobs(study) if not overwrite else ():  # a unit trained otherwise: refused before anything
         units.finished(units.unit_dir(out, arch, source),
                        units.fingerprint(unit_config(configs[arch], source), study.settings, study.seeds,
-                                         dataset.summary))
+                                         dataset.summary, dataset.train.x.shape[1:]))
     need = disk_needed(study, configs, dataset.train.x.shape[1:], checkpoints=saves)
     check_disk(need, out)
     data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)

@@ -51,6 +51,20 @@ class Trained:
     def variables(self) -> Variables:
         return Variables(self.params, self.model_state)
 
+    def to_keras(self, seed: int | None = None):
+        """A Keras model's seeds back in Keras: the keras.Model holding seed `seed`'s weights (its
+        `predict`, `evaluate` and `.keras` saving work), or {seed: model} for every seed."""
+        if not models.is_keras(self.config.arch):
+            raise FlaxrayError(f"{self.name} is not a Keras model; its variables are `.variables`")
+        if seed is None:
+            return {s: self.to_keras(s) for s in self.seeds}
+        if seed not in self.seeds:
+            raise FlaxrayError(f"{self.name} has no seed {seed}; its seeds are {self.seeds}")
+        i = self.seeds.index(seed)
+        one = jax.tree.map(lambda a: a[i], self.variables)
+        return models.keras_kind.to_keras(models.factory_of(self.config.arch), self.input_shape,
+                                          self.config.num_classes, self.config.arch, one)
+
 
 def save_trained(folder, name: str, config: TrainConfig, settings: Settings, seeds: Sequence[int], states,
                  input_shape: Sequence[int], data_summary: Mapping) -> Path:

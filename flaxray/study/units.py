@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from flaxray import results
+from flaxray import models, results
 from flaxray.core import schedules, settings
 from flaxray.core.config import TrainConfig
 from flaxray.core.settings import Settings
@@ -134,11 +134,15 @@ def unit_dir(out, arch: str, source: str | None = None) -> Path:
     return folder if source is None else folder / f"only-{source}"
 
 
-def fingerprint(config: TrainConfig, grid: Mapping[str, tuple], seeds: Sequence[int], data_summary) -> dict:
+def fingerprint(config: TrainConfig, grid: Mapping[str, tuple], seeds: Sequence[int], data_summary,
+                input_shape: Sequence[int] | None = None) -> dict:
     """What a saved unit must match to be reused: the config, the settings (those at their off value left
-    out: `settings.record`), the seeds, the data."""
+    out: `settings.record`), the seeds, the data, and for a user's model on images of `input_shape`
+    what it is (`flaxray.models.describe`: its file's hash, its compile)."""
+    model = None if input_shape is None else models.describe(config.arch, tuple(input_shape), config.num_classes)
     return results.jsonable({"config": config.record(), "settings": settings.record(grid),
-                             "seeds": [int(s) for s in seeds], "data": {k: data_summary.get(k) for k in DATA_KEYS}})
+                             "seeds": [int(s) for s in seeds], "data": {k: data_summary.get(k) for k in DATA_KEYS},
+                             **({"model": model} if model else {})})
 
 
 def differences(saved, wanted, prefix="") -> list[str]:
@@ -193,7 +197,7 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     vmapped program), trained into `folder` or read back from it. Returns (groups, reused)."""
     seeds, lanes = [int(s) for s in seeds], settings.cross(grid)
     names, summary = group_names(name, grid), dataset.summary
-    wanted = fingerprint(config, grid, seeds, summary)
+    wanted = fingerprint(config, grid, seeds, summary, data.x_train.shape[1:])
     record = finished(folder, wanted)
     if record is not None:
         histories, _ = results.read_curves_csv(folder / "curves.csv", epochs=config.epochs)
