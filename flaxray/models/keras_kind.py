@@ -80,6 +80,19 @@ def _random_state_kept():
         np.random.set_state(npy)
 
 
+def wanted_arguments(builder: Callable, input_shape, num_classes: int) -> dict:
+    """What a builder takes of the data: `input_shape` (H, W, C) and `num_classes` where it names them, so
+    one builder fits any image size; a builder of no arguments fixes its own."""
+    import inspect
+
+    try:
+        names = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return {}
+    given = {"input_shape": tuple(input_shape), "num_classes": int(num_classes)}
+    return {k: v for k, v in given.items() if k in names}
+
+
 def build(builder: Callable, input_shape: tuple[int, ...], num_classes: int, name: str, seed: int | None = None):
     """`builder()`'s model, built for images of `input_shape` after `set_random_seed(seed)`; one-line errors
     for a builder that returns something else, a model that cannot take these images, or gives another
@@ -88,7 +101,7 @@ def build(builder: Callable, input_shape: tuple[int, ...], num_classes: int, nam
     with _random_state_kept():
         if seed is not None:
             k.utils.set_random_seed(int(seed))
-        model = builder()
+        model = builder(**wanted_arguments(builder, input_shape, num_classes))
         if not isinstance(model, k.Model):
             raise FlaxrayError(f"{name}: the builder returned a {type(model).__name__}, not a keras.Model")
         try:
