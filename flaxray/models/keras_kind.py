@@ -141,20 +141,17 @@ def _values(variables) -> list:
     return [np.array(v.value) for v in variables]  # copies: fit and stateless calls may donate the buffers
 
 
-def _check_randomness(model, name: str) -> None:
-    """A model that draws `keras.random` without a SeedGenerator has no per-seed state to vary or vmap."""
-    k = keras()
-    with _random_state_kept():
-        try:
-            jax.eval_shape(lambda x: model.stateless_call(_values(model.trainable_variables),
-                                                          _values(model.non_trainable_variables), x, training=True),
-                           jax.ShapeDtypeStruct((2, *model.input_shape[1:]), jnp.float32))
-        except Exception as e:
-            if "SeedGenerator" in str(e) or "seed" in str(e).lower():
-                raise FlaxrayError(f"{name}: the model draws keras.random without a SeedGenerator in its call; "
-                                   "create one in the layer's __init__ (keras.random.SeedGenerator) and pass it as seed=")
-            raise
-    del k
+@contextlib.contextmanager
+def seeded(name: str):
+    """A model that draws `keras.random` without a SeedGenerator has no per-seed state to vary or vmap:
+    Keras refuses it when traced; said in one line."""
+    try:
+        yield
+    except ValueError as e:
+        if "SeedGenerator" in str(e):
+            raise FlaxrayError(f"{name}: the model draws keras.random without a SeedGenerator; create one in "
+                               "the layer's __init__ (keras.random.SeedGenerator) and pass it as seed=") from None
+        raise
 
 
 class Compiled(NamedTuple):
@@ -168,9 +165,7 @@ class Compiled(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _template(builder, input_shape, num_classes, name):
-    model = build(builder, input_shape, num_classes, name, seed=0)
-    _check_randomness(model, name)
-    return model
+    return build(builder, input_shape, num_classes, name, seed=0)
 
 
 def model(builder: Callable, input_shape: tuple[int, ...], *, name: str, dtype: str = "float32",
@@ -208,8 +203,9 @@ def _model(builder, input_shape, name, num_classes) -> Model:
 
     def apply(variables, images, *, train: bool, key=None, dropout=None):
         del key, dropout  # the model's randomness is its seed generators' state; its rates are its own
-        outputs, state = template.stateless_call(list(variables.params), list(variables.state), inputs(images),
-                                                 training=train)
+        with seeded(name):
+            outputs, state = template.stateless_call(list(variables.params), list(variables.state), inputs(images),
+                                                     training=train)
         return squeeze(outputs), state
 
     def init(key) -> Variables:  # shapes only (load_trained, param counts): a seed's values come from host_init
@@ -254,8 +250,10 @@ def _compiled(template, inputs, squeeze, binary) -> Compiled:
 
     def step(params, state, opt_state, x, y, weights=None):
         grad = jax.value_and_grad(template.compute_loss_and_updates, has_aux=True)
-        (_, (loss, outputs, state, _)), grads = grad(list(params), list(state), metric_values, inputs(x), labels(y),
-                                                     weights, training=True, optimizer_variables=list(opt_state))
+        with seeded(template.name):
+            (_, (loss, outputs, state, _)), grads = grad(list(params), list(state), metric_values, inputs(x),
+                                                         labels(y), weights, training=True,
+                                                         optimizer_variables=list(opt_state))
         params, opt_state = optimizer.stateless_apply(list(opt_state), grads, list(params))
         return params, state, opt_state, squeeze(outputs), loss
 
