@@ -185,7 +185,9 @@ def run_python(block: Block, namespace: dict) -> None:
 
 @pytest.fixture(scope="module")
 def shared_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("docs")
+    folder = tmp_path_factory.mktemp("docs")
+    (folder / "examples").symlink_to(ROOT / "examples")  # as a reader in the repository's root has it
+    return folder
 
 
 @pytest.mark.parametrize("page", PAGES)

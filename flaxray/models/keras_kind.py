@@ -223,6 +223,12 @@ def _model(builder, input_shape, name, num_classes) -> Model:
 
 
 def _compiled(template, inputs, squeeze, binary) -> Compiled:
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    if type(template).train_step is not JAXTrainer.train_step:
+        raise FlaxrayError(f"{template.name}: the model overrides train_step, which flaxray does not run (it steps "
+                           "with the compile's loss and optimizer as Keras's own train_step does); leave it uncompiled "
+                           "to train with flaxray's recipe, or drop the override")
     optimizer = template.optimizer
     with _random_state_kept():
         if not optimizer.built:
