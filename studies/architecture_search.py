@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--arch", nargs="+", default=list(DEFAULT_CATALOGUE), metavar="NAME",
-                   help="architecture names or spec strings like 'dense:1024@0.5,512@0.2'; default: every named "
+                   help="architecture names, spec strings like 'dense:1024@0.5,512@0.2' or your own models as FILE.py:NAME "
+                   "(a Keras builder or a Flax NNX factory: docs/keras.md); default: every named "
                    "dense stack of the notes, with (NAME) and without (NAME_plain) BatchNorm/Dropout, each distinct stack once ("
                    + ", ".join(f"{a} is {b}" for a, b in SAME_STACK.items()) + ")")
     p.add_argument("--decompose", action="store_true",

@@ -35,7 +35,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"architecture names: dense stacks {', '.join(NOTES_STACKS)}; CNNs {', '.join(CNN_SPECS)}; "
                    "each also NAME_plain (no BatchNorm, no Dropout). Or spec strings like "
                    "'dense:1024@0.5,512@0.2' or 'conv:32,pool,sep:64,pool,gap,dense:128@0.5' "
-                   "(the grammar is in flaxray/models/spec.py); or a model registered with flaxray.models.register, e.g. resnet18")
+                   "(the grammar is in flaxray/models/spec.py); or a model registered with flaxray.models.register, e.g. resnet18; "
+                   "or your own model as FILE.py:NAME, NAME a function returning a keras.Model (compiled: its compile "
+                   "trains it; each seed k is fit under keras.utils.set_random_seed(k): docs/keras.md) or a Flax NNX "
+                   "factory")
     _cli.add_training_args(p)
     _cli.add_data_args(p)
     _cli.add_output_args(p)
