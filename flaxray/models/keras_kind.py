@@ -121,9 +121,9 @@ def build(builder: Callable, input_shape: tuple[int, ...], num_classes: int, nam
 def _output(model) -> str:
     """PROBABILITIES when the last layer squashes (sigmoid or softmax), else LOGITS."""
     k = keras()
-    activation = getattr(model.layers[-1], "activation", None)
+    last = model.layers[-1]
     squash = {k.activations.sigmoid, k.activations.softmax}
-    return PROBABILITIES if activation in squash else LOGITS
+    return PROBABILITIES if getattr(last, "activation", None) in squash or isinstance(last, k.layers.Softmax) else LOGITS
 
 
 def rescales(model) -> bool:
