@@ -33,7 +33,7 @@ from flaxray.models.layers import (BatchNorm, Conv2D, DenseBlock, Dropout, Flatt
 from flaxray.models import flax_nnx, keras_kind, user
 from flaxray.models.flax_nnx import build_model, count_params, graphdef, parse_arch
 from flaxray.models.kind import LOGITS, PROBABILITIES, Model, Pieces, Variables, num_outputs
-from flaxray.models.registry import Registered, factory_of, register, registered_names, unregister
+from flaxray.models.registry import Registered, builtin_names, factory_of, register, registered_names, unregister
 from flaxray.models.resnet import ResNet18
 from flaxray.models.spec import (CNN_SPECS, ENDS_MAP, NEEDS_MAP, NOTES_STACKS, USAGE, Layer, dense, known_archs,
                                  min_image_size, output_shape, parse_spec, plain)
@@ -81,6 +81,21 @@ def model(arch: str, input_shape: tuple[int, ...], *, dtype: str = "float32", nu
     return flax_nnx.model(arch, input_shape, dtype=dtype, num_classes=num_classes)
 
 
+def name_of(obj) -> str:
+    """The arch name a model given as a Python object is registered under: its `__name__` (a keras.Model's
+    `.name`), with `_keras` or `_nnx` added where that is one of flaxray's own names."""
+    import re
+
+    factory = user.as_factory(obj, getattr(obj, "name", getattr(obj, "__name__", type(obj).__name__)))
+    base = obj.name if keras_kind.is_keras(obj) else getattr(obj, "__name__", type(obj).__name__)
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip("_.-") or "model"
+    if base in known_archs() or base.removesuffix("_plain") in known_archs() or base in USAGE or \
+            base in builtin_names():
+        base = f"{base}_{user.kind(factory)}"
+    register(base, factory)
+    return base
+
+
 def describe(arch: str, input_shape: tuple[int, ...], num_classes: int = 2) -> dict | None:
     """What a user's model is, for records and fingerprints: its kind, its file's hash (`FILE.py:NAME`;
     a unit trained before the file changed is not reused), and for a Keras model whether it is compiled
@@ -111,7 +126,7 @@ __all__ = [
     "CNN_SPECS", "ENDS_MAP", "NEEDS_MAP", "NOTES_STACKS", "USAGE", "BatchNorm", "Conv2D", "DenseBlock", "Dropout",
     "Flatten", "GlobalAveragePooling2D", "Layer", "MaxPool2D", "Registered", "ResNet18", "SeparableConv2D",
     "Sequential", "build_layer", "build_model", "check_arch", "check_dropout", "count_params", "dense", "factory_of", "glorot_uniform",
-    "describe", "graphdef", "is_keras", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "model", "neighbourhoods",
+    "describe", "graphdef", "is_keras", "name_of", "is_registered", "keras_batch_norm", "known_archs", "min_image_size", "model", "neighbourhoods",
     "num_outputs", "param_counts", "LOGITS", "PROBABILITIES", "Model", "Pieces", "Variables",
     "output_shape", "parse_arch", "parse_spec", "plain", "register", "registered_names", "unregister",
 ]

@@ -1,7 +1,7 @@
 """A user's own model, by file or as a Python object: a Keras 3 model or a Flax NNX module.
 
     --arch models/mine.py:pyramid          # NAME in FILE.py: a function returning a keras.Model, or an NNX factory
-    Study(archs=(pyramid, "final"))         # a builder, an NNX factory or a keras.Model instance, by its name
+    Study(archs=(pyramid, "final"))         # a builder, an NNX factory or a keras.Model instance (`models.name_of`)
 
 `FILE.py:NAME` is itself the arch's name (in group names, folders and records), so a study trained on
 it is resumed, replayed and loaded from it again. What NAME is decides the kind:
@@ -110,19 +110,3 @@ def as_factory(obj, name: str) -> Callable:
     builder.__name__ = obj.name
     _BUILDERS[id(obj)] = builder
     return builder
-
-
-def name_of(obj) -> str:
-    """The arch name a Python object is registered under (its `__name__`, or a keras.Model's name; `_keras` or
-    `_nnx` appended where that is a built-in arch's name)."""
-    from flaxray.models import keras_kind, registry
-    from flaxray.models.spec import USAGE, known_archs
-
-    factory = as_factory(obj, getattr(obj, "name", getattr(obj, "__name__", type(obj).__name__)))
-    base = obj.name if keras_kind.is_keras(obj) else getattr(obj, "__name__", type(obj).__name__)
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip("_.-") or "model"
-    if base in known_archs() or base.removesuffix("_plain") in known_archs() or base in USAGE or \
-            base in registry.builtin_names():
-        base = f"{base}_{kind(factory)}"
-    registry.register(base, factory)
-    return base

@@ -68,7 +68,7 @@ class Study:
 
     def __post_init__(self):  # every check of a study, once, before any data is read
         # A model given as a Python object (a Keras builder or instance, an NNX factory) is registered under its name.
-        object.__setattr__(self, "archs", tuple(a if isinstance(a, str) else models.user.name_of(a)
+        object.__setattr__(self, "archs", tuple(a if isinstance(a, str) else models.name_of(a)
                                                 for a in (self.archs if isinstance(self.archs, (list, tuple))
                                                           else (self.archs,))))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
