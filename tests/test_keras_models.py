@@ -257,3 +257,10 @@ def test_dropout_is_shared_under_vary_without_it(user_file, arrays):
     seeds_at = [i for i, a in enumerate(jax.eval_shape(model.init, 0).state) if a.shape == (2,)]
     first = [np.asarray(states.model_state[i]) for i in seeds_at]
     assert all(np.array_equal(s[0], s[1]) for s in first)
+
+
+def test_the_inspection_says_what_does_not_apply_to_a_keras_model():
+    from flaxray.inspect import compute
+
+    said = compute.method(f"{EXAMPLES}:small_cnn")
+    assert said.startswith("input-gradient saliency") and "a Keras model: no Grad-CAM" in said

@@ -117,6 +117,12 @@ def saliency(arch: str, params, model_state, images, num_classes: int | None = N
 def method(arch: str) -> str:
     """What `attribution_maps` computes for `arch`, in words."""
     layers = conv_layers(arch)
+    if models.is_keras(arch):  # flaxray does not cut a Keras model into its layers
+        return ("input-gradient saliency |d output / d pixel| (a Keras model: no Grad-CAM, feature maps, filters or "
+                "templates, which need its layers one by one)")
+    if is_registered(arch):
+        return ("input-gradient saliency |d logit / d pixel| (a registered module: no Grad-CAM, feature maps, "
+                "filters or templates, which need its layers one by one)")
     if not layers:
         return "input-gradient saliency |d logit / d pixel|"
     return f"Grad-CAM at layer {layers[-1]} ({parse_arch(arch)[layers[-1]]})"
