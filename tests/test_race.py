@@ -182,7 +182,7 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
     monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda config, data, seeds, *a, **kw: trained.append(
         (config.arch, list(seeds))) or real(config, data, seeds, *a, **kw))
     argv = ["--race", "--arch", *ARCHS, "--max-seeds", "6", "--round-seeds", "2", "--budget", "8", *TINY,
-            "--data", data, "--out", str(out)]
+            "--data", data, "--out", str(out), "--futility", "0"]  # off: round 2 must run, whatever the seeds
     assert architecture_search.main(argv) == 0
     printed = capsys.readouterr().out
     assert trained == [(a, [2, 3]) for a in ARCHS]
@@ -201,6 +201,36 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
     monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda *a, **k: pytest.fail("a finished round was retrained"))
     assert architecture_search.main(argv) == 0
     assert json.loads((out / race.RACE_JSON).read_text())["decision"] == record["decision"]
+
+
+def test_the_report_says_who_left_by_futility_and_at_how_many_seeds(tmp_path):
+    from types import SimpleNamespace
+
+    from flaxray.analysis.study import analyse
+    from flaxray.report.race import write_report
+
+    # Synthetic curves: "twin" is "best" again, "worse" far behind; the race on their final val losses.
+    e = np.arange(1, 4)
+    rng = np.random.default_rng(0)
+    curve = 0.3 + 0.3 * np.exp(-e) + 0.05 * rng.normal(size=(6, 1))
+    histories = {a: {"loss": curve - 0.05, "val_loss": curve + shift, "accuracy": 0.9 + 0 * curve,
+                     "val_accuracy": 0.9 + 0 * curve, "auc": 0.9 + 0 * curve, "val_auc": 0.9 + 0 * curve}
+                 for a, shift in (("best", 0.0), ("twin", 0.0), ("worse", 5.0))}
+    record = race.evidence(race.run_rounds(lambda a, block: histories[a]["val_loss"][list(block), -1], list(histories),
+                                           range(6), round_seeds=3))
+    assert record["decision"]["futile"] == {"twin": 3} and record["decision"]["kind"] == "tie"
+    record.update(environment=results.environment(), round_seeds=3, budget=None, alpha=0.05, planned_looks=[3, 6])
+    got = {a: next(len(r["values"][a]) for r in record["rounds"][::-1] if a in r["values"]) for a in histories}
+    kept = {a: {k: v[: got[a]] for k, v in h.items()} for a, h in histories.items()}  # the seeds each was trained
+    assert got == {"best": 6, "twin": 3, "worse": 6}
+    study = SimpleNamespace(confidence=0.95, seeds=tuple(range(6)), epochs=3)
+    dataset = SimpleNamespace(summary={"source": "synthetic", "image_size": 8, "channels": 1},
+                              train=SimpleNamespace(y=np.zeros(4)), val=SimpleNamespace(y=np.zeros(2)),
+                              test=SimpleNamespace(y=np.zeros(0)))
+    md = write_report(tmp_path, record, analyse(kept, baseline=0.69), study, dataset)[0].read_text()
+    assert "left by futility at 3 seeds (power 0" in md and "left by futility into the tie" in md
+    assert "predictive power below 0.1" in md and "0.025 at 6 seeds" in md  # the futility rule; the levels
+    assert "**twin** left by futility at 3 seeds" in md  # the decision sentence
 
 
 def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
@@ -229,9 +259,28 @@ def test_replays_on_recorded_seeds_find_a_clear_winner_at_a_fraction_of_the_cost
 
     rng = np.random.default_rng(2)
     values = {a: rng.normal(size=9) + (0.0 if a == "best" else 8.0) for a in ("x", "best", "y", "z")}
-    rows = replay(values, "best", {"best"}, replays=8, round_seeds=3, epochs=2, confidence=0.95, progress=False)
-    by = {r[0]: r for r in rows}
+    by = replay(values, "best", {"best"}, replays=8, round_seeds=3, epochs=2, confidence=0.95, progress=False)
     # The three others are 8 sd worse: all gone at the first look that can reject (6 seeds), every time.
-    assert by["race"][1].startswith("100%") and by["race"][3].startswith("48 (67%)")
-    assert by["one seed per arch"][1] == "100% (exact)" and by["fixed, 9 seeds per arch"][1:4] == [
-        "100% [63%, 100%]", "100% [63%, 100%]", "72 (100%)"]
+    assert by["race"]["winner_share"] == 1 and by["race"]["seed_epochs"] == 48
+    assert by["race"]["seed_epochs_share"] == pytest.approx(2 / 3) and by["race"]["ends"] == {"winner": 8}
+    assert by["one seed per arch"]["winner_share"] == 1 and by["one seed per arch"]["exact"]
+    full = by["fixed, 9 seeds per arch"]
+    assert full["winner_share"] == 1 and full["winner_ci"] == pytest.approx([0.631, 1.0], abs=1e-3)
+    assert full["seed_epochs"] == 72 and full["seed_epochs_share"] == 1
+
+
+@pytest.mark.parametrize("mode", [["--scenario", "2:1:3"], ["--identical", "3"]], ids=["scenario", "identical"])
+def test_the_benchmark_writes_every_method_of_its_table_to_json(mode, tmp_path, capsys):
+    from benchmarks.race_accuracy import main
+
+    path = tmp_path / "out.json"
+    assert main([*mode, "--replays", "3", "--max-seeds", "6", "--no-progress", "--json", str(path)]) == 0
+    printed = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    methods = json.loads(path.read_text())
+    assert printed[1:] == list(methods) and "race" in methods  # printed[0]: the header
+    for name, m in methods.items():
+        assert 0 < m["seed_epochs_share"] <= 1 and 0 <= m["tie_share"] <= 1, name
+    for name in ("race", "race, futility off"):
+        assert {"given_eliminated_share", "any_eliminated_share"} <= set(methods[name])
+        assert methods[name]["given_eliminated_share"] <= methods[name]["any_eliminated_share"]
+    assert methods["fixed, 6 seeds per arch"]["seed_epochs_share"] == 1

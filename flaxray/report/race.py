@@ -53,8 +53,9 @@ def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[
                  f"{record['futility']:g} by {record['max_seeds']} seeds (simulated by drawing its further seeds, and "
                  "theirs, from the seeds seen) leaves the race into the declared tie: it is trained no further and "
                  "never eliminated. The arch the others are raced against (the highest mean P(improvement) over them) "
-                 "stays. This cannot raise the chance above of eliminating an arch that no other is better than: the "
-                 "bound counts every test at every planned look, and leaving only removes tests.")
+                 "stays. This cannot raise the chance that an arch no other arch is better than is eliminated: the bound "
+                 "above counts every test at every planned look, and leaving only removes tests (non-binding: the "
+                 "bound holds whether or not an arch leaves).")
     doc.para("The race stops with one arch left, when no further seed could separate any two archs still raced "
              "(a tie), or when the next round would exceed the budget.")
 
@@ -68,7 +69,7 @@ def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[
 
     doc.heading(2, "Elimination trace")
     doc.para(f"Per round, each arch still raced: its IQM of final val loss over the seeds so far with the "
-             f"{100 * conf:g} % bootstrap CI; × marks the round it was eliminated in.")
+             f"{100 * conf:g} % bootstrap CI; × marks the round it was eliminated in, ▶ the round it left by futility.")
     doc.image(out / "trace.png", "elimination trace")
     rows = []
     for r in rounds:
@@ -94,12 +95,14 @@ def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[
         how = (f"left by futility at {r['seeds']} seeds (power {r['futile'][a][1]:.2f} against `{r['futile'][a][0]}`)"
                if a in d["futile"] else f"raced to {r['seeds']} seeds")
         rows.append([f"`{a}`", str(len(values[a])), f"{num(iqm)} {ci(low, high)}", prob_ci(*p) if p else "leader",
-                     f"{pm:.3g} (against `{by}`; level {r['level']:.3g})", how])
+                     f"{pm:.3g} (against `{by}`; " + (f"level {r['level']:.3g})" if r["level"] else "a look that cannot reject)"),
+                     how])
     doc.table(["arch", "seeds", "IQM final val loss [CI]", "P(leader improves on it) [CI]", "smallest p", "ended"], rows)
 
     doc.heading(2, "Ranking over the seeds each arch got")
     doc.para(f"The architecture search's ranking ({analysis['criterion']}) of every arch on the seeds the race "
-             "trained for it: eliminated archs have fewer seeds, so their intervals are wider.")
+             "trained for it: eliminated archs, and those that left by futility, have fewer seeds, so their intervals "
+             "are wider.")
     doc.table(*report.ranking_table(analysis))
 
     md, page = out / "report.md", out / "report.html"
