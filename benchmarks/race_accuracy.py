@@ -14,10 +14,11 @@ bootstrap, N drawn with replacement: a fresh sample, on which the fixed design i
 --identical K and --scenario T:W:D simulate instead: normal per-seed values with sd 1, T archs (all K
 with --identical) the best group, W worse by D sd; the truth is known, so every elimination of a best
 arch is false. Each replay is raced by the race's own code (`flaxray.study.race.run_rounds`), with its
-futility exit and without (`--futility 0`), and its pick is the first by the ranking among the archs it
-did not eliminate. Beside it: a fixed study with only --round-seeds seeds (the race's first round,
-ranked), one seed per arch (the notes' method; exact over a study's recorded seeds) and the fixed
-design itself. It prints a markdown table; --json FILE writes {method: its shares} as the table names them.
+futility exit and without (`--futility 0`); its pick is its leader, the first by the ranking among the
+archs raced to the end (`race.finalists`). Beside it: a fixed study with only --round-seeds seeds (the
+race's first round, ranked), one seed per arch (the notes' method; exact over a study's recorded seeds)
+and the fixed design itself. It prints a markdown table; --json FILE writes {method: its shares}, one key
+per row as the table names it.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def race_once(tally: Tally, table: dict, best: set, futility: float, *, round_se
                         epochs=epochs, alpha=1 - confidence, futility=futility)
     kept = r["decision"]["survivors"]
     sure = winner is None and set(kept) <= best  # any pick is a best arch: the ranking need not run
-    pick = kept[0] if sure else race.leader(race.tie_values(r), confidence)[0]
+    pick = kept[0] if sure else race.leader(race.finalists(r), confidence)[0]  # the race's own pick
     first = min(best, key=list(table).index)  # "a given best arch": the first listed
     hits = {"tie": pick in best, "given_eliminated": first not in kept, "any_eliminated": not best <= set(kept)}
     if winner is not None:
