@@ -100,7 +100,9 @@ class Tally:
     def summary(self, fixed: float) -> dict:
         out = {k: share(v, self.n) for k, v in self.hits.items()}
         flat = {f"{k}_share": s["share"] for k, s in out.items()} | {f"{k}_ci": s["ci"] for k, s in out.items()}
-        return {**flat, "seed_epochs": float(np.mean(self.spent)), "seed_epochs_share": float(np.mean(self.spent)) / fixed,
+        mean, half = np.mean(self.spent), 1.96 * np.std(self.spent, ddof=1) / np.sqrt(self.n) if self.n > 1 else 0.0
+        return {**flat, "seed_epochs": float(mean), "seed_epochs_share": float(mean) / fixed,
+                "seed_epochs_share_ci": [float(mean - half) / fixed, float(mean + half) / fixed],  # normal, of the mean
                 "seed_epochs_range": [float(min(self.spent)), float(max(self.spent))], "replays": self.n,
                 **({"ends": self.ends} if self.ends else {}), "note": self.note}
 
@@ -183,12 +185,14 @@ def replay(values: dict[str, np.ndarray], winner: str, tie: set[str], *, replays
 
 def table(methods: dict, columns: list[tuple[str, str]]) -> str:
     """The markdown table: a row per method, `columns` (header, key) of shares, then seed-epochs and a note."""
-    lines = ["| method | " + " | ".join(h for h, _ in columns) + " | seed-epochs (share), range | note |",
+    lines = ["| method | " + " | ".join(h for h, _ in columns) + " | seed-epochs (share [95 % CI]), range | note |",
              "|---|" + "---|" * (len(columns) + 2)]
     for name, m in methods.items():
         cells = [rate(None if f"{k}_share" not in m else
                       {"share": m[f"{k}_share"], "ci": m.get(f"{k}_ci"), "exact": m.get("exact")}) for _, k in columns]
-        spent = f"{m['seed_epochs']:.0f} ({m['seed_epochs_share']:.0%})"
+        ci = m.get("seed_epochs_share_ci", [m["seed_epochs_share"]] * 2)
+        spent = f"{m['seed_epochs']:.0f} ({m['seed_epochs_share']:.1%}" + (
+            f" [{ci[0]:.1%}, {ci[1]:.1%}])" if ci[1] > ci[0] else ")")
         if "seed_epochs_range" in m and m["seed_epochs_range"][0] != m["seed_epochs_range"][1]:
             spent += ", {:.0f}..{:.0f}".format(*m["seed_epochs_range"])
         note = m["note"] + ("; ends: " + ", ".join(f"{k} {v}" for k, v in m["ends"].items()) if "ends" in m else "")

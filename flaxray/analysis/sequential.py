@@ -57,7 +57,7 @@ def spending(n_archs: int, planned: Sequence[int], alpha: float) -> dict[int, fl
     beta, cap, spent, out = alpha / max(n_archs - 1, 1), planned[-1], 0.0, {}
     for n in planned[:-1]:
         allowed = beta * np.log1p((np.e - 1) * n / cap) - spent
-        reach = lattice(n)[lattice(n) <= allowed * (1 + 1e-12)]  # 1e-12: 2/924 must fit an allowance of 2/924
+        reach = lattice(n)[lattice(n) <= allowed * (1 + 1e-12)]  # a point equal to the allowance fits, rounding aside
         if reach.size:
             out[n] = float(reach[-1])
             spent += out[n]
