@@ -35,6 +35,18 @@ from flaxray.analysis import ranking
 from flaxray.study import race
 
 
+def scenario(text: str) -> tuple[int, int, float]:
+    """T:W:D as (tied, worse, gap); argparse's one-line error otherwise."""
+    try:
+        tied, worse, gap = text.split(":")
+        out = int(tied), int(worse), float(gap)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T:W:D (e.g. 8:6:1.5), got {text!r}") from None
+    if out[0] < 1 or out[0] + out[1] < 2 or out[1] < 0:
+        raise argparse.ArgumentTypeError(f"T >= 1 tied archs and at least 2 archs in all, got {text!r}")
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.race_accuracy", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -42,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--identical", type=int, default=None, metavar="K",
                    help="instead: races of K identical archs (normal per-seed values): how often one given arch, "
                    "and any arch, is eliminated")
-    p.add_argument("--scenario", default=None, metavar="T:W:D",
+    p.add_argument("--scenario", type=scenario, default=None, metavar="T:W:D",
                    help="instead: races of T tied best archs and W archs worse by D sd (normal per-seed values)")
     p.add_argument("--max-seeds", type=int, default=12, help="with --identical or --scenario: the seeds an arch can get")
     p.add_argument("--replays", type=int, default=500, help="races replayed (resampled or simulated)")
@@ -207,8 +219,7 @@ def main(argv=None) -> int:
     settings = dict(replays=args.replays, round_seeds=args.round_seeds, confidence=args.confidence,
                     futility=args.futility, seed=args.seed, progress=not args.no_progress)
     if args.identical or args.scenario:
-        tied, worse, gap = (args.identical, 0, 0.0) if args.identical else (
-            int(args.scenario.split(":")[0]), int(args.scenario.split(":")[1]), float(args.scenario.split(":")[2]))
+        tied, worse, gap = (args.identical, 0, 0.0) if args.identical else args.scenario
         methods = simulate(tied, worse, gap, max_seeds=args.max_seeds, **settings)
         print(f"{tied} best archs and {worse} worse by {gap:g} sd, normal per-seed values; {args.replays} races, "
               f"{args.max_seeds} seeds, {args.round_seeds} a round, alpha {1 - args.confidence:g}; "
