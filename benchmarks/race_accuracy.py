@@ -91,14 +91,14 @@ def share(hits: int, n: int) -> dict:
 def rate(s: dict | None) -> str:
     if s is None:
         return ""
-    return f"{s['share']:.0%} (exact)" if s.get("exact") else f"{s['share']:.0%} [{s['ci'][0]:.0%}, {s['ci'][1]:.0%}]"
+    return f"{s['share']:.1%} (exact)" if s.get("exact") else f"{s['share']:.1%} [{s['ci'][0]:.1%}, {s['ci'][1]:.1%}]"
 
 
 class Tally:
     """One method's counts over the replays: picks, eliminations of best archs, seed-epochs."""
 
     def __init__(self, note: str):
-        self.note, self.n, self.spent, self.hits, self.ends = note, 0, [], {}, {}
+        self.note, self.n, self.spent, self.hits, self.ends, self.sums = note, 0, [], {}, {}, {}
 
     def add(self, spent: float, **hits):
         self.n += 1
@@ -106,8 +106,10 @@ class Tally:
         for k, v in hits.items():
             self.hits[k] = self.hits.get(k, 0) + int(v)
 
-    def end(self, kind: str):
+    def end(self, kind: str, **counts):
         self.ends[kind] = self.ends.get(kind, 0) + 1
+        for k, v in counts.items():
+            self.sums[k] = self.sums.get(k, 0) + v
 
     def summary(self, fixed: float) -> dict:
         out = {k: share(v, self.n) for k, v in self.hits.items()}
@@ -116,7 +118,8 @@ class Tally:
         return {**flat, "seed_epochs": float(mean), "seed_epochs_share": float(mean) / fixed,
                 "seed_epochs_share_ci": [float(mean - half) / fixed, float(mean + half) / fixed],  # normal, of the mean
                 "seed_epochs_range": [float(min(self.spent)), float(max(self.spent))], "replays": self.n,
-                **({"ends": self.ends} if self.ends else {}), "note": self.note}
+                **({"ends": self.ends} if self.ends else {}), **{f"mean_{k}": v / self.n for k, v in self.sums.items()},
+                "note": self.note}
 
 
 def race_once(tally: Tally, table: dict, best: set, futility: float, *, round_seeds: int, epochs: int,
@@ -133,7 +136,8 @@ def race_once(tally: Tally, table: dict, best: set, futility: float, *, round_se
     if winner is not None:
         hits.update(winner=pick == winner, winner_kept=winner in kept)
     tally.add(r["seed_epochs"], **hits)
-    tally.end(r["decision"]["kind"])
+    tally.end(r["decision"]["kind"], tie_size=len(kept), worse_in_tie=len(set(kept) - best),
+              left_by_futility=len(r["decision"]["futile"]))
 
 
 def fixed_once(tally: Tally, table: dict, best: set, seeds: int, epochs: int, confidence: float, winner=None):
@@ -208,6 +212,9 @@ def table(methods: dict, columns: list[tuple[str, str]]) -> str:
         if "seed_epochs_range" in m and m["seed_epochs_range"][0] != m["seed_epochs_range"][1]:
             spent += ", {:.0f}..{:.0f}".format(*m["seed_epochs_range"])
         note = m["note"] + ("; ends: " + ", ".join(f"{k} {v}" for k, v in m["ends"].items()) if "ends" in m else "")
+        if "mean_tie_size" in m:
+            note += (f"; not eliminated {m['mean_tie_size']:.1f} (of them not best {m['mean_worse_in_tie']:.1f}, "
+                     f"left by futility {m['mean_left_by_futility']:.1f})")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {spent} | {note} |")
     return "\n".join(lines)
 
