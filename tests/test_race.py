@@ -245,12 +245,14 @@ def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
     assert "--round-seeds" in error("--race", "--round-seeds", "0")
     assert "--max-seeds" in error("--race", "--max-seeds", "1")
     assert "--budget" in error("--race", "--budget", "1")
+    assert "--futility goes with --race" in error("--futility", "0.2")
+    assert "--futility" in error("--race", "--futility", "1")
     assert "--race" in error("--race", "--lr", "1e-3", "1e-2")
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
         architecture_search.parser().parse_args(["--help"])
     help_text = capsys.readouterr().out
-    for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "runs/architecture_race"):
+    for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "--futility", "runs/architecture_race"):
         assert flag in help_text
 
 

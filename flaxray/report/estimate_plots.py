@@ -191,7 +191,8 @@ def plot_race(rounds, *, confidence: float = 0.95, title: str | None = None):
         mid, low, high = (np.array([rounds[j]["intervals"][arch][k] for j in idx], dtype=float) for k in range(3))
         xs = x[idx] + dodge
         left = [k for k, j in enumerate(idx) if arch in rounds[j].get("futile", {})]
-        state = "tie" if left else "in" if arch in rounds[-1]["survivors"] and arch not in rounds[-1]["eliminated"] else "out"
+        raced = arch in rounds[-1]["survivors"] and arch not in rounds[-1]["eliminated"]
+        state = "tie" if left else "in" if raced else "out"
         ax.plot(xs, mid, color=color, lw=1.2, marker="o", ms=3.5, label=f"{arch} ({state})")
         ax.vlines(xs, np.where(np.isfinite(low), low, np.nan), np.where(np.isfinite(high), high, np.nan),
                   color=color, lw=3, alpha=0.45)

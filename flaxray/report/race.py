@@ -96,8 +96,8 @@ def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[
         how = (f"left by futility at {r['seeds']} seeds (power {r['futile'][a][1]:.2f} against `{r['futile'][a][0]}`)"
                if a in d["futile"] else f"raced to {r['seeds']} seeds")
         rows.append([f"`{a}`", str(len(values[a])), f"{num(iqm)} {ci(low, high)}", prob_ci(*p) if p else "leader",
-                     f"{pm:.3g} (against `{by}`; " + (f"level {r['level']:.3g})" if r["level"] else "a look that cannot reject)"),
-                     how])
+                     f"{pm:.3g} (against `{by}`; "
+                     + (f"level {r['level']:.3g})" if r["level"] else "a look that cannot reject)"), how])
     doc.table(["arch", "seeds", "IQM final val loss [CI]", "P(leader improves on it) [CI]", "smallest p", "ended"], rows)
 
     doc.heading(2, "Ranking over the seeds each arch got")

@@ -28,10 +28,11 @@ After each round (every arch still raced then has the same n seeds), two rules:
   power below `futility` (gamma) by the last look (`sequential.predictive_power`, simulated from the
   seeds seen) leaves the race into the declared tie: it is trained no further and never eliminated.
   The arch the others are raced against (the anchor: the highest mean P(improvement),
-  `sequential.improvement`) stays, so a worse arch keeps a rival that can throw it out. Why this cannot raise the false-elimination rate: the bound above counts every test at
-  every planned look as if all were taken; a futility exit only removes tests (those of the arch
-  that left, and against it) and never lowers a level, so the set of ways an arch can be eliminated
-  only shrinks. Whether the rule is followed or not, the guarantee is the same ("non-binding").
+  `sequential.improvement`) stays, so a worse arch keeps a rival that can throw it out. Why this
+  cannot raise the false-elimination rate: the bound above counts every test at every planned look
+  as if all were taken; a futility exit only removes tests (those of the arch that left, and against
+  it) and never lowers a level, so the set of ways an arch can be eliminated only shrinks. Whether
+  the rule is followed or not, the guarantee is the same ("non-binding").
 
 It stops when one arch is left and none left by futility ("winner"); when at most the anchor is
 still raced, or no pair still raced could be told apart even at `max_seeds` with every further seed
@@ -58,8 +59,6 @@ from flaxray.study import units
 from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
-
-
 FUTILITY = 0.1  # gamma: an arch whose elimination has a lower predictive power against every rival leaves
 
 
