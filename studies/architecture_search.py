@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
                       help="race the archs instead of giving each --seeds: round 1 trains every arch with "
                       "--round-seeds seeds, each later round the survivors with the next seeds (a fixed study's "
                       "seeds, in order); an arch is out when a one-sided exact Mann-Whitney test says another "
-                      "survivor beats it, at 1 - --confidence split over its rivals x the planned looks. Stops "
-                      "with one arch left, a tie no further seed up to --max-seeds can break, or --budget spent. "
+                      "survivor beats it, at 1 - --confidence split over its rivals and spent over the looks whose "
+                      "exact p-values can reach it; an arch unlikely to be told apart leaves into the tie (--futility). "
+                      "Stops with one arch left, a tie no further seed up to --max-seeds can break, or --budget spent. "
                       "A rerun with the same --out reuses every finished round")
     race.add_argument("--max-seeds", type=int, default=12, metavar="N",
                       help="with --race: the most seeds an arch gets; the fixed design the race is measured "
@@ -57,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     race.add_argument("--budget", type=float, default=None, metavar="SEED_EPOCHS",
                       help="with --race: stop before a round that would take the seed-epochs trained past this "
                       "(none: the fixed design's, archs x N x --epochs; default: %(default)s)")
+    race.add_argument("--futility", type=float, default=0.1, metavar="GAMMA",
+                      help="with --race: an arch whose elimination by each other arch still raced has a predictive "
+                      "power below GAMMA by --max-seeds (simulated by resampling the seeds seen) leaves the race into "
+                      "the declared tie, trained no further; the arch the others are raced against stays. 0 turns "
+                      "it off. Non-binding: it cannot raise the chance that an arch no other beats is eliminated")
     _cli.add_training_args(p, seeds=8, epochs=20)
     _cli.add_data_args(p)
     _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
@@ -65,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-RACE_FLAGS = ("max_seeds", "round_seeds", "budget")
+RACE_FLAGS = ("max_seeds", "round_seeds", "budget", "futility")
 
 
 def run(args) -> Path:
@@ -107,10 +113,11 @@ def run_race(args, archs, given) -> Path:
         raise FlaxrayError(f"--max-seeds must be between 2 and {MAX_SEEDS}, got {max_seeds}")
     spec = _cli.study_spec(args, archs, "architecture_race", confidence=args.confidence)
     spec = dataclasses.replace(spec, seeds=tuple(range(args.first_seed, args.first_seed + max_seeds)))
-    race.check(spec, round_seeds, args.budget)
+    race.check(spec, round_seeds, args.budget, args.futility)
     args.out = args.out or "runs/architecture_race"
     result = _cli.run_study(args, spec, "studies.architecture_search",
-                            run=functools.partial(race.race, round_seeds=round_seeds, budget=args.budget))
+                            run=functools.partial(race.race, round_seeds=round_seeds, budget=args.budget,
+                                                  futility=args.futility))
     print("\n" + result.decision["text"].replace("**", ""))
     print(f"\nwrote {result.out / 'report.md'}, {result.out / 'report.html'}, {result.out / race.RACE_JSON}")
     return result.out

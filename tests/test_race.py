@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from flaxray import results
+from flaxray.analysis import sequential
 from flaxray.study import race
 from flaxray.study.study import DataSpec, Study
 from studies import architecture_search
@@ -33,17 +34,41 @@ def assert_rate_at_most(hits, n, bound, what):
     assert p > ALPHA, f"{what}: {hits} of {n}, more than a rate of {bound} gives (p = {p:.2g})"
 
 
-def test_the_level_and_the_exact_test_are_the_stated_ones():
+def test_the_levels_and_the_exact_test_are_the_stated_ones():
     assert race.looks(12, 3) == [3, 6, 9, 12] and race.looks(10, 4) == [4, 8, 10]
-    # 14 archs, looks at 3..12: 3 seeds cannot reach p < 1 / C(6, 3) = 0.05 at any share, so the
-    # 0.05 is split over 13 rivals x the 3 looks that can reject, where 6 seeds reach 1 / 924.
-    share, active = race.level(14, [3, 6, 9, 12], 0.05)
-    assert active == [6, 9, 12] and share == pytest.approx(0.05 / 39) and 1 / comb(12, 6) <= share
+    # 14 archs, looks at 3..12, each rival's share 0.05 / 13. A Pocock-type allowance, 0.357 of it by
+    # 3 seeds, cannot reach 1 / C(6, 3) = 0.05: 3 seeds reject nothing. By 6 seeds 0.62 of it = 0.00238:
+    # the largest lattice point of 6 against 6 below is 2 / 924 (one inversion of 36 pairs can reject);
+    # by 9 seeds 0.828 = 0.00318, so 9 seeds spend 45 / 48620 = 0.000926 of the 0.00102 left (45 of
+    # C(18, 9) orderings have at most 7 inversions), and 12 seeds the rest.
+    levels = sequential.spending(14, [3, 6, 9, 12], 0.05)
+    assert list(levels) == [6, 9, 12]
+    assert levels[6] == pytest.approx(2 / 924) and levels[9] == pytest.approx(45 / comb(18, 9))
+    assert sum(levels.values()) == pytest.approx(0.05 / 13)
+    # Two archs, looks at 2, 4, 6 seeds: 2 seeds never reach 0.05 (1 / 6), 4 seeds spend 2 / 70, 6 the rest.
+    levels = sequential.spending(2, [2, 4, 6], 0.05)
+    assert list(levels) == [4, 6] and levels[4] == pytest.approx(2 / 70) and levels[6] == pytest.approx(0.05 - 2 / 70)
+    # A design in which no look can reach its share rejects nothing: 30 archs, at most 4 seeds (1 / 70 > 0.05 / 29).
+    assert sequential.spending(30, [2, 4], 0.05) == {}
+    assert all(sequential.lattice(n)[0] == pytest.approx(1 / comb(2 * n, n)) for n in (3, 6, 9))
     # Complete separation of 6 and 6 seeds: the smallest exact p; a tie counts in the tested arch's favour.
     assert race.worse_p(np.arange(6) + 10.0, np.arange(6.0)) == pytest.approx(1 / 924)
     assert race.worse_p(np.ones(4), np.ones(4)) == pytest.approx(1.0)
     assert race.worse_p([np.inf, np.inf, 1.0], [np.inf, 0.0, 0.5]) == pytest.approx(
         scipy.stats.mannwhitneyu([3, 4, 2], [5, 0, 1], method="exact", alternative="greater").pvalue)
+
+
+def test_which_looks_reject_known_answers():
+    # 14 archs at 6 seeds (level 2 / 924): a rival with one inversion out of 36 pairs is out, with two it stays.
+    levels = sequential.spending(14, [3, 6, 9, 12], 0.05)
+    best = np.arange(6.0)
+    one = np.array([4.5, 6, 7, 8, 9, 10])  # 4.5 < 5: one pair inverted, p = 2 / 924
+    two = np.array([3.5, 6, 7, 8, 9, 10])  # 3.5 < 4 and < 5: two, p = 4 / 924
+    look = race.decide({"best": best, "one": one, "two": two}, levels, [3, 6, 9, 12], futility=0)
+    assert look["level"] == pytest.approx(2 / 924) and look["eliminated"] == {"one": ("best", pytest.approx(2 / 924))}
+    # The same seeds at 3 of them: 3 seeds cannot reject, whatever they are.
+    look = race.decide({"best": best[:3], "one": one[:3] + 10}, levels, [3, 6, 9, 12], futility=0)
+    assert look["level"] == 0.0 and look["eliminated"] == {}
 
 
 @pytest.mark.parametrize("draw", [
@@ -56,6 +81,46 @@ def test_identical_archs_are_eliminated_at_most_at_the_stated_rate(draw):
     records = simulate(draw, 6, 1000, alpha=0.05)
     gone = sum(0 not in r["decision"]["survivors"] for r in records)
     assert_rate_at_most(gone, len(records), 0.05, "arch 0 eliminated")
+
+
+def test_futility_never_raises_the_false_elimination_rate():
+    # 2000 races of 4 identical archs (looks at 3, 6, 9 seeds), the futility exit on. Exact part: arch 0 is
+    # only ever eliminated where one of its planned tests, on the first n seeds at look n, rejects at
+    # its level (the union bound's event, which futility cannot enlarge: it only skips looks). Statistical
+    # part: that event, and so the elimination, happens in at most alpha of races (fails at rate <= ALPHA).
+    rng, planned = np.random.default_rng(3), [3, 6, 9]
+    levels = sequential.spending(4, planned, 0.05)
+    union = gone = left = cheaper = 0
+    for _ in range(2000):
+        table = rng.normal(size=(4, 9))
+        r = race.run_rounds(lambda a, block: table[a][block], range(4), range(9), round_seeds=3)
+        bound = any(race.worse_p(table[0, :n], table[b, :n]) <= lv for b in (1, 2, 3) for n, lv in levels.items())
+        out = 0 not in r["decision"]["survivors"]
+        assert bound or not out, "arch 0 eliminated without any of its planned tests rejecting"
+        union, gone, left = union + bound, gone + out, left + bool(r["decision"]["futile"])
+        cheaper += r["seed_epochs"] < r["fixed_seed_epochs"]
+    assert_rate_at_most(union, 2000, 0.05, "some planned test of arch 0 rejects")
+    assert_rate_at_most(gone, 2000, 0.05, "arch 0 eliminated")
+    assert left > 1000 and cheaper > 1000  # the exit is taken, and saves seeds, in most of these races
+
+
+def test_an_arch_that_cannot_be_told_apart_leaves_into_the_tie():
+    # "twin" has the seeds of "best"; "worse" is far behind. Whatever twin's further seeds (drawn from its
+    # own), its elimination is unlikely: it leaves after round 1 into the tie, trained no further, while
+    # worse stays until the test throws it out at the first look that can reject (6 seeds).
+    seeds = np.arange(12.0)
+    values = {"best": seeds, "twin": seeds.copy(), "worse": seeds + 100}
+    asked = []
+    r = race.run_rounds(lambda a, block: asked.append((a, len(block))) or values[a][block], list(values), range(12),
+                        round_seeds=3)
+    first = r["rounds"][0]
+    assert first["anchor"] == "best" and list(first["futile"]) == ["twin"] and first["power"]["worse"][1] > 0.9
+    assert "worse" in r["rounds"][1]["eliminated"] and asked.count(("twin", 3)) == 1
+    assert r["decision"] == {"kind": "tie", "survivors": ["best", "twin"], "seeds": 6, "futile": {"twin": 3}}
+    np.testing.assert_equal(race.tie_values(r)["twin"], seeds[:3])
+    # Without the exit (futility 0) the same race is a winner-less tie at the cap, at a higher cost.
+    r0 = race.run_rounds(lambda a, block: values[a][block], list(values), range(12), round_seeds=3, futility=0)
+    assert r0["decision"]["futile"] == {} and r0["seed_epochs"] > r["seed_epochs"]
 
 
 def test_a_clearly_worse_arch_is_eliminated_and_the_rest_tie():
@@ -72,10 +137,13 @@ def test_a_clearly_worse_arch_is_eliminated_and_the_rest_tie():
 def test_survivors_that_no_further_seed_can_separate_end_the_race_as_a_tie_early():
     # Two archs, 2 seeds a round up to 4: with equal seeds even 2 more seeds as extreme as possible
     # cannot reach p <= 0.05 (their best is 4 / 70), so the race stops after round 1, at half the cost.
+    # (The exact rule alone: futility 0; with it on, b also leaves by futility then, the same tie.)
     same = np.array([1.0, 2.0, 3.0, 4.0])
-    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2)
-    assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2}
+    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0)
+    assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2, "futile": {}}
     assert r["seed_epochs"] * 2 == r["fixed_seed_epochs"]
+    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2)
+    assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2, "futile": {"b": 2}}
     # The seeds of each round are the next indices of a fixed study's seeds.
     asked = []
     race.run_rounds(lambda a, block: asked.append((a, list(block))) or np.arange(len(block)) + (a == "b") * 9.0,
@@ -114,7 +182,7 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
     monkeypatch.setattr("flaxray.runtime.runner.train_seeds", lambda config, data, seeds, *a, **kw: trained.append(
         (config.arch, list(seeds))) or real(config, data, seeds, *a, **kw))
     argv = ["--race", "--arch", *ARCHS, "--max-seeds", "6", "--round-seeds", "2", "--budget", "8", *TINY,
-            "--data", data, "--out", str(out)]
+            "--data", data, "--out", str(out), "--futility", "0"]  # off: round 2 must run, whatever the seeds
     assert architecture_search.main(argv) == 0
     printed = capsys.readouterr().out
     assert trained == [(a, [2, 3]) for a in ARCHS]
@@ -135,6 +203,36 @@ def test_race_end_to_end_killed_after_round_1_then_resumed(tmp_path, capsys, mon
     assert json.loads((out / race.RACE_JSON).read_text())["decision"] == record["decision"]
 
 
+def test_the_report_says_who_left_by_futility_and_at_how_many_seeds(tmp_path):
+    from types import SimpleNamespace
+
+    from flaxray.analysis.study import analyse
+    from flaxray.report.race import write_report
+
+    # Synthetic curves: "twin" is "best" again, "worse" far behind; the race on their final val losses.
+    e = np.arange(1, 4)
+    rng = np.random.default_rng(0)
+    curve = 0.3 + 0.3 * np.exp(-e) + 0.05 * rng.normal(size=(6, 1))
+    histories = {a: {"loss": curve - 0.05, "val_loss": curve + shift, "accuracy": 0.9 + 0 * curve,
+                     "val_accuracy": 0.9 + 0 * curve, "auc": 0.9 + 0 * curve, "val_auc": 0.9 + 0 * curve}
+                 for a, shift in (("best", 0.0), ("twin", 0.0), ("worse", 5.0))}
+    record = race.evidence(race.run_rounds(lambda a, block: histories[a]["val_loss"][list(block), -1], list(histories),
+                                           range(6), round_seeds=3))
+    assert record["decision"]["futile"] == {"twin": 3} and record["decision"]["kind"] == "tie"
+    record.update(environment=results.environment(), round_seeds=3, budget=None, alpha=0.05, planned_looks=[3, 6])
+    got = {a: next(len(r["values"][a]) for r in record["rounds"][::-1] if a in r["values"]) for a in histories}
+    kept = {a: {k: v[: got[a]] for k, v in h.items()} for a, h in histories.items()}  # the seeds each was trained
+    assert got == {"best": 6, "twin": 3, "worse": 6}
+    study = SimpleNamespace(confidence=0.95, seeds=tuple(range(6)), epochs=3)
+    dataset = SimpleNamespace(summary={"source": "synthetic", "image_size": 8, "channels": 1},
+                              train=SimpleNamespace(y=np.zeros(4)), val=SimpleNamespace(y=np.zeros(2)),
+                              test=SimpleNamespace(y=np.zeros(0)))
+    md = write_report(tmp_path, record, analyse(kept, baseline=0.69), study, dataset)[0].read_text()
+    assert "left by futility at 3 seeds (power 0" in md and "left by futility into the tie" in md
+    assert "predictive power below 0.1" in md and "0.025 at 6 seeds" in md  # the futility rule; the levels
+    assert "**twin** left by futility at 3 seeds" in md  # the decision sentence
+
+
 def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
     def error(*args):
         assert architecture_search.main([*args, "--no-progress", "--out", str(tmp_path / "out")]) == 2
@@ -147,12 +245,14 @@ def test_race_flags_are_refused_in_one_line_and_explained(tmp_path, capsys):
     assert "--round-seeds" in error("--race", "--round-seeds", "0")
     assert "--max-seeds" in error("--race", "--max-seeds", "1")
     assert "--budget" in error("--race", "--budget", "1")
+    assert "--futility goes with --race" in error("--futility", "0.2")
+    assert "--futility" in error("--race", "--futility", "1")
     assert "--race" in error("--race", "--lr", "1e-3", "1e-2")
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
         architecture_search.parser().parse_args(["--help"])
     help_text = capsys.readouterr().out
-    for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "runs/architecture_race"):
+    for flag in ("--race", "--max-seeds", "--round-seeds", "--budget", "--futility", "runs/architecture_race"):
         assert flag in help_text
 
 
@@ -161,9 +261,28 @@ def test_replays_on_recorded_seeds_find_a_clear_winner_at_a_fraction_of_the_cost
 
     rng = np.random.default_rng(2)
     values = {a: rng.normal(size=9) + (0.0 if a == "best" else 8.0) for a in ("x", "best", "y", "z")}
-    rows = replay(values, "best", {"best"}, replays=8, round_seeds=3, epochs=2, confidence=0.95, progress=False)
-    by = {r[0]: r for r in rows}
+    by = replay(values, "best", {"best"}, replays=8, round_seeds=3, epochs=2, confidence=0.95, progress=False)
     # The three others are 8 sd worse: all gone at the first look that can reject (6 seeds), every time.
-    assert by["race"][1].startswith("100%") and by["race"][3].startswith("48 (67%)")
-    assert by["one seed per arch"][1] == "100% (exact)" and by["fixed, 9 seeds per arch"][1:4] == [
-        "100% [63%, 100%]", "100% [63%, 100%]", "72 (100%)"]
+    assert by["race"]["winner_share"] == 1 and by["race"]["seed_epochs"] == 48
+    assert by["race"]["seed_epochs_share"] == pytest.approx(2 / 3) and by["race"]["ends"] == {"winner": 8}
+    assert by["one seed per arch"]["winner_share"] == 1 and by["one seed per arch"]["exact"]
+    full = by["fixed, 9 seeds per arch"]
+    assert full["winner_share"] == 1 and full["winner_ci"] == pytest.approx([0.631, 1.0], abs=1e-3)
+    assert full["seed_epochs"] == 72 and full["seed_epochs_share"] == 1
+
+
+@pytest.mark.parametrize("mode", [["--scenario", "2:1:3"], ["--identical", "3"]], ids=["scenario", "identical"])
+def test_the_benchmark_writes_every_method_of_its_table_to_json(mode, tmp_path, capsys):
+    from benchmarks.race_accuracy import main
+
+    path = tmp_path / "out.json"
+    assert main([*mode, "--replays", "3", "--max-seeds", "6", "--no-progress", "--json", str(path)]) == 0
+    printed = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    methods = json.loads(path.read_text())
+    assert printed[1:] == list(methods) and "race" in methods  # printed[0]: the header
+    for name, m in methods.items():
+        assert 0 < m["seed_epochs_share"] <= 1 and 0 <= m["tie_share"] <= 1, name
+    for name in ("race", "race, futility off"):
+        assert {"given_eliminated_share", "any_eliminated_share"} <= set(methods[name])
+        assert methods[name]["given_eliminated_share"] <= methods[name]["any_eliminated_share"]
+    assert methods["fixed, 6 seeds per arch"]["seed_epochs_share"] == 1

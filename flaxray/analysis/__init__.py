@@ -7,4 +7,5 @@
     diagnose    each seed's loss curves: good, overfit, underfit, unstable or diverged
     study       a study's whole analysis: diagnosis, summary, ranking, verdict, seeds to settle
     compare     two models on the held-out test set, over seeds
+    sequential  the race's test: exact Mann-Whitney p-values, alpha spent over the looks, futility's power
 """

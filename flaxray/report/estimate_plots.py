@@ -171,12 +171,14 @@ def plot_race(rounds, *, confidence: float = 0.95, title: str | None = None):
     """The elimination trace of a race (`flaxray.study.race`'s rounds with their `intervals`); returns its axes.
 
     x: seeds per arch after each round; per arch (one colour, dodged) its IQM of final val loss with
-    the CI as a bar, a line joining its rounds, an × on the round it was eliminated in. Archs are
-    listed in the legend by how long they lasted, the survivors first.
+    the CI as a bar, a line joining its rounds, an × on the round it was eliminated in, a ▶ on the round
+    it left by futility (into the tie). Archs are listed in the legend by how long they lasted, the
+    survivors first.
     """
     archs = list(rounds[0]["survivors"])
     last = {a: max(i for i, r in enumerate(rounds) if a in r["survivors"]) for a in archs}
-    archs.sort(key=lambda a: (-last[a], rounds[last[a]]["intervals"][a][0]))
+    tie = {a for r in rounds for a in r.get("futile", {})}  # in the tie: listed with the survivors
+    archs.sort(key=lambda a: (-(len(rounds) if a in tie else last[a]), rounds[last[a]]["intervals"][a][0]))
     fig = Figure(figsize=(10, 5.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -188,19 +190,23 @@ def plot_race(rounds, *, confidence: float = 0.95, title: str | None = None):
         idx = [j for j, r in enumerate(rounds) if arch in r["survivors"]]
         mid, low, high = (np.array([rounds[j]["intervals"][arch][k] for j in idx], dtype=float) for k in range(3))
         xs = x[idx] + dodge
-        ax.plot(xs, mid, color=color, lw=1.2, marker="o", ms=3.5,
-                label=f"{arch} ({'in' if arch in rounds[-1]['survivors'] and arch not in rounds[-1]['eliminated'] else 'out'})")
+        left = [k for k, j in enumerate(idx) if arch in rounds[j].get("futile", {})]
+        raced = arch in rounds[-1]["survivors"] and arch not in rounds[-1]["eliminated"]
+        state = "tie" if left else "in" if raced else "out"
+        ax.plot(xs, mid, color=color, lw=1.2, marker="o", ms=3.5, label=f"{arch} ({state})")
         ax.vlines(xs, np.where(np.isfinite(low), low, np.nan), np.where(np.isfinite(high), high, np.nan),
                   color=color, lw=3, alpha=0.45)
         gone = [k for k, j in enumerate(idx) if arch in rounds[j]["eliminated"]]
         if gone:
             ax.plot(xs[gone], mid[gone], marker="x", ms=11, mew=2.5, color=color, ls="none")
+        if left:  # left by futility: not beaten, not raced further
+            ax.plot(xs[left], mid[left], marker=">", ms=8, color=color, ls="none")
     ax.set_xticks(x, [f"{int(s)}\n({len(r['survivors'])} in)" for s, r in zip(x, rounds)])
     ax.set_xlabel("seeds per arch after the round (archs raced in it)")
     ax.set_ylabel("final val loss: IQM over seeds")
     ax.grid(True, alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False,
-              title=f"bar: {100 * confidence:g} % bootstrap CI · ×: eliminated", title_fontsize=8)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False, title_fontsize=8,
+               title=f"bar: {100 * confidence:g} % bootstrap CI\n×: eliminated · ▶: left by futility into the tie")
     if title:
         ax.set_title(title, fontsize=11)
     return ax

@@ -6,35 +6,43 @@
     result.decision["kind"]              # "winner", "tie" or "budget"
 
 Round 1 trains every arch on the first `round_seeds` seeds of `study.seeds`; each later round trains
-the survivors on the next block, so a raced arch's seeds are exactly a fixed study's first seeds.
+the archs still raced on the next block, so a raced arch's seeds are exactly a fixed study's first seeds.
 Each block of each arch is its own unit (`OUT/groups/<arch>/seeds-<lo>-<hi>/`, `flaxray.study.units`), so
 the same call again reads every finished round back and continues where a killed race stopped.
 
-The elimination test, after each round (all survivors then have the same n seeds):
-an arch `a` is out when, for some other survivor `b`, a one-sided exact Mann-Whitney test says a
-seed of `a` ends with a higher final val loss than a seed of `b` (P(a improves on b) < 0.5, the
-rliable probability of improvement, which is this U statistic over n*n) at level
-    alpha' = alpha / ((K - 1) * L)
-with K the archs raced and L the planned looks at which the test can reject at all (a look with n
-seeds cannot reach p < 1 / C(2n, n); such looks spend nothing). Why this is valid: take any arch `a`
-that no other arch is stochastically better than (the best, or one tied with it). It is eliminated
-only if one of the (K - 1) * L tests "a worse than b at look l" rejects, each of which rejects with
-probability at most alpha' (exact for any continuous distribution; ties are counted in a's favour,
-which only raises p), so by the union bound it survives the whole race with probability >= 1 - alpha,
-whoever the leader is and however the looks depend on each other. Comparing against every survivor
-(not only the leader) is free under that bound. The test is distribution-free, which seeds need:
-their final losses are skewed and a diverged seed is +inf.
+After each round (every arch still raced then has the same n seeds), two rules:
 
-It stops when one arch is left ("winner"), when no pair of survivors could be told apart even at
-`max_seeds` with every further seed as extreme as possible ("tie", exact: no more seeds can change
-the survivors), or when the next round would exceed `budget` seed-epochs ("budget").
+- Elimination: an arch `a` is out when, for some other arch still raced `b`, a one-sided exact
+  Mann-Whitney test says a seed of `a` ends with a higher final val loss than a seed of `b`
+  (P(a improves on b) < 0.5) at this look's level (`flaxray.analysis.sequential.spending`: each
+  rival's alpha / (K - 1) spent over the looks whose exact p-value lattice can reach it). Valid
+  because: take any arch `a` that no other arch is stochastically better than. It is eliminated only
+  if one of its tests "a worse than b at look l" rejects; defined on the first n_l seeds of a and b,
+  each rejects with probability at most its level (exact for any continuous distribution; ties count
+  in a's favour, which only raises p), and the levels sum to alpha / (K - 1) per rival, so by the
+  union bound a survives with probability >= 1 - alpha, whoever the leader is, however the looks
+  depend on each other, and whichever looks the race actually reaches. Comparing against every arch
+  still raced (not only the leader) is free under that bound. The test is distribution-free, which
+  seeds need: their final losses are skewed and a diverged seed is +inf.
+- Futility (non-binding): an arch whose elimination by each other arch still raced has a predictive
+  power below `futility` (gamma) by the last look (`sequential.predictive_power`, simulated from the
+  seeds seen) leaves the race into the declared tie: it is trained no further and never eliminated.
+  The arch the others are raced against (the anchor: the highest mean P(improvement),
+  `sequential.improvement`) stays, so a worse arch keeps a rival that can throw it out. Why this
+  cannot raise the false-elimination rate: the bound above counts every test at every planned look
+  as if all were taken; a futility exit only removes tests (those of the arch that left, and against
+  it) and never lowers a level, so the set of ways an arch can be eliminated only shrinks. Whether
+  the rule is followed or not, the guarantee is the same ("non-binding").
+
+It stops when one arch is left and none left by futility ("winner"); when at most the anchor is
+still raced, or no pair still raced could be told apart even at `max_seeds` with every further seed
+as extreme as possible, or `max_seeds` is reached ("tie": the archs still raced and those that left by
+futility); or when the next round would exceed `budget` seed-epochs ("budget").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from math import comb
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,6 +50,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.analysis import diagnose, ranking, stats
+from flaxray.analysis.sequential import improvement, looks, predictive_power, spending, worse_p
 from flaxray.analysis.study import analyse
 from flaxray.errors import FlaxrayError
 from flaxray.report.race import write_report
@@ -50,99 +59,76 @@ from flaxray.study import units
 from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
+FUTILITY = 0.1  # gamma: an arch whose elimination has a lower predictive power against every rival leaves
 
 
-def looks(max_seeds: int, round_seeds: int) -> list[int]:
-    """Seeds per arch after each planned round: R, 2R, ..., max_seeds (the last round may be short)."""
-    return sorted({min(k, max_seeds) for k in range(round_seeds, max_seeds + round_seeds, round_seeds)})
-
-
-def level(n_archs: int, planned: Sequence[int], alpha: float) -> tuple[float, list[int]]:
-    """(alpha per test, the looks that can reject at it): Bonferroni over (K - 1) rivals x those looks.
-
-    With n seeds per arch the smallest one-sided p is 1 / C(2n, n), so the first looks often cannot
-    reject at any Bonferroni share and spend nothing: counted are the most looks, from some look on
-    to the last, whose first look can reach alpha / ((K - 1) x their number). A function of the design
-    alone (K, the looks, alpha), fixed before any seed is seen."""
-    for i, n in enumerate(planned):
-        share = alpha / (max(n_archs - 1, 1) * (len(planned) - i))
-        if 1 / comb(2 * n, n) <= share:
-            return share, list(planned[i:])
-    return alpha / max(n_archs - 1, 1), []
-
-
-@functools.cache
-def _null_sf(m: int, n: int) -> np.ndarray:
-    """P(U >= u), u = 0..m n, where U counts the pairs (x, y) with x > y among m x's and n y's drawn
-    from one continuous distribution: the exact Mann-Whitney null. The largest of the m + n values is
-    an x with probability m / (m + n), and then beats all n y's; otherwise it is a y and beats nothing."""
-    pmf = np.ones(1)
-    if m and n:
-        pmf = np.zeros(m * n + 1)
-        pmf[n:] += m / (m + n) * np.diff(-_null_sf(m - 1, n), append=0.0)
-        pmf[: m * (n - 1) + 1] += n / (m + n) * np.diff(-_null_sf(m, n - 1), append=0.0)
-    return np.cumsum(pmf[::-1])[::-1]
-
-
-def worse_p(x, y) -> np.ndarray:
-    """One-sided exact Mann-Whitney p that seeds of x end with higher (worse) losses than seeds of y,
-    along the last axis (broadcast). A tie between an x and a y seed counts as x better, which can only
-    raise p, so the exact no-ties null stays valid with ties and diverged seeds (NaN: +inf)."""
-    x, y = (np.where(np.isnan(v), np.inf, v) for v in (np.asarray(x, float), np.asarray(y, float)))
-    u = (x[..., :, None] > y[..., None, :]).sum(axis=(-1, -2))
-    return _null_sf(x.shape[-1], y.shape[-1])[u]
-
-
-def decide(values: Mapping[str, np.ndarray], n_archs: int, planned: Sequence[int], alpha: float) -> dict:
-    """One look: {eliminated: {arch: (by, p)}, p_min: {arch: (by, p)}, separable: whether any pair of
-    survivors could still be told apart at a later planned look}. `values[a]`: (n,) final val losses."""
+def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planned: Sequence[int], *,
+           futility: float = FUTILITY) -> dict:
+    """One look. `values[a]`: (n,) final val losses of each arch still raced; `levels`: `spending`'s.
+    Returns {eliminated: {arch: (by, p)}, p_min: {arch: (by, p)}, level, power: {arch: (by, power)},
+    anchor, futile: {arch: (by, power)}, separable: whether any pair still raced after this look could
+    be told apart at a later planned look}."""
     archs = list(values)
     v = np.stack([stats.as_scores(values[a]) for a in archs])
-    share, active = level(n_archs, planned, alpha)
+    n = v.shape[1]
+    level = levels.get(n, 0.0)  # a look that cannot reject has level 0: no p reaches it
     p = worse_p(v[:, None, :], v[None, :, :])
     np.fill_diagonal(p, np.inf)
     by = p.argmin(axis=1)
     p_min = {a: (archs[by[i]], float(p[i, by[i]])) for i, a in enumerate(archs)}
-    out = {a: bp for a, bp in p_min.items() if bp[1] <= share and v.shape[1] in active}  # a look not counted rejects nothing
+    out = {a: bp for a, bp in p_min.items() if bp[1] <= level}
     if len(out) == len(archs):  # a cycle of significant losses, never seen in practice: keep one
         out.pop(min(archs, key=lambda a: p_min[a][1]))
-    n, rest = v.shape[1], v[[i for i, a in enumerate(archs) if a not in out]]
+    names = [a for a in archs if a not in out]
+    rest = v[[archs.index(a) for a in names]]
+    later = [m for m in planned if m > n]
+    power, anchor, futile = {}, None, {}
+    if later and len(names) > 1:
+        anchor = names[int(np.argmax(improvement(rest)))]
+        if futility > 0:
+            pw = predictive_power(rest, levels)
+            power = {a: (names[int(pw[i].argmax())], float(pw[i].max())) for i, a in enumerate(names)}
+            futile = {a: bp for a, bp in power.items() if a != anchor and bp[1] < futility}
+    raced = rest[[names.index(a) for a in names if a not in futile]]
 
     def separable(m):  # at look m, in the most extreme continuation: every new seed of a worst, of b best
-        x = np.concatenate([rest, np.full((len(rest), m - n), np.inf)], axis=1)
-        y = np.concatenate([rest, np.full((len(rest), m - n), -np.inf)], axis=1)
+        x = np.concatenate([raced, np.full((len(raced), m - n), np.inf)], axis=1)
+        y = np.concatenate([raced, np.full((len(raced), m - n), -np.inf)], axis=1)
         q = worse_p(x[:, None, :], y[None, :, :])
         np.fill_diagonal(q, np.inf)
-        return bool((q <= share).any())
+        return bool((q <= levels.get(m, 0.0)).any())
 
-    later = [m for m in planned if m > n][::-1]  # the last look first: it separates the most, so usually alone
-    return {"eliminated": out, "p_min": p_min, "level": share, "separable": any(separable(m) for m in later)}
+    return {"eliminated": out, "p_min": p_min, "level": level, "power": power, "anchor": anchor, "futile": futile,
+            "separable": any(separable(m) for m in later[::-1])}  # the last look first: it separates the most
 
 
 def run_rounds(values_of: Callable[[str, Sequence[int]], np.ndarray], archs: Sequence[str], seeds: Sequence[int], *,
                round_seeds: int, epochs: int = 1, budget: float | None = None, alpha: float = 0.05,
-               on_round: Callable[[dict], None] | None = None) -> dict:
+               futility: float = FUTILITY, on_round: Callable[[dict], None] | None = None) -> dict:
     """The race itself, given `values_of(arch, seed_block)`, the final val losses of those seeds (trained,
-    read back, or looked up in a finished study). Returns {rounds: [...], decision, seed_epochs}; each
-    round: seeds (per arch), survivors (before it), values (so far), eliminated, p_min, level."""
+    read back, or looked up in a finished study). Returns {rounds: [...], decision, seed_epochs, levels};
+    each round: seeds (per arch), survivors (the archs raced in it), values (so far), eliminated, futile,
+    p_min, power, anchor, level. `futility` 0 turns the futility exit off."""
     archs, seeds = list(archs), list(seeds)
     planned = looks(len(seeds), round_seeds)
-    survivors, got, rounds, spent, lo = list(archs), {a: np.empty(0) for a in archs}, [], 0, 0
+    levels = spending(len(archs), planned, alpha)
+    survivors, got, rounds, spent, lo, left = list(archs), {a: np.empty(0) for a in archs}, [], 0, 0, {}
     while True:
         hi = planned[len(rounds)]
         for a in survivors:
             got[a] = np.concatenate([got[a], np.ravel(values_of(a, seeds[lo:hi])).astype(float)])
         spent += len(survivors) * (hi - lo) * epochs
-        look = decide({a: got[a] for a in survivors}, len(archs), planned, alpha)
+        look = decide({a: got[a] for a in survivors}, levels, planned, futility=futility)
         rounds.append({"round": len(rounds) + 1, "seeds": hi, "survivors": list(survivors),
                        "values": {a: got[a].copy() for a in survivors}, "seed_epochs": spent, **look})
-        survivors = [a for a in survivors if a not in look["eliminated"]]
+        left.update({a: hi for a in look["futile"]})
+        survivors = [a for a in survivors if a not in look["eliminated"] and a not in look["futile"]]
         if on_round:
             on_round(rounds[-1])
         nxt = planned[len(rounds)] - hi if hi < planned[-1] else 0
-        if len(survivors) == 1:
+        if len(survivors) == 1 and not left:
             kind = "winner"
-        elif not nxt or not look["separable"]:
+        elif len(survivors) == 1 or not nxt or not look["separable"]:
             kind = "tie"
         elif budget is not None and spent + len(survivors) * nxt * epochs > budget:
             kind = "budget"
@@ -150,8 +136,23 @@ def run_rounds(values_of: Callable[[str, Sequence[int]], np.ndarray], archs: Seq
             lo = hi
             continue
         return {"rounds": rounds, "seed_epochs": spent, "fixed_seed_epochs": len(archs) * len(seeds) * epochs,
-                "max_seeds": len(seeds),
-                "decision": {"kind": kind, "survivors": survivors, "seeds": hi}}
+                "max_seeds": len(seeds), "levels": {str(n): lv for n, lv in levels.items()}, "futility": futility,
+                "decision": {"kind": kind, "survivors": [a for a in archs if a in survivors or a in left],
+                             "seeds": hi, "futile": left}}
+
+
+def finalists(race_record: dict) -> dict[str, np.ndarray]:
+    """The archs raced to the end, with their seeds (all as many): the leader is ranked among these, as
+    without futility exits. One that left has fewer seeds, and the ranking's interval of a few is too
+    narrow to compare it fairly (a percentile bootstrap of 3 seeds spans about their range)."""
+    d, last = race_record["decision"], race_record["rounds"][-1]
+    return {a: np.asarray(last["values"][a], float) for a in d["survivors"] if a not in d["futile"]}
+
+
+def tie_values(race_record: dict) -> dict[str, np.ndarray]:
+    """Every arch of the decision (raced to the end or left by futility) with all the seeds it got."""
+    return {a: np.asarray(next(r["values"][a] for r in race_record["rounds"][::-1] if a in r["values"]), float)
+            for a in race_record["decision"]["survivors"]}
 
 
 def leader(values: Mapping[str, np.ndarray], confidence: float = 0.95) -> tuple[str, dict]:
@@ -172,18 +173,25 @@ def evidence(race_record: dict, confidence: float = 0.95) -> dict:
         r["p_leader"] = {a: ranking.prob_improvement(r["values"][r["leader"]], v, confidence=confidence)
                          for a, v in r["values"].items() if a != r["leader"]}
     d, last = race_record["decision"], race_record["rounds"][-1]
-    d["leader"] = leader({a: last["values"][a] for a in d["survivors"]}, confidence)[0]
+    d["leader"] = leader(finalists(race_record), confidence)[0]
     spent, fixed = race_record["seed_epochs"], race_record["fixed_seed_epochs"]
     cost = f"{spent} seed-epochs, {spent / fixed:.0%} of the fixed design's {fixed} (every arch x every seed)"
-    names = ", ".join(f"**{a}**" for a in d["survivors"])
+    bold = lambda archs: ", ".join(f"**{a}**" for a in archs)  # noqa: E731
+    raced = [a for a in d["survivors"] if a not in d["futile"]]
+    gone = "".join(f"; **{a}** left by futility at {n} seeds" for a, n in d["futile"].items())
+    if gone:  # why they left, once
+        gone += (f" (its elimination by {race_record['max_seeds']} seeds had a predictive power below "
+                 f"{race_record['futility']:g} against every arch still raced)")
+    why = (f"no arch is left to race **{raced[0]}** against at {d['seeds']} seeds per arch" if len(raced) == 1 else
+           f"at {d['seeds']} seeds per arch, the most allowed, the race's test does not tell {bold(raced)} apart"
+           if d["seeds"] == race_record["max_seeds"] else
+           f"at {d['seeds']} seeds per arch no further seed up to {race_record['max_seeds']} could tell "
+           f"{bold(raced)} apart")
+    lead = f"leader by the ranking{' among the archs raced to the end' if gone else ''}: **{d['leader']}**"
     d["text"] = {
         "winner": f"**{d['leader']}** wins the race: every other arch was eliminated by round {last['round']}",
-        "tie": f"a tie between {names}: " + (
-            f"at {d['seeds']} seeds per arch, the most allowed, the race's test does not tell them apart"
-            if d["seeds"] == race_record["max_seeds"] else
-            f"at {d['seeds']} seeds per arch no further seed up to {race_record['max_seeds']} could tell them apart")
-        + f" (leader by the ranking: **{d['leader']}**)",
-        "budget": f"budget spent with {names} still in the race (leader by the ranking: **{d['leader']}**)",
+        "tie": f"a tie between {bold(d['survivors'])}: {why}{gone} ({lead})",
+        "budget": f"budget spent with {bold(raced)} still in the race{gone} ({lead})",
     }[d["kind"]] + f"; {cost}."
     return race_record
 
@@ -212,7 +220,7 @@ def merged(blocks: list) -> "units.Group":
                        np.concatenate([g.diverged for g in blocks]), first.folder.parent)
 
 
-def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progress: bool = True,
+def race(study, out, *, round_seeds: int = 3, budget: float | None = None, futility: float = FUTILITY, progress: bool = True,
          checkpoint_every: int | str = DEFAULT_EVERY, chunk: int | None = None, cache_dir=None, info: Mapping | None = None,
          prepared: Any = None, on_round: Callable[[dict], None] | None = None, strategy=None) -> RaceResult:
     """Race `study.archs` over the seeds `study.seeds` (in order, `round_seeds` a round) into `out`:
@@ -223,12 +231,13 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
       out: the race's folder.
       round_seeds: seeds each arch still raced gets per round.
       budget: seed-epochs at most (None: the fixed design's).
+      futility: gamma of the futility exit (0: off); see the module's docstring.
       on_round: called with each round's record as it ends.
       progress, checkpoint_every, chunk, cache_dir, strategy, info, prepared: as `flaxray.run`'s.
     Returns:
       A `RaceResult`: its folder, race.json's record, each arch's units and what was reused.
     """
-    check(study, round_seeds, budget)
+    check(study, round_seeds, budget, futility)
     out = Path(out)
     prepared = prepared or prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
                                    cache_dir=cache_dir, strategy=strategy)
@@ -248,14 +257,16 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
         rounds_so_far.append(r)
         if progress and not results.elsewhere():
             gone = ", ".join(f"{a} (p {p:.2g} vs {b})" for a, (b, p) in r["eliminated"].items()) or "none"
-            print(f"round {r['round']}: {len(r['survivors'])} archs at {r['seeds']} seeds, out: {gone}", flush=True)
+            tie = f"; into the tie by futility: {', '.join(r['futile'])}" if r["futile"] else ""
+            print(f"round {r['round']}: {len(r['survivors'])} archs at {r['seeds']} seeds, out: {gone}{tie}", flush=True)
         if on_round:
             on_round(r)
 
     rounds_so_far: list = []
     out.mkdir(parents=True, exist_ok=True)
     record = evidence(run_rounds(values_of, study.archs, study.seeds, round_seeds=round_seeds, epochs=study.epochs,
-                                 budget=budget, alpha=1 - study.confidence, on_round=record_round), study.confidence)
+                                 budget=budget, alpha=1 - study.confidence, futility=futility, on_round=record_round),
+                      study.confidence)
     record.update(status="complete", spec=study.record(), round_seeds=round_seeds, budget=budget,
                   alpha=1 - study.confidence, planned_looks=looks(len(study.seeds), round_seeds),
                   environment=results.environment(), data=prepared.dataset.summary, **dict(info or {}))
@@ -271,7 +282,7 @@ def race(study, out, *, round_seeds: int = 3, budget: float | None = None, progr
     return RaceResult(out, record, trained, reused)
 
 
-def check(study, round_seeds: int, budget: float | None) -> None:
+def check(study, round_seeds: int, budget: float | None, futility: float = FUTILITY) -> None:
     """The race's own refusals, one line each, before anything is trained."""
     if study.decompose or study.test or study.n_settings > 1:
         raise FlaxrayError("--race compares archs at one setting (one value of each of --lr, --dropout, "
@@ -280,6 +291,8 @@ def check(study, round_seeds: int, budget: float | None) -> None:
         raise FlaxrayError("--race needs at least two archs")
     if not 1 <= round_seeds <= len(study.seeds):
         raise FlaxrayError(f"--round-seeds must be between 1 and --max-seeds ({len(study.seeds)}), got {round_seeds}")
+    if not 0 <= futility < 1:
+        raise FlaxrayError(f"--futility must be at least 0 (0: off) and below 1, got {futility:g}")
     first = len(study.archs) * round_seeds * study.epochs
     if budget is not None and budget < first:
         raise FlaxrayError(f"--budget {budget:g} seed-epochs does not cover round 1: {len(study.archs)} archs x "
