@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
                    "'dense:1024@0.5,512@0.2' or 'conv:32,pool,sep:64,pool,gap,dense:128@0.5' "
                    "(the grammar is in flaxray/models/spec.py); or a model registered with flaxray.models.register, e.g. resnet18")
     _cli.add_training_args(p)
+    _cli.add_rope_arg(p)
     _cli.add_data_args(p)
     _cli.add_output_args(p)
     return p
@@ -45,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args) -> Path:
     from flaxray.analysis import stopping
     from flaxray.analysis.study import settle_sentence
+    from flaxray.report import pairs
     from flaxray.report.table import format_summary_table, luck_lines, variance_lines
     from flaxray.report.study import format_diverged
 
@@ -53,7 +55,7 @@ def run(args) -> Path:
     print(format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
 
     for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),
-                 *variance_lines(result.analysis), *stopping.lines(result.analysis)]:
+                 *variance_lines(result.analysis), *pairs.lines(result.analysis), *stopping.lines(result.analysis)]:
         if line:
             print(line)
     if diverged := format_diverged(result.record["diverged"]):
