@@ -67,7 +67,7 @@ def _lower_count(cdf, alpha: float) -> int:
 
 
 def _normal_count(mean: float, var: float, alpha: float) -> int:
-    # The large-sample k of R's wilcox.test, with a continuity correction.
+    # k from the normal approximation of the null (mean, var), with a continuity correction: large samples.
     return max(0, int(np.floor(mean - scipy.stats.norm.isf(alpha / 2) * math.sqrt(var) + 0.5)))
 
 
