@@ -182,5 +182,17 @@ def test_a_settings_crossing_reports_paired_and_archs_alone_do_not(tmp_path, cap
     printed = capsys.readouterr().out
     assert "paired" not in printed and "final val loss (shift" not in printed
     report = (out / "report.md").read_text()
-    assert "seed by seed" not in report and "Practical equivalence" not in report
+    assert "Settings compared seed by seed" not in report and "Practical equivalence" not in report
     assert "## When is the choice settled?" in report
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--rope", "-1"], "--rope takes a margin > 0"),
+    (["--rope", "0.1", "--race"], "drop --rope"),
+])
+def test_a_bad_or_raced_rope_is_one_line_before_anything_is_written(tmp_path, capsys, argv, needle):
+    from studies import architecture_search
+
+    assert architecture_search.main(["--arch", "pyramid", "final", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and not (tmp_path / "out").exists()

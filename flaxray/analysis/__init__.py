@@ -7,4 +7,7 @@
     diagnose    each seed's loss curves: good, overfit, underfit, unstable or diverged
     study       a study's whole analysis: diagnosis, summary, ranking, verdict, seeds to settle
     compare     two models on the held-out test set, over seeds
+    paired      two groups on one per-seed value: paired tests, Hodges-Lehmann shifts, equivalence (TOST)
+    pairs       which groups of a study are paired, their comparisons and the margin's verdicts
+    settled     each epoch's ranking against the last's: Kendall's tau, the epoch the top group settles
 """
