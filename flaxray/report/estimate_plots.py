@@ -183,7 +183,7 @@ def plot_settled(settled, *, title: str | None = None):
     ax.set_xlabel("epoch")
     ax.set_ylabel("τ (IQM of val loss)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "Each epoch's ranking against the last epoch's", fontsize=10)
     return ax
 
