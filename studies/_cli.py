@@ -68,6 +68,14 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     _recipe.add_recipe_args(p)
 
 
+def add_rope_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rope", type=float, default=None, metavar="DELTA",
+                   help="a margin in final val loss (the ranking's value) that does not matter in practice: every "
+                   "pair of archs, or of one arch's settings, is then better, worse, equivalent within +-DELTA or "
+                   "undecided, from the CI of its Hodges-Lehmann shift (TOST at the study's confidence), in the "
+                   "verdict, the report and the printout (default: no margin, no such verdicts)")
+
+
 def add_output_args(p: argparse.ArgumentParser, *, out=None, out_help="output folder (default: a new folder under runs/)",
                     overwrite_help="start again in an --out that already holds a study (its results and "
                     "checkpoints are deleted)") -> None:
@@ -124,7 +132,8 @@ def study_spec(args, archs, kind: str, **fields):
     grid = {name: tuple(getattr(args, name)) for name in settings.FIELDS if getattr(args, name) is not None}
     return Study(archs=tuple(archs), data=data_spec(args), seeds=tuple(seed_list(args)), settings=grid,
                  epochs=args.epochs, batch_size=args.batch_size, vary=parse_vary(args.vary),
-                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, recipe=_recipe.recipe(args), **fields)
+                 class_weight=args.class_weight, dtype=args.dtype, kind=kind, recipe=_recipe.recipe(args),
+                 rope=getattr(args, "rope", None), **fields)
 
 
 def given_flags(parser, argv) -> dict:

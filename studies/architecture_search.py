@@ -42,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
                    "with only a one-ulp nudge of the initial parameters (the numerical-noise floor), and report each "
                    "source's share of the variance of final val loss and its share above the floor (5x the training)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
+    _cli.add_rope_arg(p)
     race = p.add_argument_group("race", "spend seeds only where the choice is still open (flaxray.study.race)")
     race.add_argument("--race", action="store_true",
                       help="race the archs instead of giving each --seeds: round 1 trains every arch with "
@@ -90,9 +91,10 @@ def run(args) -> Path:
     print()
     print(report.ranking_markdown(result.analysis))
     print(result.analysis["verdict"].replace("**", ""))
+    from flaxray.report.pairs import lines as pair_lines
     from flaxray.report.table import luck_lines, variance_lines
 
-    print("\n".join(luck_lines(result.analysis) + variance_lines(result.analysis)))
+    print("\n".join(luck_lines(result.analysis) + variance_lines(result.analysis) + pair_lines(result.analysis)))
     out = result.out
     print(f"\nwrote {out / 'report.md'}, {out / 'report.html'}, {out / 'study.json'}")
     return out
@@ -108,6 +110,8 @@ def run_race(args, archs, given) -> Path:
     if "seeds" in given or args.decompose or args.tensorboard:
         raise FlaxrayError("--race sets the seeds with --max-seeds and --round-seeds, and writes no "
                            "--decompose or --tensorboard files; drop --seeds, --decompose and --tensorboard")
+    if args.rope is not None:
+        raise FlaxrayError("--rope judges the pairs of a fixed design; the race decides by its own tests: drop --rope")
     max_seeds, round_seeds = args.max_seeds, args.round_seeds
     if not 2 <= max_seeds <= MAX_SEEDS:
         raise FlaxrayError(f"--max-seeds must be between 2 and {MAX_SEEDS}, got {max_seeds}")

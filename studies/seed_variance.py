@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
                    "trains it; each seed k is fit under keras.utils.set_random_seed(k): docs/keras.md) or a Flax NNX "
                    "factory")
     _cli.add_training_args(p)
+    _cli.add_rope_arg(p)
     _cli.add_data_args(p)
     _cli.add_output_args(p)
     return p
@@ -48,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args) -> Path:
     from flaxray.analysis import stopping
     from flaxray.analysis.study import settle_sentence
+    from flaxray.report import pairs
     from flaxray.report.table import format_summary_table, luck_lines, variance_lines
     from flaxray.report.study import format_diverged
 
@@ -56,7 +58,7 @@ def run(args) -> Path:
     print(format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
 
     for line in [*luck_lines(result.analysis), settle_sentence(result.analysis).replace("**", ""),
-                 *variance_lines(result.analysis), *stopping.lines(result.analysis)]:
+                 *variance_lines(result.analysis), *pairs.lines(result.analysis), *stopping.lines(result.analysis)]:
         if line:
             print(line)
     if diverged := format_diverged(result.record["diverged"]):

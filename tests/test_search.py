@@ -45,11 +45,11 @@ def test_search_end_to_end_on_the_embedded_default_then_resumes(tmp_path, capsys
     assert f"Programs: vmap (asked), {program['seeds_per_chunk']} seeds per chunk, {program['layers']} layers" in md
     # The study's own bands.png (every arch on shared axes) is not overwritten by the report's grid.
     assert (out / "bands.png").read_bytes() != (out / "bands_per_arch.png").read_bytes()
-    for png in ("bands_per_arch.png", "intervals.png", "improvement.png"):
+    for png in ("bands_per_arch.png", "intervals.png", "improvement.png", "settled.png"):
         assert f"]({png})" in md
         assert matplotlib.image.imread(out / png).shape[1] >= 500
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
     assert not re.search(r'src="(?!data:)', page)  # nothing outside the file
 
     # A rerun trains nothing: every arch is read back, the report is written again.

@@ -8,4 +8,7 @@
     study       a study's whole analysis: diagnosis, summary, ranking, verdict, seeds to settle
     compare     two models on the held-out test set, over seeds
     sequential  the race's test: exact Mann-Whitney p-values, alpha spent over the looks, futility's power
+    paired      two groups on one per-seed value: paired tests, Hodges-Lehmann shifts, equivalence (TOST)
+    pairs       which groups of a study are paired, their comparisons and the margin's verdicts
+    settled     each epoch's ranking against the last's: Kendall's tau, the epoch the top group settles
 """

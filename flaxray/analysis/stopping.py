@@ -6,7 +6,8 @@
 Groups that differ only in their patience (`--early-stopping none 3`) trained the same seeds (the same
 initialisation, dropout masks and data order) in one program, so each seed is its own control: the
 comparison is of per-seed differences (Wilcoxon's signed-rank test, the median difference), not of two
-independent samples. Plain numpy and scipy.
+independent samples (`flaxray.analysis.paired`, which also compares every other setting so). Plain numpy and
+scipy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
-import scipy.stats
+
+from flaxray.analysis import paired
 
 
 def epochs(stopped, total: int, kept=None) -> dict:
@@ -43,13 +45,14 @@ def effect(values: Mapping[str, np.ndarray], arch_of: Mapping[str, str], patienc
     and whether the ranking of the archs (`order`: the groups, best first) changes with the patience.
 
     Args:
-      values: {group: per-seed values (S,), lower is better}, the seeds in the same order in every group.
+      values: {group: per-seed values (S,), lower is better, a diverged seed NaN: the worst, as everywhere},
+        the seeds in the same order in every group.
       arch_of, patience_of: each group's arch and patience (inf: none).
       order: the groups in ranking order.
     Returns:
       {"pairs": [{arch, baseline, patience, median_difference, wins, n, p}], "rankings": {patience: [archs]},
        "ranking_changes": bool, "key": key}; p is Wilcoxon's two-sided signed-rank p-value of the
-      differences (NaN with fewer than 2 nonzero ones).
+      differences (`paired.wilcoxon_p`: NaN with fewer than 2 nonzero ones).
     """
     pairs = []
     by_arch: dict[str, dict[float, str]] = {}
@@ -59,13 +62,10 @@ def effect(values: Mapping[str, np.ndarray], arch_of: Mapping[str, str], patienc
         levels = sorted(groups, key=lambda p: (p != math.inf, p))  # "none" first: the baseline
         base = groups[levels[0]]
         for level in levels[1:]:
-            a, b = np.asarray(values[groups[level]], float), np.asarray(values[base], float)
-            ok = np.isfinite(a) & np.isfinite(b)
-            diff = a[ok] - b[ok]
-            p = float(scipy.stats.wilcoxon(diff).pvalue) if np.count_nonzero(diff) >= 2 else math.nan
+            c = paired.compare(values[groups[level]], values[base], paired=True)
             pairs.append({"arch": arch, "baseline": label(levels[0]), "patience": label(level),
-                          "median_difference": float(np.median(diff)) if diff.size else math.nan,
-                          "wins": int(np.sum(diff < 0)), "n": int(diff.size), "p": p})
+                          "median_difference": c["median_difference"], "wins": c["wins"], "n": c["n"],
+                          "p": c["wilcoxon_p"]})
     rankings = {}
     for group in order:
         rankings.setdefault(label(patience_of[group]), []).append(arch_of[group])

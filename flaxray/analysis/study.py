@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
-from flaxray.analysis import diagnose, ranking, stats
+from flaxray.analysis import diagnose, pairs, ranking, settled, stats
+from flaxray.analysis import paired as paired_test
 from flaxray.errors import FlaxrayError
 
 TOTAL = "all"  # the decomposition's run where every source of randomness varies
@@ -51,18 +52,26 @@ def seed_percentiles(values, lower_is_better: bool = True) -> np.ndarray:
 SETTLE_SEEDS = (3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
-def seeds_to_settle(a, b, *, power: float = 0.8, alpha: float = 0.05, sims: int = 400, seed: int = 0) -> int | None:
+def seeds_to_settle(a, b, *, power: float = 0.8, alpha: float = 0.05, sims: int = 400, seed: int = 0,
+                    paired: bool = False) -> int | None:
     """Seeds per arch at which a two-sided Mann-Whitney U test at `alpha` tells `a` from `b` in a share
     `power` of simulated studies, whose seeds are drawn with replacement from the observed per-seed
     values (a diverged seed as the worst); None when 512 seeds would not. A bootstrap power estimate:
-    it takes the observed difference as the true one, so with few seeds it is itself rough."""
+    it takes the observed difference as the true one, so with few seeds it is itself rough.
+    `paired`: a and b are the same seeds at two settings; a simulated study draws whole seeds (their
+    differences) and the test is Wilcoxon's signed-rank test of the differences (`flaxray.analysis.paired`)."""
     a, b = stats.as_scores(np.ravel(a)), stats.as_scores(np.ravel(b))
     rng = np.random.default_rng(seed)
     for n in SETTLE_SEEDS:
-        xa, xb = rng.choice(a, (sims, n)), rng.choice(b, (sims, n))
         with warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # all-tied draws: p is NaN, counted as not told apart
-            p = scipy.stats.mannwhitneyu(xa, xb, axis=1, method="asymptotic").pvalue
+            warnings.simplefilter("ignore", UserWarning)  # ties among the differences: scipy's normal null
+            if paired:
+                p = scipy.stats.wilcoxon(rng.choice(paired_test.difference(a, b), (sims, n)), axis=1,
+                                         method="asymptotic").pvalue
+            else:
+                xa, xb = rng.choice(a, (sims, n)), rng.choice(b, (sims, n))
+                p = scipy.stats.mannwhitneyu(xa, xb, axis=1, method="asymptotic").pvalue
         if np.mean(p < alpha) >= power:
             return n
     return None
@@ -114,7 +123,8 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
             decomposition: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
             confidence: float = 0.95, thresholds: diagnose.Thresholds = diagnose.THRESHOLDS,
             seeds: Mapping[str, Sequence[int]] | None = None, settings: Mapping[str, Mapping] | None = None,
-            final_epochs: Mapping[str, np.ndarray] | None = None, stopped: Mapping[str, np.ndarray] | None = None) -> dict:
+            final_epochs: Mapping[str, np.ndarray] | None = None, stopped: Mapping[str, np.ndarray] | None = None,
+            rope: float | None = None) -> dict:
     """Everything the report shows, as plain data (numpy arrays and floats).
 
     Works for any class count: everything per metric comes from the registry (`flaxray.analysis.metrics`).
@@ -129,7 +139,11 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     luck {arch: {seed: percentile of its final val loss among the arch's seeds}} (`seeds` names them;
     default 0..S-1) and settle (`seeds_to_settle` of the first two archs of the ranking).
     `settings` {arch: {"varies": "dropout", "groups": [group names, one per setting]}} (the groups of
-    one unit, same seeds) adds settings {arch: `setting_shares` + varies}. `final_epochs` {arch: (S,)}:
+    one unit, same seeds; optional "levels": {group: {setting: value}}) adds settings {arch: `setting_shares` +
+    varies} and paired (`pairs.analyse`: groups of one arch differing in one setting, compared seed by seed,
+    each with settle {paired, unpaired}: `seeds_to_settle` both ways); `rope` (a margin in final val loss)
+    adds rope (every pair better, worse, equivalent or undecided). settled (`settled.analyse`, two groups or
+    more): each epoch's ranking against the last's. `final_epochs` {arch: (S,)}:
     the epoch whose model each seed ends with (early stopping, model selection; default the last);
     `stopped` {arch: (S,)}: the epoch each seed stopped after (0: it did not).
     """
@@ -182,6 +196,13 @@ def analyse(histories: Mapping[str, Mapping[str, np.ndarray]], *, baseline: floa
     if settings:
         out["settings"] = {arch: {"varies": d["varies"], "groups": list(d["groups"]), **setting_shares(
             [_final_val_loss(histories[g], final_epochs.get(g)) for g in d["groups"]], confidence=confidence)} for arch, d in settings.items()}
+    out.update(pairs.analyse(scores, order, settings, confidence=confidence, rope=rope))
+    for p in out.get("paired", []):  # the seeds a claim needs, paired against unpaired, on the same values
+        p["settle"] = {way: seeds_to_settle(scores[p["a"]], scores[p["b"]], paired=way == "paired")
+                       for way in ("paired", "unpaired")}
+    if len(order) > 1:
+        out["settled"] = settled.analyse({a: _held(histories[a], stopped.get(a))["val_loss"] for a in order}, order,
+                                         confidence=confidence)
     out["verdict"] = verdict(out)
     return out
 
@@ -228,7 +249,7 @@ def verdict(analysis: Mapping) -> str:
         rank = next(r["rank"] for r in ranked if r["arch"] == likeliest)
         text += (f"; the one-seed method's likeliest pick is **{likeliest}** "
                  f"({_pct(one['win_probability'][likeliest])}), ranked {rank} of {len(ranked)} here")
-    return text + ". " + settle_sentence(analysis)
+    return text + ". " + settle_sentence(analysis) + pairs.sentences(analysis)
 
 
 def settle_sentence(analysis: Mapping) -> str:

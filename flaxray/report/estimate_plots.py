@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from flaxray.report.plots import palette
 
@@ -161,6 +161,30 @@ def plot_throughput(rows, *, title: str | None = None):
     fig.legend(loc="outside right upper", fontsize=9, frameon=False)  # beside the lines, never over them
     if title:
         ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_settled(settled, *, title: str | None = None):
+    """Kendall's tau between each epoch's ranking and the last epoch's (`flaxray.analysis.settled.analyse`),
+    its bootstrap CI as a band, and a dashed line at the epoch from which the top group no longer changes;
+    returns its axes."""
+    epochs = np.arange(1, settled["epochs"] + 1)
+    fig = Figure(figsize=(6.4, 3.4), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    color = palette(1)[0]
+    ax.fill_between(epochs, settled["tau_low"], settled["tau_high"], color=color, alpha=0.25, lw=0,
+                    label=f"{100 * settled['confidence']:g} % bootstrap CI over seeds")
+    ax.plot(epochs, settled["tau"], color=color, marker="o", ms=3, label="Kendall's τ with the last epoch")
+    k = settled["settled_epoch"]
+    ax.axvline(k, color="0.3", ls="--", lw=1, label=f"top group ({settled['top'][-1]}) from epoch {k} on")
+    ax.set_ylim(-1.05, 1.05)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("τ (IQM of val loss)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or "Each epoch's ranking against the last epoch's", fontsize=10)
     return ax
 
 

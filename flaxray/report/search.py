@@ -16,7 +16,7 @@ import numpy as np
 from flaxray import results
 from flaxray.analysis.stopping import lines as stop_lines
 from flaxray.analysis import diagnose, metrics, ranking
-from flaxray.report import estimate_plots, plots
+from flaxray.report import estimate_plots, pairs, plots
 from flaxray.analysis.study import settle_sentence
 from flaxray.analysis.text import ci, num, prob_ci
 from flaxray.report.document import Document
@@ -24,18 +24,20 @@ from flaxray.report.table import luck_lines, setting_sentence
 
 _ABBREV = {"good": "g", "overfit": "o", "underfit": "u", "unstable": "s", "diverged": "d"}  # s: spiky
 # bands_per_arch.png, not bands.png: a study's own bands.png has every group on shared axes
-_FIGURES = {"bands": "bands_per_arch.png", "intervals": "intervals.png", "improvement": "improvement.png"}
+_FIGURES = {"bands": "bands_per_arch.png", "intervals": "intervals.png", "improvement": "improvement.png",
+            "settled": "settled.png"}
 
 
 def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "") -> dict[str, Path]:
-    """bands_per_arch.png (one panel per arch), intervals.png (one panel per metric), improvement.png (two
-    archs or more)."""
+    """bands_per_arch.png (one panel per arch), intervals.png (one panel per metric), improvement.png and
+    settled.png (two archs or more)."""
     out = Path(out)
     order = [r["arch"] for r in analysis["ranking"]]
     conf = analysis["confidence"]
     subtitles = {a: diagnosis_summary(analysis["diagnosis"][a]["labels"]) for a in order}
     single = len(order) == 1  # nothing to rank or compare: no "best-ranked", no 1x1 improvement matrix
-    paths = {k: out / v for k, v in _FIGURES.items() if not (single and k == "improvement")}
+    paths = {k: out / v for k, v in _FIGURES.items()
+             if not (single and k == "improvement") and (k != "settled" or "settled" in analysis)}
     plots.save(plots.plot_band_grid({a: histories[a] for a in order}, subtitles=subtitles, confidence=conf,
                                     title=("Loss curves" if single else "Loss curves per architecture, best-ranked "
                                            "first") + (f" · {title}" if title else "")), paths["bands"])
@@ -50,6 +52,8 @@ def draw_figures(out, analysis: Mapping, histories: Mapping, *, title: str = "")
         analysis["improvement"], confidence=conf,
         title=f"P(row improves on column) in final val loss\nbold, framed: its {100 * conf:g} % CI excludes 0.5"),
         paths["improvement"])
+    if "settled" in paths:
+        plots.save(estimate_plots.plot_settled(analysis["settled"]), paths["settled"])
     return paths
 
 
@@ -188,6 +192,7 @@ def build(analysis: Mapping, figures: Mapping[str, Path], *, info: Mapping) -> D
         for arch, d in analysis["settings"].items():
             doc.para(setting_sentence(f"`{arch}`", d["varies"], d) + " (groups: "
                      + ", ".join(f"`{g}`" for g in d["groups"]) + ").")
+    pairs.section(doc, analysis, figures)
 
     if "stopping" in analysis:
         doc.heading(2, "Early stopping and model selection")

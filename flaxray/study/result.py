@@ -57,7 +57,9 @@ def evaluate_test(study, dataset, groups: Mapping[str, Group]) -> dict:
 
 
 def settings_of(groups: Mapping[str, Group]) -> dict:
-    """Per arch trained at several settings: what varies (in words) and its groups, one per setting."""
+    """Per arch trained at several settings: what varies (in words), its groups, one per setting, and each
+    group's levels ({group: {setting's words: value}}, the settings that vary), which say which groups differ
+    in one setting only (`flaxray.analysis.pairs`)."""
     by_arch: dict = {}
     for name, g in groups.items():
         by_arch.setdefault(g.config.arch, []).append(name)
@@ -66,8 +68,11 @@ def settings_of(groups: Mapping[str, Group]) -> dict:
         varying = [f for f in settings_grid.FIELDS if len({getattr(groups[n].settings, f) for n in names}) > 1]
         if varying:
             words = [settings_grid.FIELDS[f].words for f in varying]
+            text = {f: settings_grid.FIELDS[f].text or settings_grid.label for f in varying}
+            levels = {n: {settings_grid.FIELDS[f].words: text[f](getattr(groups[n].settings, f)) for f in varying}
+                      for n in names}
             out[arch] = {"varies": words[0] if len(words) == 1 else "the setting (" + ", ".join(words) + ")",
-                         "groups": names}
+                         "groups": names, "levels": levels}
     return out
 
 
@@ -105,7 +110,7 @@ def build(out, study, dataset, groups: Mapping[str, Group], decomposition: Mappi
                        decomposition=decomposition or None, confidence=study.confidence,
                        seeds={n: g.seeds for n, g in groups.items()}, settings=settings_of(groups),
                        final_epochs={n: g.final_epoch for n, g in groups.items() if g.decision is not None},
-                       stopped={n: g.stopped for n, g in groups.items() if g.stopped is not None})
+                       stopped={n: g.stopped for n, g in groups.items() if g.stopped is not None}, rope=study.rope)
     analysis.update(stopping_analysis(groups, analysis))
     test = evaluate_test(study, dataset, groups) if study.test else None
     diverged = {n: {int(s): int(e) for s, e in zip(g.seeds, g.diverged) if e} for n, g in groups.items()}

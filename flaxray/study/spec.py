@@ -63,6 +63,7 @@ class Study:
     decompose: bool = False  # also train each arch with one source of randomness varied at a time, and the ulp floor
     test: bool = False  # evaluate every seed once on the test split and compare the first two archs there
     confidence: float = 0.95
+    rope: float | None = None  # a margin in final val loss: every pair better, worse, equivalent or undecided
     kind: str = "study"  # recorded: seed_variance, architecture_search, cnn_vs_ann, ...
     recipe: Recipe = Recipe()
 
@@ -87,6 +88,8 @@ class Study:
             raise FlaxrayError(f"--class-weight must be none or balanced, got {self.class_weight!r}")
         if not 0 < self.confidence < 1:
             raise FlaxrayError(f"--confidence must be between 0 and 1, got {self.confidence}")
+        if self.rope is not None and not 0 < self.rope < float("inf"):
+            raise FlaxrayError(f"--rope takes a margin > 0 in final val loss, got {self.rope}")
         if self.decompose and (self.n_settings > 1 or not self.varied):
             raise FlaxrayError("--decompose varies each source of --vary in turn against a run that varies them "
                                "all, at one setting; give one value of each setting and at least one source")
