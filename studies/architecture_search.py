@@ -59,11 +59,13 @@ def parser() -> argparse.ArgumentParser:
     race.add_argument("--budget", type=float, default=None, metavar="SEED_EPOCHS",
                       help="with --race: stop before a round that would take the seed-epochs trained past this "
                       "(none: the fixed design's, archs x N x --epochs; default: %(default)s)")
-    race.add_argument("--futility", type=float, default=0.1, metavar="GAMMA",
+    race.add_argument("--futility", type=float, default=0.0, metavar="GAMMA",
                       help="with --race: an arch whose elimination by each other arch still raced has a predictive "
                       "power below GAMMA by --max-seeds (simulated by resampling the seeds seen) leaves the race into "
-                      "the declared tie, trained no further; the arch the others are raced against stays. 0 turns "
-                      "it off. Non-binding: it cannot raise the chance that an arch no other beats is eliminated")
+                      "the declared tie, trained no further; the arch the others are raced against stays (default 0: off; "
+                      "0.1 saved ~30 %% of a simulated catalogue's seed-epochs but picked the one best arch among 14 "
+                      "in 80 %% of races against 99 %%: docs/search_and_race.md). Non-binding: it cannot raise the "
+                      "chance that an arch no other beats is eliminated")
     _cli.add_training_args(p, seeds=8, epochs=20)
     _cli.add_data_args(p)
     _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "

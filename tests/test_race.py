@@ -93,7 +93,7 @@ def test_futility_never_raises_the_false_elimination_rate():
     union = gone = left = cheaper = 0
     for _ in range(2000):
         table = rng.normal(size=(4, 9))
-        r = race.run_rounds(lambda a, block: table[a][block], range(4), range(9), round_seeds=3)
+        r = race.run_rounds(lambda a, block: table[a][block], range(4), range(9), round_seeds=3, futility=0.1)
         bound = any(race.worse_p(table[0, :n], table[b, :n]) <= lv for b in (1, 2, 3) for n, lv in levels.items())
         out = 0 not in r["decision"]["survivors"]
         assert bound or not out, "arch 0 eliminated without any of its planned tests rejecting"
@@ -112,7 +112,7 @@ def test_an_arch_that_cannot_be_told_apart_leaves_into_the_tie():
     values = {"best": seeds, "twin": seeds.copy(), "worse": seeds + 100}
     asked = []
     r = race.run_rounds(lambda a, block: asked.append((a, len(block))) or values[a][block], list(values), range(12),
-                        round_seeds=3)
+                        round_seeds=3, futility=0.1)
     first = r["rounds"][0]
     assert first["anchor"] == "best" and list(first["futile"]) == ["twin"] and first["power"]["worse"][1] > 0.9
     assert "worse" in r["rounds"][1]["eliminated"] and asked.count(("twin", 3)) == 1
@@ -142,7 +142,7 @@ def test_survivors_that_no_further_seed_can_separate_end_the_race_as_a_tie_early
     r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0)
     assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2, "futile": {}}
     assert r["seed_epochs"] * 2 == r["fixed_seed_epochs"]
-    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2)
+    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0.1)
     assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2, "futile": {"b": 2}}
     # The seeds of each round are the next indices of a fixed study's seeds.
     asked = []
@@ -217,7 +217,7 @@ def test_the_report_says_who_left_by_futility_and_at_how_many_seeds(tmp_path):
                      "val_accuracy": 0.9 + 0 * curve, "auc": 0.9 + 0 * curve, "val_auc": 0.9 + 0 * curve}
                  for a, shift in (("best", 0.0), ("twin", 0.0), ("worse", 5.0))}
     record = race.evidence(race.run_rounds(lambda a, block: histories[a]["val_loss"][list(block), -1], list(histories),
-                                           range(6), round_seeds=3))
+                                           range(6), round_seeds=3, futility=0.1))
     assert record["decision"]["futile"] == {"twin": 3} and record["decision"]["kind"] == "tie"
     record.update(environment=results.environment(), round_seeds=3, budget=None, alpha=0.05, planned_looks=[3, 6])
     got = {a: next(len(r["values"][a]) for r in record["rounds"][::-1] if a in r["values"]) for a in histories}

@@ -59,7 +59,8 @@ from flaxray.study import units
 from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
-FUTILITY = 0.1  # gamma: an arch whose elimination has a lower predictive power against every rival leaves
+FUTILITY = 0.0  # gamma (0: off, the default). With gamma > 0, an arch whose elimination has a lower predictive power
+# against every rival leaves into the tie: it saves compute, and can cost the pick (docs/search_and_race.md)
 
 
 def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planned: Sequence[int], *,
