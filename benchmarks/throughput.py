@@ -16,10 +16,16 @@ For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after a
     sequential  the same jitted single-seed `run_epoch`, seed after seed (JAX without vmap)
     keras       Keras 3 `model.fit`, seed after seed, the same dense stack, data and batch size (what the
                 notes' author does); needs `pip install -e ".[baseline]"`, skipped with a message otherwise
+    keras-vmap  `train_seeds` in vmap of the arch's Keras counterpart, a user's Keras model as flaxray trains
+                it (`--arch FILE.py:NAME`): for pyramid the notes' model in examples/keras_xray.py, for
+                another dense stack (final, a spec string) the `keras` method's own Sequential compiled as
+                it compiles it; convolutional archs skip it with a note, as does a machine without Keras
 
 Throughput excludes compilation: each method first runs one epoch (compile and run), then
 --epochs timed ones; `compile_s` is the first epoch's time less a timed epoch's, summed over the
-seeds for the methods that compile once per seed (Keras builds a model per seed). Prints a table,
+seeds for the methods that compile once per seed (Keras builds a model per seed). The methods that
+call `train_seeds` also leave out the seeds' initial states, a one-off per run recorded as `init_s`
+(milliseconds for flaxray's own models; for keras-vmap, a Keras build a seed on the host). Prints a table,
 writes throughput.json (rows, device, versions, config, peak figures) and throughput.png into --out.
 
 Each row also says what fraction of the device's peak FLOP/s and memory bandwidth it reached
@@ -29,6 +35,7 @@ Each row also says what fraction of the device's peak FLOP/s and memory bandwidt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -38,12 +45,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks import roofline
-from benchmarks.keras_baseline import keras_status, measure_keras
+from benchmarks.keras_baseline import keras_model, keras_status, measure_keras
 from flaxray.errors import FlaxrayError
 from studies import _cli
 
-METHODS = ("auto", "vmap", "map", "sequential", "keras")  # and loop, and any group size K
+METHODS = ("auto", "vmap", "map", "sequential", "keras", "keras-vmap")  # and loop, and any group size K
 SERIAL = ("sequential", "keras")  # seed after seed: their seed-epochs/s does not depend on S
+# The Keras counterparts of flaxray's named archs for keras-vmap (dense spec strings: keras_counterpart)
+KERAS_EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "keras_xray.py"
+KERAS_ARCHS = {"pyramid": "pyramid"}  # flaxray's arch -> the builder of that name in KERAS_EXAMPLES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
                    help="measure sequential and keras, which train seed after seed (so their rate does not depend on "
                         "S), at S <= this only; the table's ratios at larger S divide by their rate at the largest S "
                         "measured, marked *. Default: every S (Keras builds and compiles a model per seed)")
+    p.add_argument("--keras-vmap-max-seeds", type=int, default=None, metavar="S",
+                   help="measure keras-vmap at S <= this only (each of its runs builds every seed's Keras model on "
+                        "the host first, a one-off kept out of its rate but not out of the wall clock). Default: every S")
     p.add_argument("--out", default="runs/throughput", metavar="DIR", help="folder for throughput.json and .png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cli.add_data_args(p)
@@ -125,14 +138,78 @@ def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
     return strategy, time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def init_timed():
+    """[seconds] spent in `programs.initial_states` (the seeds' initial states, ready) while inside: a one-off
+    per run, apart from its epochs. flaxray's own models: one jitted init, milliseconds; a Keras model: each
+    seed built on the host as `set_random_seed(k)` and its builder build it, a Keras build a seed."""
+    import jax
+
+    from flaxray.runtime import programs
+
+    spent, original = [0.0], programs.initial_states
+
+    def initial_states(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return jax.block_until_ready(original(*args, **kwargs))
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    programs.initial_states = initial_states
+    try:
+        yield spent
+    finally:
+        programs.initial_states = original
+
+
 def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
-    """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones."""
+    """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones; the seeds'
+    initial states (`init_s`, of the timed run) are not in the timed seconds."""
     from flaxray.runtime.runner import train_seeds
 
     one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=epochs)
     first = timed(lambda: train_seeds(one, data, range(seeds), progress=False, strategy=strategy))
-    seconds = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy))
-    return {"seconds": seconds, "compile_s": max(0.0, first - seconds / epochs)}
+    with init_timed() as init:
+        seconds = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy))
+    seconds -= init[0]
+    return {"seconds": seconds, "compile_s": max(0.0, first - init[0] - seconds / epochs), "init_s": init[0]}
+
+
+def keras_counterpart(arch: str) -> tuple[str | None, str]:
+    """(the arch keras-vmap trains for flaxray's `arch`, or None; why, for the note): a `FILE.py:NAME` route
+    to examples/keras_xray.py for KERAS_ARCHS, else for a dense stack the `keras` method's own model
+    (`keras_baseline.keras_model`, compiled as `measure_keras` compiles it, metrics aside) registered as
+    `keras-ARCH`; None for anything else."""
+    import re
+
+    from flaxray.models import parse_arch, registry
+
+    if arch in KERAS_ARCHS:
+        here = Path.cwd().resolve()  # the route is the arch's name in the rows: relative where it can be
+        file = KERAS_EXAMPLES.relative_to(here) if KERAS_EXAMPLES.is_relative_to(here) else KERAS_EXAMPLES
+        return f"{file}:{KERAS_ARCHS[arch]}", f"the notes' model in {KERAS_EXAMPLES.name}"
+    try:
+        dense = all(layer.kind == "dense" for layer in parse_arch(arch))
+    except FlaxrayError:
+        dense = False
+    if not dense:
+        return None, (f"keras-vmap: no Keras counterpart of {arch} (pyramid is {KERAS_EXAMPLES.name}'s, a dense stack "
+                      "the keras method's model); skipped")
+
+    def builder(input_shape=(28, 28, 3)):
+        import keras
+
+        from flaxray.core.settings import Settings
+
+        model = keras_model(arch, input_shape)
+        model.compile(optimizer=keras.optimizers.Adam(Settings().lr), loss="binary_crossentropy")
+        return model
+
+    name = "keras-" + re.sub(r"[^A-Za-z0-9_.-]", "_", arch)
+    builder.__name__ = name
+    registry.register(name, builder)  # a Keras builder (no `rngs`): trained as a user's Keras model
+    return name, "the keras method's Sequential"
 
 
 def measure_sequential(config, data, seeds: int, epochs: int) -> dict:
@@ -170,34 +247,55 @@ def run(args) -> Path:
     if min(args.max_seeds, args.epochs, args.repeats) < 1:
         raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
                            f"and {args.repeats}")
-    if args.serial_max_seeds is not None and args.serial_max_seeds < 1:
-        raise FlaxrayError(f"--serial-max-seeds must be >= 1, got {args.serial_max_seeds}")
+    for flag in ("serial_max_seeds", "keras_vmap_max_seeds"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise FlaxrayError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.budget_s is not None and not args.budget_s > 0:
         raise FlaxrayError(f"--budget-s must be > 0, got {args.budget_s}")
     configs = [TrainConfig(arch=a, epochs=args.epochs, batch_size=args.batch_size, vary=_cli.parse_vary(args.vary),
                            dtype=args.dtype) for a in args.arch]
+    skipped = []  # methods not measured for an arch, and why (not a stop: nothing was cut short)
     if "keras" in methods and (why := keras_status(args.keras_backend)):
         print(f"skipping keras: {why}")
         methods.remove("keras")
+    if "keras-vmap" in methods and (why := keras_status("jax") or (
+            args.dtype != "float32" and f"--dtype {args.dtype}: a Keras model's dtype is its own")):
+        skipped.append(f"keras-vmap: skipped, {why}")  # keras-vmap trains Keras on its JAX backend only
+        print(skipped[-1])
+        methods.remove("keras-vmap")
     dataset = training_data(args, args.batch_size)
     data = device_data(dataset, eval_batch_size=configs[0].eval_batch_size)
     print(describe_data(dataset))
     peaks = roofline.device_peaks(args.dtype)
     steps = len(dataset.train.y) // args.batch_size
+    keras_archs = {}  # flaxray's arch -> the Keras arch keras-vmap trains for it
     measure = {"sequential": lambda c, s: measure_sequential(c, data, s, args.epochs),
                "keras": lambda c, s: measure_keras(c, dataset, s, args.epochs),
+               "keras-vmap": lambda c, s: measure_strategy(dataclasses.replace(c, arch=keras_archs[c.arch]), data, s,
+                                                           args.epochs, "vmap"),
                **{m: (lambda c, s, m=m: measure_strategy(c, data, s, args.epochs, m if not m.isdigit() else int(m)))
-                  for m in methods if m not in SERIAL}}
+                  for m in methods if m not in (*SERIAL, "keras-vmap")}}
     rows, stopped, began, failed = [], [], time.monotonic(), set()
     for k, config in enumerate(configs):
         cost = roofline.step_cost(config, dataset.train.x.shape[1:])
+        arch_methods = methods
+        if "keras-vmap" in methods:
+            keras_arch, why = keras_counterpart(config.arch)
+            if keras_arch is None:
+                skipped.append(why)
+                print(why, flush=True)
+                arch_methods = [m for m in methods if m != "keras-vmap"]
+            else:
+                keras_archs[config.arch] = keras_arch
+                print(f"keras-vmap of {config.arch}: {keras_arch} ({why})", flush=True)
         # Each arch gets an equal share of what is left of --budget-s.
         until = began + args.budget_s if args.budget_s else math.inf
         until = time.monotonic() + (until - time.monotonic()) / (len(configs) - k)
         last, spent = None, {}  # the last S, and each method's seconds at it
         for seeds in seed_counts(args.max_seeds):
-            now, now_methods = time.monotonic(), [m for m in methods if m not in failed and (
-                m not in SERIAL or seeds <= (args.serial_max_seeds or seeds))]
+            now, now_methods = time.monotonic(), [m for m in arch_methods if m not in failed and (
+                m not in SERIAL or seeds <= (args.serial_max_seeds or seeds)) and (
+                m != "keras-vmap" or seeds <= (args.keras_vmap_max_seeds or seeds))]
             # Each method's last time scaled by the seeds: compilation does not grow with S, so this overestimates.
             if last is not None and now + (need := sum(spent.get(m, 0.0) for m in now_methods) * seeds / last) > until:
                 stopped.append(f"{config.arch}: stopped before S={seeds} (about {need:.0f} s needed, "
@@ -219,10 +317,10 @@ def run(args) -> Path:
                     try:
                         m = measure[method](config, seeds)
                     except Exception as err:  # noqa: BLE001 - the baseline's failure must not lose flaxray's rows
-                        if method != "keras":
+                        if method not in ("keras", "keras-vmap"):
                             raise
-                        failed.add(method)  # e.g. a Keras built for another jax: no more keras rows
-                        stopped.append(f"keras failed at {config.arch} S={seeds}: {type(err).__name__}: {err}")
+                        failed.add(method)  # e.g. a Keras built for another jax: no more of its rows
+                        stopped.append(f"{method} failed at {config.arch} S={seeds}: {type(err).__name__}: {err}")
                         print(stopped[-1], flush=True)
                         continue
                     spent[method] += time.monotonic() - began_method
@@ -234,7 +332,8 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
-                             **{k: m[k] for k in ("strategy", "probe_s") if k in m},
+                             **{k: m[k] for k in ("strategy", "probe_s", "init_s") if k in m},
+                             **({"keras_arch": keras_archs[config.arch]} if method == "keras-vmap" else {}),
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,
                              "flops_fraction": rate * steps * cost["flops"] / peaks["flops"],
@@ -249,7 +348,7 @@ def run(args) -> Path:
               "step_cost": {c.arch: roofline.step_cost(c, dataset.train.x.shape[1:]) for c in configs},
               # as study.json's configs: the config and the settings its lanes train at (train_seeds' default)
               "config": {c.arch: {**c.record(), "settings": {"lr": Settings().lr}} for c in configs},
-              "args": vars(args), "stopped": stopped}
+              "keras_archs": keras_archs, "args": vars(args), "stopped": stopped, "skipped": skipped}
     results.write_json(out / "throughput.json", report)
     size = "×".join(str(d) for d in dataset.train.x.shape[1:])
     labelled = [{**r, "method": f"{r['method']} · {r['arch']}" if len(configs) > 1 else r["method"]} for r in rows]
@@ -258,7 +357,7 @@ def run(args) -> Path:
         out / "throughput.png")
     print()
     print(format_table(rows))
-    for line in stopped:
+    for line in stopped + skipped:
         print(line)
     print(f"\npeaks: {peaks['flops'] / 1e12:.3g} TFLOP/s, {peaks['bytes_per_s'] / 1e9:.3g} GB/s ({peaks['source']})")
     print(f"wrote {out / 'throughput.json'}, {out / 'throughput.png'} (devices: {len(jax.devices())})")
@@ -285,13 +384,16 @@ def format_table(rows: list[dict]) -> str:
     """Markdown: one row per (arch, S), a column per method (auto's with the strategy it took), and the
     speed-up of auto (else vmap, else the first of flaxray's) over each other method; past
     --serial-max-seeds, over a seed-after-seed method's rate at the largest S it was measured at (marked *,
-    with a note under the table)."""
+    with a note under the table); with keras-vmap and keras, keras-vmap's over keras's too."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     rate = {(r["arch"], r["method"], r["seeds"]): r["seed_epochs_per_s"] for r in rows}
     took = {(r["arch"], r["seeds"]): r["strategy"] for r in rows if r["method"] == "auto"}
     lead = next((m for m in ("auto", "vmap", *methods) if m in methods and m not in SERIAL), None)
     others = [m for m in methods if m != lead]
-    head = ["arch", "S", *methods] + ([f"{lead} / {m}" for m in others] if lead else [])
+    # a user's Keras model vmapped, against Keras's fit seed after seed
+    versus = ["keras"] if "keras-vmap" in methods and "keras" in methods and lead != "keras-vmap" else []
+    head = ["arch", "S", *methods] + ([f"{lead} / {m}" for m in others] if lead else []) + \
+        [f"keras-vmap / {m}" for m in versus]
     lines, marked = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], False
     for arch, seeds in dict.fromkeys((r["arch"], r["seeds"]) for r in rows):
         cells = [arch, str(seeds)] + [
@@ -302,6 +404,10 @@ def format_table(rows: list[dict]) -> str:
             cells += [f"{rate[arch, lead, seeds] / r[0]:.2f}×{'*' * r[1]}"
                       if (arch, lead, seeds) in rate and r else "–" for r in ratios]
             marked = marked or any(r and r[1] for r in ratios)
+        for r in (serial_rate(rate, arch, m, seeds) for m in versus):
+            cells.append(f"{rate[arch, 'keras-vmap', seeds] / r[0]:.2f}×{'*' * r[1]}"
+                         if (arch, "keras-vmap", seeds) in rate and r else "–")
+            marked = marked or bool(r and r[1])
         lines.append("| " + " | ".join(cells) + " |")
     if marked:
         lines += ["", "\\* over the seed-after-seed method's seed-epochs/s at the largest S it was measured at "

@@ -75,3 +75,36 @@ def test_a_failing_keras_leaves_the_other_rows(tmp_path, monkeypatch):
     report, _ = run(tmp_path, "--max-seeds", "2", "--methods", "sequential,keras")
     assert [(r["method"], r["seeds"]) for r in report["rows"]] == [("sequential", 1), ("sequential", 2)]
     assert report["stopped"] == ["keras failed at dense:16@0.5,8@0.2 S=1: RuntimeError: keras broke"]
+
+
+def test_keras_vmap_trains_the_keras_counterpart(tmp_path, monkeypatch, capsys):
+    """keras-vmap: `train_seeds` of the arch's Keras model (here a dense spec string: the keras method's own
+    Sequential, compiled as it compiles it), its row naming that model; the seeds' host builds kept apart."""
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    pytest.importorskip("keras", reason="the [keras] extra is not installed")
+    report, _ = run(tmp_path, "--max-seeds", "1", "--methods", "vmap,keras-vmap")
+    rows = report["rows"]
+    assert [(r["method"], r["seeds"]) for r in rows] == [("vmap", 1), ("keras-vmap", 1)]
+    check_rows(rows)
+    assert rows[1]["keras_arch"] == report["keras_archs"]["dense:16@0.5,8@0.2"] == "keras-dense_16_0.5_8_0.2"
+    assert all(r["init_s"] >= 0 for r in rows) and report["skipped"] == []
+    assert "| vmap / keras-vmap |" in capsys.readouterr().out
+
+
+def test_keras_counterparts():
+    pytest.importorskip("keras", reason="the [keras] extra is not installed")
+    route, _ = throughput.keras_counterpart("pyramid")
+    assert route.endswith("examples/keras_xray.py:pyramid")
+    assert throughput.keras_counterpart("inverted")[0] == "keras-inverted"  # a named dense stack: keras_model's
+    name, why = throughput.keras_counterpart("cnn_conv")  # convolutional: skipped, with the note
+    assert name is None and why.startswith("keras-vmap: no Keras counterpart of cnn_conv")
+
+
+def test_table_puts_keras_vmap_beside_keras():
+    rows = [{"arch": "pyramid", "method": m, "seeds": s, "seed_epochs_per_s": r}
+            for m, s, r in (("vmap", 1, 2.0), ("keras-vmap", 1, 1.6), ("keras", 1, 0.8), ("vmap", 2, 4.0),
+                            ("keras-vmap", 2, 3.2))]
+    lines = throughput.format_table(rows).splitlines()
+    assert lines[0] == "| arch | S | vmap | keras-vmap | keras | vmap / keras-vmap | vmap / keras | keras-vmap / keras |"
+    assert lines[2] == "| pyramid | 1 | 2 | 1.6 | 0.8 | 1.25× | 2.50× | 2.00× |"
+    assert lines[3] == "| pyramid | 2 | 4 | 3.2 | – | 1.25× | 5.00×* | 4.00×* |"
