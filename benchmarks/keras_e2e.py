@@ -110,16 +110,19 @@ def run(args):
              "--data", str(data), "--out", str(out / "study"), "--overwrite", "--no-progress"]
     keras_fits = [sys.executable, "-m", "benchmarks.keras_e2e", "--fits-only", "--data", str(data),
                   *[a for a in common if a != "--strategy"]]
+    load = {"before": os.getloadavg()}  # other jobs on the machine slow either run: said, not corrected
     flaxray_s = wall(study)
+    load["between"] = os.getloadavg()
     print(f"flaxray study: {flaxray_s:.1f} s", flush=True)
     keras_s = wall(keras_fits)
+    load["after"] = os.getloadavg()
     print(f"{args.seeds} Keras fits: {keras_s:.1f} s", flush=True)
     record = results.read_json(out / "study" / "study.json")
     report = {"command": _cli.command("benchmarks.keras_e2e", args), "commit": commit(),
               "config": {k: getattr(args, k) for k in ("arch", "seeds", "epochs", "batch_size", "strategy", "images")},
               "commands": {"flaxray": " ".join(study[1:]), "keras": " ".join(keras_fits[1:])},
               "flaxray_s": flaxray_s, "keras_s": keras_s, "speedup": keras_s / flaxray_s,
-              "flaxray_train_s": record.get("train_seconds"), "load_average": os.getloadavg(),
+              "flaxray_train_s": record.get("train_seconds"), "load_average": load,
               "environment": results.environment((*results.PACKAGES, "keras"))}
     path = Path(args.json) if args.json else out / "keras_e2e.json"
     results.write_json(path, report)

@@ -25,7 +25,7 @@ Throughput excludes compilation: each method first runs one epoch (compile and r
 --epochs timed ones; `compile_s` is the first epoch's time less a timed epoch's, summed over the
 seeds for the methods that compile once per seed (Keras builds a model per seed). The methods that
 call `train_seeds` also leave out the seeds' initial states, a one-off per run recorded as `init_s`
-(milliseconds for flaxray's own models; for keras-vmap, a Keras build a seed on the host). Prints a table,
+(flaxray's own models: one jitted init; keras-vmap: a Keras build a seed on the host). Prints a table,
 writes throughput.json (rows, device, versions, config, peak figures) and throughput.png into --out.
 
 Each row also says what fraction of the device's peak FLOP/s and memory bandwidth it reached
@@ -141,7 +141,7 @@ def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
 @contextlib.contextmanager
 def init_timed():
     """[seconds] spent in `programs.initial_states` (the seeds' initial states, ready) while inside: a one-off
-    per run, apart from its epochs. flaxray's own models: one jitted init, milliseconds; a Keras model: each
+    per run, apart from its epochs. flaxray's own models: one jitted init of every seed; a Keras model: each
     seed built on the host as `set_random_seed(k)` and its builder build it, a Keras build a seed."""
     import jax
 
