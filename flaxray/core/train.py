@@ -89,6 +89,13 @@ def lane_settings(settings: Settings | None) -> Settings:
     return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), Settings() if settings is None else settings)
 
 
+def batches(config: TrainConfig, model, n: int) -> tuple[int, int]:
+    """(whole batches, size of the partial last batch that is trained) of an epoch over `n` images:
+    flaxray drops the partial batch (0); a kind with its own order (fit's) trains it, as fit does."""
+    steps = n // config.batch_size
+    return steps, (n - steps * config.batch_size if model.order is not None else 0)
+
+
 class Trainer(NamedTuple):
     """Pure functions of one seed; `jax.vmap` them over seeds."""
 
@@ -146,12 +153,6 @@ def make_train(config: TrainConfig) -> Trainer:
             p = jnp.clip(outputs / jnp.sum(outputs, axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
             return -jnp.sum(target * jnp.log(p), axis=-1)
         return optax.softmax_cross_entropy(outputs, target)
-
-    def steps_of(model, n: int) -> tuple[int, int]:
-        """(whole batches, size of the partial last batch that is trained) of an epoch over `n` images:
-        flaxray drops the partial batch (0); a kind with its own order (fit's) trains it, as fit does."""
-        steps = n // config.batch_size
-        return steps, (n - steps * config.batch_size if model.order is not None else 0)
 
     def rate(lr, step, steps):
         """The lane's rate at global optimizer step `step`: `lr` times the schedule's multiplier."""
@@ -221,7 +222,8 @@ def make_train(config: TrainConfig) -> Trainer:
         check_batch_size(config, n)
         model = model_of(data.x_train)
         compiled = model.compiled
-        steps, rest = steps_of(model, n)  # flaxray drops the partial last batch; fit (a Keras model) takes it
+        steps, rest = batches(config, model, n)  # flaxray drops the partial last batch; fit (a Keras model) takes it
+        total = steps + (rest > 0)  # optimizer steps an epoch: what a schedule counts
         if state.order is None:  # each epoch draws a fresh order
             order = jax.random.permutation(jax.random.fold_in(state.keys["order"], state.epoch), n)
         else:
@@ -253,7 +255,7 @@ def make_train(config: TrainConfig) -> Trainer:
                                                                                  y, weights)
                 losses = jnp.full(y.shape, loss)  # fit's loss tracker weighs each batch's mean by its size
             else:
-                lr_i = rate(step_lr, state.epoch * (steps + (rest > 0)) + i, steps + (rest > 0))
+                lr_i = rate(step_lr, state.epoch * total + i, total)
                 grads, (losses, outputs, new_model_state) = jax.grad(loss_fn, has_aux=True)(
                     params, model_state, x, y, jax.random.fold_in(epoch_key, i), state.settings
                 )

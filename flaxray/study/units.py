@@ -34,7 +34,8 @@ from flaxray.errors import FlaxrayError
 from flaxray.models.conv import form
 from flaxray.runtime.checkpoint import DEFAULT_EVERY, Stopped
 from flaxray.runtime.plan import PLAN
-from flaxray.runtime import runner, stopping
+from flaxray.core.train import batches
+from flaxray.runtime import programs, runner, stopping
 from flaxray.study import compat
 from flaxray.study.trained import save_trained
 
@@ -216,7 +217,8 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     except Stopped as err:  # a Ctrl-C in the last epoch: the unit is finished, and written before stopping
         (states, history), stopped = err.result, err
     seconds = time.perf_counter() - start
-    diverged, groups, steps = np.asarray(states.diverged), [], data.x_train.shape[0] // config.batch_size
+    whole, rest = batches(config, programs.model_of(config, data), data.x_train.shape[0])
+    diverged, groups, steps = np.asarray(states.diverged), [], whole + (rest > 0)  # a schedule's steps an epoch
     for j, (n, lane) in enumerate(zip(names, lanes)):
         rows = slice(j * len(seeds), (j + 1) * len(seeds))
         groups.append(Group(n, config, lane, seeds, {k: v[rows] for k, v in history.items()}, diverged[rows],
