@@ -60,8 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--replays", type=int, default=500, help="races replayed (resampled or simulated)")
     p.add_argument("--round-seeds", type=int, default=3, help="seeds per arch per round")
     p.add_argument("--confidence", type=float, default=0.95, help="the race's alpha is 1 - this")
-    p.add_argument("--futility", type=float, default=0.1,
-                   help="the futility gamma of row 'race' (the race's own default is 0, off: row 'race, futility off')")
+    p.add_argument("--futility", type=float, default=race.FUTILITY,
+                   help="the futility gamma of row 'race' (default: the race's own, %(default)s; row 'race, futility off' is 0)")
     p.add_argument("--resample", choices=("permute", "bootstrap"), default="permute",
                    help="permute: each arch's recorded seeds in a random order (a race reaching N seeds sees "
                    "the fixed study's values); bootstrap: N drawn with replacement (a fresh sample of seeds, "

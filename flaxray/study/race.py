@@ -24,9 +24,10 @@ After each round (every arch still raced then has the same n seeds), two rules:
   depend on each other, and whichever looks the race actually reaches. Comparing against every arch
   still raced (not only the leader) is free under that bound. The test is distribution-free, which
   seeds need: their final losses are skewed and a diverged seed is +inf.
-- Futility (non-binding): an arch whose elimination by each other arch still raced has a predictive
-  power below `futility` (gamma) by the last look (`sequential.predictive_power`, simulated from the
-  seeds seen) leaves the race into the declared tie: it is trained no further and never eliminated.
+- Futility (non-binding): an arch whose every pairing with an arch still raced has a predictive power
+  below `futility` (gamma) to reject by the last look, in either direction (it eliminated, or it
+  eliminating the other; `sequential.predictive_power`, simulated from the seeds seen), leaves the race
+  into the declared tie: it is trained no further and never eliminated.
   The arch the others are raced against (the anchor: the highest mean P(improvement),
   `sequential.improvement`) stays, so a worse arch keeps a rival that can throw it out. Why this
   cannot raise the false-elimination rate: the bound above counts every test at every planned look
@@ -59,8 +60,7 @@ from flaxray.study import units
 from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
-FUTILITY = 0.0  # gamma (0: off, the default). With gamma > 0, an arch whose elimination has a lower predictive power
-# against every rival leaves into the tie: it saves compute, and can cost the pick (docs/search_and_race.md)
+FUTILITY = 0.1  # gamma (0: off). An arch whose every pairing has a lower predictive power, either way, leaves into the tie
 
 
 def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planned: Sequence[int], *,
@@ -87,7 +87,10 @@ def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planne
     if later and len(names) > 1:
         anchor = names[int(np.argmax(improvement(rest)))]
         if futility > 0:
-            pw = predictive_power(rest, levels)
+            pw = predictive_power(rest, levels)  # [i, j]: P(i eliminated by j)
+            # Either way round: an arch that may still eliminate another is raced on, or the best of a
+            # catalogue (never likely to be eliminated) would leave whenever a lucky arch is the anchor.
+            pw = np.maximum(pw, pw.T)
             power = {a: (names[int(pw[i].argmax())], float(pw[i].max())) for i, a in enumerate(names)}
             futile = {a: bp for a, bp in power.items() if a != anchor and bp[1] < futility}
     raced = rest[[names.index(a) for a in names if a not in futile]]
@@ -181,8 +184,8 @@ def evidence(race_record: dict, confidence: float = 0.95) -> dict:
     raced = [a for a in d["survivors"] if a not in d["futile"]]
     gone = "".join(f"; **{a}** left by futility at {n} seeds" for a, n in d["futile"].items())
     if gone:  # why they left, once
-        gone += (f" (its elimination by {race_record['max_seeds']} seeds had a predictive power below "
-                 f"{race_record['futility']:g} against every arch still raced)")
+        gone += (f" (no pairing of it with an arch still raced had a predictive power of {race_record['futility']:g} "
+                 f"or more to reject by {race_record['max_seeds']} seeds, either way)")
     why = (f"no arch is left to race **{raced[0]}** against at {d['seeds']} seeds per arch" if len(raced) == 1 else
            f"at {d['seeds']} seeds per arch, the most allowed, the race's test does not tell {bold(raced)} apart"
            if d["seeds"] == race_record["max_seeds"] else
