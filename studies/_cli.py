@@ -13,7 +13,7 @@ from flaxray.runtime.checkpoint import DEFAULT_EVERY
 from flaxray.errors import FlaxrayError
 from flaxray.core import settings
 from flaxray.core.config import DTYPES
-from flaxray.core.randomness import FLOOR, SOURCES
+from flaxray.core.randomness import FLOOR, SOURCES, SPLIT
 from flaxray.study.study import MAX_SEEDS, recorded_study
 from studies import _recipe
 
@@ -50,7 +50,11 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
     p.add_argument("--vary", default=",".join(SOURCES),
                    help="comma-separated sources of randomness that differ between seeds "
                    f"({', '.join(SOURCES)}; augment only with --augment); the others are shared by all seeds. 'none' shares all; '{FLOOR}' "
-                   "nudges each seed's initial parameters by one ulp (with the rest shared: the noise floor)")
+                   "nudges each seed's initial parameters by one ulp (with the rest shared: the noise floor). "
+                   f"'{SPLIT}' (not in the default, which keeps the fixed split): each seed draws its own train/val "
+                   "split of train+val, by patient and class as the fixed one, all of one size; each seed's val "
+                   "metrics are on its own val set, test stays the official one (refused for data with its own "
+                   "x_val and no groups)")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                    help="'balanced' weighs each class's loss by n / (C n_class) for C classes, as sklearn and Keras users do")
     p.add_argument("--dtype", choices=DTYPES, default="float32",

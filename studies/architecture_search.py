@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
                    "dense stack of the notes, with (NAME) and without (NAME_plain) BatchNorm/Dropout, each distinct stack once ("
                    + ", ".join(f"{a} is {b}" for a, b in SAME_STACK.items()) + ")")
     p.add_argument("--decompose", action="store_true",
-                   help="also train each arch with only init, only dropout masks, only data order varied, and "
+                   help="also train each arch with only init, only dropout masks, only data order varied (and only "
+                   "each other source of --vary: augment, split), and "
                    "with only a one-ulp nudge of the initial parameters (the numerical-noise floor), and report each "
                    "source's share of the variance of final val loss and its share above the floor (5x the training)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")

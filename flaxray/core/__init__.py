@@ -8,6 +8,7 @@
     counts      a split's metrics as on-device sufficient statistics
     strategy    how the seeds of one program share a device (vmap, map, groups): pure transforms
     augment     Keras's image augmentation layers (flip, rotate, translate, zoom, contrast) in pure JAX
+    resample    each seed's own train/val split of train+val (--vary split), by patient, every lane one size
 
 `jax.jit(jax.vmap(make_train(config).train, in_axes=(0, None)))(seeds, data)` is the whole multi-seed story.
 """

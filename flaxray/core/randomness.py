@@ -25,7 +25,11 @@ import numpy as np
 
 DRAWN_BY_ALL = ("init", "dropout", "order")  # what every program draws from
 AUGMENT = "augment"  # drawn only by a program that augments (`Recipe.augment`)
-SOURCES = (*DRAWN_BY_ALL, AUGMENT)  # the named sources `vary` chooses among
+SOURCES = (*DRAWN_BY_ALL, AUGMENT)  # the named sources `vary` holds by default
+# Drawn on the host, once per seed, only where `vary` names it (`TrainConfig.resample`): each seed's own
+# train/val split (`flaxray.data.resample`). Not in the default: the fixed split stays every seed's.
+SPLIT = "split"
+CHOICES = (*SOURCES, SPLIT)  # every source `vary` may name
 # Not a source of randomness but a probe of chaos: with "ulp" in `vary`, every initial parameter moves one
 # ulp up or down (a coin flip per element from the seed), so a run varying only it measures how far
 # float rounding alone spreads the seeds: the numerical-noise floor (Summers & Dinneen, ICML 2021).

@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import optax
 
 from flaxray import models
-from flaxray.core.config import DeviceData, TrainConfig, check_batch_size
+from flaxray.core.config import DeviceData, LaneSplit, TrainConfig, check_batch_size, train_count, val_of
 from flaxray.core.counts import counts_type
 from flaxray.core import augment as augmentation
 from flaxray.core import optim
 from flaxray.core.optim import keras_weight_decay, with_lr
-from flaxray.core.randomness import FLOOR, nudge_one_ulp, seed_keys, source_key
+from flaxray.core.randomness import FLOOR, SPLIT, nudge_one_ulp, seed_keys, source_key
 from flaxray.core import schedules
 from flaxray.core.schedules import factor
 from flaxray.core.settings import Settings
@@ -64,6 +64,7 @@ class SeedState(NamedTuple):
     # The next epoch's order of the training images, written by the host where the model's kind brings
     # its own (a Keras model: fit's NumPy permutations); None: drawn here from the `order` key.
     order: Any = None
+    split: Any = None  # this lane's split of the pool (`LaneSplit`) where the lanes resample theirs; None: the data's
 
     @property
     def variables(self) -> Variables:
@@ -99,10 +100,10 @@ def batches(config: TrainConfig, model, n: int) -> tuple[int, int]:
 class Trainer(NamedTuple):
     """Pure functions of one seed; `jax.vmap` them over seeds."""
 
-    init: Any  # (seed, data, settings=Settings(), variables=None) -> SeedState
+    init: Any  # (seed, data, settings=Settings(), variables=None, split=None) -> SeedState
     run_epoch: Any  # (SeedState, data) -> (SeedState, {"train": counts, "val": counts})
-    train: Any  # (seed, data, settings=Settings()) -> (SeedState, counts with a leading epoch axis)
-    evaluate: Any  # (variables, x, y, mask) -> BinaryCounts or ClassCounts
+    train: Any  # (seed, data, settings=Settings(), split=None) -> (SeedState, counts with a leading epoch axis)
+    evaluate: Any  # (variables, x, y, mask, index=None) -> BinaryCounts or ClassCounts
     predict: Any  # (variables, x) -> probabilities (N,) or (N, C), x whole eval batches
 
 
@@ -165,11 +166,15 @@ def make_train(config: TrainConfig) -> Trainer:
         losses = sample_losses(outputs, y, model.output) if losses is None else losses
         return counts.add(losses, outputs, y, mask, probabilities=model.output == PROBABILITIES)
 
-    def init(seed, data: DeviceData, settings: Settings | None = None, variables: Variables | None = None) -> SeedState:
+    def init(seed, data: DeviceData, settings: Settings | None = None, variables: Variables | None = None,
+             split=None) -> SeedState:
         """`variables`: the initial variables a kind of model made on the host (else `model.init` of the
-        seed's init key)."""
+        seed's init key); `split`: the lane's `LaneSplit` where the data is a pool the lanes resample (drawn
+        on the host: `flaxray.runtime.programs.initial_states`)."""
+        if (split is None) != (data.resample is None):  # drawn on the host: `programs.initial_states` does
+            raise FlaxrayError("a lane's split is given where, and only where, the data is a pool the lanes resample")
         settings = lane_settings(settings)
-        keys = seed_keys(seed, [s for s in config.drawn if s != FLOOR], config.vary, config.shared_seed)
+        keys = seed_keys(seed, [s for s in config.drawn if s not in (FLOOR, SPLIT)], config.vary, config.shared_seed)
         model = model_of(data.x_train)
         if variables is None:
             if model.host_init is not None:
@@ -183,9 +188,9 @@ def make_train(config: TrainConfig) -> Trainer:
         opt_state = model.compiled.opt_init(settings.lr) if model.compiled else with_lr(tx.init(params), settings.lr)
         stopped = None if settings.patience is None else jnp.int32(0)
         best, keep = (Variables(params, variables.state), jnp.bool_(False)) if recipe.restore_best else (None, None)
-        order = None if model.order is None else jnp.arange(data.x_train.shape[0], dtype=jnp.int32)
+        order = None if model.order is None else jnp.arange(train_count(data), dtype=jnp.int32)
         return SeedState(params, variables.state, opt_state, keys, settings, jnp.int32(0), jnp.int32(0),
-                         stopped, best, keep, order)
+                         stopped, best, keep, order, None if split is None else LaneSplit(*split))
 
     def loss_fn(params, model_state, x, y, key, settings):
         model = model_of(x)
@@ -195,12 +200,15 @@ def make_train(config: TrainConfig) -> Trainer:
         losses = class_weight[y.astype(jnp.int32)] * sample_losses(outputs, y, model.output)
         return jnp.mean(losses), (losses, outputs, model_state)
 
-    def evaluate(variables: Variables, x, y, mask) -> Counts:
+    def evaluate(variables: Variables, x, y, mask, index=None) -> Counts:
+        """`index`: where the images are a lane's split of a pool, its positions in `x` (padded as `mask`),
+        gathered a batch at a time, so no lane holds a copy of its images."""
         size = config.eval_batch_size
-        batches = (x.reshape(-1, size, *x.shape[1:]), y.reshape(-1, size), mask.reshape(-1, size))
+        batches = ((x.reshape(-1, size, *x.shape[1:]), y.reshape(-1, size)) if index is None
+                   else (index.reshape(-1, size),)) + (mask.reshape(-1, size),)
 
         def body(counts, batch):
-            xb, yb, mb = batch
+            xb, yb, mb = batch if index is None else (x[batch[0]], y[batch[0]], batch[1])
             model = model_of(xb)
             outputs, _ = model.apply(variables, xb, train=False)
             losses = model.compiled.losses(variables, xb, yb, outputs) if model.compiled else None
@@ -218,7 +226,7 @@ def make_train(config: TrainConfig) -> Trainer:
         return jax.nn.sigmoid(outputs) if binary else jax.nn.softmax(outputs)
 
     def run_epoch(state: SeedState, data: DeviceData):
-        n, size = data.x_train.shape[0], config.batch_size
+        n, size = train_count(data), config.batch_size
         check_batch_size(config, n)
         model = model_of(data.x_train)
         compiled = model.compiled
@@ -228,6 +236,8 @@ def make_train(config: TrainConfig) -> Trainer:
             order = jax.random.permutation(jax.random.fold_in(state.keys["order"], state.epoch), n)
         else:
             order = state.order
+        if state.split is not None:  # positions in the lane's own training images -> in the pool
+            order = state.split.train[order]
         last, order = order[steps * size:], order[: steps * size].reshape(steps, size)
         epoch_key = jax.random.fold_in(state.keys["dropout"], state.epoch)
         if recipe.augment:
@@ -287,14 +297,14 @@ def make_train(config: TrainConfig) -> Trainer:
         # have done with a zero gradient (moments decay, a schedule's rate): frozen, bit for bit.
         params, model_state, opt_state = jax.tree.map(lambda old, new: jnp.where(newly | ~alive, old, new), start,
                                                       (params, model_state, opt_state))
-        val_counts = evaluate(Variables(params, model_state), data.x_val, data.y_val, data.val_mask)
+        val_counts = evaluate(Variables(params, model_state), *val_of(data, state.split))
         diverged = jnp.where(newly, state.epoch + 1, state.diverged)
         state = state._replace(params=params, model_state=model_state, opt_state=opt_state, epoch=state.epoch + 1,
                                diverged=diverged, best=best, keep=None if best is None else jnp.bool_(False))
         return state, {"train": train_counts, "val": val_counts}
 
-    def train(seed, data: DeviceData, settings: Settings | None = None):
-        state = init(seed, data, settings)
+    def train(seed, data: DeviceData, settings: Settings | None = None, split=None):
+        state = init(seed, data, settings, split=split)
         return jax.lax.scan(lambda s, _: run_epoch(s, data), state, None, length=config.epochs)
 
     return Trainer(init, run_epoch, train, evaluate, predict)

@@ -27,7 +27,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.core import strategy as strategies
-from flaxray.core.config import DeviceData, TrainConfig
+from flaxray.core.config import DeviceData, TrainConfig, train_count
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from flaxray.models import conv
@@ -142,6 +142,8 @@ def probe_key(config: TrainConfig, data, fields, per_device: int, devices) -> st
 def probe_data(config: TrainConfig, data: DeviceData, steps: int) -> DeviceData:
     """A short epoch: `steps` training batches, and the whole validation split, which every epoch evaluates."""
     n = steps * config.batch_size
+    if data.resample is not None:  # the pool stays whole (the lanes index into it); each lane trains its first n
+        return data._replace(resample=dataclasses.replace(data.resample, epoch_images=n))
     return data._replace(x_train=data.x_train[:n], y_train=data.y_train[:n])
 
 
@@ -175,7 +177,7 @@ def choose_strategy(config: TrainConfig, data, lanes: Settings, asked, count: in
         return {"strategy": strategies.decode(code), "evidence": (known or {}).get("evidence"), "key": key,
                 "source": "probed here before"}
     mesh, cands = scale.seed_mesh(devices), strategies.candidates(per_device, len(devices))
-    full, steps = scale.replicate(mesh, data), data.x_train.shape[0] // config.batch_size
+    full, steps = scale.replicate(mesh, data), train_count(data) // config.batch_size
     short = {n: scale.replicate(mesh, probe_data(config, data, n)) for n in probe.lengths(steps)}
     # Every candidate runs on one chain of states, donated from call to call, of the largest count that
     # every candidate's groups divide and the chunk holds: the probe needs no more memory than the run

@@ -23,7 +23,8 @@ from jax.sharding import PartitionSpec
 from flaxray import models
 from flaxray.core import strategy as strategies
 from flaxray.core import schedules
-from flaxray.core.config import TrainConfig
+from flaxray.core.randomness import SPLIT
+from flaxray.core.config import TrainConfig, train_count
 from flaxray.core.recipe import Recipe
 from flaxray.core.settings import Settings
 from flaxray.core.train import make_train
@@ -35,7 +36,7 @@ from flaxray.runtime import scale, stopping
 class Programs(NamedTuple):
     """One config's jitted programs over a leading seed axis."""
 
-    init: Any  # (seeds, data, lanes: Settings) -> SeedState
+    init: Any  # (seeds, data, lanes: Settings, variables, splits) -> SeedState
     epoch: Any  # (states, data) -> (states, counts): vmap over the seeds, donating the states
     one_seed: Any  # the same for a single seed, without vmap
     evaluate: Any  # (variables, x, y, mask) -> counts
@@ -73,7 +74,7 @@ def _programs(trainer) -> Programs:
         state, counts = trainer.run_epoch(jax.tree.map(lambda a: a[0], state), data)
         return jax.tree.map(lambda a: a[None], (state, counts))
 
-    return Programs(jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0))), None,
+    return Programs(jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0, 0, 0))), None,
                     jax.jit(one_seed, donate_argnums=0),
                     jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, None, None, None))),
                     jax.jit(jax.vmap(trainer.predict, in_axes=(0, None))))
@@ -147,6 +148,16 @@ def seed_of(config: TrainConfig, seed: int, source: str) -> int:
     return int(seed) if source in config.vary else config.shared_seed
 
 
+def lane_splits(config: TrainConfig, data, seeds):
+    """Each seed's split of the pool (`LaneSplit` fields stacked on a lane axis) where the lanes resample
+    theirs (`DeviceData.resample`), drawn on the host from the seed, or the shared seed where `split` is
+    not varied; else None."""
+    if data.resample is None:
+        return None
+    each = [data.resample.lane(seed_of(config, s, SPLIT), config.eval_batch_size) for s in seeds]
+    return tuple(np.stack(a) for a in zip(*each))
+
+
 def initial_states(config: TrainConfig, data, seeds, lanes: Settings, mesh):
     """Every seed's initial state, split over `mesh`; `lanes`: each seed's settings (a leading lane axis).
     A model whose kind builds it on the host (a Keras model) is built here once per seed."""
@@ -154,9 +165,10 @@ def initial_states(config: TrainConfig, data, seeds, lanes: Settings, mesh):
     if model.host_init is not None:
         each = [model.host_init(seed_of(config, s, "init"), seed_of(config, s, "dropout")) for s in seeds]
         variables = jax.tree.map(lambda *a: np.stack(a), *each)
-    seed_array, lanes, variables = scale.shard_seeds(mesh, (jnp.asarray(seeds, jnp.int32), jax.tree.map(jnp.asarray, lanes),
-                                                            jax.tree.map(jnp.asarray, variables)))
-    return scale.split_seeds(mesh, compiled(config).init(seed_array, data, lanes, variables))
+    seed_array, lanes, variables, splits = scale.shard_seeds(mesh, (
+        jnp.asarray(seeds, jnp.int32), jax.tree.map(jnp.asarray, lanes), jax.tree.map(jnp.asarray, variables),
+        jax.tree.map(jnp.asarray, lane_splits(config, data, seeds))))
+    return scale.split_seeds(mesh, compiled(config).init(seed_array, data, lanes, variables, splits))
 
 
 def with_order(config: TrainConfig, data, states, seeds, epoch: int):
@@ -165,7 +177,7 @@ def with_order(config: TrainConfig, data, states, seeds, epoch: int):
     model = model_of(config, data)
     if model.order is None:
         return states
-    n = data.x_train.shape[0]
+    n = train_count(data)
     return states._replace(order=stopping.put(np.stack([model.order(seed_of(config, s, "order"), epoch, n)
                                                         for s in seeds]), states.order))
 
@@ -178,7 +190,12 @@ def abstract_states(config: TrainConfig, data, fields: tuple[str, ...], lanes: i
     if model.host_init is not None:
         variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct((lanes, *a.shape), a.dtype),
                                  jax.eval_shape(model.init, jax.random.key(0)))
-    return jax.eval_shape(compiled(config).init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, settings, variables)
+    splits = None
+    if data.resample is not None:  # the lanes' index arrays: their sizes are the pool's, whichever seeds
+        splits = tuple(jax.ShapeDtypeStruct((lanes, *a.shape), a.dtype)
+                       for a in data.resample.lane(config.shared_seed, config.eval_batch_size))
+    return jax.eval_shape(compiled(config).init, jax.ShapeDtypeStruct((lanes,), jnp.int32), data, settings, variables,
+                          splits)
 
 
 def program_bytes(config: TrainConfig, data, fields: tuple[str, ...], lanes: int, strategy=strategies.VMAP) -> int | None:

@@ -24,7 +24,8 @@ import numpy as np
 from flaxray import results
 from flaxray.analysis.metrics import history_from_counts, mask_diverged
 from flaxray.core import settings, strategy as strategies
-from flaxray.core.config import TrainConfig, check_batch_size, check_dropout_settings, pad_to_batches
+from flaxray.core.config import (TrainConfig, check_batch_size, check_data, check_dropout_settings, pad_to_batches,
+                                 train_count)
 from flaxray.core.counts import counts_type
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
@@ -96,7 +97,8 @@ def train_seeds(config: TrainConfig, data, seeds: Sequence[int], lanes: Sequence
     class_names = tuple(class_names or default_class_names(config.num_classes))
     if len(class_names) != config.num_classes:
         raise FlaxrayError(f"{len(class_names)} class names for a config of {config.num_classes} classes")
-    check_batch_size(config, data.x_train.shape[0])
+    check_data(config, data)
+    check_batch_size(config, train_count(data))
     programs.check_model(config, data, lanes)
     devices = jax.devices() if devices is None else list(devices)
     progress = progress and hosts.is_primary()

@@ -16,7 +16,7 @@ from flaxray.analysis import compare, diagnose
 from flaxray.analysis import stopping as stop_analysis
 from flaxray.analysis.ranking import RANK_KEY
 from flaxray.analysis.study import analyse
-from flaxray.core import settings as settings_grid
+from flaxray.core import resample, settings as settings_grid
 from flaxray.models import describe, param_counts
 from flaxray.runtime.runner import evaluate_seeds, predict
 from flaxray.study import compat
@@ -127,6 +127,8 @@ def build(out, study, dataset, groups: Mapping[str, Group], decomposition: Mappi
         "programs": programs,
         "params": {n: str(g.params_dir.relative_to(out)) for n, g in groups.items()},
     }
+    if next(iter(groups.values())).config.resample:  # each seed's own split (the data's fixed one is not used)
+        record["split"] = resample.Resample.of(dataset).record()
     shape = tuple(dataset.train.x.shape[1:])
     described = {a: describe(a, shape, len(dataset.class_names)) for a in study.archs}
     if any(described.values()):  # users' models: their kind, file, compile and what their inputs are

@@ -92,7 +92,8 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
                                          dataset.summary, dataset.train.x.shape[1:]))
     need = disk_needed(study, configs, dataset.train.x.shape[1:], checkpoints=saves)
     check_disk(need, out)
-    data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size)
+    data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size,
+                       resample=configs[study.archs[0]].resample)
     if progress:
         print(describe_data(dataset), f"· on disk up to {need / 2**20:,.0f} MiB", flush=True)
     return Prepared(dataset, configs, data)

@@ -28,7 +28,7 @@ import numpy as np
 
 from flaxray import models, results
 from flaxray.core import schedules, settings
-from flaxray.core.config import TrainConfig
+from flaxray.core.config import TrainConfig, train_count
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from flaxray.models.conv import form
@@ -217,7 +217,7 @@ def train_unit(name: str, config: TrainConfig, grid: Mapping[str, tuple], seeds:
     except Stopped as err:  # a Ctrl-C in the last epoch: the unit is finished, and written before stopping
         (states, history), stopped = err.result, err
     seconds = time.perf_counter() - start
-    whole, rest = batches(config, programs.model_of(config, data), data.x_train.shape[0])
+    whole, rest = batches(config, programs.model_of(config, data), train_count(data))
     diverged, groups, steps = np.asarray(states.diverged), [], whole + (rest > 0)  # a schedule's steps an epoch
     for j, (n, lane) in enumerate(zip(names, lanes)):
         rows = slice(j * len(seeds), (j + 1) * len(seeds))
