@@ -177,3 +177,24 @@ def test_two_data_sets_end_to_end_then_reused(tmp_path, capsys):
                               kind="architecture_search"), out, progress=False, checkpoint_every=0)
     assert sorted(again.reused) == sorted(f"{g} on {d}" for g in ("dense:8", "dense:4") for d in ("two", "three"))
     assert again.analysis["order"] == record["analysis"]["order"]
+
+
+def test_resume_of_several_data_sets_reads_them_back_from_where_the_study_started(tmp_path, monkeypatch):
+    import argparse
+
+    from studies import _cli
+
+    started, folder = tmp_path / "started", tmp_path / "started" / "runs" / "s"
+    folder.mkdir(parents=True)
+    argv = ["--arch", "dense:4", "--data", "a.npz", "embedded", "--out", "runs/s"]
+    spec = Study(archs=("dense:4",), data=(DataSpec("a.npz"), DataSpec()))
+    (folder / "run.json").write_text(json.dumps({"argv": argv, "cwd": str(started), "status": "running",
+                                                 "spec": spec.record()}))
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(resume=str(folder), argv=["--resume", str(folder)])
+    stored = _cli.resume_args(seed_variance.parser, args)
+    assert stored.data == [str(started / "a.npz"), "embedded"]
+    assert stored.recorded_study.datasets == {"a": DataSpec(str(started / "a.npz")), "embedded": DataSpec()}
+    # The same data given again with --resume, from elsewhere: the same paths, accepted.
+    args.argv = ["--resume", str(folder), "--data", str(started / "a.npz"), "embedded"]
+    assert _cli.resume_args(seed_variance.parser, args).data == stored.data

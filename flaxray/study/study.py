@@ -69,7 +69,8 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
       study, out, checkpoint_every, chunk, cache_dir, strategy: as `run`'s.
       overwrite: `out` is to be cleared, so what it holds is not checked.
     Returns:
-      The `Prepared` data (on the device) and configs, for `run(..., prepared=...)`.
+      The `Prepared` data (on the device) and configs, for `run(..., prepared=...)`; with several data sets,
+      one per data set (`flaxray.study.datasets.prepare`).
     """
     if isinstance(study.data, Mapping):  # several data sets: each prepared as a study of its own
         from flaxray.study import datasets
