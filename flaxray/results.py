@@ -29,10 +29,11 @@ PACKAGES = ("flaxray", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "te
             "matplotlib")
 RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
-# What a study writes into its folder (and what --overwrite deletes); the last four are older layouts'.
+# What a study writes into its folder (and what --overwrite deletes); "checkpoints" to "search.json": older layouts';
+# datasets*: a study on several data sets (`flaxray.study.datasets`).
 OUTPUTS = (RUN_JSON, "study.json", "curves.csv", "bands.png", "report.md", "report.html", "intervals.png",
            "improvement.png", "bands_per_arch.png", "groups", CHECKPOINTS, "params", "archs", "search.json",
-           "race.json", "trace.png")
+           "race.json", "trace.png", "datasets", "datasets.json", "datasets_intervals.png", "datasets_profiles.png")
 
 
 def cache_root(cache_dir=None) -> Path:

@@ -17,15 +17,22 @@ from flaxray.core.randomness import FLOOR, SOURCES, SPLIT
 from flaxray.study.study import MAX_SEEDS, recorded_study
 from studies import _recipe
 
+EMBEDDED = "embedded"  # --data's name of the default data, so that it can be one of several
 RESUME_FLAGS = ("--resume", "--no-progress", "--checkpoint-every", "--cache-dir")  # may differ from run.json
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, metavar="PATH",
+def add_data_args(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    p.add_argument("--data", default=None, metavar="PATH", nargs="+" if several else None,
+                   action=_OneOrMore if several else "store",
                    help="a folder in the Kaggle layout {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (patients and "
                    "duplicates handled), any folder {train,val,test}/{CLASS}/* with 2+ classes, an .npz of arrays "
                    "(x_train, y_train, ...) or tfds:NAME (a TensorFlow Datasets set already prepared in --data-dir); "
-                   "default: the embedded 28x28 chest X-rays")
+                   "'embedded' names the default, the embedded 28x28 chest X-rays"
+                   + ("; several (--data A B C): every arch is trained on each, a study of its own in "
+                      "OUT/datasets/NAME/ (NAME: the folder's or file's name, NAME of tfds:NAME), and OUT/report.md "
+                      "compares the archs across them: per-data-set min-max normalised final val loss, IQM, mean, "
+                      "median, optimality gap with stratified bootstrap CIs, P(improvement) and performance profiles "
+                      "(docs/datasets.md); the other data flags apply to each" if several else ""))
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="TensorFlow Datasets' data_dir for --data tfds:NAME (nothing is downloaded)")
     p.add_argument("--image-size", type=int, default=None,
@@ -37,6 +44,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="unreadable images are fatal instead of skipped")
     p.add_argument("--cache-dir", default=None,
                    help="where prepared data is cached (default: $FLAXRAY_CACHE or ~/.cache/flaxray)")
+
+
+class _OneOrMore(argparse.Action):
+    """--data A B C as a list, --data A as the one path it always was (recorded as before)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
 def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> None:
@@ -121,9 +135,14 @@ def seed_list(args) -> list[int]:
 def data_spec(args):
     from flaxray.study.study import DataSpec
 
-    return DataSpec(path=args.data, image_size=args.image_size, channels=args.channels,
-                    val_fraction=args.val_fraction, split_seed=args.split_seed, strict=args.strict,
-                    data_dir=getattr(args, "data_dir", None))
+    paths = args.data if isinstance(args.data, list) else [args.data]
+    specs = tuple(DataSpec(path=None if path == EMBEDDED and not Path(path).exists() else path,
+                           image_size=args.image_size, channels=args.channels, val_fraction=args.val_fraction,
+                           split_seed=args.split_seed, strict=args.strict, data_dir=getattr(args, "data_dir", None))
+                  for path in paths)
+    if len(set(specs)) < len(specs):
+        raise FlaxrayError(f"--data lists a data set twice: {' '.join(map(str, paths))}")
+    return specs[0] if len(specs) == 1 else specs
 
 
 def study_spec(args, archs, kind: str, **fields):
@@ -162,17 +181,15 @@ def resume_args(parser, args):
     stored = parser().parse_args(run["argv"])
     started = Path(run.get("cwd", "."))
     for name in ("data", "cache_dir"):  # relative to where the study was started
-        value = getattr(stored, name, None)
-        if value and not str(value).startswith("tfds:"):
-            setattr(stored, name, str(started / Path(value).expanduser()))
+        setattr(stored, name, _from(started, getattr(stored, name, None)))
     free = {f[2:].replace("-", "_") for f in RESUME_FLAGS}
     given = given_flags(parser, args.argv)
     for dest, value in given.items():
         if dest in free or dest == "out" and Path(value).resolve() == folder.resolve():
             continue
         recorded, flag = getattr(stored, dest, None), "--" + dest.replace("_", "-")
-        if dest in ("data", "cache_dir") and value and not str(value).startswith("tfds:"):
-            same = recorded is not None and Path(value).resolve() == Path(recorded).resolve()
+        if dest in ("data", "cache_dir") and value:
+            same = _from(Path.cwd(), value, resolve=True) == _from(Path.cwd(), recorded, resolve=True)
         else:
             same = value == recorded
         if not same:
@@ -186,6 +203,17 @@ def resume_args(parser, args):
     stored.argv, stored.out, stored.resume, stored.overwrite = list(run["argv"]), str(folder), str(folder), False
     stored.recorded_study = recorded_study(run, started)
     return stored
+
+
+def _from(started: Path, value, resolve: bool = False):
+    """A --data or --cache-dir value (a path, or a list of them with --data A B C) from the folder a study
+    was started in (`resolve`: links and .. resolved, to compare); tfds:NAME and 'embedded' as they are."""
+    if isinstance(value, list):
+        return [_from(started, v, resolve) for v in value]
+    if not value or str(value).startswith("tfds:") or value == EMBEDDED:
+        return value
+    path = started / Path(value).expanduser()
+    return str(path.resolve() if resolve else path)
 
 
 def run_study(args, spec, module: str, run=None):
@@ -211,9 +239,24 @@ def run_study(args, spec, module: str, run=None):
         print(f"reused {len(result.reused)} finished arch(s) from {out / 'groups'}: {', '.join(result.reused)}")
     if getattr(args, "tensorboard", None) and not results.elsewhere():
         from flaxray.report.views import write_tensorboard
+        from flaxray.study import datasets
 
-        print(f"TensorBoard: {write_tensorboard(out, args.tensorboard)} (tensorboard --logdir {args.tensorboard})")
+        # Several data sets: a study each, so a TensorBoard folder each.
+        folders = ({datasets.folder(out, n): Path(args.tensorboard) / n for n in spec.datasets}
+                   if len(spec.datasets) > 1 else {out: args.tensorboard})
+        for folder, logdir in folders.items():
+            print(f"TensorBoard: {write_tensorboard(folder, logdir)} (tensorboard --logdir {logdir})")
     return result
+
+
+def several(result) -> bool:
+    """Whether `result` is a study on several data sets; if so, its printout is printed."""
+    from flaxray.report import datasets
+    from flaxray.study.datasets import DatasetsResult
+
+    if isinstance(result, DatasetsResult):
+        print(datasets.printout(result))
+    return isinstance(result, DatasetsResult)
 
 
 def command(module: str, args) -> str:

@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
                       "Non-binding: it cannot raise the chance that an arch no other beats is eliminated. On simulated "
                       "catalogues it saved 23-39 %% of the seed-epochs and kept the pick: docs/search_and_race.md")
     _cli.add_training_args(p, seeds=8, epochs=20)
-    _cli.add_data_args(p)
+    _cli.add_data_args(p, several=True)
     _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
                          "runs/architecture_race); a rerun with the same folder skips every finished arch",
                          overwrite_help="retrain every arch even if --out holds a finished run of it")
@@ -92,6 +92,8 @@ def run(args) -> Path:
     args.out = args.out or "runs/architecture_search"
     spec = _cli.study_spec(args, archs, "architecture_search", decompose=args.decompose, confidence=args.confidence)
     result = _cli.run_study(args, spec, "studies.architecture_search")
+    if _cli.several(result):
+        return result.out
     print()
     print(report.ranking_markdown(result.analysis))
     print(result.analysis["verdict"].replace("**", ""))
@@ -120,6 +122,9 @@ def run_race(args, archs, given) -> Path:
     if not 2 <= max_seeds <= MAX_SEEDS:
         raise FlaxrayError(f"--max-seeds must be between 2 and {MAX_SEEDS}, got {max_seeds}")
     spec = _cli.study_spec(args, archs, "architecture_race", confidence=args.confidence)
+    if len(spec.datasets) > 1:
+        raise FlaxrayError("--race takes one --data: its tests compare seeds of one data set; drop --race to "
+                           "compare archs across several")
     spec = dataclasses.replace(spec, seeds=tuple(range(args.first_seed, args.first_seed + max_seeds)))
     race.check(spec, round_seeds, args.budget, args.futility)
     args.out = args.out or "runs/architecture_race"

@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
                    "factory")
     _cli.add_training_args(p)
     _cli.add_rope_arg(p)
-    _cli.add_data_args(p)
+    _cli.add_data_args(p, several=True)
     _cli.add_output_args(p)
     return p
 
@@ -54,6 +54,8 @@ def run(args) -> Path:
     from flaxray.report.study import format_diverged
 
     result = _cli.run_study(args, _cli.study_spec(args, args.arch, "seed_variance"), MODULE)
+    if _cli.several(result):
+        return result.out
     print()
     print(format_summary_table(result.analysis["summary"], result.analysis["ranking"]))
 

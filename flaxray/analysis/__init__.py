@@ -11,4 +11,5 @@
     paired      two groups on one per-seed value: paired tests, Hodges-Lehmann shifts, equivalence (TOST)
     pairs       which groups of a study are paired, their comparisons and the margin's verdicts
     settled     each epoch's ranking against the last's: Kendall's tau, the epoch the top group settles
+    tasks       archs across several data sets: rliable's aggregates, stratified bootstrap, profiles
 """

@@ -7,5 +7,6 @@
     pairs           the paired comparisons, the margin's verdicts and the settled epoch, in the report and printout
     study           a study's own files: curves.csv, study.json, bands.png, the report
     race            a race's files
+    datasets        a study on several data sets: the comparison across them, each one's best arch
     views           a finished study as pandas DataFrames and TensorBoard runs
 """

@@ -1,7 +1,7 @@
 """Figures of estimates, one number per arch, pair or method with its interval, written straight to PNG
-(after rliable's interval plots and probability-of-improvement heat map): the intervals of a
-summary, P(improvement), throughput against seeds, a race's rounds. Built like `flaxray.report.plots`:
-on `matplotlib.figure.Figure` through the Agg canvas, never pyplot.
+(after rliable's interval plots, probability-of-improvement heat map and performance profiles): the
+intervals of a summary, P(improvement), profiles, throughput against seeds, a race's rounds. Built like
+`flaxray.report.plots`: on `matplotlib.figure.Figure` through the Agg canvas, never pyplot.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ def plot_intervals(
     ncols: int | None = None,
     confidence: float = 0.95,
     title: str | None = None,
+    caption: str | None = None,
 ):
     """Interval plot, one panel per metric: arch on y (first = top), `stat` and its CI bar on x.
 
     `summaries[arch][key]` are `stats.describe` dicts; `metrics` is ((key, label), ...),
     laid out row by row, `ncols` panels a row (default: all in one row); `values[arch][key]`
     (optional) adds each seed as a faint dot. Non-finite seeds and bounds (diverged seeds) are
-    not drawn; the arch's label says how many seeds diverged.
+    not drawn; the arch's label says how many seeds diverged. `caption`: what the tick and the bar are, when
+    not a statistic over seeds.
     """
     archs = list(summaries)
     if not archs:
@@ -92,8 +94,8 @@ def plot_intervals(
     for ax in axes[::ncols]:
         ax.set_yticks(y, names, fontsize=9)
         ax.yaxis.set_tick_params(labelleft=True)
-    fig.supxlabel(f"black tick: {stat.upper() if stat == 'iqm' else stat} over seeds · bar: its {100 * confidence:g} % "
-                  "bootstrap CI · dots: seeds (arrowheads: beyond the axis)", fontsize=9)
+    fig.supxlabel(caption or f"black tick: {stat.upper() if stat == 'iqm' else stat} over seeds · bar: its "
+                  f"{100 * confidence:g} % bootstrap CI · dots: seeds (arrowheads: beyond the axis)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=12)
     return axes
@@ -135,6 +137,29 @@ def plot_improvement_matrix(matrix: Mapping, *, confidence: float = 0.95, title:
     bar.set_label("P(row improves on column)")
     ax.set_title(title or f"P(row improves on column)\nbold, framed: its {100 * confidence:g} % CI excludes 0.5",
                  fontsize=10)
+    return ax
+
+
+def plot_profiles(profiles: Mapping, *, confidence: float = 0.95, title: str | None = None):
+    """Performance profiles (rliable's score distributions): for each arch, the share of its runs over
+    every task that score above tau, with its stratified-bootstrap band. `profiles`: `flaxray.analysis.tasks`'s
+    {"taus": (T,), arch: {value, low, high}}, archs in the order to list them."""
+    taus = np.asarray(profiles["taus"], float)
+    archs = [a for a in profiles if a != "taus"]
+    fig = Figure(figsize=(6.4, 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for arch, color in zip(archs, palette(len(archs))):
+        p = profiles[arch]
+        ax.fill_between(taus, p["low"], p["high"], color=color, alpha=0.2, lw=0)
+        ax.plot(taus, p["value"], color=color, lw=1.8, label=arch)
+    ax.set_xlim(taus[0], taus[-1])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("normalised score τ (1: the task's best run, 0: its worst)")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncols=1 + len(archs) // 8)
+    ax.set_title(title or f"performance profiles · bands: {100 * confidence:g} % stratified bootstrap CI", fontsize=10)
     return ax
 
 

@@ -6,6 +6,7 @@
     trained     every seed's final parameters, saved and loaded again
     replay      train one seed again, to its exact recorded curves
     race        seeds spent only where the choice between archs is still open
+    datasets    several data sets: a study on each, then the archs compared across them
     catalogue   the architecture search's default archs
 """
 

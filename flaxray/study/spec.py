@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,7 +53,9 @@ class Study:
     augmentation, early stopping's monitor, model selection, label smoothing."""
 
     archs: tuple[str, ...] = ("pyramid",)  # names, specs, FILE.py:NAME, or models as Python objects (`flaxray.models.user`)
-    data: Any = DataSpec()  # a DataSpec, or a `flaxray.data.Dataset` already in memory
+    # A DataSpec, or a `flaxray.data.Dataset` already in memory; or several of them (a tuple, or {name: one}):
+    # each arch is then trained on each data set and compared across them (`flaxray.study.datasets`).
+    data: Any = DataSpec()
     seeds: tuple[int, ...] = tuple(range(16))
     settings: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
     epochs: int = 20
@@ -73,6 +76,7 @@ class Study:
                                                 for a in (self.archs if isinstance(self.archs, (list, tuple))
                                                           else (self.archs,))))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "data", several(self.data))
         object.__setattr__(self, "vary", tuple(self.vary))
         object.__setattr__(self, "settings", settings_grid.normalize(self.settings))
         if isinstance(self.recipe, Mapping):
@@ -106,6 +110,15 @@ class Study:
         return tuple(s for s in self.vary if s in self.config(self.archs[0], 2).drawn and s != FLOOR)
 
     @property
+    def datasets(self) -> dict[str, Any]:
+        """{name: a DataSpec or Dataset}: the one data set (named by `data_name`) or the several given."""
+        return dict(self.data) if isinstance(self.data, Mapping) else {data_name(self.data): self.data}
+
+    def on(self, name: str) -> "Study":
+        """The study of one of its data sets: exactly what a study given only that data set is."""
+        return dataclasses.replace(self, data=self.datasets[name])
+
+    @property
     def n_settings(self) -> int:
         return len(settings_grid.cross(self.settings))
 
@@ -121,18 +134,66 @@ class Study:
         spec.pop("recipe")
         if not self.recipe.is_default():
             spec["recipe"] = self.recipe.record()
-        spec["data"] = (dataclasses.asdict(self.data) if isinstance(self.data, DataSpec)
-                        else {"in_memory": True, "source": self.data.summary.get("source")})
+        spec["data"] = ({"datasets": {n: _data_record(d) for n, d in self.data.items()}}
+                        if isinstance(self.data, Mapping) else _data_record(self.data))
         return spec
 
     @classmethod
     def from_record(cls, record: Mapping) -> "Study":
-        if record["data"].get("in_memory"):
+        datas = record["data"].get("datasets", {None: record["data"]})
+        if any(d.get("in_memory") for d in datas.values()):
             raise FlaxrayError("the study was trained on arrays given in memory, which cannot be loaded again "
                                "from its record; save them as an .npz and pass that as the data instead")
         fields = {f.name for f in dataclasses.fields(cls)}
         spec = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields}
-        return cls(**{**spec, "data": DataSpec(**record["data"]), "settings": record.get("settings", {})})
+        data = {n: DataSpec(**d) for n, d in datas.items()}
+        return cls(**{**spec, "data": data.get(None) or data, "settings": record.get("settings", {})})
+
+
+def _data_record(data) -> dict:
+    return (dataclasses.asdict(data) if isinstance(data, DataSpec)
+            else {"in_memory": True, "source": data.summary.get("source")})
+
+
+def data_name(data) -> str:
+    """A data set's name, for its folder and the report: the folder's or file's name, NAME of tfds:NAME,
+    "embedded" for the default, the source of arrays in memory ("arrays")."""
+    if not isinstance(data, DataSpec):
+        name = data.summary.get("source") or "arrays"
+    elif data.path is None:
+        name = "embedded"
+    else:
+        path = str(data.path)
+        name = path[len("tfds:"):] if path.startswith("tfds:") else Path(path.rstrip("/\\")).expanduser().stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "data"
+
+
+def several(data):
+    """`Study.data` as stored: one data set as given; several as {name: data set}, names from `data_name`
+    made unique (-2, -3, ...) unless given as a mapping."""
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise FlaxrayError("a study needs at least one data set")
+        if len(data) == 1:
+            return data[0]
+        named: dict = {}
+        for d in data:
+            name, k = data_name(d), 2
+            while name in named:
+                name, k = f"{data_name(d)}-{k}", k + 1
+            named[name] = d
+        data = named
+    if isinstance(data, Mapping):
+        if not data:
+            raise FlaxrayError("a study needs at least one data set")
+        bad = [n for n in data if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(n))]
+        if bad:
+            raise FlaxrayError(f"a data set's name is a folder's name (letters, digits, _ . -), not {bad[0]!r}")
+        specs = [d for d in data.values() if isinstance(d, DataSpec)]
+        if len(set(specs)) < len(specs):
+            raise FlaxrayError("a data set is listed twice: " + " ".join(str(d.path) for d in specs))
+        return dict(data) if len(data) > 1 else next(iter(data.values()))
+    return data
 
 
 def recorded_study(run: Mapping, started: Path) -> Study | None:
@@ -141,7 +202,12 @@ def recorded_study(run: Mapping, started: Path) -> Study | None:
     if "spec" not in run:
         return None
     study = Study.from_record(run["spec"])
-    path = study.data.path
-    if path and not str(path).startswith("tfds:"):
-        study = dataclasses.replace(study, data=dataclasses.replace(study.data, path=str(started / Path(path).expanduser())))
-    return study
+
+    def absolute(data):
+        path = data.path
+        if path and not str(path).startswith("tfds:"):
+            return dataclasses.replace(data, path=str(started / Path(path).expanduser()))
+        return data
+
+    datas = {n: absolute(d) for n, d in study.datasets.items()}
+    return dataclasses.replace(study, data=datas if isinstance(study.data, Mapping) else next(iter(datas.values())))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -69,8 +69,14 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
       study, out, checkpoint_every, chunk, cache_dir, strategy: as `run`'s.
       overwrite: `out` is to be cleared, so what it holds is not checked.
     Returns:
-      The `Prepared` data (on the device) and configs, for `run(..., prepared=...)`.
+      The `Prepared` data (on the device) and configs, for `run(..., prepared=...)`; with several data sets,
+      one per data set (`flaxray.study.datasets.prepare`).
     """
+    if isinstance(study.data, Mapping):  # several data sets: each prepared as a study of its own
+        from flaxray.study import datasets
+
+        return datasets.prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
+                                cache_dir=cache_dir, overwrite=overwrite, strategy=strategy)
     progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     saves = any(every(checkpoint_every))
     check_most(chunk)
@@ -150,8 +156,15 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
       prepared: what `prepare` returned for this study and `out` (the command line prepares before it
         records the run).
     Returns:
-      The `flaxray.study.result.Result`: its groups, analysis, test comparison and study.json record.
+      The `flaxray.study.result.Result`: its groups, analysis, test comparison and study.json record; with
+      several data sets, a `flaxray.study.datasets.DatasetsResult` (a `Result` per data set, the comparison
+      across them).
     """
+    if isinstance(study.data, Mapping):  # several data sets: `flaxray.study.datasets`, a study on each
+        from flaxray.study import datasets
+
+        return datasets.run(study, out, progress=progress, overwrite=overwrite, checkpoint_every=checkpoint_every,
+                            chunk=chunk, cache_dir=cache_dir, info=info, prepared=prepared, strategy=strategy)
     out = Path(out)
     progress = progress and not results.elsewhere()
     if overwrite:
