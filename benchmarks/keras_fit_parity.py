@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.keras_baseline import keras_status
 from benchmarks.keras_parity import commit, compare
 from flaxray.errors import FlaxrayError
-from studies import _cli
+from studies import _cli, _flags
 
 FILE, MODELS = "examples/keras_xray.py", ("pyramid", "small_cnn")
 
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a seeded random N images of train and of val (default: all)")
     p.add_argument("--out", default="runs/keras_fit_parity", metavar="DIR", help="where the JSON goes by default")
     p.add_argument("--json", default=None, metavar="FILE", help="the results (default: DIR/keras_fit_parity.json)")
-    _cli.add_data_args(p)
+    _flags.add_data_args(p)
     return p
 
 

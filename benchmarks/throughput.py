@@ -47,7 +47,7 @@ from types import SimpleNamespace
 from benchmarks import roofline
 from benchmarks.keras_baseline import keras_model, keras_status, measure_keras
 from flaxray.errors import FlaxrayError
-from studies import _cli
+from studies import _cli, _flags
 
 METHODS = ("auto", "vmap", "map", "sequential", "keras", "keras-vmap")  # and loop, and any group size K
 SERIAL = ("sequential", "keras")  # seed after seed: their seed-epochs/s does not depend on S
@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
                         "the host first, a one-off kept out of its rate but not out of the wall clock). Default: every S")
     p.add_argument("--out", default="runs/throughput", metavar="DIR", help="folder for throughput.json and .png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _cli.add_data_args(p)
+    _flags.add_data_args(p)
     return p
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from flaxray.errors import FlaxrayError
 from flaxray.study.race import FUTILITY
 from flaxray.study.study import MAX_SEEDS
-from studies import _cli
+from studies import _cli, _flags
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
                    "with only a one-ulp nudge of the initial parameters (the numerical-noise floor), and report each "
                    "source's share of the variance of final val loss and its share above the floor (5x the training)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
-    _cli.add_rope_arg(p)
+    _flags.add_rope_arg(p)
     race = p.add_argument_group("race", "spend seeds only where the choice is still open (flaxray.study.race)")
     race.add_argument("--race", action="store_true",
                       help="race the archs instead of giving each --seeds: round 1 trains every arch with "
@@ -68,9 +68,9 @@ def parser() -> argparse.ArgumentParser:
                       "further; the arch the others are raced against stays (default %(default)s; 0: off). "
                       "Non-binding: it cannot raise the chance that an arch no other beats is eliminated. On simulated "
                       "catalogues it saved 23-39 %% of the seed-epochs and kept the pick: docs/search_and_race.md")
-    _cli.add_training_args(p, seeds=8, epochs=20)
-    _cli.add_data_args(p, several=True)
-    _cli.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
+    _flags.add_training_args(p, seeds=8, epochs=20)
+    _flags.add_data_args(p, several=True)
+    _flags.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
                          "runs/architecture_race); a rerun with the same folder skips every finished arch",
                          overwrite_help="retrain every arch even if --out holds a finished run of it")
     return p

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from studies import _cli
+from studies import _cli, _flags
 
 MODULE = "studies.cnn_vs_ann"
 DEFAULT_CNN = "cnn_sep"
@@ -43,9 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ann", default=DEFAULT_ANN, metavar="NAME",
                    help="the dense network: a notes' stack (pyramid, final, ...) or a spec string like 'dense:64@0.5'")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every CI")
-    _cli.add_training_args(p, seeds=8, epochs=20)
-    _cli.add_data_args(p)
-    _cli.add_output_args(p, out="runs/cnn_vs_ann", out_help="output folder",
+    _flags.add_training_args(p, seeds=8, epochs=20)
+    _flags.add_data_args(p)
+    _flags.add_output_args(p, out="runs/cnn_vs_ann", out_help="output folder",
                          overwrite_help="replace the study --out already holds")
     return p
 

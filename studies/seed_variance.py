@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from flaxray.models import CNN_SPECS, NOTES_STACKS
-from studies import _cli
+from studies import _cli, _flags
 
 MODULE = "studies.seed_variance"
 
@@ -39,10 +39,10 @@ def parser() -> argparse.ArgumentParser:
                    "or your own model as FILE.py:NAME, NAME a function returning a keras.Model (compiled: its compile "
                    "trains it; each seed k is fit under keras.utils.set_random_seed(k): docs/keras.md) or a Flax NNX "
                    "factory")
-    _cli.add_training_args(p)
-    _cli.add_rope_arg(p)
-    _cli.add_data_args(p, several=True)
-    _cli.add_output_args(p)
+    _flags.add_training_args(p)
+    _flags.add_rope_arg(p)
+    _flags.add_data_args(p, several=True)
+    _flags.add_output_args(p)
     return p
 
 
