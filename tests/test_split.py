@@ -138,3 +138,15 @@ def test_a_stopped_split_study_resumes_to_the_same_curves(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert seed_variance.main([*study, "--out", str(out), "--resume", str(out)]) == 0
     assert (out / "curves.csv").read_bytes() == (clean / "curves.csv").read_bytes()
+
+
+def test_several_data_sets_each_draw_their_own_splits(tmp_path):
+    # Each data set goes to the device as a pool of its own when the lanes resample (a study per data set).
+    import flaxray
+    from flaxray.study import DataSpec
+
+    spec = Study(archs=("dense:4",), seeds=(0, 1), epochs=1, batch_size=256, vary=ALL,
+                 data={"a": DataSpec(path=None, channels=1), "b": DataSpec(path=None, channels=1, val_fraction=0.3)})
+    got = flaxray.run(spec, tmp_path / "out", progress=False)
+    sizes = {name: (r.record["split"]["train"], r.record["split"]["val"]) for name, r in got.results.items()}
+    assert sizes["a"] != sizes["b"] and all(sum(s) <= 5206 for s in sizes.values())

@@ -18,7 +18,6 @@ from flaxray.analysis import tasks
 from flaxray.analysis.ranking import RANK_KEY
 from flaxray.core.config import device_data
 from flaxray.study import compat
-from flaxray.study import study as single
 from flaxray.study.result import Result
 
 FOLDER = "datasets"  # OUT/datasets/NAME/: one data set's study
@@ -45,33 +44,33 @@ def folder(out, name: str) -> Path:
     return Path(out) / FOLDER / name
 
 
-def prepare(study, out, *, overwrite: bool = False, **options) -> list:
-    """`flaxray.study.study.prepare` for each data set, in its folder: every refusal before anything is
-    written. Each one's arrays go on the device only when it is trained (`run`), one data set at a time."""
-    if not overwrite:
-        single.check_out(out)
-    return [dataclasses.replace(single.prepare(study.on(name), folder(out, name), overwrite=overwrite, **options),
-                                data=None) for name in study.datasets]
+def prepare(study, out, one, *, overwrite: bool = False, **options) -> list:
+    """`one` (`flaxray.study.study.prepare`, which checks `out` and hands several data sets here) for each
+    data set, in its folder: every refusal before anything is written. Each one's arrays go on the device
+    only when it is trained (`run`), one data set at a time."""
+    return [dataclasses.replace(one(study.on(name), folder(out, name), overwrite=overwrite, **options), data=None)
+            for name in study.datasets]
 
 
-def run(study, out, *, progress: bool = True, overwrite: bool = False, info: dict | None = None,
+def run(study, out, one, prepare_one, *, progress: bool = True, overwrite: bool = False, info: dict | None = None,
         prepared: list | None = None, **options) -> DatasetsResult:
-    """Every data set's study (`flaxray.study.study.run`), then the comparison across them and its report.
-    Arguments as `flaxray.study.study.run`'s; `prepared`: what `prepare` returned."""
+    """Every data set's study by `one` (`flaxray.study.study.run`, which hands several data sets here;
+    `prepare_one` its `prepare`), then the comparison across them and its report. Arguments as `one`'s;
+    `prepared`: what `prepare` returned."""
     out, info = Path(out), dict(info or {})
     if overwrite:
         results.clear_outputs(out)
     if prepared is None:
-        prepared = prepare(study, out, progress=progress, **options)
+        prepared = prepare(study, out, prepare_one, progress=progress, **options)
     done = {}
     for name, ready in zip(study.datasets, prepared):
         if ready.data is None:
-            eval_batch = ready.configs[study.archs[0]].eval_batch_size
-            ready = dataclasses.replace(ready, data=device_data(ready.dataset, eval_batch_size=eval_batch))
+            config = ready.configs[study.archs[0]]
+            ready = dataclasses.replace(ready, data=device_data(ready.dataset, eval_batch_size=config.eval_batch_size,
+                                                                resample=config.resample))
         if progress:
             print(f"data set {name}", flush=True)
-        done[name] = single.run(study.on(name), folder(out, name), progress=progress, info=info, prepared=ready,
-                                **options)
+        done[name] = one(study.on(name), folder(out, name), progress=progress, info=info, prepared=ready, **options)
     analysis = tasks.analyse({name: {g: r.analysis["values"][g][RANK_KEY] for g in r.groups}
                               for name, r in done.items()}, confidence=study.confidence)
     record = {"layout": compat.LAYOUT, "study": study.kind, **{k: v for k, v in info.items() if k != "title"},

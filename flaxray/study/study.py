@@ -75,7 +75,9 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
     if isinstance(study.data, Mapping):  # several data sets: each prepared as a study of its own
         from flaxray.study import datasets
 
-        return datasets.prepare(study, out, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
+        if not overwrite:
+            check_out(out)
+        return datasets.prepare(study, out, prepare, progress=progress, checkpoint_every=checkpoint_every, chunk=chunk,
                                 cache_dir=cache_dir, overwrite=overwrite, strategy=strategy)
     progress = progress and not results.elsewhere()  # several processes: process 0 shows it
     saves = any(every(checkpoint_every))
@@ -163,7 +165,7 @@ def run(study: Study, out, *, progress: bool = True, overwrite: bool = False, ch
     if isinstance(study.data, Mapping):  # several data sets: `flaxray.study.datasets`, a study on each
         from flaxray.study import datasets
 
-        return datasets.run(study, out, progress=progress, overwrite=overwrite, checkpoint_every=checkpoint_every,
+        return datasets.run(study, out, run, prepare, progress=progress, overwrite=overwrite, checkpoint_every=checkpoint_every,
                             chunk=chunk, cache_dir=cache_dir, info=info, prepared=prepared, strategy=strategy)
     out = Path(out)
     progress = progress and not results.elsewhere()
