@@ -288,14 +288,24 @@ def describe(builder: Callable, input_shape, num_classes: int, name: str) -> dic
             "optimizer": {k: v for k, v in template.optimizer.get_config().items() if v is not None}}
 
 
+_ORDERS: dict = {}  # (seed, n) -> (the draw it is at, its generator): a study asks epoch after epoch
+
+
 def fit_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order `fit` takes seed `seed`'s `n` training images in, in epoch `epoch` (0-based): after
     `set_random_seed(seed)`, NumPy's global generator gives one permutation to fit's symbolic build and
-    one to each epoch (a builder that draws from NumPy itself would move these: flaxray assumes it does not)."""
-    rng = np.random.RandomState(int(seed))
-    for _ in range(epoch + 1):
+    one to each epoch (a builder that draws from NumPy itself would move these: flaxray assumes it does not).
+    Each seed's generator is kept where the last call left it, so a study's epochs cost one draw each."""
+    at, rng = _ORDERS.pop((int(seed), int(n)), (None, None))
+    if at is None or at > epoch:
+        at, rng = -1, np.random.RandomState(int(seed))  # draw -1: the build's
+    for _ in range(epoch - at):
         rng.permutation(n)
-    return rng.permutation(n).astype(np.int32)
+    order = rng.permutation(n).astype(np.int32)
+    _ORDERS[int(seed), int(n)] = (epoch + 1, rng)
+    if len(_ORDERS) > 1024:  # the oldest first: a dict keeps insertion order
+        _ORDERS.pop(next(iter(_ORDERS)))
+    return order
 
 
 def to_keras(builder: Callable, input_shape, num_classes: int, name: str, variables: Variables):
