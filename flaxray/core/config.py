@@ -173,6 +173,11 @@ def device_data(dataset, eval_batch_size: int = 256, resample: bool = False) -> 
                       x_val=x_val, y_val=y_val, val_mask=val_mask)
 
 
+def data_for(dataset, config: TrainConfig) -> DeviceData:
+    """`device_data` as `config`'s programs take it: its eval batches, and one pool where its lanes resample."""
+    return device_data(dataset, eval_batch_size=config.eval_batch_size, resample=config.resample)
+
+
 def check_batch_size(config: TrainConfig, n_train: int) -> None:
     if config.batch_size > n_train:
         raise FlaxrayError(f"batch size {config.batch_size} is larger than the training split ({n_train} images)")

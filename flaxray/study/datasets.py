@@ -16,7 +16,7 @@ from typing import Any
 from flaxray import results
 from flaxray.analysis import tasks
 from flaxray.analysis.ranking import RANK_KEY
-from flaxray.core.config import device_data
+from flaxray.core.config import data_for
 from flaxray.study import compat
 from flaxray.study.result import Result
 
@@ -65,9 +65,7 @@ def run(study, out, one, prepare_one, *, progress: bool = True, overwrite: bool 
     done = {}
     for name, ready in zip(study.datasets, prepared):
         if ready.data is None:
-            config = ready.configs[study.archs[0]]
-            ready = dataclasses.replace(ready, data=device_data(ready.dataset, eval_batch_size=config.eval_batch_size,
-                                                                resample=config.resample))
+            ready = dataclasses.replace(ready, data=data_for(ready.dataset, ready.configs[study.archs[0]]))
         if progress:
             print(f"data set {name}", flush=True)
         done[name] = one(study.on(name), folder(out, name), progress=progress, info=info, prepared=ready, **options)

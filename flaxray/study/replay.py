@@ -20,7 +20,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.core import settings
-from flaxray.core.config import device_data
+from flaxray.core.config import data_for
 from flaxray.errors import FlaxrayError
 from flaxray.models.conv import ENV, form
 from flaxray.results import slug
@@ -91,7 +91,7 @@ def replay(out, seed: int, *, dataset=None, progress: bool = True, cache_dir=Non
                                f"{ENV}={trained_layers} to replay it")
         recorded, _ = results.read_curves_csv(folder / "curves.csv")
         if data is None:  # once: every unit trained on the same data
-            data = device_data(dataset, config.eval_batch_size, resample=config.resample)
+            data = data_for(dataset, config)
         # The seed has one lane per setting; a chunk holds consecutive lanes, so each may be in another chunk.
         for j, name in enumerate(names):
             lane = j * len(seeds) + seeds.index(seed)

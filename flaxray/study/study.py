@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from flaxray import results
 from flaxray.analysis.study import TOTAL
 from flaxray.core import strategy as strategies
-from flaxray.core.config import TrainConfig, check_batch_size, device_data
+from flaxray.core.config import TrainConfig, check_batch_size, data_for
 from flaxray.core.randomness import FLOOR
 from flaxray.errors import FlaxrayError
 from flaxray.report import study as report
@@ -100,8 +100,7 @@ def prepare(study: Study, out, *, progress: bool = True, checkpoint_every: int |
                                          dataset.summary, dataset.train.x.shape[1:]))
     need = disk_needed(study, configs, dataset.train.x.shape[1:], checkpoints=saves)
     check_disk(need, out)
-    data = device_data(dataset, eval_batch_size=configs[study.archs[0]].eval_batch_size,
-                       resample=configs[study.archs[0]].resample)
+    data = data_for(dataset, configs[study.archs[0]])
     if progress:
         print(describe_data(dataset), f"· on disk up to {need / 2**20:,.0f} MiB", flush=True)
     return Prepared(dataset, configs, data)
