@@ -198,7 +198,8 @@ def make_train(config: TrainConfig) -> Trainer:
                                            dropout=settings.dropout)
         # Keras's class_weight scales each sample's loss; the batch loss is their mean.
         losses = class_weight[y.astype(jnp.int32)] * sample_losses(outputs, y, model.output)
-        return jnp.mean(losses), (losses, outputs, model_state)
+        penalty = model.penalty(params) if model.penalty else 0.0  # in the gradient; the recorded losses are the data's
+        return jnp.mean(losses) + penalty, (losses, outputs, model_state)
 
     def evaluate(variables: Variables, x, y, mask, index=None) -> Counts:
         """`index`: where the images are a lane's split of a pool, its positions in `x` (padded as `mask`),

@@ -14,7 +14,8 @@ Seed k's lane is `model.fit` for seed k, in one vmapped program over the seeds:
 - its data order is fit's: NumPy's permutations after `set_random_seed(k)`, the first drawn by fit's
   symbolic build and one per epoch after it, the partial last batch included (`fit_order`);
 - a compiled model steps with its compile's loss (regularisers and loss scaling included) and
-  optimizer, as `JAXTrainer.train_step` does (`Compiled`); an uncompiled one takes flaxray's recipe.
+  optimizer, as `JAXTrainer.train_step` does (`Compiled`); an uncompiled one takes flaxray's recipe,
+  its weights' regularisers added to the loss as fit adds them (`_penalty`).
 
 The model's layers are called with `stateless_call`, so the variables are plain lists of arrays that
 cross jit, vmap and grad. Images reach it as float32 in [0, 1], as flaxray's own models get them,
@@ -219,7 +220,24 @@ def _model(builder, input_shape, name, num_classes) -> Model:
 
     compiled = _compiled(template, inputs, squeeze, binary) if template.compiled else None
     return Model(init, apply, output, pieces=None, call=call, host_init=host_init, compiled=compiled,
-                 order=fit_order, rescales=raw)
+                 order=fit_order, rescales=raw, penalty=None if compiled else _penalty(template, inputs, name))
+
+
+def _penalty(template, inputs, name: str) -> Callable | None:
+    """An uncompiled model's weight regularisers as a function of its trainable values (what fit adds to
+    each batch's loss), or None. Losses made while calling (activity regularisers, `add_loss`) depend on
+    the batch and are the compile's business: refused in one line (a compiled model's step has them)."""
+    regularised = [(i, v.regularizer) for i, v in enumerate(template.trainable_variables) if v.regularizer is not None]
+    x = np.zeros((2, *template.input_shape[1:]), np.float32)
+    with seeded(template.name), _random_state_kept():
+        *_, made = template.stateless_call(_values(template.trainable_variables), _values(template.non_trainable_variables),
+                                           inputs(x), training=True, return_losses=True)
+    if len(made) > len(regularised):
+        raise FlaxrayError(f"{name}: the model adds losses as it runs (an activity_regularizer or add_loss), "
+                           "which only its compile's loss trains with; compile the model, or drop them")
+    if not regularised:
+        return None
+    return lambda params: sum(regularizer(params[i]) for i, regularizer in regularised)
 
 
 def _compiled(template, inputs, squeeze, binary) -> Compiled:

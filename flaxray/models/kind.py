@@ -65,6 +65,9 @@ class Model(NamedTuple):
     # also trains the partial last batch, as fit does.
     order: Callable | None = None
     rescales: bool = False  # its first layer rescales the raw 0-255 pixels itself (recorded)
+    # The model's own regularisation of its weights (a Keras model's kernel and bias regularisers):
+    # params -> a scalar the trainer adds to the batch's loss, as Keras's fit would; None where it has none.
+    penalty: Callable | None = None
 
 
 def num_outputs(num_classes: int) -> int:
