@@ -14,8 +14,8 @@ Seed k's lane is `model.fit` for seed k, in one vmapped program over the seeds:
 - its data order is fit's: NumPy's permutations after `set_random_seed(k)`, the first drawn by fit's
   symbolic build and one per epoch after it, the partial last batch included (`fit_order`);
 - a compiled model steps with its compile's loss (regularisers and loss scaling included) and
-  optimizer, as `JAXTrainer.train_step` does (`Compiled`); an uncompiled one takes flaxray's recipe,
-  its weights' regularisers added to the loss as fit adds them (`_penalty`).
+  optimizer, as `JAXTrainer.train_step` does (`keras_training.Compiled`); an uncompiled one takes flaxray's recipe,
+  its weights' regularisers added to the loss as fit adds them (`keras_training`).
 
 The model's layers are called with `stateless_call`, so the variables are plain lists of arrays that
 cross jit, vmap and grad. Images reach it as float32 in [0, 1], as flaxray's own models get them,
@@ -24,18 +24,18 @@ unless its first layer is a `Rescaling`, which then gets the raw 0-255 values.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import random
 import sys
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flaxray.errors import FlaxrayError
+from flaxray.models.keras_training import compiled as compiled_training
+from flaxray.models.keras_training import penalty, random_state_kept, seeded, values
 from flaxray.models.kind import LOGITS, PROBABILITIES, Model, Variables, num_outputs
 
 
@@ -70,17 +70,6 @@ def is_keras(obj) -> bool:
     return "keras" in sys.modules and isinstance(obj, sys.modules["keras"].Model)
 
 
-@contextlib.contextmanager
-def _random_state_kept():
-    """`keras.utils.set_random_seed` seeds Python's and NumPy's global generators: put them back after."""
-    py, npy = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-
-
 def wanted_arguments(builder: Callable, input_shape, num_classes: int) -> dict:
     """What a builder takes of the data: `input_shape` (H, W, C) and `num_classes` where it names them, so
     one builder fits any image size; a builder of no arguments fixes its own."""
@@ -99,7 +88,7 @@ def build(builder: Callable, input_shape: tuple[int, ...], num_classes: int, nam
     for a builder that returns something else, a model that cannot take these images, or gives another
     number of outputs."""
     k = keras()
-    with _random_state_kept():
+    with random_state_kept():
         if seed is not None:
             k.utils.set_random_seed(int(seed))
         model = builder(**wanted_arguments(builder, input_shape, num_classes))
@@ -138,32 +127,6 @@ def _is_seed_state(variable) -> bool:
     return variable.path.endswith("seed_generator_state")
 
 
-def _values(variables) -> list:
-    return [np.array(v.value) for v in variables]  # copies: fit and stateless calls may donate the buffers
-
-
-@contextlib.contextmanager
-def seeded(name: str):
-    """A model that draws `keras.random` without a SeedGenerator has no per-seed state to vary or vmap:
-    Keras refuses it when traced; said in one line."""
-    try:
-        yield
-    except ValueError as e:
-        if "SeedGenerator" in str(e):
-            raise FlaxrayError(f"{name}: the model draws keras.random without a SeedGenerator; create one in "
-                               "the layer's __init__ (keras.random.SeedGenerator) and pass it as seed=") from None
-        raise
-
-
-class Compiled(NamedTuple):
-    """A compiled model's own training: its loss, regularisers, loss scaling and optimizer."""
-
-    opt_init: Callable  # lr -> the optimizer's initial variables, its constant rate set to lr
-    step: Callable  # (params, state, opt_state, x, y, sample weights or None) -> (params, state, opt_state, outputs, loss)
-    losses: Callable  # (variables, x, y, outputs) -> per-sample losses, as `evaluate` adds them up
-    learning_rate: float | None  # the compile's rate, None where it is a schedule
-
-
 @functools.lru_cache(maxsize=32)
 def _template(builder, input_shape, num_classes, name):
     return build(builder, input_shape, num_classes, name, seed=0)
@@ -188,11 +151,11 @@ def _model(builder, input_shape, name, num_classes) -> Model:
 
     def host_init(init_seed: int, dropout_seed: int) -> Variables:
         built = build(builder, input_shape, num_classes, name, seed=init_seed)
-        state = _values(built.non_trainable_variables)
+        state = values(built.non_trainable_variables)
         if dropout_seed != init_seed:  # the seed generators' states of the dropout seed's build, the weights of init's
             other = build(builder, input_shape, num_classes, name, seed=dropout_seed).non_trainable_variables
             state = [np.array(o.value) if _is_seed_state(o) else s for s, o in zip(state, other)]
-        return Variables(_values(built.trainable_variables), state)
+        return Variables(values(built.trainable_variables), state)
 
     def inputs(images):
         x = images.astype(jnp.float32)
@@ -211,89 +174,16 @@ def _model(builder, input_shape, name, num_classes) -> Model:
 
     def init(key) -> Variables:  # shapes only (load_trained, param counts): a seed's values come from host_init
         del key
-        return Variables(_values(template.trainable_variables), _values(template.non_trainable_variables))
+        return Variables(values(template.trainable_variables), values(template.non_trainable_variables))
 
     def call(variables, x):  # x in [0, 1]: what saliency differentiates
         outputs, _ = template.stateless_call(list(variables.params), list(variables.state), x * 255.0 if raw else x,
                                              training=False)
         return squeeze(outputs)
 
-    compiled = _compiled(template, inputs, squeeze, binary) if template.compiled else None
+    compiled = compiled_training(template, inputs, squeeze, binary) if template.compiled else None
     return Model(init, apply, output, pieces=None, call=call, host_init=host_init, compiled=compiled,
-                 order=fit_order, rescales=raw, penalty=None if compiled else _penalty(template, inputs, name))
-
-
-def _penalty(template, inputs, name: str) -> Callable | None:
-    """An uncompiled model's weight regularisers as a function of its trainable values (what fit adds to
-    each batch's loss), or None. Losses made while calling (activity regularisers, `add_loss`) depend on
-    the batch and are the compile's business: refused in one line (a compiled model's step has them)."""
-    regularised = [(i, v.regularizer) for i, v in enumerate(template.trainable_variables) if v.regularizer is not None]
-    x = np.zeros((2, *template.input_shape[1:]), np.float32)
-    with seeded(template.name), _random_state_kept():
-        *_, made = template.stateless_call(_values(template.trainable_variables), _values(template.non_trainable_variables),
-                                           inputs(x), training=True, return_losses=True)
-    if len(made) > len(regularised):
-        raise FlaxrayError(f"{name}: the model adds losses as it runs (an activity_regularizer or add_loss), "
-                           "which only its compile's loss trains with; compile the model, or drop them")
-    if not regularised:
-        return None
-    return lambda params: sum(regularizer(params[i]) for i, regularizer in regularised)
-
-
-def _compiled(template, inputs, squeeze, binary) -> Compiled:
-    from keras.src.backend.jax.trainer import JAXTrainer
-
-    if type(template).train_step is not JAXTrainer.train_step:
-        raise FlaxrayError(f"{template.name}: the model overrides train_step, which flaxray does not run (it steps "
-                           "with the compile's loss and optimizer as Keras's own train_step does); leave it uncompiled "
-                           "to train with flaxray's recipe, or drop the override")
-    optimizer = template.optimizer
-    with _random_state_kept():
-        if not optimizer.built:
-            optimizer.build(template.trainable_variables)
-        # Builds the compile's loss and metrics as fit's first batch would (evaluate draws no data order),
-        # then empties the loss tracker that batch filled.
-        template.evaluate(np.zeros((1, *template.input_shape[1:]), np.float32), np.zeros((1,), np.float32), verbose=0)
-        template.reset_metrics()
-    opt_values, metric_values = _values(optimizer.variables), _values(template.metrics_variables)
-    rate = optimizer.get_config()["learning_rate"]  # a float, or a serialised schedule
-    learning_rate = float(rate) if isinstance(rate, (int, float, np.floating)) else None
-    # A constant rate is one of the optimizer's variables: the lane's --lr is written there, so one
-    # program crosses rates for a compiled model as for any other.
-    at = [i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate")]
-    at = at[0] if learning_rate is not None and at else None
-
-    def opt_init(lr):
-        values = [jnp.asarray(v) for v in opt_values]
-        if at is not None:
-            values[at] = jnp.asarray(lr, values[at].dtype)
-        return values
-
-    def labels(y):
-        return y if binary else y.astype(jnp.int32)
-
-    def step(params, state, opt_state, x, y, weights=None):
-        grad = jax.value_and_grad(template.compute_loss_and_updates, has_aux=True)
-        with seeded(template.name):
-            (_, (loss, outputs, state, _)), grads = grad(list(params), list(state), metric_values, inputs(x),
-                                                         labels(y), weights, training=True,
-                                                         optimizer_variables=list(opt_state))
-        params, opt_state = optimizer.stateless_apply(list(opt_state), grads, list(params))
-        return params, state, opt_state, squeeze(outputs), loss
-
-    def losses(variables, x, y, outputs):
-        """Each sample's compile loss plus the regularisers (Keras's evaluate: a batch's mean plus them)."""
-        del x  # a compile loss of the outputs and labels alone
-
-        def one(yi, pi):
-            loss, _ = template.stateless_compute_loss(list(variables.params), list(variables.state), metric_values,
-                                                      y=yi[None], y_pred=pi[None], training=False)
-            return loss
-
-        preds = outputs.reshape(-1, 1) if binary else outputs
-        return jax.vmap(one)(labels(y), preds)
-
-    return Compiled(opt_init, step, losses, learning_rate)
+                 order=fit_order, rescales=raw, penalty=None if compiled else penalty(template, inputs, name))
 
 
 def describe(builder: Callable, input_shape, num_classes: int, name: str) -> dict:
@@ -338,4 +228,4 @@ def to_keras(builder: Callable, input_shape, num_classes: int, name: str, variab
     return model_
 
 
-__all__ = ["Compiled", "build", "describe", "fit_order", "is_keras", "keras", "model", "rescales", "to_keras"]
+__all__ = ["build", "describe", "fit_order", "is_keras", "keras", "model", "rescales", "to_keras"]

@@ -18,6 +18,8 @@ module that turns an arch into a `Model`. What a kind supplies:
   A kind that keeps its randomness as state in its variables ignores `key`.
 - `output`: what `apply` returns, `LOGITS` ((N,) for two classes, (N, C) for more; the trainer's loss
   applies the sigmoid or softmax) or `PROBABILITIES` (the same shapes, already squashed).
+- `penalty(params)`, optional: the model's own regularisation of its weights, added to the training
+  loss (a Keras model's kernel and bias regularisers).
 - `pieces(variables)`, optional: the layers a kind knows (`Pieces`), for the inspection's feature maps
   and Grad-CAM; None where the model is opaque.
 """
@@ -59,7 +61,7 @@ class Model(NamedTuple):
     # A kind that can only initialise on the host, seed by seed (a Keras model), gives
     # (init_seed, dropout_seed) -> Variables here; its `init` then gives the shapes alone.
     host_init: Callable | None = None
-    compiled: Any = None  # a model that brings its own loss and optimizer (`keras_kind.Compiled`), else None
+    compiled: Any = None  # a model that brings its own loss and optimizer (`keras_training.Compiled`), else None
     # A kind whose training takes the images in its own order (a Keras model: fit's) gives
     # (seed, epoch, n) -> that epoch's permutation here (the host writes it into `SeedState.order`); it
     # also trains the partial last batch, as fit does.
