@@ -231,6 +231,17 @@ def read_json(path) -> dict:
         return {}
 
 
+def several_data_sets(out) -> str:
+    """Where `out` is a study over several data sets (its datasets.json), a line saying which folder holds
+    each one's study (what inspection, replay and loading take); else ''."""
+    out = Path(out)
+    if not (out / "datasets.json").is_file():
+        return ""
+    names = sorted(p.name for p in (out / "datasets").iterdir() if p.is_dir()) if (out / "datasets").is_dir() else []
+    return (f"{out} is a study over several data sets ({', '.join(names) or 'none finished'}); each has a study "
+            f"folder of its own: pass one" + (f", e.g. {out / 'datasets' / names[0]}" if names else ""))
+
+
 def read_run(out) -> dict | None:
     """The folder's run.json, or None when there is none (or it is unreadable)."""
     try:

@@ -177,6 +177,17 @@ def test_two_data_sets_end_to_end_then_reused(tmp_path, capsys):
                               kind="architecture_search"), out, progress=False, checkpoint_every=0)
     assert sorted(again.reused) == sorted(f"{g} on {d}" for g in ("dense:8", "dense:4") for d in ("two", "three"))
     assert again.analysis["order"] == record["analysis"]["order"]
+    # What takes one study's folder, given the top folder, says which folders to pass, in one line.
+    from studies import inspect
+
+    for call in (lambda: flaxray.load_study(out), lambda: flaxray.load_trained(out)):
+        with pytest.raises(FlaxrayError, match="several data sets"):
+            call()
+    capsys.readouterr()
+    assert inspect.main([str(out), "--no-progress"]) == 2
+    assert architecture_search.main(["--replay", str(out), "--seed", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(f"pass one, e.g. {out / 'datasets' / 'three'}" in line for line in err)
 
 
 def test_resume_of_several_data_sets_reads_them_back_from_where_the_study_started(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import numpy as np
 
 from flaxray.analysis import stats
 from flaxray.errors import FlaxrayError
+from flaxray import results
 from flaxray.results import slug
 
 STUDY_JSON = "study.json"
@@ -43,6 +44,8 @@ def study_files(out) -> tuple[Path, Path]:
     out = Path(out)
     if not out.is_dir():
         raise FlaxrayError(f"{out} is not a folder; pass the --out folder of a finished study")
+    if several := results.several_data_sets(out):
+        raise FlaxrayError(several)
     for name in (STUDY_JSON, CURVES_CSV):
         if not (out / name).is_file():
             raise FlaxrayError(f"{out} is not a finished study: {out / name} is missing")

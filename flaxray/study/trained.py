@@ -107,6 +107,8 @@ def check_run_dir(run_dir) -> Path:
         raise FlaxrayError(f"the study in {run_dir} is not finished (run.json says {run.get('status')!r}); "
                            f"finish it first ({how})")
     again = f": {run['command']} --overwrite" if run and run.get("command") else " with --overwrite"
+    if several := results.several_data_sets(run_dir):
+        raise FlaxrayError(several)
     if not (run_dir / "study.json").is_file() and not (run_dir / "search.json").is_file():
         raise FlaxrayError(f"{run_dir} holds no finished study (no study.json)")
     if not trained_folders(run_dir):
