@@ -33,6 +33,7 @@ import optax
 from flaxray import models
 from flaxray.core.config import DeviceData, LaneSplit, TrainConfig, check_batch_size, train_count, val_of
 from flaxray.core.counts import counts_type
+from flaxray.core.losses import per_sample
 from flaxray.core import augment as augmentation
 from flaxray.core import optim
 from flaxray.core.optim import keras_weight_decay, with_lr
@@ -42,9 +43,6 @@ from flaxray.core.schedules import factor
 from flaxray.core.settings import Settings
 from flaxray.errors import FlaxrayError
 from flaxray.models import LOGITS, PROBABILITIES, Variables
-
-EPSILON = 1e-7  # Keras's backend.epsilon(): how close to 0 and 1 a probability is clipped in its loss
-
 
 class SeedState(NamedTuple):
     """Everything one seed's training carries from epoch to epoch."""
@@ -129,31 +127,7 @@ def make_train(config: TrainConfig) -> Trainer:
         return models.model(config.arch, x.shape[1:], dtype=config.dtype, num_classes=config.num_classes)
 
     def sample_losses(outputs, y, output=LOGITS):
-        if smoothing:  # Keras's label_smoothing, in the loss it logs for train and val alike
-            return smoothed_losses(outputs, y, output)
-        if output == PROBABILITIES:  # Keras's cross-entropy of probabilities, clipped to [eps, 1 - eps]
-            if binary:
-                p = jnp.clip(outputs, EPSILON, 1 - EPSILON)
-                return -(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))
-            p = jnp.clip(outputs / jnp.sum(outputs, axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
-            return -jnp.log(jnp.take_along_axis(p, y.astype(jnp.int32)[:, None], axis=-1)[:, 0])
-        if binary:
-            return optax.sigmoid_binary_cross_entropy(outputs, y)
-        return optax.softmax_cross_entropy_with_integer_labels(outputs, y.astype(jnp.int32))
-
-    def smoothed_losses(outputs, y, output):
-        """Cross-entropy against labels moved towards uniform: y (1 - e) + e / 2 (binary), one-hot (1 - e) + e / C."""
-        if binary:
-            target = y * (1 - smoothing) + 0.5 * smoothing
-            if output == PROBABILITIES:
-                p = jnp.clip(outputs, EPSILON, 1 - EPSILON)
-                return -(target * jnp.log(p) + (1 - target) * jnp.log(1 - p))
-            return optax.sigmoid_binary_cross_entropy(outputs, target)
-        target = jax.nn.one_hot(y.astype(jnp.int32), config.num_classes) * (1 - smoothing) + smoothing / config.num_classes
-        if output == PROBABILITIES:
-            p = jnp.clip(outputs / jnp.sum(outputs, axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
-            return -jnp.sum(target * jnp.log(p), axis=-1)
-        return optax.softmax_cross_entropy(outputs, target)
+        return per_sample(outputs, y, output, num_classes=config.num_classes, smoothing=smoothing)
 
     def rate(lr, step, steps):
         """The lane's rate at global optimizer step `step`: `lr` times the schedule's multiplier."""
