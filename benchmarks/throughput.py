@@ -7,7 +7,7 @@
 For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after another:
 
     auto        `flaxray.runtime.runner.train_seeds` in the strategy its probe chooses here, probed once per S
-                as a study of --epochs epochs would (not cached), then timed as the others are (the probe's
+                as a study of --probe-epochs epochs would (not cached), then timed as the others are (the probe's
                 time counts as compilation; the row says which it took and how long the probe was)
     vmap        `train_seeds` with every seed batched into one jitted program per epoch
     map         `train_seeds` with the seeds one after another inside one jitted program (`lax.map`)
@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {', '.join(METHODS)} and group sizes K (e.g. 4)")
     p.add_argument("--epochs", type=int, default=1, help="timed epochs per measurement (after one untimed)")
+    p.add_argument("--probe-epochs", type=int, default=20, metavar="N",
+                   help="auto probes as a study of N epochs of this length would (its timing budget is a tenth of "
+                        "their predicted time, 10-60 s; 20: the README's study)")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure each (method, S) this many times, the methods taking turns, and keep the fastest")
     p.add_argument("--steps", type=int, default=None,
@@ -125,7 +128,7 @@ def timed(f) -> float:
 def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
     """auto's choice for `seeds` seeds, as a study of `epochs` epochs would make it (the probe's budget is a
     tenth of those epochs' predicted time), not cached: (the strategy, the probe's seconds, compilation
-    included)."""
+    included, its evidence: each candidate's predicted epoch and timed calls)."""
     import jax
 
     from flaxray.core import settings
@@ -134,8 +137,8 @@ def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
     start = time.perf_counter()
     lanes = settings.stack([settings.Settings()] * seeds)  # train_seeds' default: every seed at Settings()
     study = dataclasses.replace(config, epochs=epochs)
-    strategy = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)["strategy"]
-    return strategy, time.perf_counter() - start
+    chosen = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)
+    return chosen["strategy"], time.perf_counter() - start, chosen.get("evidence")
 
 
 @contextlib.contextmanager
@@ -244,9 +247,9 @@ def run(args) -> Path:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := {m for m in methods if m not in (*METHODS, "loop") and not (m.isdigit() and int(m) > 0)}:
         raise FlaxrayError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)} or a group size K")
-    if min(args.max_seeds, args.epochs, args.repeats) < 1:
-        raise FlaxrayError(f"--max-seeds, --epochs and --repeats must be >= 1, got {args.max_seeds}, {args.epochs} "
-                           f"and {args.repeats}")
+    if min(args.max_seeds, args.epochs, args.repeats, args.probe_epochs) < 1:
+        raise FlaxrayError(f"--max-seeds, --epochs, --repeats and --probe-epochs must be >= 1, got {args.max_seeds}, "
+                           f"{args.epochs}, {args.repeats} and {args.probe_epochs}")
     for flag in ("serial_max_seeds", "keras_vmap_max_seeds"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise FlaxrayError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -304,10 +307,11 @@ def run(args) -> Path:
                 break
             last, spent = seeds, dict.fromkeys(now_methods, 0.0)
             if "auto" in now_methods:  # probed once per S, then measured as the others are, taking turns
-                chosen, probe_s = probe_auto(config, data, seeds, args.epochs)
+                chosen, probe_s, evidence = probe_auto(config, data, seeds, args.probe_epochs)
                 spent["auto"] += probe_s
-                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s: {
-                    **measure_strategy(c, data, s, args.epochs, chosen), "strategy": chosen, "probe_s": probe_s}
+                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s, evidence=evidence: {
+                    **measure_strategy(c, data, s, args.epochs, chosen), "strategy": chosen, "probe_s": probe_s,
+                    "probe": evidence}
             # The methods take turns at each S, best of --repeats: load from other jobs on the machine
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
@@ -332,7 +336,7 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
-                             **{k: m[k] for k in ("strategy", "probe_s", "init_s") if k in m},
+                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "init_s") if k in m},
                              **({"keras_arch": keras_archs[config.arch]} if method == "keras-vmap" else {}),
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,

@@ -24,7 +24,7 @@ import time
 from typing import Callable, Mapping
 
 LENGTHS = (4, 16)  # training steps per seed in the two timed calls of each candidate
-MIN_ROUNDS = 2  # rounds before the ranking may be judged clear
+MIN_ROUNDS = 3  # rounds before the ranking may be judged clear: two give a spread of one difference, too often ~0
 MIN_BUDGET_S, MAX_BUDGET_S, BUDGET_SHARE = 10.0, 60.0, 0.1  # seconds of timing, of the predicted training
 NOISE_FLOOR = 0.02  # a relative difference below this is never told apart from noise
 
@@ -42,11 +42,14 @@ class Choice:
     within_noise: list  # the candidates whose prediction is within the noise of the fastest
     rounds: int
     timing_s: float  # the seconds spent timing, compilation apart
+    seconds: dict = dataclasses.field(default_factory=dict)  # {strategy: {length: [each round's call]}}
 
     def record(self) -> dict:
         return {"predicted_epoch_s": {str(k): round(v, 6) for k, v in self.predicted.items()},
                 "noise": round(self.noise, 4), "within_noise": [str(c) for c in self.within_noise],
-                "rounds": self.rounds, "timing_s": round(self.timing_s, 3)}
+                "rounds": self.rounds, "timing_s": round(self.timing_s, 3),
+                "seconds": {str(c): {str(n): [round(t, 5) for t in ts] for n, ts in by.items()}
+                            for c, by in self.seconds.items()}}
 
 
 def lengths(steps: int) -> tuple[int, ...]:
@@ -110,4 +113,5 @@ def probe(calls: Mapping, *, steps: int, epochs: int, block: Callable = lambda x
         if rounds >= MIN_ROUNDS and (clear or spent >= budget(fastest, epochs)) or rounds >= max_rounds:
             break
     within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + spread)), key=simplicity)
-    return Choice(within[0], predicted, spread, within, rounds, spent)
+    seconds = {c: {n: samples[c, n] for n in by_length} for c, by_length in calls.items()}
+    return Choice(within[0], predicted, spread, within, rounds, spent, seconds)
