@@ -51,7 +51,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.analysis import diagnose, ranking, stats
-from flaxray.analysis.sequential import improvement, looks, predictive_power, spending, worse_p
+from flaxray.analysis.sequential import improvement, looks, needed, predictive_power, spending, worse_p
 from flaxray.analysis.study import analyse
 from flaxray.errors import FlaxrayError
 from flaxray.report.race import write_report
@@ -60,7 +60,8 @@ from flaxray.study import units
 from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
-FUTILITY = 0.1  # gamma (0: off). An arch whose every pairing has a lower predictive power, either way, leaves into the tie
+FUTILITY = 0.1  # gamma (0: off): an arch needed neither to be eliminated nor to eliminate leaves into the tie
+CHALLENGERS = 2  # after the first look, the strongest challengers each arch that may still be eliminated keeps
 
 
 def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planned: Sequence[int], *,
@@ -85,14 +86,17 @@ def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planne
     later = [m for m in planned if m > n]
     power, anchor, futile = {}, None, {}
     if later and len(names) > 1:
-        anchor = names[int(np.argmax(improvement(rest)))]
+        imp = improvement(rest)
+        anchor = names[int(np.argmax(imp))]
         if futility > 0:
             pw = predictive_power(rest, levels)  # [i, j]: P(i eliminated by j)
-            # Either way round: an arch that may still eliminate another is raced on, or the best of a
-            # catalogue (never likely to be eliminated) would leave whenever a lucky arch is the anchor.
-            pw = np.maximum(pw, pw.T)
-            power = {a: (names[int(pw[i].argmax())], float(pw[i].max())) for i, a in enumerate(names)}
-            futile = {a: bp for a, bp in power.items() if a != anchor and bp[1] < futility}
+            either = np.maximum(pw, pw.T)
+            power = {a: (names[int(either[i].argmax())], float(either[i].max())) for i, a in enumerate(names)}
+            order = sorted(range(len(names)), key=lambda i: (names[i] != anchor, -imp[i], i))  # anchor, then the best
+            keep = needed(pw, futility, order, top=None if n == planned[0] else CHALLENGERS)
+            own = pw - np.eye(len(pw))  # its own elimination: by whom most likely (never itself), how likely
+            futile = {a: (names[int(own[i].argmax())], float(pw[i].max()))
+                      for i, a in enumerate(names) if a != anchor and not keep[i]}
     raced = rest[[names.index(a) for a in names if a not in futile]]
 
     def separable(m):  # at look m, in the most extreme continuation: every new seed of a worst, of b best
