@@ -121,14 +121,15 @@ def predictive_power(values: np.ndarray, levels: Mapping[int, float], *, sims: i
 def needed(power: np.ndarray, gamma: float, order: Sequence[int], top: int | None = None) -> np.ndarray:
     """(K,) bool: the archs a race still needs, given `predictive_power`'s (K, K) matrix. Arch i is needed
     when it may still be eliminated (power[i, j] >= gamma for some j), or when it is one of the `top`
-    strongest challengers j (the largest power[i, j], each >= gamma; equal powers go to the first in
-    `order`) of such an arch i (None: every challenger with power >= gamma, the rule "either way round").
-    One challenger can throw a worse arch out: the others that could are redundant, and may leave."""
+    strongest challengers j != i (the largest power[i, j], however small; equal powers go to the first in
+    `order`) of such an arch i (None: every challenger with power[i, j] >= gamma, the rule "either way
+    round"). One challenger can throw a worse arch out: the others that could are redundant, and may leave."""
     power = np.asarray(power, float)
     rank = np.empty(len(power), int)
     rank[list(order)] = np.arange(len(power))
     out = (power >= gamma).any(axis=1)
     for i in np.flatnonzero(out):
-        by = sorted((j for j in range(len(power)) if power[i, j] >= gamma), key=lambda j: (-power[i, j], rank[j]))
+        by = sorted((j for j in range(len(power)) if j != i and (top or power[i, j] >= gamma)),
+                    key=lambda j: (-power[i, j], rank[j]))
         out[by[:top]] = True
     return out
