@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
                       "into the declared tie, trained no further; the arch the others are raced against stays "
                       "(default %(default)s; 0: off). "
                       "Non-binding: it cannot raise the chance that an arch no other beats is eliminated. On simulated "
-                      "catalogues it saved 24-40 %% of the seed-epochs and kept the pick: docs/search_and_race.md")
+                      "catalogues it saved 22-38 %% of the seed-epochs and kept the pick: docs/search_and_race.md")
     _flags.add_training_args(p, seeds=8, epochs=20)
     _flags.add_data_args(p, several=True)
     _flags.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "
