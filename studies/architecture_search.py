@@ -62,12 +62,13 @@ def parser() -> argparse.ArgumentParser:
                       help="with --race: stop before a round that would take the seed-epochs trained past this "
                       "(none: the fixed design's, archs x N x --epochs; default: %(default)s)")
     race.add_argument("--futility", type=float, default=FUTILITY, metavar="GAMMA",
-                      help="with --race: an arch none of whose pairings with the archs still raced has a predictive "
-                      "power of GAMMA to reject by --max-seeds, either way (it eliminated, or eliminating the other; "
-                      "simulated by resampling the seeds seen), leaves the race into the declared tie, trained no "
-                      "further; the arch the others are raced against stays (default %(default)s; 0: off). "
+                      help="with --race: an arch with a predictive power below GAMMA to be eliminated by --max-seeds "
+                      "(simulated by resampling the seeds seen) that no arch still raced needs as one of its two "
+                      "strongest challengers (at the first look: as any challenger with that power) leaves the race "
+                      "into the declared tie, trained no further; the arch the others are raced against stays "
+                      "(default %(default)s; 0: off). "
                       "Non-binding: it cannot raise the chance that an arch no other beats is eliminated. On simulated "
-                      "catalogues it saved 23-39 %% of the seed-epochs and kept the pick: docs/search_and_race.md")
+                      "catalogues it saved 22-38 %% of the seed-epochs and kept the pick: docs/search_and_race.md")
     _flags.add_training_args(p, seeds=8, epochs=20)
     _flags.add_data_args(p, several=True)
     _flags.add_output_args(p, out=None, out_help="output folder (default: runs/architecture_search, with --race "

@@ -124,6 +124,34 @@ def test_an_arch_that_cannot_be_told_apart_leaves_into_the_tie():
     assert r0["decision"]["futile"] == {} and r0["seed_epochs"] > r["seed_epochs"]
 
 
+def test_a_redundant_challenger_leaves_and_the_strongest_stays():
+    # After the first look an arch that may still be eliminated keeps its two strongest challengers
+    # (race.CHALLENGERS), not every arch that could throw it out. a..d are near copies (a the anchor),
+    # w is worse and may still be eliminated (power 0.64 by 12 seeds), not yet at 6. Each of a..d could
+    # eliminate w (power >= 0.1: the rule "either way round" kept them all); the strongest, b and c,
+    # stay with the anchor, d, as able but redundant, leaves into the tie.
+    base = np.arange(6.0)
+    values = {"a": base, "b": base + 0.3, "c": base + 0.6, "d": base + 0.9, "w": base + 3.0}
+    levels = sequential.spending(5, [3, 6, 9, 12], 0.05)
+    pw = sequential.predictive_power(np.stack(list(values.values())), levels)
+    look = race.decide(values, levels, [3, 6, 9, 12])
+    assert look["anchor"] == "a" and look["eliminated"] == {} and pw[4].max() >= 0.1
+    assert pw[4, 3] >= 0.1 and min(pw[4, 1:3]) > max(pw[4, 0], pw[4, 3])  # d could eliminate w; b, c most likely
+    assert list(look["futile"]) == ["d"] and look["futile"]["d"][1] < 0.1 and look["power"]["d"][0] == "w"
+    # At the first look every able challenger stays (3 seeds tell the least: the best may trail a lucky arch).
+    assert race.decide({a: v[:3] for a, v in values.items()}, levels, [3, 6, 9, 12])["futile"] == {}
+    # The rule itself: i may be eliminated (0.5 by j = 1, 0.3 by 2, 0.2 by 3); 4 is needed by no one.
+    pw = np.zeros((5, 5))
+    pw[0, 1:4] = 0.5, 0.3, 0.2
+    assert sequential.needed(pw, 0.1, range(5), top=1).tolist() == [True, True, False, False, False]
+    assert sequential.needed(pw, 0.1, range(5), top=2).tolist() == [True, True, True, False, False]
+    assert sequential.needed(pw, 0.1, range(5)).tolist() == [True, True, True, True, False]
+    assert sequential.needed(pw, 0.4, range(5)).tolist() == [True, True, False, False, False]
+    assert sequential.needed(pw, 0.4, range(5), top=2).tolist() == [True, True, True, False, False]
+    pw[0, 3] = 0.5  # equal powers go to the first in the order
+    assert sequential.needed(pw, 0.1, [3, 2, 1, 0, 4], top=1).tolist() == [True, False, False, True, False]
+
+
 def test_the_best_arch_is_raced_on_while_it_may_still_eliminate_another():
     # One arch clearly best, three a little worse: at 3 seeds a lucky worse arch can be the anchor, and
     # the best, never likely to be eliminated, must not leave while it can still throw the others out.

@@ -3,6 +3,7 @@
     spending(14, [3, 6, 9, 12], 0.05)   # {6: 2/924, 9: 0.000926, 12: 0.000756}: each rival's share per look
     worse_p(x, y)                       # exact p that seeds of x end worse (higher) than seeds of y
     predictive_power(values, levels)    # P(each arch is eliminated by each other by the cap), simulated
+    needed(power, 0.1, order, top=2)    # the futility exit: which archs the race still needs
 
 Why the levels are where they are: with n seeds against n the smallest one-sided p is 1 / C(2n, n)
 and every attainable p is a point of that lattice, so a level between two lattice points spends
@@ -115,3 +116,20 @@ def predictive_power(values: np.ndarray, levels: Mapping[int, float], *, sims: i
         hits += hit.sum(0)
     np.fill_diagonal(hits, 0.0)
     return hits / sims
+
+
+def needed(power: np.ndarray, gamma: float, order: Sequence[int], top: int | None = None) -> np.ndarray:
+    """(K,) bool: the archs a race still needs, given `predictive_power`'s (K, K) matrix. Arch i is needed
+    when it may still be eliminated (power[i, j] >= gamma for some j), or when it is one of the `top`
+    strongest challengers j != i (the largest power[i, j], however small; equal powers go to the first in
+    `order`) of such an arch i (None: every challenger with power[i, j] >= gamma, the rule "either way
+    round"). One challenger can throw a worse arch out: the others that could are redundant, and may leave."""
+    power = np.asarray(power, float)
+    rank = np.empty(len(power), int)
+    rank[list(order)] = np.arange(len(power))
+    out = (power >= gamma).any(axis=1)
+    for i in np.flatnonzero(out):
+        by = sorted((j for j in range(len(power)) if j != i and (top or power[i, j] >= gamma)),
+                    key=lambda j: (-power[i, j], rank[j]))
+        out[by[:top]] = True
+    return out

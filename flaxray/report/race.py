@@ -49,10 +49,12 @@ def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[
              f"≥ {1 - record['alpha']:g}, whatever the leader and the looks; ties count in the tested arch's "
              "favour, a diverged seed is the worst.")
     if record.get("futility"):
-        doc.para(f"Futility: an arch whose every pairing with an arch still raced has a predictive power below "
-                 f"{record['futility']:g} to reject by {record['max_seeds']} seeds, in either direction (simulated by "
-                 "drawing its further seeds, and theirs, from the seeds seen), leaves the race into the declared tie: it is trained no further and "
-                 "never eliminated. The arch the others are raced against (the highest mean P(improvement) over them) "
+        doc.para(f"Futility: an arch leaves the race into the declared tie (trained no further, never eliminated) "
+                 f"when it is unlikely to be eliminated (a predictive power below {record['futility']:g} by "
+                 f"{record['max_seeds']} seeds, simulated by drawing its further seeds, and theirs, from the seeds seen) "
+                 "and not needed to eliminate another: after the first look, an arch that may still be eliminated keeps "
+                 f"only its {record.get('challengers', 2)} strongest challengers (at the first look, every arch able to "
+                 "eliminate it with that power). The arch the others are raced against (the highest mean P(improvement) over them) "
                  "stays. This cannot raise the chance that an arch no other arch is better than is eliminated: the bound "
                  "above counts every test at every planned look, and leaving only removes tests (non-binding: the "
                  "bound holds whether or not an arch leaves).")

@@ -24,16 +24,19 @@ After each round (every arch still raced then has the same n seeds), two rules:
   depend on each other, and whichever looks the race actually reaches. Comparing against every arch
   still raced (not only the leader) is free under that bound. The test is distribution-free, which
   seeds need: their final losses are skewed and a diverged seed is +inf.
-- Futility (non-binding): an arch whose every pairing with an arch still raced has a predictive power
-  below `futility` (gamma) to reject by the last look, in either direction (it eliminated, or it
-  eliminating the other; `sequential.predictive_power`, simulated from the seeds seen), leaves the race
-  into the declared tie: it is trained no further and never eliminated.
-  The arch the others are raced against (the anchor: the highest mean P(improvement),
-  `sequential.improvement`) stays, so a worse arch keeps a rival that can throw it out. Why this
-  cannot raise the false-elimination rate: the bound above counts every test at every planned look
-  as if all were taken; a futility exit only removes tests (those of the arch that left, and against
-  it) and never lowers a level, so the set of ways an arch can be eliminated only shrinks. Whether
-  the rule is followed or not, the guarantee is the same ("non-binding").
+- Futility (non-binding): with pw[i, j] the predictive power of "i eliminated by j" by the last look
+  (`sequential.predictive_power`, simulated from the seeds seen), an arch is needed while it may be
+  eliminated (pw[i, j] >= `futility`, gamma, for some j), or while it is one of the `CHALLENGERS`
+  strongest challengers j (largest pw[i, j], however small; equal ones to the anchor, then by
+  `improvement`) of an arch i that may be; at the first look every such challenger (either way
+  round: at 3 seeds the best arch, never likely to be eliminated, may trail a lucky one). Any other
+  arch leaves into the declared tie: trained no further, never eliminated. One rival suffices to
+  throw a worse arch out; the other tied archs that could are redundant. The arch the others are
+  raced against (the anchor: the highest mean P(improvement), `sequential.improvement`) stays. Why
+  this cannot raise the false-elimination rate: the bound above counts every test at every planned
+  look as if all were taken; a futility exit only removes tests (those of the arch that left, and
+  against it) and never lowers a level, so the set of ways an arch can be eliminated only shrinks,
+  whichever archs leave and by whatever rule: the guarantee holds whether it is followed or not.
 
 It stops when one arch is left and none left by futility ("winner"); when at most the anchor is
 still raced, or no pair still raced could be told apart even at `max_seeds` with every further seed
@@ -51,7 +54,7 @@ import numpy as np
 
 from flaxray import results
 from flaxray.analysis import diagnose, ranking, stats
-from flaxray.analysis.sequential import improvement, looks, predictive_power, spending, worse_p
+from flaxray.analysis.sequential import improvement, looks, needed, predictive_power, spending, worse_p
 from flaxray.analysis.study import analyse
 from flaxray.errors import FlaxrayError
 from flaxray.report.race import write_report
@@ -60,7 +63,8 @@ from flaxray.study import units
 from flaxray.study.study import prepare
 
 RACE_JSON = "race.json"
-FUTILITY = 0.1  # gamma (0: off). An arch whose every pairing has a lower predictive power, either way, leaves into the tie
+FUTILITY = 0.1  # gamma (0: off): an arch needed neither to be eliminated nor to eliminate leaves into the tie
+CHALLENGERS = 2  # after the first look, the strongest challengers each arch that may still be eliminated keeps
 
 
 def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planned: Sequence[int], *,
@@ -85,14 +89,17 @@ def decide(values: Mapping[str, np.ndarray], levels: Mapping[int, float], planne
     later = [m for m in planned if m > n]
     power, anchor, futile = {}, None, {}
     if later and len(names) > 1:
-        anchor = names[int(np.argmax(improvement(rest)))]
+        imp = improvement(rest)
+        anchor = names[int(np.argmax(imp))]
         if futility > 0:
             pw = predictive_power(rest, levels)  # [i, j]: P(i eliminated by j)
-            # Either way round: an arch that may still eliminate another is raced on, or the best of a
-            # catalogue (never likely to be eliminated) would leave whenever a lucky arch is the anchor.
-            pw = np.maximum(pw, pw.T)
-            power = {a: (names[int(pw[i].argmax())], float(pw[i].max())) for i, a in enumerate(names)}
-            futile = {a: bp for a, bp in power.items() if a != anchor and bp[1] < futility}
+            either = np.maximum(pw, pw.T)
+            power = {a: (names[int(either[i].argmax())], float(either[i].max())) for i, a in enumerate(names)}
+            order = sorted(range(len(names)), key=lambda i: (names[i] != anchor, -imp[i], i))  # anchor, then the best
+            keep = needed(pw, futility, order, top=None if n == planned[0] else CHALLENGERS)
+            own = pw - np.eye(len(pw))  # its own elimination: by whom most likely (never itself), how likely
+            futile = {a: (names[int(own[i].argmax())], float(pw[i].max()))
+                      for i, a in enumerate(names) if a != anchor and not keep[i]}
     raced = rest[[names.index(a) for a in names if a not in futile]]
 
     def separable(m):  # at look m, in the most extreme continuation: every new seed of a worst, of b best
@@ -141,6 +148,7 @@ def run_rounds(values_of: Callable[[str, Sequence[int]], np.ndarray], archs: Seq
             continue
         return {"rounds": rounds, "seed_epochs": spent, "fixed_seed_epochs": len(archs) * len(seeds) * epochs,
                 "max_seeds": len(seeds), "levels": {str(n): lv for n, lv in levels.items()}, "futility": futility,
+                "challengers": CHALLENGERS,
                 "decision": {"kind": kind, "survivors": [a for a in archs if a in survivors or a in left],
                              "seeds": hi, "futile": left}}
 
@@ -184,8 +192,8 @@ def evidence(race_record: dict, confidence: float = 0.95) -> dict:
     raced = [a for a in d["survivors"] if a not in d["futile"]]
     gone = "".join(f"; **{a}** left by futility at {n} seeds" for a, n in d["futile"].items())
     if gone:  # why they left, once
-        gone += (f" (no pairing of it with an arch still raced had a predictive power of {race_record['futility']:g} "
-                 f"or more to reject by {race_record['max_seeds']} seeds, either way)")
+        gone += (f" (each was unlikely to be eliminated, a predictive power below {race_record['futility']:g} by "
+                 f"{race_record['max_seeds']} seeds, and not needed to eliminate another)")
     why = (f"no arch is left to race **{raced[0]}** against at {d['seeds']} seeds per arch" if len(raced) == 1 else
            f"at {d['seeds']} seeds per arch, the most allowed, the race's test does not tell {bold(raced)} apart"
            if d["seeds"] == race_record["max_seeds"] else
