@@ -13,7 +13,7 @@ replacement, so a race that reaches N seeds sees exactly the fixed study's value
 bootstrap, N drawn with replacement: a fresh sample, on which the fixed design is replayed too).
 --identical K and --scenario T:W:D simulate instead: normal per-seed values with sd 1, T archs (all K
 with --identical) the best group, W worse by D sd; the truth is known, so every elimination of a best
-arch is false. Each replay is raced by the race's own code (`flaxray.study.race.run_rounds`), with its
+arch is false. Each replay is raced by the race's own code (`flaxray.analysis.race.run_rounds`), with its
 futility exit and without (`--futility 0`); its pick is its leader, the first by the ranking among the
 archs raced to the end (`race.finalists`). Beside it: a fixed study with only --round-seeds seeds (the
 race's first round, ranked), one seed per arch (the notes' method; exact over a study's recorded seeds)
@@ -32,7 +32,7 @@ import scipy.stats
 
 from flaxray import results
 from flaxray.analysis import ranking
-from flaxray.study import race
+from flaxray.analysis import race
 
 
 def scenario(text: str) -> tuple[int, int, float]:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from flaxray.errors import FlaxrayError
-from flaxray.study.race import FUTILITY
+from flaxray.analysis.race import FUTILITY
 from flaxray.study.study import MAX_SEEDS
 from studies import _cli, _flags
 

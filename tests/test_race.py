@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from flaxray import results
+from flaxray.analysis import race as rules
 from flaxray.analysis import sequential
 from flaxray.study import race
 from flaxray.study.study import DataSpec, Study
@@ -23,7 +24,7 @@ def simulate(draw, n_archs, races, *, max_seeds=12, round_seeds=3, alpha=0.05, s
     out = []
     for _ in range(races):
         table = {a: draw(rng, a, max_seeds) for a in range(n_archs)}
-        out.append(race.run_rounds(lambda a, block: table[a][block], range(n_archs), range(max_seeds),
+        out.append(rules.run_rounds(lambda a, block: table[a][block], range(n_archs), range(max_seeds),
                                    round_seeds=round_seeds, alpha=alpha))
     return out
 
@@ -35,7 +36,7 @@ def assert_rate_at_most(hits, n, bound, what):
 
 
 def test_the_levels_and_the_exact_test_are_the_stated_ones():
-    assert race.looks(12, 3) == [3, 6, 9, 12] and race.looks(10, 4) == [4, 8, 10]
+    assert rules.looks(12, 3) == [3, 6, 9, 12] and rules.looks(10, 4) == [4, 8, 10]
     # 14 archs, looks at 3..12, each rival's share 0.05 / 13. A Pocock-type allowance, 0.357 of it by
     # 3 seeds, cannot reach 1 / C(6, 3) = 0.05: 3 seeds reject nothing. By 6 seeds 0.62 of it = 0.00238:
     # the largest lattice point of 6 against 6 below is 2 / 924 (one inversion of 36 pairs can reject);
@@ -52,9 +53,9 @@ def test_the_levels_and_the_exact_test_are_the_stated_ones():
     assert sequential.spending(30, [2, 4], 0.05) == {}
     assert all(sequential.lattice(n)[0] == pytest.approx(1 / comb(2 * n, n)) for n in (3, 6, 9))
     # Complete separation of 6 and 6 seeds: the smallest exact p; a tie counts in the tested arch's favour.
-    assert race.worse_p(np.arange(6) + 10.0, np.arange(6.0)) == pytest.approx(1 / 924)
-    assert race.worse_p(np.ones(4), np.ones(4)) == pytest.approx(1.0)
-    assert race.worse_p([np.inf, np.inf, 1.0], [np.inf, 0.0, 0.5]) == pytest.approx(
+    assert rules.worse_p(np.arange(6) + 10.0, np.arange(6.0)) == pytest.approx(1 / 924)
+    assert rules.worse_p(np.ones(4), np.ones(4)) == pytest.approx(1.0)
+    assert rules.worse_p([np.inf, np.inf, 1.0], [np.inf, 0.0, 0.5]) == pytest.approx(
         scipy.stats.mannwhitneyu([3, 4, 2], [5, 0, 1], method="exact", alternative="greater").pvalue)
 
 
@@ -64,10 +65,10 @@ def test_which_looks_reject_known_answers():
     best = np.arange(6.0)
     one = np.array([4.5, 6, 7, 8, 9, 10])  # 4.5 < 5: one pair inverted, p = 2 / 924
     two = np.array([3.5, 6, 7, 8, 9, 10])  # 3.5 < 4 and < 5: two, p = 4 / 924
-    look = race.decide({"best": best, "one": one, "two": two}, levels, [3, 6, 9, 12], futility=0)
+    look = rules.decide({"best": best, "one": one, "two": two}, levels, [3, 6, 9, 12], futility=0)
     assert look["level"] == pytest.approx(2 / 924) and look["eliminated"] == {"one": ("best", pytest.approx(2 / 924))}
     # The same seeds at 3 of them: 3 seeds cannot reject, whatever they are.
-    look = race.decide({"best": best[:3], "one": one[:3] + 10}, levels, [3, 6, 9, 12], futility=0)
+    look = rules.decide({"best": best[:3], "one": one[:3] + 10}, levels, [3, 6, 9, 12], futility=0)
     assert look["level"] == 0.0 and look["eliminated"] == {}
 
 
@@ -93,8 +94,8 @@ def test_futility_never_raises_the_false_elimination_rate():
     union = gone = left = cheaper = 0
     for _ in range(2000):
         table = rng.normal(size=(4, 9))
-        r = race.run_rounds(lambda a, block: table[a][block], range(4), range(9), round_seeds=3, futility=0.1)
-        bound = any(race.worse_p(table[0, :n], table[b, :n]) <= lv for b in (1, 2, 3) for n, lv in levels.items())
+        r = rules.run_rounds(lambda a, block: table[a][block], range(4), range(9), round_seeds=3, futility=0.1)
+        bound = any(rules.worse_p(table[0, :n], table[b, :n]) <= lv for b in (1, 2, 3) for n, lv in levels.items())
         out = 0 not in r["decision"]["survivors"]
         assert bound or not out, "arch 0 eliminated without any of its planned tests rejecting"
         union, gone, left = union + bound, gone + out, left + bool(r["decision"]["futile"])
@@ -111,22 +112,22 @@ def test_an_arch_that_cannot_be_told_apart_leaves_into_the_tie():
     seeds = np.arange(12.0)
     values = {"best": seeds, "twin": seeds.copy(), "worse": seeds + 100}
     asked = []
-    r = race.run_rounds(lambda a, block: asked.append((a, len(block))) or values[a][block], list(values), range(12),
+    r = rules.run_rounds(lambda a, block: asked.append((a, len(block))) or values[a][block], list(values), range(12),
                         round_seeds=3, futility=0.1)
     first, second = r["rounds"][:2]
     assert first["anchor"] == "best" and first["futile"] == {} and first["power"]["twin"] == ("worse", 1.0)
     assert "worse" in second["eliminated"] and list(second["futile"]) == ["twin"] and second["power"]["twin"][1] < 0.1
     assert asked.count(("twin", 3)) == 2 and len(r["rounds"]) == 2
     assert r["decision"] == {"kind": "tie", "survivors": ["best", "twin"], "seeds": 6, "futile": {"twin": 6}}
-    np.testing.assert_equal(race.tie_values(r)["twin"], seeds[:6])
+    np.testing.assert_equal(rules.tie_values(r)["twin"], seeds[:6])
     # Without the exit (futility 0) the same race is a winner-less tie at the cap, at a higher cost.
-    r0 = race.run_rounds(lambda a, block: values[a][block], list(values), range(12), round_seeds=3, futility=0)
+    r0 = rules.run_rounds(lambda a, block: values[a][block], list(values), range(12), round_seeds=3, futility=0)
     assert r0["decision"]["futile"] == {} and r0["seed_epochs"] > r["seed_epochs"]
 
 
 def test_a_redundant_challenger_leaves_and_the_strongest_stays():
     # After the first look an arch that may still be eliminated keeps its two strongest challengers
-    # (race.CHALLENGERS), not every arch that could throw it out. a..d are near copies (a the anchor),
+    # (rules.CHALLENGERS), not every arch that could throw it out. a..d are near copies (a the anchor),
     # w is worse and may still be eliminated (power 0.64 by 12 seeds), not yet at 6. Each of a..d could
     # eliminate w (power >= 0.1: the rule "either way round" kept them all); the strongest, b and c,
     # stay with the anchor, d, as able but redundant, leaves into the tie.
@@ -134,12 +135,12 @@ def test_a_redundant_challenger_leaves_and_the_strongest_stays():
     values = {"a": base, "b": base + 0.3, "c": base + 0.6, "d": base + 0.9, "w": base + 3.0}
     levels = sequential.spending(5, [3, 6, 9, 12], 0.05)
     pw = sequential.predictive_power(np.stack(list(values.values())), levels)
-    look = race.decide(values, levels, [3, 6, 9, 12])
+    look = rules.decide(values, levels, [3, 6, 9, 12])
     assert look["anchor"] == "a" and look["eliminated"] == {} and pw[4].max() >= 0.1
     assert pw[4, 3] >= 0.1 and min(pw[4, 1:3]) > max(pw[4, 0], pw[4, 3])  # d could eliminate w; b, c most likely
     assert list(look["futile"]) == ["d"] and look["futile"]["d"][1] < 0.1 and look["power"]["d"][0] == "w"
     # At the first look every able challenger stays (3 seeds tell the least: the best may trail a lucky arch).
-    assert race.decide({a: v[:3] for a, v in values.items()}, levels, [3, 6, 9, 12])["futile"] == {}
+    assert rules.decide({a: v[:3] for a, v in values.items()}, levels, [3, 6, 9, 12])["futile"] == {}
     # The rule itself: i may be eliminated (0.5 by j = 1, 0.3 by 2, 0.2 by 3); 4 is needed by no one.
     pw = np.zeros((5, 5))
     pw[0, 1:4] = 0.5, 0.3, 0.2
@@ -160,9 +161,9 @@ def test_the_best_arch_is_raced_on_while_it_may_still_eliminate_another():
     picked = 0
     for _ in range(40):
         values = {"best": rng.normal(size=12)} | {f"w{i}": rng.normal(size=12) + 2.0 for i in range(3)}
-        r = race.run_rounds(lambda a, block: values[a][block], list(values), range(12), round_seeds=3, futility=0.1)
+        r = rules.run_rounds(lambda a, block: values[a][block], list(values), range(12), round_seeds=3, futility=0.1)
         assert "best" not in r["decision"]["futile"]
-        picked += race.leader(race.finalists(r))[0] == "best"
+        picked += rules.leader(rules.finalists(r))[0] == "best"
     assert picked >= 36  # each replay picks the best with probability ~0.99 (2 sd apart, 12 seeds): P(< 36) < 1e-4
 
 
@@ -182,14 +183,14 @@ def test_survivors_that_no_further_seed_can_separate_end_the_race_as_a_tie_early
     # cannot reach p <= 0.05 (their best is 4 / 70), so the race stops after round 1, at half the cost.
     # (The exact rule alone: futility 0; with it on, b also leaves by futility then, the same tie.)
     same = np.array([1.0, 2.0, 3.0, 4.0])
-    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0)
+    r = rules.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0)
     assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2, "futile": {}}
     assert r["seed_epochs"] * 2 == r["fixed_seed_epochs"]
-    r = race.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0.1)
+    r = rules.run_rounds(lambda a, block: same[block], ["a", "b"], range(4), round_seeds=2, futility=0.1)
     assert r["decision"] == {"kind": "tie", "survivors": ["a", "b"], "seeds": 2, "futile": {"b": 2}}
     # The seeds of each round are the next indices of a fixed study's seeds.
     asked = []
-    race.run_rounds(lambda a, block: asked.append((a, list(block))) or np.arange(len(block)) + (a == "b") * 9.0,
+    rules.run_rounds(lambda a, block: asked.append((a, list(block))) or np.arange(len(block)) + (a == "b") * 9.0,
                     ["a", "b"], range(10, 16), round_seeds=3)
     assert asked == [("a", [10, 11, 12]), ("b", [10, 11, 12]), ("a", [13, 14, 15]), ("b", [13, 14, 15])]
 
@@ -259,7 +260,7 @@ def test_the_report_says_who_left_by_futility_and_at_how_many_seeds(tmp_path):
     histories = {a: {"loss": curve - 0.05, "val_loss": curve + shift, "accuracy": 0.9 + 0 * curve,
                      "val_accuracy": 0.9 + 0 * curve, "auc": 0.9 + 0 * curve, "val_auc": 0.9 + 0 * curve}
                  for a, shift in (("best", 0.0), ("twin", 0.0), ("worse", 5.0))}
-    record = race.evidence(race.run_rounds(lambda a, block: histories[a]["val_loss"][list(block), -1], list(histories),
+    record = rules.evidence(rules.run_rounds(lambda a, block: histories[a]["val_loss"][list(block), -1], list(histories),
                                            range(12), round_seeds=3, futility=0.1))
     assert record["decision"]["futile"] == {"twin": 6} and record["decision"]["kind"] == "tie"
     record.update(environment=results.environment(), round_seeds=3, budget=None, alpha=0.05, planned_looks=[3, 6, 9, 12])

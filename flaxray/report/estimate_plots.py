@@ -217,7 +217,7 @@ def plot_settled(settled, *, title: str | None = None):
 
 
 def plot_race(rounds, *, confidence: float = 0.95, title: str | None = None):
-    """The elimination trace of a race (`flaxray.study.race`'s rounds with their `intervals`); returns its axes.
+    """The elimination trace of a race (`flaxray.analysis.race`'s rounds with their `intervals`); returns its axes.
 
     x: seeds per arch after each round; per arch (one colour, dodged) its IQM of final val loss with
     the CI as a bar, a line joining its rounds, an × on the round it was eliminated in, a ▶ on the round

@@ -84,7 +84,7 @@ def write_report(out, record: dict, analysis: Mapping, study, dataset) -> tuple[
 
     doc.heading(2, "The survivors at the end")
     values = {a: np.asarray(next(r["values"][a] for r in rounds[::-1] if a in r["values"]), float)
-              for a in d["survivors"]}  # flaxray.study.race.tie_values, which imports this module
+              for a in d["survivors"]}  # flaxray.analysis.race.tie_values (flaxray.study.race imports this module)
     doc.para(f"Every arch not eliminated, with all the seeds it got: P(the leader `{d['leader']}`, first by the ranking "
              "among the archs raced to the end, improves on each), "
              f"with its {100 * conf:g} % CI, its smallest elimination p against any arch raced with it (at the look "
