@@ -22,8 +22,10 @@ For S = 1, 2, 4, ... up to --max-seeds, one process measures, one method after a
                 it compiles it; convolutional archs skip it with a note, as does a machine without Keras
 
 Throughput excludes compilation: each method first runs one epoch (compile and run), then
---epochs timed ones; `compile_s` is the first epoch's time less a timed epoch's, summed over the
-seeds for the methods that compile once per seed (Keras builds a model per seed). The methods that
+--epochs timed ones (the methods that call `train_seeds`: a run of 1 + --epochs epochs, whose fastest
+epoch after the first, the program alone as the runner times it, counts --epochs times; a run's one-off
+costs, such as its states gathered to the host at the end, are in `run_s`, not in the rate);
+`compile_s` is the first epoch's time less a timed epoch's, summed over the seeds for the methods that compile once per seed (Keras builds a model per seed). The methods that
 call `train_seeds` also leave out the seeds' initial states, a one-off per run recorded as `init_s`
 (flaxray's own models: one jitted init; keras-vmap: a Keras build a seed on the host). Prints a table,
 writes throughput.json (rows, device, versions, config, peak figures) and throughput.png into --out.
@@ -166,17 +168,40 @@ def init_timed():
         programs.initial_states = original
 
 
+@contextlib.contextmanager
+def epochs_timed():
+    """[each chunk's fastest epoch after its first] of the `train_seeds` calls made while inside: the epoch
+    program alone, as the runner times it (and the probe predicts it), without a run's one-off costs (its
+    plan, the seeds' initial states, the states gathered to the host, the history)."""
+    from flaxray.runtime import runner
+
+    seen, original = [], runner._train_chunk
+
+    def train_chunk(*args, **kwargs):
+        chunk = original(*args, **kwargs)
+        seen.append(chunk.epoch_s)
+        return chunk
+
+    runner._train_chunk = train_chunk
+    try:
+        yield seen
+    finally:
+        runner._train_chunk = original
+
+
 def measure_strategy(config, data, seeds: int, epochs: int, strategy) -> dict:
-    """`train_seeds` itself in `strategy`: one epoch (compile and run), then `epochs` timed ones; the seeds'
-    initial states (`init_s`, of the timed run) are not in the timed seconds."""
+    """`train_seeds` itself in `strategy`: one epoch (compile and run), then a run of 1 + `epochs` epochs,
+    whose fastest epoch after its first (the program alone, as the runner times it) counts `epochs` times
+    (`run_s`: that run's wall clock, its initial states apart; `init_s`: those)."""
     from flaxray.runtime.runner import train_seeds
 
-    one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=epochs)
+    one, many = dataclasses.replace(config, epochs=1), dataclasses.replace(config, epochs=1 + epochs)
     first = timed(lambda: train_seeds(one, data, range(seeds), progress=False, strategy=strategy))
-    with init_timed() as init:
-        seconds = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy))
-    seconds -= init[0]
-    return {"seconds": seconds, "compile_s": max(0.0, first - init[0] - seconds / epochs), "init_s": init[0]}
+    with init_timed() as init, epochs_timed() as epoch_s:
+        run_s = timed(lambda: train_seeds(many, data, range(seeds), progress=False, strategy=strategy)) - init[0]
+    seconds = epochs * epoch_s[0]
+    return {"seconds": seconds, "run_s": run_s, "compile_s": max(0.0, first - init[0] - seconds / epochs),
+            "init_s": init[0]}
 
 
 def keras_counterpart(arch: str) -> tuple[str | None, str]:
@@ -339,7 +364,7 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
-                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "init_s") if k in m},
+                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "init_s", "run_s") if k in m},
                              **({"keras_arch": keras_archs[config.arch]} if method == "keras-vmap" else {}),
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,
