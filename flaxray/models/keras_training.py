@@ -63,7 +63,7 @@ def penalty(template, inputs, name: str) -> Callable | None:
     the batch and are the compile's business: refused in one line (a compiled model's step has them)."""
     regularised = [(i, v.regularizer) for i, v in enumerate(template.trainable_variables) if v.regularizer is not None]
     x = np.zeros((2, *template.input_shape[1:]), np.float32)
-    with seeded(template.name), random_state_kept():
+    with seeded(name), random_state_kept():
         *_, made = template.stateless_call(values(template.trainable_variables), values(template.non_trainable_variables),
                                            inputs(x), training=True, return_losses=True)
     if len(made) > len(regularised):
