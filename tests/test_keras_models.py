@@ -74,6 +74,21 @@ MODELS = textwrap.dedent('''
     def unregularised(input_shape=(8, 8, 3)):
         return regularised(input_shape, strength=0.0)
 
+    def cnn(input_shape=(8, 8, 3), num_classes=2):
+        inputs = keras.Input(input_shape)
+        x = layers.Conv2D(4, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255)(inputs))
+        x = layers.SeparableConv2D(3, 3, padding="same", activation="relu")(layers.BatchNormalization()(x))
+        return keras.Model(inputs, layers.Dense(1)(layers.Dropout(0.2)(layers.Flatten()(x))))
+
+    def sequential_cnn(input_shape=(8, 8, 3)):
+        return keras.Sequential([keras.Input(input_shape), layers.Conv2D(2, 3, activation="relu"),
+                                 layers.Flatten(), layers.Dense(1, activation="sigmoid")])
+
+    def branched(input_shape=(8, 8, 3)):
+        inputs = keras.Input(input_shape)
+        x = layers.Add()([layers.Conv2D(2, 3, padding="same", activation="relu")(inputs), layers.Conv2D(2, 1)(inputs)])
+        return keras.Model(inputs, layers.Dense(1)(layers.Flatten()(x)))
+
     def activity(input_shape=(8, 8, 3)):
         inputs = keras.Input(input_shape)
         return keras.Model(inputs, layers.Dense(1, activity_regularizer="l2")(layers.Flatten()(inputs)))
@@ -305,11 +320,58 @@ def test_dropout_is_shared_under_vary_without_it(user_file, arrays):
     assert all(np.array_equal(s[0], s[1]) for s in first)
 
 
-def test_the_inspection_says_what_does_not_apply_to_a_keras_model():
+def test_a_keras_chain_is_cut_into_its_layers_and_a_branched_model_is_not(user_file):
     from flaxray.inspect import compute
 
-    said = compute.method(f"{EXAMPLES}:small_cnn")
-    assert said.startswith("input-gradient saliency") and "a Keras model: no Grad-CAM" in said
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.float32) / 255
+    for name, convs in (("cnn", (1, 3)), ("sequential_cnn", (0,))):
+        model = models.model(arch(user_file, name), (8, 8, 3))
+        variables = model.host_init(3, 3)
+        pieces = model.pieces(variables)
+        assert pieces.convs == convs and len(pieces.labels) == pieces.depth
+        # the blocks, one after another, are the model's own inference-mode call (a Rescaling first included)
+        whole = np.asarray(model.call(variables, x))
+        np.testing.assert_allclose(pieces.head(pieces.blocks(x)), whole, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pieces.head(pieces.blocks(pieces.blocks(x, 0, 2), 2)), whole, rtol=1e-5, atol=1e-6)
+    assert compute.method(arch(user_file, "cnn"), (8, 8, 3)).startswith(
+        "Grad-CAM of the output at layer 3 (SeparableConv2D ")  # Keras numbers its layers' names
+    assert models.model(arch(user_file, "branched"), (8, 8, 3)).pieces is None
+    said = compute.method(arch(user_file, "branched"), (8, 8, 3))
+    assert said.startswith("input-gradient saliency") and "not a chain of layers" in said
+    assert compute.method(arch(user_file, "uncompiled"), (8, 8, 3)) == "input-gradient saliency |d output / d pixel|"
+
+
+def test_a_keras_cnn_gets_grad_cam_and_feature_maps_per_seed(user_file, arrays, tmp_path):
+    from flaxray.inspect import compute
+
+    config = TrainConfig(arch=arch(user_file, "cnn"), epochs=1, batch_size=100)
+    states, _ = runner.train_seeds(config, device_data(arrays), [0, 1], progress=False, strategy="vmap")
+    images = arrays.val.x[:5]
+    maps = compute.attribution_maps(config.arch, states.params, states.model_state, images, batch_size=2)
+    assert maps.shape == (2, 5, 8, 8) and np.isfinite(maps).all() and (maps >= 0).all()
+    one = lambda tree, k: jax.tree.map(lambda a: a[k], tree)  # noqa: E731
+    np.testing.assert_allclose(maps[1], compute.grad_cam(config.arch, one(states.params, 1),
+                                                         one(states.model_state, 1), images), rtol=1e-5, atol=1e-6)
+    # At the last conv layer (3 channels before a Dense) every channel's weight may be negative, and the
+    # map then 0 everywhere; at the first (4 channels) the seeds' maps are not 0, and differ.
+    first = [compute.grad_cam(config.arch, one(states.params, k), one(states.model_state, k), images, layer=1)
+             for k in (0, 1)]
+    assert min(float(np.max(m)) for m in first) > 0 and not np.allclose(first[0], first[1])
+    acts = compute.conv_activations(config.arch, states.params, states.model_state, images[:2])
+    assert sorted(acts) == [1, 3] and acts[1].shape == (2, 2, 8, 8, 4) and (acts[1] >= 0).all()
+    assert compute.first_filters(config.arch, states.params) is None
+
+    study = ["--arch", arch(user_file, "cnn"), arch(user_file, "branched"), "--seeds", "2", "--epochs", "1",
+             "--batch-size", "512", "--channels", "1", "--strategy", "vmap", "--no-progress"]
+    assert seed_variance.main([*study, "--out", str(tmp_path / "run")]) == 0
+    from studies import inspect as inspect_cli
+    assert inspect_cli.main([str(tmp_path / "run"), "--out", str(tmp_path / "look"), "--seeds", "2",
+                             "--no-progress"]) == 0
+    record = json.loads((tmp_path / "look" / "inspect.json").read_text())
+    methods = {name: g["method"] for name, g in record["groups"].items()}
+    assert methods[arch(user_file, "cnn")].startswith("Grad-CAM of the output at layer 3")
+    assert "not a chain of layers" in methods[arch(user_file, "branched")]
+    assert "Conv2D" in (tmp_path / "look" / "inspect.md").read_text()
 
 
 def test_fit_order_is_the_same_whatever_order_the_epochs_are_asked_in():

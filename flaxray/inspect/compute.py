@@ -17,7 +17,11 @@ With C >= 3 classes the score explained is each image's predicted class's logit 
 logit). `num_classes=None` reads the class count off a sequential model's head; pass it for a
 registered module. Registered modules (`flaxray.models.register`, e.g. resnet18) are opaque here:
 flaxray does not know their layers, so they get input-gradient saliency (through the module's own
-call) and no Grad-CAM, conv activations, first-layer filters or dense templates (empty / None).
+call) and no Grad-CAM, conv activations, first-layer filters or dense templates (empty / None). A
+Keras model that is a chain of layers (a Sequential, or a functional model without branches) is cut
+into them by its kind (`Pieces.convs`, `Pieces.labels`): its 2-D convolutions get Grad-CAM and feature
+maps, of its output (a probability, where its last layer squashes); it has no first-layer filters or
+dense templates here, and a Keras model of any other shape gets saliency.
 """
 
 from __future__ import annotations
@@ -37,22 +41,43 @@ CONV_KINDS = ("conv", "sep")
 def _model(arch: str, params, model_state, input_shape, num_classes: int | None = None) -> tuple[Pieces, Model, Variables]:
     """(the layers, the model, its variables) of one seed: `flaxray.models.model` and its `pieces`."""
     if num_classes is None:  # a sequential head's width says it: 1 logit for two classes, else C
-        width = params["head"]["kernel"].shape[-1] if "head" in params else 1
+        width = params["head"]["kernel"].shape[-1] if isinstance(params, dict) and "head" in params else 1
         num_classes = 2 if width == 1 else width
     model = models.model(arch, tuple(input_shape), num_classes=num_classes)
     variables = Variables(params, model_state)
     return (None if model.pieces is None else model.pieces(variables)), model, variables
 
 
-def conv_layers(arch: str) -> list[int]:
-    """Indices (into the model's blocks) of the conv and separable-conv layers; none for a registered module."""
+def keras_pieces(arch: str, input_shape, num_classes: int | None = None) -> Pieces | None:
+    """A Keras model's layers as its kind cuts them (with the template's own values), or None when it is
+    not a chain of layers."""
+    if input_shape is None:
+        raise FlaxrayError(f"{arch}: a Keras model's layers are known on an image shape; pass input_shape")
+    model = models.model(arch, tuple(input_shape), num_classes=num_classes or 2)
+    return None if model.pieces is None else model.pieces(model.init(None))
+
+
+def conv_layers(arch: str, input_shape=None, num_classes: int | None = None) -> list[int]:
+    """Indices (into the model's blocks) of the conv and separable-conv layers; none for a registered module.
+    A Keras model's need the image shape (H, W, C)."""
+    if models.is_keras(arch):
+        cut = keras_pieces(arch, input_shape, num_classes)
+        return list(cut.convs) if cut else []
     if is_registered(arch):
         return []
     return [i for i, layer in enumerate(parse_arch(arch)) if layer.kind in CONV_KINDS]
 
 
-def is_cnn(arch: str) -> bool:
-    return bool(conv_layers(arch))
+def is_cnn(arch: str, input_shape=None, num_classes: int | None = None) -> bool:
+    return bool(conv_layers(arch, input_shape, num_classes))
+
+
+def labels(arch: str, input_shape=None, num_classes: int | None = None) -> list[str]:
+    """Each block in words (a spec's layers, a Keras chain's classes and names); none for an opaque model."""
+    if models.is_keras(arch):
+        cut = keras_pieces(arch, input_shape, num_classes)
+        return list(cut.labels) if cut else []
+    return [] if is_registered(arch) else [str(layer) for layer in parse_arch(arch)]
 
 
 def score(logits):
@@ -88,10 +113,11 @@ def grad_cam(arch: str, params, model_state, images, layer: int | None = None, n
     """One seed's Grad-CAM (Selvaraju et al. 2017) of the logit at block `layer` (default: the last conv
     layer), upsampled bilinearly to the image: relu(sum_c w_c A_c), w_c = spatial mean of d logit / d A_c.
     (N, H, W), >= 0."""
-    if not conv_layers(arch):
+    convs = conv_layers(arch, images.shape[1:], num_classes)
+    if not convs:
         raise FlaxrayError(f"Grad-CAM needs a model with conv layers flaxray knows; {arch!r} has none "
                            "(use saliency, or attribution_maps, which picks it)")
-    layer = conv_layers(arch)[-1] if layer is None else layer
+    layer = convs[-1] if layer is None else layer
     pieces, _, _ = _model(arch, params, model_state, images.shape[1:], num_classes)
     feature_map = pieces.blocks(rescale(images), 0, layer + 1)
     # Images are independent in inference mode, so the gradient of the summed logits holds each
@@ -114,12 +140,16 @@ def saliency(arch: str, params, model_state, images, num_classes: int | None = N
     return jnp.abs(input_gradients(arch, params, model_state, images, num_classes)).max(axis=-1)
 
 
-def method(arch: str) -> str:
-    """What `attribution_maps` computes for `arch`, in words."""
-    layers = conv_layers(arch)
-    if models.is_keras(arch):  # flaxray does not cut a Keras model into its layers
-        return ("input-gradient saliency |d output / d pixel| (a Keras model: no Grad-CAM, feature maps, filters or "
-                "templates, which need its layers one by one)")
+def method(arch: str, input_shape=None, num_classes: int | None = None) -> str:
+    """What `attribution_maps` computes for `arch`, in words (a Keras model's need the image shape)."""
+    layers = conv_layers(arch, input_shape, num_classes)
+    if models.is_keras(arch):
+        if keras_pieces(arch, input_shape, num_classes) is None:
+            return ("input-gradient saliency |d output / d pixel| (a Keras model that is not a chain of layers: "
+                    "no Grad-CAM or feature maps, which need its layers one by one)")
+        if layers:
+            return f"Grad-CAM of the output at layer {layers[-1]} ({labels(arch, input_shape, num_classes)[layers[-1]]})"
+        return "input-gradient saliency |d output / d pixel|"
     if is_registered(arch):
         return ("input-gradient saliency |d logit / d pixel| (a registered module: no Grad-CAM, feature maps, "
                 "filters or templates, which need its layers one by one)")
@@ -153,14 +183,17 @@ def attribution_maps(arch: str, params, model_state, images, *, batch_size: int 
                      num_classes: int | None = None):
     """Every seed's map of every image, (seeds, N, H, W) numpy: Grad-CAM at the last conv layer for a CNN,
     input-gradient saliency for a dense network or a registered module (`method(arch)` says which)."""
-    fn = _vmapped(grad_cam if is_cnn(arch) else saliency, arch, (("num_classes", num_classes),))
+    images = np.asarray(images)
+    fn = _vmapped(grad_cam if is_cnn(arch, images.shape[1:], num_classes) else saliency, arch,
+                  (("num_classes", num_classes),))
     return _batched(fn, params, model_state, np.asarray(images), batch_size, progress, f"maps {arch}")
 
 
 def conv_activations(arch: str, params, model_state, images, *, batch_size: int = 64,
                      num_classes: int | None = None) -> dict[int, np.ndarray]:
     """{block index: (seeds, N, h, w, channels)} of every conv layer's output (after its relu)."""
-    layers = tuple(conv_layers(arch))
+    images = np.asarray(images)
+    layers = tuple(conv_layers(arch, images.shape[1:], num_classes))
     if not layers:
         return {}
     fn = _vmapped(layer_outputs, arch, (("layers", layers), ("num_classes", num_classes)))
@@ -170,7 +203,9 @@ def conv_activations(arch: str, params, model_state, images, *, batch_size: int 
 def first_filters(arch: str, params) -> np.ndarray | None:
     """The first conv layer's 3x3 kernels as they act on the image, (seeds, 3, 3, filters), summed over the
     input channels (exact for grey images, whose channels are equal); a separable layer's depthwise and
-    pointwise kernels multiplied out. None when the model has no conv layer."""
+    pointwise kernels multiplied out. None when the model has no conv layer, or is a Keras model."""
+    if models.is_keras(arch):
+        return None
     layers = conv_layers(arch)
     if not layers:
         return None
@@ -203,15 +238,15 @@ def inspect_group(trained, images, *, shown_images: int = 1, batch_size: int = 6
     `shown_images` images ({block: (seeds, shown, h, w, c)}), the first-layer filters and the dense templates.
     The class count comes from `trained.config.num_classes` or `trained.class_names` when they exist."""
     arch, images = trained.config.arch, np.asarray(images)
-    layers = () if is_registered(arch) else parse_arch(arch)
     num_classes = getattr(trained.config, "num_classes", None) or len(getattr(trained, "class_names", ()) or ()) or None
+    layers = labels(arch, images.shape[1:], num_classes)
     return {
         "arch": arch,
-        "method": method(arch),
+        "method": method(arch, images.shape[1:], num_classes),
         "seeds": list(trained.seeds),
         "maps": attribution_maps(arch, trained.params, trained.model_state, images, batch_size=batch_size,
                                  progress=progress, num_classes=num_classes),
-        "activations": {i: (str(layers[i]), a) for i, a in conv_activations(
+        "activations": {i: (layers[i], a) for i, a in conv_activations(
             arch, trained.params, trained.model_state, images[:shown_images], batch_size=batch_size,
             num_classes=num_classes).items()},
         "filters": first_filters(arch, trained.params),

@@ -90,7 +90,9 @@ def plot_feature_maps(activations, image, seeds: Sequence[int], *, title: str, n
     acts = np.asarray(activations, np.float64)
     n_seed, channels = acts.shape[0], acts.shape[-1]
     shown = min(n_channels, channels)
-    fig = Figure(figsize=(1.35 * (shown + 1) + 1.0, 1.45 * n_seed + 0.8), dpi=100, layout="constrained")
+    lines = [title, f"{shown} most active of {channels} channels per seed (relu output; each row its own scale)"]
+    width = max(1.35 * (shown + 1) + 1.0, 0.08 * max(map(len, lines)))  # few channels: room for the title
+    fig = Figure(figsize=(width, 1.45 * n_seed + 0.8), dpi=100, layout="constrained")
     axes = fig.subplots(n_seed, shown + 1, squeeze=False)
     for k in range(n_seed):
         top = np.argsort(-acts[k].mean(axis=(0, 1)))[:shown]
@@ -103,8 +105,7 @@ def plot_feature_maps(activations, image, seeds: Sequence[int], *, title: str, n
             axes[k, j + 1].set_title(f"ch {c}", fontsize=7)
             _bare(axes[k, j + 1])
         fig.colorbar(im, ax=axes[k, :], shrink=0.9, pad=0.01)
-    fig.suptitle(f"{title}\n{shown} most active of {channels} channels per seed (relu output; each row its own "
-                 "scale)", fontsize=9)
+    fig.suptitle("\n".join(lines), fontsize=9)
     return axes
 
 

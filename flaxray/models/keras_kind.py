@@ -36,7 +36,7 @@ import numpy as np
 from flaxray.errors import FlaxrayError
 from flaxray.models.keras_training import compiled as compiled_training
 from flaxray.models.keras_training import penalty, random_state_kept, seeded, values
-from flaxray.models.kind import LOGITS, PROBABILITIES, Model, Variables, num_outputs
+from flaxray.models.kind import LOGITS, PROBABILITIES, Model, Pieces, Variables, num_outputs
 
 
 def prefer_jax() -> None:
@@ -123,6 +123,36 @@ def rescales(model) -> bool:
     return bool(layers) and isinstance(layers[0], k.layers.Rescaling)
 
 
+def chain(model) -> list | None:
+    """The model's layers in order when each takes the previous one's output alone (a Sequential, or a
+    functional model without branches, shared layers or several inputs or outputs: each layer's input
+    is the one before's output, as the model's graph records it), else None. Only a chain is cut into
+    blocks for the inspection (feature maps, Grad-CAM)."""
+    k = keras()
+    layers = [layer for layer in model.layers if not isinstance(layer, k.layers.InputLayer)]
+    if isinstance(model, k.Sequential):
+        return layers
+    try:
+        inputs, outputs = model.inputs, model.outputs
+        if len(inputs) != 1 or len(outputs) != 1:
+            return None
+        x = inputs[0]
+        for layer in layers:
+            if layer.input is not x:
+                return None
+            x = layer.output
+        return layers if x is outputs[0] else None
+    except (AttributeError, ValueError, TypeError):  # a subclassed model has no graph to follow
+        return None
+
+
+def is_conv(layer) -> bool:
+    """A 2-D convolution whose output is a feature map (N, h, w, c)."""
+    k = keras()
+    return (isinstance(layer, (k.layers.Conv2D, k.layers.SeparableConv2D, k.layers.DepthwiseConv2D))
+            and getattr(layer, "data_format", "channels_last") == "channels_last")
+
+
 def _is_seed_state(variable) -> bool:
     return variable.path.endswith("seed_generator_state")
 
@@ -181,8 +211,24 @@ def _model(builder, input_shape, name, num_classes) -> Model:
                                              training=False)
         return squeeze(outputs)
 
+    layers = chain(template)
+
+    def pieces(variables) -> Pieces:  # the chain's layers called with this seed's values, inference mode
+        mapping = [*zip(template.trainable_variables, variables.params),
+                   *zip(template.non_trainable_variables, variables.state)]
+
+        def blocks(x, start=0, stop=None):
+            x = x * 255.0 if raw and start == 0 else x
+            with keras().StatelessScope(state_mapping=mapping):
+                for layer in layers[start:stop]:
+                    x = layer(x, training=False)
+            return x
+
+        return Pieces(blocks, squeeze, len(layers), convs=tuple(i for i, layer in enumerate(layers) if is_conv(layer)),
+                      labels=tuple(f"{type(layer).__name__} {layer.name}" for layer in layers))
+
     compiled = compiled_training(template, inputs, squeeze, binary) if template.compiled else None
-    return Model(init, apply, output, pieces=None, call=call, host_init=host_init, compiled=compiled,
+    return Model(init, apply, output, pieces=None if layers is None else pieces, call=call, host_init=host_init, compiled=compiled,
                  order=fit_order, rescales=raw, penalty=None if compiled else penalty(template, inputs, name))
 
 

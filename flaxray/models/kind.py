@@ -48,6 +48,10 @@ class Pieces(NamedTuple):
     blocks: Callable  # (x, start, stop) -> the output of layers [start, stop)
     head: Callable  # features -> outputs
     depth: int  # the number of layers before the head
+    # Where flaxray's arch spec does not describe the layers (a Keras model): the blocks that are 2-D
+    # convolutions, whose outputs are feature maps (N, h, w, c), and each block in words.
+    convs: tuple[int, ...] = ()
+    labels: tuple[str, ...] = ()
 
 
 class Model(NamedTuple):

@@ -18,6 +18,13 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from flaxray.report.plots import palette
 
 
+def _tick(arch: str) -> str:
+    """An arch as a tick label: a user's `DIR/FILE.py:NAME` without its folders, which would leave the axes
+    no room (the tables keep the whole name)."""
+    head, sep, name = arch.rpartition(".py:")
+    return f"{head.replace(chr(92), '/').rsplit('/', 1)[-1]}.py:{name}" if sep else arch
+
+
 def _ci_keys(stat: str) -> tuple[str, str]:
     # `stats.describe` names the mean's CI ci_low/ci_high (the table's), every other one <stat>_ci_low/high.
     return ("ci_low", "ci_high") if stat == "mean" else (f"{stat}_ci_low", f"{stat}_ci_high")
@@ -90,7 +97,7 @@ def plot_intervals(
     names = []
     for arch in archs:
         bad = max((d.get("n_nonfinite", 0) for d in summaries[arch].values()), default=0)
-        names.append(f"{arch} ({bad} diverged)" if bad else arch)
+        names.append(f"{_tick(arch)} ({bad} diverged)" if bad else _tick(arch))
     for ax in axes[::ncols]:
         ax.set_yticks(y, names, fontsize=9)
         ax.yaxis.set_tick_params(labelleft=True)
@@ -129,8 +136,8 @@ def plot_improvement_matrix(matrix: Mapping, *, confidence: float = 0.95, title:
             if clear:
                 ax.add_patch(Rectangle(
                     (j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
-    ax.set_xticks(range(k), archs, rotation=45, ha="right", fontsize=fontsize + 1)
-    ax.set_yticks(range(k), archs, fontsize=fontsize + 1)
+    ax.set_xticks(range(k), [_tick(a) for a in archs], rotation=45, ha="right", fontsize=fontsize + 1)
+    ax.set_yticks(range(k), [_tick(a) for a in archs], fontsize=fontsize + 1)
     ax.set_xlabel("column arch")
     ax.set_ylabel("row arch")
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
