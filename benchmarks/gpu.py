@@ -56,6 +56,7 @@ KERAS_VMAP_SEEDS = 16
 TINY = {"archs": ("dense:8@0.5",), "cnn": "dense:4", "max_seeds": 2, "steps": 2, "images": 64, "serial_seeds": 1,
         "methods": ("auto", "sequential", "keras-vmap")}  # auto probes vmap, map and loop itself; keras-vmap
 # (the stand-in's Keras Sequential, as a user's Keras model) where Keras is installed
+VERIFY_ROUNDS = 3  # rounds of whole epochs, the candidates taking turns, that judge auto's choice
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "keras", "tensorflow-datasets")
 
 
@@ -86,7 +87,9 @@ def throughput_part(args, common, until, out, notes) -> dict:
         folder, before = out / f"throughput-{k}", len(notes)  # arch names can be spec strings
         # keras-vmap (a compilation per S) for the pyramid only: final's share goes to its own S
         these = [m for m in methods if m != "keras-vmap" or arch in (ARCHS[0], *TINY["archs"])]
+        # auto's choice judged on whole epochs, the candidates taking turns (--verify-rounds)
         argv = ["--arch", arch, "--max-seeds", str(top), "--steps", str(steps), "--methods", ",".join(these),
+                "--verify-rounds", str(VERIFY_ROUNDS),
                 "--serial-max-seeds", str(TINY["serial_seeds"] if args.tiny else SERIAL_SEEDS),
                 "--keras-vmap-max-seeds", str(TINY["max_seeds"] if args.tiny else KERAS_VMAP_SEEDS),
                 "--out", str(folder), *common]

@@ -32,6 +32,14 @@ writes throughput.json (rows, device, versions, config, peak figures) and throug
 
 Each row also says what fraction of the device's peak FLOP/s and memory bandwidth it reached
 (`benchmarks.roofline`).
+
+`--verify-rounds R` judges auto's choice apart from the rows' noise: at each S > 1, every candidate auto
+chose from is timed at a whole epoch, in the program the study runs, the candidates taking turns epoch
+by epoch for R rounds (the probe's own machinery, made a measurement: no extrapolation from short
+calls, no early stop); auto's row keeps each candidate's fastest epoch (`whole_epoch_s`), and the table
+gives the fastest over the one auto took ("auto / best, whole epochs"). A slow spell of a shared
+machine then falls on every candidate within seconds of each other, not on whichever method's turn
+it was.
 """
 
 from __future__ import annotations
@@ -75,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-epochs", type=int, default=20, metavar="N",
                    help="auto probes as a study of N epochs of this length would (its timing budget is a tenth of "
                         "their predicted time, 10-60 s; 20: the README's study)")
+    p.add_argument("--verify-rounds", type=int, default=0, metavar="R",
+                   help="at each S > 1, time every candidate of auto's at a whole epoch, taking turns epoch by epoch "
+                        "for R rounds, and give auto's choice over the fastest (0: off)")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure each (method, S) this many times, the methods taking turns, and keep the fastest")
     p.add_argument("--steps", type=int, default=None,
@@ -141,6 +152,35 @@ def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
     study = dataclasses.replace(config, epochs=epochs)
     chosen = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)
     return chosen["strategy"], time.perf_counter() - start, chosen.get("evidence")
+
+
+@contextlib.contextmanager
+def whole_epochs_probe(rounds: int):
+    """auto's probe as a measurement while inside: each candidate timed at a whole epoch (the program the
+    study runs), exactly `rounds` rounds of turns (never stopped early by a clear ranking or a budget)."""
+    from flaxray.runtime import probe
+
+    saved = probe.lengths, probe.MIN_ROUNDS, probe.budget
+    probe.lengths, probe.MIN_ROUNDS, probe.budget = (lambda steps: (steps,)), rounds, (lambda *_: 0.0)
+    try:
+        yield
+    finally:
+        probe.lengths, probe.MIN_ROUNDS, probe.budget = saved
+
+
+def whole_epochs(config, data, seeds: int, rounds: int) -> dict:
+    """{candidate: its fastest whole epoch in seconds} for `seeds` seeds, the candidates taking turns epoch
+    by epoch for `rounds` rounds (`whole_epochs_probe`); {} for one seed (one program: nothing to choose)."""
+    import jax
+
+    from flaxray.core import settings
+    from flaxray.runtime import plan
+
+    lanes = settings.stack([settings.Settings()] * seeds)
+    with whole_epochs_probe(rounds):
+        chosen = plan.choose_strategy(config, data, lanes, "auto", seeds, jax.devices(), fresh=True)
+    timed_calls = (chosen.get("evidence") or {}).get("seconds", {})
+    return {c: min(t for ts in by.values() for t in ts) for c, by in timed_calls.items()}
 
 
 @contextlib.contextmanager
@@ -275,6 +315,8 @@ def run(args) -> Path:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := {m for m in methods if m not in (*METHODS, "loop") and not (m.isdigit() and int(m) > 0)}:
         raise FlaxrayError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)} or a group size K")
+    if args.verify_rounds < 0:
+        raise FlaxrayError(f"--verify-rounds must be >= 0, got {args.verify_rounds}")
     if min(args.max_seeds, args.epochs, args.repeats, args.probe_epochs) < 1:
         raise FlaxrayError(f"--max-seeds, --epochs, --repeats and --probe-epochs must be >= 1, got {args.max_seeds}, "
                            f"{args.epochs}, {args.repeats} and {args.probe_epochs}")
@@ -337,9 +379,18 @@ def run(args) -> Path:
             if "auto" in now_methods:  # probed once per S, then measured as the others are, taking turns
                 chosen, probe_s, evidence = probe_auto(config, data, seeds, args.probe_epochs)
                 spent["auto"] += probe_s
-                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s, evidence=evidence: {
+                whole = {}
+                if args.verify_rounds and seeds > 1:
+                    began_whole = time.monotonic()
+                    whole = whole_epochs(config, data, seeds, args.verify_rounds)
+                    spent["auto"] += time.monotonic() - began_whole
+                    print(f"{config.arch:>10} whole epochs S={seeds:<4} " + ", ".join(
+                        f"{c} {t:.3f} s" for c, t in sorted(whole.items(), key=lambda ct: ct[1])) +
+                        f" ({args.verify_rounds} rounds, taking turns); auto took {chosen}: "
+                        f"{min(whole.values()) / whole[str(chosen)]:.3f}x the fastest", flush=True)
+                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s, evidence=evidence, whole=whole: {
                     **measure_strategy(c, data, s, args.epochs, chosen), "strategy": chosen, "probe_s": probe_s,
-                    "probe": evidence}
+                    "probe": evidence, **({"whole_epoch_s": whole} if whole else {})}
             # The methods take turns at each S, best of --repeats: load from other jobs on the machine
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
@@ -364,7 +415,8 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
-                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "init_s", "run_s") if k in m},
+                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "whole_epoch_s", "init_s", "run_s")
+                                if k in m},
                              **({"keras_arch": keras_archs[config.arch]} if method == "keras-vmap" else {}),
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,
@@ -416,7 +468,8 @@ def format_table(rows: list[dict]) -> str:
     """Markdown: one row per (arch, S), a column per method (auto's with the strategy it took), and the
     speed-up of auto (else vmap, else the first of flaxray's) over each other method; past
     --serial-max-seeds, over a seed-after-seed method's rate at the largest S it was measured at (marked *,
-    with a note under the table); with keras-vmap and keras, keras-vmap's over keras's too."""
+    with a note under the table); with keras-vmap and keras, keras-vmap's over keras's too; with
+    --verify-rounds, the fastest candidate's whole epoch over the one auto took."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     rate = {(r["arch"], r["method"], r["seeds"]): r["seed_epochs_per_s"] for r in rows}
     took = {(r["arch"], r["seeds"]): r["strategy"] for r in rows if r["method"] == "auto"}
@@ -424,8 +477,9 @@ def format_table(rows: list[dict]) -> str:
     others = [m for m in methods if m != lead]
     # a user's Keras model vmapped, against Keras's fit seed after seed
     versus = ["keras"] if "keras-vmap" in methods and "keras" in methods and lead != "keras-vmap" else []
+    whole = {(r["arch"], r["seeds"]): (r["whole_epoch_s"], str(r["strategy"])) for r in rows if r.get("whole_epoch_s")}
     head = ["arch", "S", *methods] + ([f"{lead} / {m}" for m in others] if lead else []) + \
-        [f"keras-vmap / {m}" for m in versus]
+        [f"keras-vmap / {m}" for m in versus] + (["auto / best, whole epochs"] if whole else [])
     lines, marked = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], False
     for arch, seeds in dict.fromkeys((r["arch"], r["seeds"]) for r in rows):
         cells = [arch, str(seeds)] + [
@@ -440,6 +494,9 @@ def format_table(rows: list[dict]) -> str:
             cells.append(f"{rate[arch, 'keras-vmap', seeds] / r[0]:.2f}×{'*' * r[1]}"
                          if (arch, "keras-vmap", seeds) in rate and r else "–")
             marked = marked or bool(r and r[1])
+        if whole:
+            epochs, took_it = whole.get((arch, seeds), ({}, None))
+            cells.append(f"{min(epochs.values()) / epochs[took_it]:.3f}×" if took_it in epochs else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if marked:
         lines += ["", "\\* over the seed-after-seed method's seed-epochs/s at the largest S it was measured at "

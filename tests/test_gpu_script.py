@@ -31,6 +31,8 @@ def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
     a = parts["throughput"]
     assert [(r["method"], r["seeds"]) for r in a["rows"]] == [("auto", 1), ("sequential", 1), ("auto", 2)]
     assert all(r["strategy"] in ("vmap", "map", "loop") for r in a["rows"] if r["method"] == "auto")
+    judged = [r for r in a["rows"] if r["method"] == "auto" and r["seeds"] == 2][0]  # --verify-rounds
+    assert set(judged["whole_epoch_s"]) == {"vmap", "map", "loop"} and min(judged["whole_epoch_s"].values()) > 0
     assert all(positive(r["seed_epochs_per_s"]) and r["steps_per_epoch"] == 2 for r in a["rows"])
     assert a["data"] == {"train": 64, "val": 64, "test": 64}  # the prepared tiny .npz, read back by the library
 
