@@ -92,3 +92,9 @@ def test_a_units_record_carries_the_probes_evidence(tmp_path):
                        plan.Plan(4, "loop", "probed", evidence).record())
     shape = units.program_shape(tmp_path, 4)
     assert shape["strategy"] == "loop" and shape["strategy_source"] == "probed" and shape["evidence"] == evidence
+
+
+def test_a_short_epoch_is_timed_whole_and_a_long_one_predicted():
+    # From 4 and 16 steps the line to a 50-step epoch multiplies the short calls' noise ~4x: timed whole.
+    assert probe.lengths(50) == (50,) and probe.lengths(probe.WHOLE_STEPS) == (probe.WHOLE_STEPS,)
+    assert probe.lengths(probe.WHOLE_STEPS + 1) == probe.LENGTHS

@@ -4,11 +4,16 @@
     choice = probe(calls, steps=163, epochs=20)
     choice.best, choice.predicted, choice.within_noise
 
-A call of an epoch program costs a part that does not grow with its steps (the dispatch, the
-evaluation batch, the divergence check; `loop` pays them once per seed) and a part per step. Timing a
-call at two lengths separates them, t(s) = fixed + s * per_step, so the study's own epoch, `steps`
-long, is predicted rather than assumed to be a multiple of a few steps (a few steps let a per-call cost
-weigh as if it were a share of the epoch). The candidates take turns, round after round, so a slow spell
+An epoch of up to `WHOLE_STEPS` steps is timed whole, in the program the study then runs. A longer one
+is predicted: a call of an epoch program costs a part that does not grow with its steps (the dispatch,
+the evaluation batch, the divergence check; `loop` pays them once per seed) and a part per step, and
+timing a call at two lengths separates them, t(s) = fixed + s * per_step, so the study's own epoch is
+predicted rather than assumed to be a multiple of a few steps (a few steps let a per-call cost weigh as
+if it were a share of the epoch). The line multiplies the short calls' noise by about
+(steps - 4) / 12, which is why short epochs are not predicted: from 4 and 16 steps to 50, the
+predictions of three candidates were off by -6 % to +9 % against their whole epochs taking turns, more
+than the 5 % that separated them; and timing three rounds of whole epochs costs about what compiling the
+two short programs of every candidate did. The candidates take turns, round after round, so a slow spell
 of a shared machine falls on all; a length's fastest time so far counts. The rounds stop once the two
 fastest predicted epochs are apart by more than the noise (the spread of the epochs predicted from each
 round alone), or when the timing budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S`
@@ -24,6 +29,7 @@ import time
 from typing import Callable, Mapping
 
 LENGTHS = (4, 16)  # training steps per seed in the two timed calls of each candidate
+WHOLE_STEPS = 64  # an epoch up to this long is timed whole (its own program, no line to extrapolate)
 MIN_ROUNDS = 3  # rounds before the ranking may be judged clear: two give a spread of one difference, too often ~0
 MIN_BUDGET_S, MAX_BUDGET_S, BUDGET_SHARE = 10.0, 60.0, 0.1  # seconds of timing, of the predicted training
 NOISE_FLOOR = 0.02  # a relative difference below this is never told apart from noise
@@ -53,9 +59,9 @@ class Choice:
 
 
 def lengths(steps: int) -> tuple[int, ...]:
-    """The lengths to time for an epoch of `steps` steps: `LENGTHS`, or the whole epoch where it is no longer
-    than they are (nothing to predict then, and the program timed is the one the study runs)."""
-    return LENGTHS if steps > LENGTHS[-1] else (steps,)
+    """The lengths to time for an epoch of `steps` steps: the whole epoch up to `WHOLE_STEPS` (nothing to
+    predict then, and the program timed is the one the study runs), else `LENGTHS`."""
+    return (steps,) if steps <= WHOLE_STEPS else LENGTHS
 
 
 def predict(times: Mapping[int, float], steps: int) -> float:
