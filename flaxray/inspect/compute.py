@@ -148,7 +148,8 @@ def method(arch: str, input_shape=None, num_classes: int | None = None) -> str:
             return ("input-gradient saliency |d output / d pixel| (a Keras model that is not a chain of layers: "
                     "no Grad-CAM or feature maps, which need its layers one by one)")
         if layers:
-            return f"Grad-CAM of the output at layer {layers[-1]} ({labels(arch, input_shape, num_classes)[layers[-1]]})"
+            label = labels(arch, input_shape, num_classes)[layers[-1]]
+            return f"Grad-CAM of the output at layer {layers[-1]} ({label})"
         return "input-gradient saliency |d output / d pixel|"
     if is_registered(arch):
         return ("input-gradient saliency |d logit / d pixel| (a registered module: no Grad-CAM, feature maps, "

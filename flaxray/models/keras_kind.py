@@ -228,8 +228,9 @@ def _model(builder, input_shape, name, num_classes) -> Model:
                       labels=tuple(f"{type(layer).__name__} {layer.name}" for layer in layers))
 
     compiled = compiled_training(template, inputs, squeeze, binary) if template.compiled else None
-    return Model(init, apply, output, pieces=None if layers is None else pieces, call=call, host_init=host_init, compiled=compiled,
-                 order=fit_order, rescales=raw, penalty=None if compiled else penalty(template, inputs, name))
+    return Model(init, apply, output, pieces=None if layers is None else pieces, call=call, host_init=host_init,
+                 compiled=compiled, order=fit_order, rescales=raw,
+                 penalty=None if compiled else penalty(template, inputs, name))
 
 
 def describe(builder: Callable, input_shape, num_classes: int, name: str) -> dict:

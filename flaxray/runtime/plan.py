@@ -66,9 +66,13 @@ class Plan:
         own = predicted[str(self.strategy)]
         others = ", ".join(f"{k} {v / own:.2f}x" for k, v in predicted.items() if k != str(self.strategy))
         tied = [k for k in self.evidence["within_noise"] if k != str(self.strategy)]
-        why = (f"; {', '.join(tied)} within the noise ({self.evidence['noise']:.0%}) of the fastest, and "
+        tie = (f"{self.evidence['tie']:.0%} of the fastest (the noise, at most {probe.TIE_CAP:.0%})"
+               if "tie" in self.evidence else f"the noise ({self.evidence['noise']:.0%}) of the fastest")  # an older record
+        why = (f"; {', '.join(tied)} within {tie}, and "
                f"{strategies.name(self.strategy)} the simplest" if tied else "")
-        return line + f": an epoch predicted at {own:.3g} s, the others at {others} that{why})"
+        seconds = self.evidence.get("seconds")  # one length per candidate: the whole epoch (`probe.lengths`)
+        how = "timed whole" if seconds and all(len(by) == 1 for by in seconds.values()) else "predicted"
+        return line + f": an epoch {how} at {own:.3g} s, the others at {others} that{why})"
 
 
 def recorded(checkpoint_dir, n_lanes: int) -> Plan | None:
