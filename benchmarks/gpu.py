@@ -13,7 +13,8 @@ the wheels travel so: gpu_setup's docstring).
  a. (a quarter of the budget) `benchmarks.throughput` for pyramid and final, S = 1, 2, 4, ... 64, --steps
     24, every method of its METHODS (keras and keras-vmap only where Keras is installed; keras-vmap, the
     Keras pyramid of examples/keras_xray.py vmapped, for pyramid only and at S <= 16; the seed-after-seed
-    ones at S <= 2); an S predicted not to fit is not started.
+    ones at S <= 2), auto's choice judged on whole epochs taking turns (--verify-rounds); an S predicted
+    not to fit is not started.
  b. (up to 0.45, leaving c and d 0.3) the largest `final` study that fits 3 minutes: seeds x epochs from
     a's seed-epochs/s at its largest S, for ~150 s of training; `studies.seed_variance`, default
     checkpoints (their cost as the runner records it).

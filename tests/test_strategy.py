@@ -72,7 +72,7 @@ def test_auto_probes_says_why_records_and_remembers(data, tmp_path, capsys, monk
     assert str(chosen) in evidence["within_noise"]  # the simplest of those the noise cannot tell from the fastest
     assert evidence["predicted_epoch_s"][str(chosen)] <= fastest * (1 + evidence["noise"])
     assert evidence["measured_epoch_s"] > 0  # the chosen program's own epoch, beside its prediction
-    assert "probed" in line and "3 seeds per device" in line and "predicted" in line
+    assert "probed" in line and "3 seeds per device" in line and "an epoch timed whole at" in line  # <= 64 steps
     cache = json.loads((tmp_path / "cache" / "strategies.json").read_text())
     assert [v["strategy"] for v in cache.values()] == [chosen]
     # Here again: the remembered choice, no probe (unless its measured epoch contradicted it: tests/test_probe.py).

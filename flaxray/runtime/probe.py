@@ -12,8 +12,9 @@ predicted rather than assumed to be a multiple of a few steps (a few steps let a
 if it were a share of the epoch). The line multiplies the short calls' noise by about
 (steps - 4) / 12, which is why short epochs are not predicted: from 4 and 16 steps to 50, the
 predictions of three candidates were off by -6 % to +9 % against their whole epochs taking turns, more
-than the 5 % that separated them; and timing three rounds of whole epochs costs about what compiling the
-two short programs of every candidate did. The candidates take turns, round after round, so a slow spell
+than the 5 % that separated them. Three rounds of whole epochs cost no more in all than compiling every
+candidate's two short programs and timing them did (benchmarks/RESULTS.md, issue 31), though with many
+seeds their timing alone can pass `MAX_BUDGET_S`, since at least `MIN_ROUNDS` are taken. The candidates take turns, round after round, so a slow spell
 of a shared machine falls on all; a length's fastest time so far counts. The rounds stop once the two
 fastest predicted epochs are apart by more than the noise (the spread of the epochs predicted from each
 round alone), or when the timing budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S`
