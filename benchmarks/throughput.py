@@ -25,7 +25,8 @@ Throughput excludes compilation: each method first runs one epoch (compile and r
 --epochs timed ones (the methods that call `train_seeds`: a run of 1 + --epochs epochs, whose fastest
 epoch after the first, the program alone as the runner times it, counts --epochs times; a run's one-off
 costs, such as its states gathered to the host at the end, are in `run_s`, not in the rate);
-`compile_s` is the first epoch's time less a timed epoch's, summed over the seeds for the methods that compile once per seed (Keras builds a model per seed). The methods that
+`compile_s` is the first epoch's time less a timed epoch's, summed over the seeds for the methods that
+compile once per seed (Keras builds a model per seed). The methods that
 call `train_seeds` also leave out the seeds' initial states, a one-off per run recorded as `init_s`
 (flaxray's own models: one jitted init; keras-vmap: a Keras build a seed on the host). Prints a table,
 writes throughput.json (rows, device, versions, config, peak figures) and throughput.png into --out.

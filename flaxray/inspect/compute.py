@@ -142,15 +142,15 @@ def saliency(arch: str, params, model_state, images, num_classes: int | None = N
 
 def method(arch: str, input_shape=None, num_classes: int | None = None) -> str:
     """What `attribution_maps` computes for `arch`, in words (a Keras model's need the image shape)."""
-    layers = conv_layers(arch, input_shape, num_classes)
     if models.is_keras(arch):
-        if keras_pieces(arch, input_shape, num_classes) is None:
+        cut = keras_pieces(arch, input_shape, num_classes)
+        if cut is None:
             return ("input-gradient saliency |d output / d pixel| (a Keras model that is not a chain of layers: "
                     "no Grad-CAM or feature maps, which need its layers one by one)")
-        if layers:
-            label = labels(arch, input_shape, num_classes)[layers[-1]]
-            return f"Grad-CAM of the output at layer {layers[-1]} ({label})"
+        if cut.convs:
+            return f"Grad-CAM of the output at layer {cut.convs[-1]} ({cut.labels[cut.convs[-1]]})"
         return "input-gradient saliency |d output / d pixel|"
+    layers = conv_layers(arch)
     if is_registered(arch):
         return ("input-gradient saliency |d logit / d pixel| (a registered module: no Grad-CAM, feature maps, "
                 "filters or templates, which need its layers one by one)")

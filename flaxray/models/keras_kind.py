@@ -116,11 +116,15 @@ def _output(model) -> str:
     return PROBABILITIES if getattr(last, "activation", None) in squash or isinstance(last, k.layers.Softmax) else LOGITS
 
 
+def _layers(model) -> list:
+    """The model's layers, its `InputLayer` left out."""
+    return [layer for layer in model.layers if not isinstance(layer, keras().layers.InputLayer)]
+
+
 def rescales(model) -> bool:
     """Whether the model's first layer is a Rescaling (it then takes the raw 0-255 pixels)."""
-    k = keras()
-    layers = [layer for layer in model.layers if not isinstance(layer, k.layers.InputLayer)]
-    return bool(layers) and isinstance(layers[0], k.layers.Rescaling)
+    layers = _layers(model)
+    return bool(layers) and isinstance(layers[0], keras().layers.Rescaling)
 
 
 def chain(model) -> list | None:
@@ -128,9 +132,8 @@ def chain(model) -> list | None:
     functional model without branches, shared layers or several inputs or outputs: each layer's input
     is the one before's output, as the model's graph records it), else None. Only a chain is cut into
     blocks for the inspection (feature maps, Grad-CAM)."""
-    k = keras()
-    layers = [layer for layer in model.layers if not isinstance(layer, k.layers.InputLayer)]
-    if isinstance(model, k.Sequential):
+    layers = _layers(model)
+    if isinstance(model, keras().Sequential):
         return layers
     try:
         inputs, outputs = model.inputs, model.outputs

@@ -7,6 +7,7 @@ intervals of a summary, P(improvement), profiles, throughput against seeds, a ra
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import PurePath
 
 import numpy as np
 from matplotlib import colormaps
@@ -20,9 +21,10 @@ from flaxray.report.plots import palette
 
 def _tick(arch: str) -> str:
     """An arch as a tick label: a user's `DIR/FILE.py:NAME` without its folders, which would leave the axes
-    no room (the tables keep the whole name)."""
+    no room (the tables keep the whole name). Matched as text, as `flaxray.models.user.ROUTE` would: the
+    report reads results and imports no model code."""
     head, sep, name = arch.rpartition(".py:")
-    return f"{head.replace(chr(92), '/').rsplit('/', 1)[-1]}.py:{name}" if sep else arch
+    return f"{PurePath(head).name}.py:{name}" if sep else arch
 
 
 def _ci_keys(stat: str) -> tuple[str, str]:

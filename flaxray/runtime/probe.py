@@ -14,8 +14,9 @@ if it were a share of the epoch). The line multiplies the short calls' noise by 
 predictions of three candidates were off by -6 % to +9 % against their whole epochs taking turns, more
 than the 5 % that separated them. Three rounds of whole epochs cost no more in all than compiling every
 candidate's two short programs and timing them did (benchmarks/RESULTS.md, issue 31), though with many
-seeds their timing alone can pass `MAX_BUDGET_S`, since at least `MIN_ROUNDS` are taken. The candidates take turns, round after round, so a slow spell
-of a shared machine falls on all; a length's fastest time so far counts. The rounds stop once the two
+seeds their timing alone can pass `MAX_BUDGET_S`, since at least `MIN_ROUNDS` are taken.
+
+The candidates take turns, round after round, so a slow spell of a shared machine falls on all; a length's fastest time so far counts. The rounds stop once the two
 fastest predicted epochs are apart by more than the noise (the spread of the epochs predicted from each
 round alone), or when the timing budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S`
 and at most `MAX_BUDGET_S` (compilation not counted). Of the candidates whose epoch is within the noise
@@ -40,6 +41,12 @@ NOISE_FLOOR = 0.02  # a relative difference below this is never told apart from 
 TIE_CAP = 0.03  # a simpler candidate is preferred when at most this much slower, whatever the noise
 
 
+def tie(noise: float) -> float:
+    """How much slower than the fastest a simpler candidate may be and still be chosen: the noise, at most
+    `TIE_CAP`."""
+    return min(noise, TIE_CAP)
+
+
 def simplicity(strategy) -> tuple:
     """The order ties are broken in: the loop over seeds (what a user writes), vmap, map, then groups."""
     return {"loop": (0,), "vmap": (1,), "map": (2,)}.get(strategy, (3, strategy))
@@ -57,7 +64,7 @@ class Choice:
 
     def record(self) -> dict:
         return {"predicted_epoch_s": {str(k): round(v, 6) for k, v in self.predicted.items()},
-                "noise": round(self.noise, 4), "tie": round(min(self.noise, TIE_CAP), 4),
+                "noise": round(self.noise, 4), "tie": round(tie(self.noise), 4),
                 "within_noise": [str(c) for c in self.within_noise],
                 "rounds": self.rounds, "timing_s": round(self.timing_s, 3),
                 "seconds": {str(c): {str(n): [round(t, 5) for t in ts] for n, ts in by.items()}
@@ -124,6 +131,6 @@ def probe(calls: Mapping, *, steps: int, epochs: int, block: Callable = lambda x
         clear = len(ranked) < 2 or predicted[ranked[1]] > fastest * (1 + spread)
         if rounds >= MIN_ROUNDS and (clear or spent >= budget(fastest, epochs)) or rounds >= max_rounds:
             break
-    within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + min(spread, TIE_CAP))), key=simplicity)
+    within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + tie(spread))), key=simplicity)
     seconds = {c: {n: samples[c, n] for n in by_length} for c, by_length in calls.items()}
     return Choice(within[0], predicted, spread, within, rounds, spent, seconds)
