@@ -69,10 +69,11 @@ class Plan:
         tie = (f"{self.evidence['tie']:.0%} of the fastest (the noise, at most {probe.TIE_CAP:.0%})"
                if "tie" in self.evidence else f"the noise ({self.evidence['noise']:.0%}) of the fastest")  # an older record
         why = (f"; {', '.join(tied)} within {tie}, and "
-               f"{strategies.name(self.strategy)} the simplest" if tied else "")
-        seconds = self.evidence.get("seconds")  # one length per candidate: the whole epoch (`probe.lengths`)
-        how = "timed whole" if seconds and all(len(by) == 1 for by in seconds.values()) else "predicted"
-        return line + f": an epoch {how} at {own:.3g} s, the others at {others} that{why})"
+               f"{strategies.name(self.strategy)} preferred" if tied else "")
+        lengths = sorted({int(n) for by in (self.evidence.get("seconds") or {}).values() for n in by})
+        calls = f" from calls of {' and '.join(map(str, lengths))} steps" if lengths else ""  # an older record: none
+        how = f"timed whole at {own:.3g} s" if len(lengths) == 1 else f"predicted at {own:.3g} s{calls}"
+        return line + f": an epoch {how}, the others at {others} that{why})"
 
 
 def recorded(checkpoint_dir, n_lanes: int) -> Plan | None:
@@ -140,7 +141,8 @@ def probe_key(config: TrainConfig, data, fields, per_device: int, devices) -> st
     return json.dumps({**record, "settings": list(fields), "input": list(data.x_train.shape[1:]),
                        "per_device": per_device, "devices": len(devices), "device_kind": devices[0].device_kind,
                        "backend": jax.default_backend(), "cpu": results.cpu_model(), "jax": jax.__version__,
-                       "xla_flags": os.environ.get("XLA_FLAGS", ""), "layers": conv.form()}, sort_keys=True)
+                       "xla_flags": os.environ.get("XLA_FLAGS", ""), "layers": conv.form(),
+                       "rule": probe.RULE}, sort_keys=True)
 
 
 def probe_data(config: TrainConfig, data: DeviceData, steps: int) -> DeviceData:

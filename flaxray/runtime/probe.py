@@ -20,10 +20,14 @@ The candidates take turns, round after round, so a slow spell of a shared machin
 fastest predicted epochs are apart by more than the noise (the spread of the epochs predicted from each
 round alone), or when the timing budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S`
 and at most `MAX_BUDGET_S` (compilation not counted). Of the candidates whose epoch is within the noise
-of the fastest, but never more than `TIE_CAP` slower, the simplest is chosen: the plain loop over seeds,
-then vmap, map, groups. The cap bounds what preferring the simpler may cost: the noise is a single
-round's spread, while the epochs compared are the fastest of every round, and with a noise of 8-20 % on
-a shared machine the loop, 7-9 % slower than the fastest on whole epochs, was taken as tied.
+of the fastest, but never more than `TIE_CAP` slower, the first in `preference` is chosen: vmap, map,
+groups, and the plain loop over seeds last. The cap bounds what a preference may cost: the noise is a
+single round's spread, while the epochs compared are the fastest of every round, and with a noise of
+8-20 % on a shared machine the loop, 7-9 % slower than the fastest on whole epochs, was taken as tied.
+The loop is last because the probe flatters it: on 2 EPYC cores, each of the 10 choices that whole
+epochs taking turns found more than 5 % slower than the fastest (three benchmark runs, epochs of 50
+and 130 steps, every probe design tried) was the loop, and at 130 steps its predicted epoch came out
+~3 % faster, relative to the others', than its whole epoch ran (benchmarks/RESULTS.md, issue 31).
 """
 
 from __future__ import annotations
@@ -38,18 +42,20 @@ WHOLE_STEPS = 64  # an epoch up to this long is timed whole (its own program, no
 MIN_ROUNDS = 3  # rounds before the ranking may be judged clear: two give a spread of one difference, too often ~0
 MIN_BUDGET_S, MAX_BUDGET_S, BUDGET_SHARE = 10.0, 60.0, 0.1  # seconds of timing, of the predicted training
 NOISE_FLOOR = 0.02  # a relative difference below this is never told apart from noise
-TIE_CAP = 0.03  # a simpler candidate is preferred when at most this much slower, whatever the noise
+RULE = 2  # in the cache's key: a choice made by an earlier rule (before the loop was last) is probed again
+TIE_CAP = 0.03  # a preferred candidate is taken when at most this much slower, whatever the noise
 
 
 def tie(noise: float) -> float:
-    """How much slower than the fastest a simpler candidate may be and still be chosen: the noise, at most
+    """How much slower than the fastest a preferred candidate may be and still be chosen: the noise, at most
     `TIE_CAP`."""
     return min(noise, TIE_CAP)
 
 
-def simplicity(strategy) -> tuple:
-    """The order ties are broken in: the loop over seeds (what a user writes), vmap, map, then groups."""
-    return {"loop": (0,), "vmap": (1,), "map": (2,)}.get(strategy, (3, strategy))
+def preference(strategy) -> tuple:
+    """The order ties are broken in: vmap (one program, every seed batched), map, groups, then the loop over
+    seeds (a host call per seed, one device only), which the probe flatters (the module's docstring)."""
+    return {"vmap": (0,), "map": (1,), "loop": (3,)}.get(strategy, (2, strategy))
 
 
 @dataclasses.dataclass
@@ -57,7 +63,7 @@ class Choice:
     best: str | int  # the strategy chosen
     predicted: dict  # {strategy: predicted seconds of one epoch}
     noise: float  # relative spread of repeated timings
-    within_noise: list  # the candidates within the noise of the fastest (at most TIE_CAP), simplest first
+    within_noise: list  # the candidates within the noise of the fastest (at most TIE_CAP), preferred first
     rounds: int
     timing_s: float  # the seconds spent timing, compilation apart
     seconds: dict = dataclasses.field(default_factory=dict)  # {strategy: {length: [each round's call]}}
@@ -94,7 +100,7 @@ def noise(rounds: Mapping[str, list]) -> float:
     timing noise as it reaches a prediction (an extrapolation from short calls amplifies it): the median
     over candidates of (median - smallest) / smallest, at least `NOISE_FLOOR`. A round's prediction is
     noisier than the one from every round's fastest calls, so this errs towards calling candidates tied,
-    and a tie goes to the simpler one."""
+    and a tie goes to the preferred one."""
     spreads = sorted((statistics.median(p) - min(p)) / min(p) for p in rounds.values() if len(p) > 1 and min(p) > 0)
     return max(NOISE_FLOOR, statistics.median(spreads) if spreads else NOISE_FLOOR)
 
@@ -131,6 +137,6 @@ def probe(calls: Mapping, *, steps: int, epochs: int, block: Callable = lambda x
         clear = len(ranked) < 2 or predicted[ranked[1]] > fastest * (1 + spread)
         if rounds >= MIN_ROUNDS and (clear or spent >= budget(fastest, epochs)) or rounds >= max_rounds:
             break
-    within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + tie(spread))), key=simplicity)
+    within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + tie(spread))), key=preference)
     seconds = {c: {n: samples[c, n] for n in by_length} for c, by_length in calls.items()}
     return Choice(within[0], predicted, spread, within, rounds, spent, seconds)
