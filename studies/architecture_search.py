@@ -57,7 +57,9 @@ def parser() -> argparse.ArgumentParser:
     race.add_argument("--max-seeds", type=int, default=12, metavar="N",
                       help="with --race: the most seeds an arch gets; the fixed design the race is measured "
                       "against trains every arch with N")
-    race.add_argument("--round-seeds", type=int, default=3, metavar="R", help="with --race: seeds per arch per round")
+    race.add_argument("--round-seeds", type=int, default=3, metavar="R",
+                      help="with --race: seeds per arch per round; an arch leaves only at a round's end, so 2 "
+                      "spends fewer seed-epochs, what a CPU pays (on a GPU a round of 2 costs about what 3 do)")
     race.add_argument("--budget", type=float, default=None, metavar="SEED_EPOCHS",
                       help="with --race: stop before a round that would take the seed-epochs trained past this "
                       "(none: the fixed design's, archs x N x --epochs; default: %(default)s)")
