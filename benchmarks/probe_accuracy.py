@@ -55,8 +55,6 @@ def parse_design(text: str):
 @contextlib.contextmanager
 def design_lengths(design):
     """The probe timing `design`'s lengths whatever the epoch's length."""
-    from flaxray.runtime import probe
-
     saved = probe.lengths
     probe.lengths = (lambda steps: (steps,)) if design == "whole" else (lambda steps: design)
     try:
@@ -111,13 +109,11 @@ RULES = {"loop first (before)": (min, loop_first, True), "loop last (now)": (min
 def rechoose(evidence: dict, steps: int, rule) -> str:
     """The candidate a recorded probe's timed calls give under `rule` (a statistic of the rounds, a tie
     order, whether the tie applies)."""
-    stat, order, tied = rule
+    stat, order, use_tie = rule
     predicted = {c: probe.predict({int(n): stat(ts) for n, ts in by.items()}, steps)
                  for c, by in evidence["seconds"].items()}
-    fastest = min(predicted.values())
-    tie = probe.tie(evidence["noise"]) if tied else 0.0
     key = lambda c: order(int(c) if c.isdigit() else c)  # noqa: E731 - a group size is recorded as text
-    return min((c for c in predicted if predicted[c] <= fastest * (1 + tie)), key=key)
+    return probe.tied(predicted, probe.tie(evidence["noise"]) if use_tie else 0.0, key)[0]
 
 
 def rechoose_all(path) -> None:

@@ -58,6 +58,13 @@ def preference(strategy) -> tuple:
     return {"vmap": (0,), "map": (1,), "loop": (3,)}.get(strategy, (2, strategy))
 
 
+def tied(predicted: Mapping, within: float, order: Callable = preference) -> list:
+    """The candidates whose predicted epoch is at most `within` (relative) above the fastest, in `order`:
+    the first is the one chosen."""
+    fastest = min(predicted.values())
+    return sorted((c for c in predicted if predicted[c] <= fastest * (1 + within)), key=order)
+
+
 @dataclasses.dataclass
 class Choice:
     best: str | int  # the strategy chosen
@@ -137,6 +144,6 @@ def probe(calls: Mapping, *, steps: int, epochs: int, block: Callable = lambda x
         clear = len(ranked) < 2 or predicted[ranked[1]] > fastest * (1 + spread)
         if rounds >= MIN_ROUNDS and (clear or spent >= budget(fastest, epochs)) or rounds >= max_rounds:
             break
-    within = sorted((c for c in predicted if predicted[c] <= fastest * (1 + tie(spread))), key=preference)
+    within = tied(predicted, tie(spread))
     seconds = {c: {n: samples[c, n] for n in by_length} for c, by_length in calls.items()}
     return Choice(within[0], predicted, spread, within, rounds, spent, seconds)
