@@ -26,11 +26,11 @@ last (`probe.preference`, now), the median round instead of the fastest, no tie 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 from benchmarks.throughput import training_data
 from benchmarks.timing import whole_epochs
@@ -52,15 +52,10 @@ def parse_design(text: str):
     return short, long
 
 
-@contextlib.contextmanager
 def design_lengths(design):
     """The probe timing `design`'s lengths whatever the epoch's length."""
-    saved = probe.lengths
-    probe.lengths = (lambda steps: (steps,)) if design == "whole" else (lambda steps: design)
-    try:
-        yield
-    finally:
-        probe.lengths = saved
+    lengths = (lambda steps: (steps,)) if design == "whole" else (lambda steps: design)
+    return mock.patch.object(probe, "lengths", lengths)
 
 
 def trial(config, data, seeds: int, designs, epochs: int, rounds: int) -> dict:
@@ -126,7 +121,8 @@ def rechoose_all(path) -> None:
     for name, rule in RULES.items():
         got = [min(t["whole_epoch_s"].values()) / t["whole_epoch_s"][rechoose(d["evidence"], steps, rule)]
                for s in report["by_seeds"].values() for t in s["trials"] for d in t["designs"].values()]
-        print(f"| {name} | {sum(g >= 0.95 for g in got)} of {len(got)} | {statistics.fmean(got):.3f} | {min(got):.3f} |")
+        print(f"| {name} | {sum(g >= 0.95 for g in got)} of {len(got)} | {statistics.fmean(got):.3f} "
+              f"| {min(got):.3f} |")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from unittest import mock
 
 
 def timed(f) -> float:
@@ -34,18 +35,12 @@ def probe_auto(config, data, seeds: int, epochs: int) -> tuple:
     return chosen["strategy"], time.perf_counter() - start, chosen.get("evidence")
 
 
-@contextlib.contextmanager
 def whole_epochs_probe(rounds: int):
     """auto's probe as a measurement while inside: each candidate timed at a whole epoch (the program the
     study runs), exactly `rounds` rounds of turns (never stopped early by a clear ranking or a budget)."""
     from flaxray.runtime import probe
 
-    saved = probe.lengths, probe.MIN_ROUNDS, probe.budget
-    probe.lengths, probe.MIN_ROUNDS, probe.budget = (lambda steps: (steps,)), rounds, (lambda *_: 0.0)
-    try:
-        yield
-    finally:
-        probe.lengths, probe.MIN_ROUNDS, probe.budget = saved
+    return mock.patch.multiple(probe, lengths=lambda steps: (steps,), MIN_ROUNDS=rounds, budget=lambda *_: 0.0)
 
 
 def whole_epochs(config, data, seeds: int, rounds: int) -> dict:

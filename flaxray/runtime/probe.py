@@ -16,10 +16,11 @@ than the 5 % that separated them. Three rounds of whole epochs cost no more in a
 candidate's two short programs and timing them did (benchmarks/RESULTS.md, issue 31), though with many
 seeds their timing alone can pass `MAX_BUDGET_S`, since at least `MIN_ROUNDS` are taken.
 
-The candidates take turns, round after round, so a slow spell of a shared machine falls on all; a length's fastest time so far counts. The rounds stop once the two
-fastest predicted epochs are apart by more than the noise (the spread of the epochs predicted from each
-round alone), or when the timing budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S`
-and at most `MAX_BUDGET_S` (compilation not counted). Of the candidates whose epoch is within the noise
+The candidates take turns, round after round, so a slow spell of a shared machine falls on all; a
+length's fastest time so far counts. The rounds stop once the two fastest predicted epochs are apart
+by more than the noise (the spread of the epochs predicted from each round alone), or when the timing
+budget is spent: a tenth of the study's predicted training, at least `MIN_BUDGET_S` and at most
+`MAX_BUDGET_S` (compilation not counted). Of the candidates whose epoch is within the noise
 of the fastest, but never more than `TIE_CAP` slower, the first in `preference` is chosen: vmap, map,
 groups, and the plain loop over seeds last. The cap bounds what a preference may cost: the noise is a
 single round's spread, while the epochs compared are the fastest of every round, and with a noise of
