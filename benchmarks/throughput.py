@@ -37,10 +37,12 @@ Each row also says what fraction of the device's peak FLOP/s and memory bandwidt
 `--verify-rounds R` judges auto's choice apart from the rows' noise: at each S > 1, every candidate auto
 chose from is timed at a whole epoch, in the program the study runs, the candidates taking turns epoch
 by epoch for R rounds (the probe's own machinery, made a measurement: no extrapolation from short
-calls, no early stop); auto's row keeps each candidate's fastest epoch (`whole_epoch_s`), and the table
-gives the fastest over the one auto took ("auto / best, whole epochs"). A slow spell of a shared
-machine then falls on every candidate within seconds of each other, not on whichever method's turn
-it was.
+calls, no early stop); auto's row keeps each candidate's epochs (`whole_epoch_rounds`) and fastest
+epoch (`whole_epoch_s`), and the table gives the fastest over the one auto took ("auto / best, whole
+epochs") and, round by round, the smallest over candidates of the median of their epoch over auto's
+("auto / best, round by round", `timing.paired_share`). A slow spell of a shared machine then falls on
+every candidate within seconds of each other, not on whichever method's turn it was; the round-by-round
+ratio also cancels a drift across minutes that the fastest epochs, each from its own round, keep.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from types import SimpleNamespace
 
 from benchmarks import roofline
 from benchmarks.keras_baseline import keras_model, keras_status, measure_keras
-from benchmarks.timing import measure_sequential, measure_strategy, probe_auto, whole_epochs
+from benchmarks.timing import measure_sequential, measure_strategy, paired_share, probe_auto, whole_epoch_rounds
 from flaxray.errors import FlaxrayError
 from studies import _cli, _flags
 
@@ -245,18 +247,21 @@ def run(args) -> Path:
             if "auto" in now_methods:  # probed once per S, then measured as the others are, taking turns
                 chosen, probe_s, evidence = probe_auto(config, data, seeds, args.probe_epochs)
                 spent["auto"] += probe_s
-                whole = {}
+                whole, per_round = {}, {}
                 if args.verify_rounds and seeds > 1:
                     began_whole = time.monotonic()
-                    whole = whole_epochs(config, data, seeds, args.verify_rounds)
+                    per_round = whole_epoch_rounds(config, data, seeds, args.verify_rounds)
+                    whole = {c: min(ts) for c, ts in per_round.items()}
                     spent["auto"] += time.monotonic() - began_whole
                     print(f"{config.arch:>10} whole epochs S={seeds:<4} " + ", ".join(
                         f"{c} {t:.3f} s" for c, t in sorted(whole.items(), key=lambda ct: ct[1])) +
                         f" ({args.verify_rounds} rounds, taking turns); auto took {chosen}: "
-                        f"{min(whole.values()) / whole[str(chosen)]:.3f}x the fastest", flush=True)
-                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s, evidence=evidence, whole=whole: {
+                        f"{min(whole.values()) / whole[str(chosen)]:.3f}x the fastest, "
+                        f"{paired_share(per_round, str(chosen)):.3f}x round by round", flush=True)
+                measure["auto"] = lambda c, s, chosen=chosen, probe_s=probe_s, evidence=evidence, whole=whole, \
+                    per_round=per_round: {
                     **measure_strategy(c, data, s, args.epochs, chosen), "strategy": chosen, "probe_s": probe_s,
-                    "probe": evidence, **({"whole_epoch_s": whole} if whole else {})}
+                    "probe": evidence, **({"whole_epoch_s": whole, "whole_epoch_rounds": per_round} if whole else {})}
             # The methods take turns at each S, best of --repeats: load from other jobs on the machine
             # then slows all of them alike instead of whichever happened to run during it.
             best = {}
@@ -281,8 +286,8 @@ def run(args) -> Path:
                 m = best[method]
                 rate = seeds * args.epochs / m["seconds"]
                 rows.append({"arch": config.arch, "method": method, "seeds": seeds, "seed_epochs_per_s": rate,
-                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "whole_epoch_s", "init_s", "run_s")
-                                if k in m},
+                             **{k: m[k] for k in ("strategy", "probe_s", "probe", "whole_epoch_s", "whole_epoch_rounds",
+                                                  "init_s", "run_s") if k in m},
                              **({"keras_arch": keras_archs[config.arch]} if method == "keras-vmap" else {}),
                              "compile_s": m["compile_s"], "seconds": m["seconds"], "epochs": args.epochs,
                              "steps_per_epoch": steps,
@@ -335,7 +340,7 @@ def format_table(rows: list[dict]) -> str:
     speed-up of auto (else vmap, else the first of flaxray's) over each other method; past
     --serial-max-seeds, over a seed-after-seed method's rate at the largest S it was measured at (marked *,
     with a note under the table); with keras-vmap and keras, keras-vmap's over keras's too; with
-    --verify-rounds, the fastest candidate's whole epoch over the one auto took."""
+    --verify-rounds, the fastest candidate's whole epoch over the one auto took, and the same round by round."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     rate = {(r["arch"], r["method"], r["seeds"]): r["seed_epochs_per_s"] for r in rows}
     took = {(r["arch"], r["seeds"]): r["strategy"] for r in rows if r["method"] == "auto"}
@@ -344,8 +349,11 @@ def format_table(rows: list[dict]) -> str:
     # a user's Keras model vmapped, against Keras's fit seed after seed
     versus = ["keras"] if "keras-vmap" in methods and "keras" in methods and lead != "keras-vmap" else []
     whole = {(r["arch"], r["seeds"]): (r["whole_epoch_s"], str(r["strategy"])) for r in rows if r.get("whole_epoch_s")}
+    paired = {(r["arch"], r["seeds"]): paired_share(r["whole_epoch_rounds"], str(r["strategy"]))
+              for r in rows if r.get("whole_epoch_rounds")}
     head = ["arch", "S", *methods] + ([f"{lead} / {m}" for m in others] if lead else []) + \
-        [f"keras-vmap / {m}" for m in versus] + (["auto / best, whole epochs"] if whole else [])
+        [f"keras-vmap / {m}" for m in versus] + (["auto / best, whole epochs"] if whole else []) + \
+        (["auto / best, round by round"] if paired else [])
     lines, marked = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], False
     for arch, seeds in dict.fromkeys((r["arch"], r["seeds"]) for r in rows):
         cells = [arch, str(seeds)] + [
@@ -363,6 +371,8 @@ def format_table(rows: list[dict]) -> str:
         if whole:
             epochs, took_it = whole.get((arch, seeds), ({}, None))
             cells.append(f"{min(epochs.values()) / epochs[took_it]:.3f}×" if took_it in epochs else "–")
+        if paired:
+            cells.append(f"{paired[arch, seeds]:.3f}×" if (arch, seeds) in paired else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if marked:
         lines += ["", "\\* over the seed-after-seed method's seed-epochs/s at the largest S it was measured at "

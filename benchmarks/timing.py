@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import statistics
 import time
 from unittest import mock
 
@@ -43,9 +44,10 @@ def whole_epochs_probe(rounds: int):
     return mock.patch.multiple(probe, lengths=lambda steps: (steps,), MIN_ROUNDS=rounds, budget=lambda *_: 0.0)
 
 
-def whole_epochs(config, data, seeds: int, rounds: int) -> dict:
-    """{candidate: its fastest whole epoch in seconds} for `seeds` seeds, the candidates taking turns epoch
-    by epoch for `rounds` rounds (`whole_epochs_probe`); {} for one seed (one program: nothing to choose)."""
+def whole_epoch_rounds(config, data, seeds: int, rounds: int) -> dict:
+    """{candidate: [its whole epoch in seconds, one per round]} for `seeds` seeds, the candidates taking
+    turns epoch by epoch for `rounds` rounds (`whole_epochs_probe`); {} for one seed (one program: nothing
+    to choose)."""
     import jax
 
     from flaxray.core import settings
@@ -55,7 +57,21 @@ def whole_epochs(config, data, seeds: int, rounds: int) -> dict:
     with whole_epochs_probe(rounds):
         chosen = plan.choose_strategy(config, data, lanes, "auto", seeds, jax.devices(), fresh=True)
     timed_calls = (chosen.get("evidence") or {}).get("seconds", {})
-    return {c: min(t for ts in by.values() for t in ts) for c, by in timed_calls.items()}
+    return {str(c): [t for ts in by.values() for t in ts] for c, by in timed_calls.items()}
+
+
+def whole_epochs(config, data, seeds: int, rounds: int) -> dict:
+    """{candidate: its fastest whole epoch in seconds} (`whole_epoch_rounds`)."""
+    return {c: min(ts) for c, ts in whole_epoch_rounds(config, data, seeds, rounds).items()}
+
+
+def paired_share(rounds: dict, chosen: str) -> float:
+    """How fast `chosen` ran against the fastest candidate, round by round: the smallest over candidates c
+    of the median over rounds of t_c / t_chosen (at most 1, `chosen` against itself). Each round's epochs
+    ran within seconds of each other, so a shared machine's drift across minutes, which the fastest epoch
+    of each candidate (possibly from different rounds) keeps, cancels in each round's ratio."""
+    own = rounds[chosen]
+    return min(statistics.median(t / o for t, o in zip(ts, own)) for ts in rounds.values())
 
 
 @contextlib.contextmanager

@@ -33,6 +33,8 @@ def test_tiny_run_writes_every_part(tmp_path, capsys, monkeypatch):
     assert all(r["strategy"] in ("vmap", "map", "loop") for r in a["rows"] if r["method"] == "auto")
     judged = [r for r in a["rows"] if r["method"] == "auto" and r["seeds"] == 2][0]  # --verify-rounds
     assert set(judged["whole_epoch_s"]) == {"vmap", "map", "loop"} and min(judged["whole_epoch_s"].values()) > 0
+    rounds = judged["whole_epoch_rounds"]
+    assert {c: min(ts) for c, ts in rounds.items()} == judged["whole_epoch_s"] and all(len(ts) >= 1 for ts in rounds.values())
     assert all(positive(r["seed_epochs_per_s"]) and r["steps_per_epoch"] == 2 for r in a["rows"])
     assert a["data"] == {"train": 64, "val": 64, "test": 64}  # the prepared tiny .npz, read back by the library
 
