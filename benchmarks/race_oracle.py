@@ -31,7 +31,8 @@ from flaxray.analysis import race
 from flaxray.analysis.sequential import looks, spending
 
 
-def oracle_race(values: np.ndarray, tied: int, keep: int, drop: int, round_seeds: int, alpha: float = 0.05) -> tuple[int, int]:
+def oracle_race(values: np.ndarray, tied: int, keep: int, drop: int, round_seeds: int,
+                alpha: float = 0.05) -> tuple[int, int]:
     """One race of `values` (K archs x max seeds; the first `tied` are the best group) by the oracle that
     keeps `keep` tied archs after the look at `drop` seeds: (seed-epochs spent, worse archs eliminated)."""
     k, cap = values.shape
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
     env = results.environment()
     print(f"{tied} tied archs, {worse} worse by {gap:g} sd; {args.replays} races, {args.max_seeds} seeds, "
           f"{args.round_seeds} a round, alpha 0.05; {env['device']} ({env['cpu']})\n")
-    print("| tied archs kept | dropped after | seed-epochs share [95 % CI] | worse archs eliminated |\n|---|---|---|---|")
+    print("| tied archs kept | dropped after | seed-epochs share [95 % CI] | worse archs eliminated |\n"
+          "|---|---|---|---|")
     rows = []
     for drop in looks(args.max_seeds, args.round_seeds)[:-1]:
         for keep in sorted(set(args.keep)):

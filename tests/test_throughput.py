@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import keras_baseline, throughput, timing
+from benchmarks import keras_baseline, throughput, throughput_table, timing
 
 
 def run(tmp_path, *args):
@@ -104,7 +104,7 @@ def test_table_puts_keras_vmap_beside_keras():
     rows = [{"arch": "pyramid", "method": m, "seeds": s, "seed_epochs_per_s": r}
             for m, s, r in (("vmap", 1, 2.0), ("keras-vmap", 1, 1.6), ("keras", 1, 0.8), ("vmap", 2, 4.0),
                             ("keras-vmap", 2, 3.2))]
-    lines = throughput.format_table(rows).splitlines()
+    lines = throughput_table.format_table(rows).splitlines()
     assert lines[0] == "| arch | S | vmap | keras-vmap | keras | vmap / keras-vmap | vmap / keras | keras-vmap / keras |"
     assert lines[2] == "| pyramid | 1 | 2 | 1.6 | 0.8 | 1.25× | 2.50× | 2.00× |"
     assert lines[3] == "| pyramid | 2 | 4 | 3.2 | – | 1.25× | 5.00×* | 4.00×* |"
@@ -117,6 +117,6 @@ def test_auto_judged_round_by_round_as_well_as_by_fastest_epochs():
     assert timing.paired_share(rounds, "map") == pytest.approx(3.6 / 4.0)  # the median of t_vmap / t_map
     rows = [{"arch": "pyramid", "method": "auto", "seeds": 2, "seed_epochs_per_s": 1.0, "strategy": "vmap",
              "whole_epoch_s": {c: min(ts) for c, ts in rounds.items()}, "whole_epoch_rounds": rounds}]
-    lines = throughput.format_table(rows).splitlines()
+    lines = throughput_table.format_table(rows).splitlines()
     assert lines[0].endswith("| auto / best, whole epochs | auto / best, round by round |")
     assert lines[2].endswith(f"| {2.9 / 3.0:.3f}× | 1.000× |")
