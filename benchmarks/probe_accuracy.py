@@ -70,7 +70,7 @@ def trial(config, data, seeds: int, designs, epochs: int, rounds: int) -> dict:
         with design_lengths(design):
             chosen = plan.choose_strategy(study, data, lanes, "auto", seeds, jax.devices(), fresh=True)
         probes[name] = {"strategy": str(chosen["strategy"]), **chosen["evidence"]}
-    whole = {str(c): t for c, t in whole_epochs(config, data, seeds, rounds).items()}
+    whole = whole_epochs(config, data, seeds, rounds)  # keyed by the candidates' names, as the evidence is
     out = {"whole_epoch_s": whole, "designs": {}}
     for name, evidence in probes.items():
         error = {c: p / whole[c] - 1 for c, p in evidence["predicted_epoch_s"].items()}

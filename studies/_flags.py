@@ -73,8 +73,9 @@ def add_training_args(p: argparse.ArgumentParser, *, seeds=16, epochs=20) -> Non
                    "runs them one after another inside one program, K batches groups of K seeds, the groups one "
                    "after another, loop calls the one-seed program seed after seed from the host; auto predicts "
                    "this study's epoch in each from timed runs here and, of the fastest within the noise, takes "
-                   "vmap, map, groups, then loop, in that order, remembered per machine in the cache folder with the epoch it then took "
-                   "(default: $FLAXRAY_STRATEGY, else auto). Recorded; a resume keeps the one the run started with")
+                   "vmap, map, groups, then loop, in that order, remembered per machine in the cache folder with "
+                   "the epoch it then took (default: $FLAXRAY_STRATEGY, else auto). Recorded; a resume keeps the one "
+                   "the run started with")
     _recipe.add_recipe_args(p)
 
 
